@@ -1,0 +1,19 @@
+"""msd_fast: fast Multi-Self-Distillation training for multi-exit networks."""
+from . import defaults
+from .loss import MSDLoss, MSDTerms, msd_loss
+from .reference import reference_msd_terms
+from .schedule import CosineBeta
+
+__version__ = "0.1.0"
+
+
+def __getattr__(name):  # models are imported on first use so `import msd_fast` stays light
+    if name in ("create_model", "list_models"):
+        from . import models
+
+        return getattr(models, name)
+    raise AttributeError(f"module 'msd_fast' has no attribute {name!r}")
+
+
+__all__ = ["msd_loss", "MSDLoss", "MSDTerms", "CosineBeta", "reference_msd_terms", "defaults",
+           "create_model", "list_models"]

@@ -1,0 +1,27 @@
+"""The cosine beta schedule of MSD (MSD_SPEC §1.2)."""
+import math
+
+from . import defaults
+
+
+class CosineBeta:
+    """beta(e) = beta_end + 0.5 * (beta_begin - beta_end) * (1 + cos(pi * e / E)) at fractional epoch e of E.
+
+    Past the end (e > E) beta stays at beta_end; before the start (e < 0) at beta_begin.
+    """
+
+    def __init__(self, beta_begin: float = defaults.BETA_BEGIN, beta_end: float = defaults.BETA_END,
+                 total_epochs: float = 1.0):
+        for name, v in (("beta_begin", beta_begin), ("beta_end", beta_end)):
+            if not isinstance(v, (int, float)) or not math.isfinite(v) or v < 0:
+                raise ValueError(f"{name} must be a finite number >= 0, got {v!r}")
+        if not isinstance(total_epochs, (int, float)) or not total_epochs > 0:
+            raise ValueError(f"total_epochs must be > 0, got {total_epochs!r}")
+        self.beta_begin, self.beta_end, self.total_epochs = float(beta_begin), float(beta_end), float(total_epochs)
+
+    def __call__(self, epoch: float) -> float:
+        t = min(max(float(epoch) / self.total_epochs, 0.0), 1.0)
+        return self.beta_end + 0.5 * (self.beta_begin - self.beta_end) * (1.0 + math.cos(math.pi * t))
+
+    def __repr__(self) -> str:
+        return f"CosineBeta(beta_begin={self.beta_begin}, beta_end={self.beta_end}, total_epochs={self.total_epochs})"

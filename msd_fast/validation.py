@@ -1,0 +1,97 @@
+"""Input checks and normalisation for msd_loss: every bad input raises a ValueError/TypeError that names
+the argument and what was expected. Checks that need a host sync (target range, a tensor beta's value)
+run only when validate=True."""
+import math
+from typing import Optional, Sequence, Union
+
+import torch
+from torch import Tensor
+
+TensorOrSeq = Union[Tensor, Sequence[Tensor]]
+FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
+TEACHERS = ("all", "last")
+
+
+def _stack_exits(x: TensorOrSeq, name: str, feature_dim: str) -> Tensor:
+    """A sequence of N tensors [B, X] or one tensor [N, B, X] -> [N, B, X]."""
+    if isinstance(x, Tensor):
+        if x.dim() != 3:
+            raise ValueError(f"{name}: a single tensor must have shape [N, B, {feature_dim}], got {tuple(x.shape)}")
+        stacked = x
+    elif isinstance(x, (list, tuple)):
+        if not all(isinstance(t, Tensor) for t in x):
+            raise TypeError(f"{name}: expected a sequence of tensors, got element types "
+                            f"{[type(t).__name__ for t in x]}")
+        if len(x) < 2:
+            raise ValueError(f"{name}: need at least 2 exits, got {len(x)}")
+        ref = x[0]
+        for i, t in enumerate(x):
+            if t.dim() != 2:
+                raise ValueError(f"{name}[{i}]: expected shape [B, {feature_dim}], got {tuple(t.shape)}")
+            if t.shape != ref.shape:
+                raise ValueError(f"{name}: exits disagree in shape: {name}[0] is {tuple(ref.shape)}, "
+                                 f"{name}[{i}] is {tuple(t.shape)}")
+            if t.dtype != ref.dtype:
+                raise ValueError(f"{name}: exits disagree in dtype: {name}[0] is {ref.dtype}, {name}[{i}] is {t.dtype}")
+            if t.device != ref.device:
+                raise ValueError(f"{name}: exits disagree in device: {name}[0] is on {ref.device}, "
+                                 f"{name}[{i}] is on {t.device}")
+        stacked = torch.stack(list(x))
+    else:
+        raise TypeError(f"{name}: expected a tensor [N, B, {feature_dim}] or a sequence of N tensors "
+                        f"[B, {feature_dim}], got {type(x).__name__}")
+    if stacked.dtype not in FLOAT_DTYPES:
+        raise TypeError(f"{name}: expected a floating dtype (float32, float16, bfloat16, float64), got {stacked.dtype}")
+    if stacked.shape[0] < 2:
+        raise ValueError(f"{name}: need at least 2 exits, got N = {stacked.shape[0]}")
+    return stacked
+
+
+def check_hparams(alpha, temperature, beta, teacher: str, validate: bool) -> None:
+    if not isinstance(alpha, (int, float)) or isinstance(alpha, bool) or not (0.0 <= alpha <= 1.0):
+        raise ValueError(f"alpha must be a number in [0, 1], got {alpha!r}")
+    if not isinstance(temperature, (int, float)) or isinstance(temperature, bool) \
+            or not math.isfinite(temperature) or temperature <= 0:
+        raise ValueError(f"temperature must be a finite number > 0, got {temperature!r}")
+    if isinstance(beta, Tensor):
+        if beta.numel() != 1 or not beta.is_floating_point():
+            raise ValueError(f"beta: a tensor beta must be a floating scalar, got shape {tuple(beta.shape)} "
+                             f"dtype {beta.dtype}")
+        if validate and not (bool(torch.isfinite(beta)) and float(beta) >= 0):
+            raise ValueError(f"beta must be finite and >= 0, got {float(beta)}")
+    elif not isinstance(beta, (int, float)) or isinstance(beta, bool) or not math.isfinite(beta) or beta < 0:
+        raise ValueError(f"beta must be a finite number >= 0 (or a scalar tensor), got {beta!r}")
+    if teacher not in TEACHERS:
+        raise ValueError(f"teacher must be one of {TEACHERS} ('all' = MSD, 'last' = BYOT), got {teacher!r}")
+
+
+def normalize_inputs(logits: TensorOrSeq, target: Tensor, features: Optional[TensorOrSeq], validate: bool):
+    """Returns (logits [N, B, C], target [B], features [N, B, D] or None)."""
+    z = _stack_exits(logits, "logits", "C")
+    N, B, C = z.shape
+    if C < 2:
+        raise ValueError(f"logits: need at least 2 classes, got C = {C}")
+    if B < 1:
+        raise ValueError("logits: the batch is empty (B = 0)")
+    if not isinstance(target, Tensor):
+        raise TypeError(f"target: expected an int64 tensor of shape [B={B}], got {type(target).__name__}")
+    if target.dtype != torch.int64:
+        raise TypeError(f"target: expected dtype int64 (class indices), got {target.dtype}")
+    if target.shape != (B,):
+        raise ValueError(f"target: expected shape [B={B}] to match the logits, got {tuple(target.shape)}")
+    if target.device != z.device:
+        raise ValueError(f"target is on {target.device} but logits are on {z.device}")
+    if validate and B > 0:
+        lo, hi = torch.aminmax(target)
+        if int(lo) < 0 or int(hi) >= C:
+            raise ValueError(f"target: class indices must lie in [0, C={C}), got min {int(lo)}, max {int(hi)}")
+    f = None
+    if features is not None:
+        f = _stack_exits(features, "features", "D")
+        if f.shape[0] != N:
+            raise ValueError(f"features: {f.shape[0]} exits, but logits have N = {N}")
+        if f.shape[1] != B:
+            raise ValueError(f"features: batch size {f.shape[1]}, but logits have B = {B}")
+        if f.device != z.device:
+            raise ValueError(f"features are on {f.device} but logits are on {z.device}")
+    return z, target, f
