@@ -6,7 +6,6 @@ The fused backends implement detach_teacher=True (the default, standard distilla
 detach_teacher=False (symmetric mutual learning) every backend falls back to the reference, which is
 exact for both modes; float64 inputs also use the reference (the fused kernels compute in float32).
 """
-import functools
 import os
 
 import torch
@@ -16,19 +15,20 @@ from . import _ext
 BACKENDS = ("auto", "reference", "cpp", "triton")
 
 
-@functools.lru_cache(maxsize=None)
-def _triton_import_error() -> str:
+def _find_triton() -> str:
     try:
         import triton  # noqa: F401
-        import triton.language  # noqa: F401
     except Exception as e:  # pragma: no cover - depends on the install
         return f"triton cannot be imported ({e})"
     return ""
 
 
+_TRITON_IMPORT_ERROR = _find_triton()  # checked once, at import (a plain global: torch.compile-friendly)
+
+
 def triton_usable(device: torch.device) -> str:
     """'' when the Triton backend can run on tensors of this device, else the reason it cannot."""
-    err = _triton_import_error()
+    err = _TRITON_IMPORT_ERROR
     if err:
         return err
     if device.type == "cuda":

@@ -1,0 +1,127 @@
+"""The C++ extension: the fused CPU loss against the reference, the deterministic reduction, opcheck,
+and bad inputs raising (never crashing)."""
+import itertools
+
+import pytest
+import torch
+
+from msd_fast import _ext, msd_loss
+from msd_fast.fused import reduce_partials_torch
+from bruteforce import make_inputs
+
+pytestmark = pytest.mark.skipif(not _ext.available(), reason=f"extension not built: {_ext.why_missing()}")
+
+GRID = list(itertools.product([2, 3, 4, 7], [2, 37, 1000]))
+
+
+def _run(backend, z, y, f, teacher, **kw):
+    z = z.detach().clone().requires_grad_()
+    f = None if f is None else f.detach().clone().requires_grad_()
+    loss, terms = msd_loss(z, y, f, alpha=0.6, temperature=2.5, beta=0.3, teacher=teacher, backend=backend,
+                           return_terms=True, **kw)
+    grads = torch.autograd.grad(loss, [t for t in (z, f) if t is not None])
+    return loss, terms, grads
+
+
+@pytest.mark.parametrize("N,C", GRID)
+@pytest.mark.parametrize("teacher", ["all", "last"])
+@pytest.mark.parametrize("with_features", [True, False])
+def test_cpp_matches_reference(N, C, teacher, with_features):
+    z, y, f = make_inputs(N, 5, C, 13 if with_features else 0)
+    ref = _run("reference", z, y, f, teacher)
+    got = _run("cpp", z, y, f, teacher)
+    torch.testing.assert_close(got[0], ref[0], rtol=1e-5, atol=1e-5)
+    for a, b in zip(got[1], ref[1]):
+        torch.testing.assert_close(a, b.detach(), rtol=1e-5, atol=1e-5)
+    for a, b in zip(got[2], ref[2]):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("dtype,tol", [(torch.float16, 2e-3), (torch.bfloat16, 1.6e-2)])
+def test_cpp_half_types(dtype, tol):
+    z, y, f = make_inputs(4, 5, 37, 13, dtype=dtype)
+    ref, got = _run("reference", z, y, f, "all"), _run("cpp", z, y, f, "all")
+    torch.testing.assert_close(got[0], ref[0], rtol=tol, atol=tol)
+    for a, b in zip(got[2], ref[2]):
+        assert a.dtype == dtype
+        torch.testing.assert_close(a.float(), b.float(), rtol=tol, atol=tol * 1e-2)
+
+
+def test_auto_picks_cpp_on_cpu(monkeypatch):
+    import msd_fast.fused as fused
+
+    seen = []
+    orig = fused.run_fused
+    monkeypatch.setattr(fused, "run_fused", lambda name, *a: seen.append(name) or orig(name, *a))
+    z, y, f = make_inputs(3, 4, 6, 2)
+    msd_loss(z, y, f)
+    assert seen == ["cpp"]
+    msd_loss(z, y, f, detach_teacher=False)  # documented fallback: reference
+    assert seen == ["cpp"]
+
+
+def test_reduction_bit_identical_and_float64_exact():
+    partials = torch.randn(3, 5, 10007) * 100
+    weights = torch.tensor([0.3, 0.7, 0.05])
+    outs = [torch.ops.msd_fast.reduce_exit_losses(partials, weights) for _ in range(5)]
+    for pe, tot in outs[1:]:
+        assert torch.equal(pe, outs[0][0]) and torch.equal(tot, outs[0][1])
+    want_pe = partials.double().mean(2)
+    want_tot = (weights.double()[:, None] * want_pe.float().double()).sum()
+    torch.testing.assert_close(outs[0][0].double(), want_pe, rtol=1e-7, atol=1e-6)
+    torch.testing.assert_close(outs[0][1].double(), want_tot, rtol=1e-7, atol=1e-6)
+    torch.testing.assert_close(outs[0][0], reduce_partials_torch(partials, weights)[0])
+
+
+def test_reduction_autograd():
+    partials = torch.randn(3, 4, 9, dtype=torch.float32, requires_grad=True)
+    weights = torch.tensor([0.3, 0.7, 0.05], requires_grad=True)
+    pe, tot = torch.ops.msd_fast.reduce_exit_losses(partials, weights)
+    (tot + pe[1, 2]).backward()
+    p2, w2 = partials.detach().double().requires_grad_(), weights.detach().double().requires_grad_()
+    pe2 = p2.mean(2)
+    ((w2[:, None] * pe2).sum() + pe2[1, 2]).backward()
+    torch.testing.assert_close(partials.grad.double(), p2.grad)
+    torch.testing.assert_close(weights.grad.double(), w2.grad)
+
+
+def test_opcheck():
+    z, y, f = make_inputs(3, 5, 11, 4, requires_grad=True)
+    w = torch.tensor([0.5, 0.5, 0.1])
+    torch.library.opcheck(torch.ops.msd_fast.fused_msd_loss.default, (z, y, f, w, 2.0, False))
+    torch.library.opcheck(torch.ops.msd_fast.fused_msd_loss.default, (z, y, None, w, 2.0, True))
+    torch.library.opcheck(torch.ops.msd_fast.reduce_exit_losses.default,
+                          (torch.randn(3, 4, 9, requires_grad=True), w))
+
+
+@pytest.mark.parametrize("args,match", [
+    (lambda z, y, f, w: (z[0], y, f, w, 2.0, False), r"logits must have shape \[N, B, C\]"),
+    (lambda z, y, f, w: (z[:1], y, f[:1], w, 2.0, False), "at least 2 exits"),
+    (lambda z, y, f, w: (z.double(), y, f, w, 2.0, False), "float32, float16 or bfloat16"),
+    (lambda z, y, f, w: (z.transpose(1, 2), y, f, w, 2.0, False), "must have shape|contiguous"),
+    (lambda z, y, f, w: (z, y[:3], f, w, 2.0, False), "target must be a CPU int64 tensor of shape"),
+    (lambda z, y, f, w: (z, y.int(), f, w, 2.0, False), "target must be a CPU int64"),
+    (lambda z, y, f, w: (z, y + 100, f, w, 2.0, False), r"is outside \[0, 11\)"),
+    (lambda z, y, f, w: (z, y, f[:, :2], w, 2.0, False), "features must have shape"),
+    (lambda z, y, f, w: (z, y, f.half(), w, 2.0, False), "features dtype"),
+    (lambda z, y, f, w: (z, y, f, w[:2], 2.0, False), "weights must be a CPU float32 tensor of shape"),
+    (lambda z, y, f, w: (z, y, f, w, 0.0, False), "temperature must be > 0"),
+])
+def test_fused_op_bad_inputs_raise(args, match):
+    z, y, f = make_inputs(3, 5, 11, 4, requires_grad=False)
+    w = torch.tensor([0.5, 0.5, 0.1])
+    with pytest.raises(RuntimeError, match=match):
+        torch.ops.msd_fast.fused_msd_loss(*args(z, y, f, w))
+
+
+@pytest.mark.parametrize("partials,weights,match", [
+    (torch.randn(2, 4, 5), torch.ones(3), r"partials must have shape \[3, N, B\]"),
+    (torch.randn(3, 4, 5).double(), torch.ones(3), "partials must be float32"),
+    (torch.randn(3, 5, 4).transpose(1, 2), torch.ones(3), "contiguous"),
+    (torch.randn(3, 4, 0), torch.ones(3), "B >= 1"),
+    (torch.randn(3, 4, 5), torch.ones(2), r"weights must have shape \[3\]"),
+    (torch.randn(3, 4, 5), torch.ones(3).double(), "weights must be float32"),
+])
+def test_reduction_bad_inputs_raise(partials, weights, match):
+    with pytest.raises(RuntimeError, match=match):
+        torch.ops.msd_fast.reduce_exit_losses(partials, weights)
