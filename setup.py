@@ -20,9 +20,17 @@ if os.environ.get("MSD_FAST_SKIP_EXT", "0") != "1":
     sources = sorted(glob.glob("csrc/*.cpp"))
     if with_cuda:
         os.environ.setdefault("TORCH_CUDA_ARCH_LIST", "8.0;9.0")
+        # pip's CUDA wheels (nvidia-*) carry headers that a bare toolkit may lack.
+        try:
+            import nvidia
+
+            nv_includes = sorted(glob.glob(os.path.join(list(nvidia.__path__)[0], "*", "include")))
+        except ImportError:
+            nv_includes = []
         ext = cpp_extension.CUDAExtension(
             "msd_fast._C",
             sources + sorted(glob.glob("csrc/*.cu")),
+            include_dirs=nv_includes,
             define_macros=[("MSD_FAST_WITH_CUDA", None)],
             extra_compile_args={"cxx": cxx_flags, "nvcc": ["-O3"]},
         )

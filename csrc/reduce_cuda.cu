@@ -2,8 +2,9 @@
 // and a fixed shared-memory tree, float64 accumulation; then one thread adds the rows in a fixed order.
 // No atomics, so the same inputs give bit-identical outputs run after run.
 #include <torch/extension.h>
-#include <ATen/cuda/CUDAContext.h>
+#include <c10/cuda/CUDAException.h>
 #include <c10/cuda/CUDAGuard.h>
+#include <c10/cuda/CUDAStream.h>
 
 #include "msd_ops.h"
 
@@ -47,7 +48,7 @@ std::tuple<at::Tensor, at::Tensor> reduce_exit_losses_cuda(const at::Tensor& par
   auto per_exit = at::empty({3, N}, partials.options());
   auto total = at::empty({}, partials.options());
   const auto w = weights.contiguous();
-  auto stream = at::cuda::getCurrentCUDAStream();
+  cudaStream_t stream = c10::cuda::getCurrentCUDAStream(partials.device().index()).stream();
   row_means_kernel<<<static_cast<unsigned>(3 * N), kThreads, 0, stream>>>(partials.data_ptr<float>(),
                                                                          per_exit.data_ptr<float>(), B);
   C10_CUDA_KERNEL_LAUNCH_CHECK();

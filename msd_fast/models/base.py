@@ -1,0 +1,66 @@
+"""What every multi-exit model shares: the output type, the staged forward that early exit needs,
+and cost accounting measured with torch.utils.flop_counter on the real modules."""
+from typing import Dict, List, NamedTuple, Optional
+
+import torch
+from torch import Tensor, nn
+from torch.utils.flop_counter import FlopCounterMode
+
+
+class MultiExitOutput(NamedTuple):
+    """Logits [B, C] and pre-FC features [B, D] of every exit, shallow to deep."""
+    logits: List[Tensor]
+    features: List[Tensor]
+
+
+class MultiExitNet(nn.Module):
+    """A multi-exit network as a sequence of stages: stage k (k = 0..N-1) advances the trunk state and
+    exit head k turns that state into (logits, feature). `forward(x, upto=k)` stops after exit k, so a
+    deployment can stop computing once a sample has left (msd_fast.inference)."""
+
+    num_exits: int
+    num_classes: int
+
+    def stage(self, k: int, state):
+        raise NotImplementedError
+
+    def head(self, k: int, state):
+        raise NotImplementedError
+
+    def forward(self, x: Tensor, upto: Optional[int] = None) -> MultiExitOutput:
+        upto = self.num_exits if upto is None else upto
+        if not 1 <= upto <= self.num_exits:
+            raise ValueError(f"upto must be in [1, {self.num_exits}], got {upto}")
+        logits, feats = [], []
+        state = x
+        for k in range(upto):
+            state = self.stage(k, state)
+            z, f = self.head(k, state)
+            logits.append(z)
+            feats.append(f)
+        return MultiExitOutput(logits, feats)
+
+    def num_parameters(self) -> int:
+        return sum(p.numel() for p in self.parameters())
+
+    @torch.no_grad()
+    def exit_flops(self, input_size) -> List[int]:
+        """Cumulative FLOPs of one image's forward pass up to and including exit k (k = 1..N): the trunk
+        up to stage k plus the heads of exits 1..k (what an early-exit forward spends to reach exit k).
+        Counted by FlopCounterMode (2 FLOPs per multiply-add) on a batch of one, in eval mode."""
+        was_training = self.training
+        self.eval()
+        try:
+            p = next(self.parameters())
+            x = torch.zeros(1, *input_size, device=p.device, dtype=p.dtype)
+            out = []
+            for k in range(1, self.num_exits + 1):
+                with FlopCounterMode(display=False) as counter:
+                    self(x, upto=k)
+                out.append(int(counter.get_total_flops()))
+            return out
+        finally:
+            self.train(was_training)
+
+    def cost(self, input_size) -> Dict[str, object]:
+        return {"params": self.num_parameters(), "exit_flops": self.exit_flops(input_size)}
