@@ -27,7 +27,9 @@ class MultiExitNet(nn.Module):
     def head(self, k: int, state):
         raise NotImplementedError
 
-    def forward(self, x: Tensor, upto: Optional[int] = None) -> MultiExitOutput:
+    def forward(self, x: Tensor, upto: Optional[int] = None, last_only: bool = False) -> MultiExitOutput:
+        """Exits 1..upto (default all). last_only=True computes the trunk and only the final exit's head
+        (single-exit "plain" training), returning one-element lists."""
         upto = self.num_exits if upto is None else upto
         if not 1 <= upto <= self.num_exits:
             raise ValueError(f"upto must be in [1, {self.num_exits}], got {upto}")
@@ -35,6 +37,8 @@ class MultiExitNet(nn.Module):
         state = x
         for k in range(upto):
             state = self.stage(k, state)
+            if last_only and k < upto - 1:
+                continue
             z, f = self.head(k, state)
             logits.append(z)
             feats.append(f)

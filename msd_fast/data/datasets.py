@@ -1,0 +1,169 @@
+"""Datasets as in-memory uint8 tensors: Fashion-MNIST (IDX .gz), CIFAR-10/100 (python pickle), synthetic.
+
+Everything is loaded once into tensors [N, C, H, W] uint8 + int64 labels, so a whole split can live on
+the GPU and be augmented there in batches (msd_fast.data.augment) with no per-sample Python.
+A seeded validation split is held out of the training set.
+"""
+import os
+import pathlib
+import pickle
+from dataclasses import dataclass
+from typing import Optional, Tuple
+
+import numpy as np
+import torch
+
+from .idx import DataError, read_idx
+
+FASHION_MNIST_DIRS = ("/usr/share/datasets/fashion-mnist",)
+FASHION_MNIST_FILES = {"train": ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz"),
+                       "test": ("t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz")}
+FASHION_MNIST_HELP = ("Fashion-MNIST comes from Debian's package: `sudo apt-get install dataset-fashion-mnist` "
+                      "(files under /usr/share/datasets/fashion-mnist), or pass --data-dir to a folder holding "
+                      + ", ".join(sum(FASHION_MNIST_FILES.values(), ())))
+CIFAR_HELP = ("{name} is read from the standard python-pickle release ({archive}, unpacked) under --data-dir: "
+              "download it from https://www.cs.toronto.edu/~kriz/cifar.html on a machine with internet, "
+              "`tar xzf {archive}`, and pass --data-dir to the folder containing '{folder}' (or to that folder)")
+
+
+@dataclass
+class Split:
+    images: torch.Tensor   # [N, C, H, W] uint8
+    labels: torch.Tensor   # [N] int64
+
+    def __len__(self) -> int:
+        return self.labels.shape[0]
+
+
+@dataclass
+class Dataset:
+    name: str
+    train: Split
+    val: Split
+    test: Split
+    num_classes: int
+    mean: Tuple[float, ...]
+    std: Tuple[float, ...]
+    crop_padding: int
+    hflip: bool
+
+    @property
+    def in_channels(self) -> int:
+        return self.train.images.shape[1]
+
+    @property
+    def image_size(self) -> Tuple[int, int]:
+        return tuple(self.train.images.shape[2:])
+
+
+def _fashion_mnist(data_dir: Optional[str]) -> Tuple[Split, Split]:
+    candidates = [pathlib.Path(data_dir)] if data_dir else [pathlib.Path(p) for p in FASHION_MNIST_DIRS]
+    root = next((c for c in candidates if (c / FASHION_MNIST_FILES["train"][0]).exists()), None)
+    if root is None:
+        raise DataError(f"Fashion-MNIST not found in {', '.join(map(str, candidates))}. {FASHION_MNIST_HELP}")
+    out = []
+    for split, (img_name, lbl_name) in FASHION_MNIST_FILES.items():
+        try:
+            images, labels = read_idx(root / img_name), read_idx(root / lbl_name)
+        except DataError as e:
+            raise DataError(f"Fashion-MNIST {split} split: {e}. {FASHION_MNIST_HELP}") from None
+        if images.ndim != 3 or labels.ndim != 1 or images.shape[0] != labels.shape[0]:
+            raise DataError(f"Fashion-MNIST {split} split in {root}: {images.shape[0]} images but "
+                            f"{labels.shape[0]} labels / unexpected shape {images.shape}. {FASHION_MNIST_HELP}")
+        if labels.size and (labels.min() < 0 or labels.max() > 9):
+            raise DataError(f"Fashion-MNIST {split} labels in {root} outside 0..9. {FASHION_MNIST_HELP}")
+        out.append(Split(torch.from_numpy(images.copy()).unsqueeze(1), torch.from_numpy(labels.astype(np.int64))))
+    return out[0], out[1]
+
+
+def _unpickle(path: pathlib.Path, help_text: str) -> dict:
+    try:
+        with open(path, "rb") as fh:
+            return pickle.load(fh, encoding="bytes")
+    except FileNotFoundError:
+        raise DataError(f"missing file {path}. {help_text}") from None
+    except Exception as e:  # truncated or not a pickle
+        raise DataError(f"cannot read {path} ({type(e).__name__}: {e}): corrupt or partial file. {help_text}") from None
+
+
+def _cifar(data_dir: Optional[str], num_classes: int) -> Tuple[Split, Split]:
+    name, folder, archive = (("CIFAR-10", "cifar-10-batches-py", "cifar-10-python.tar.gz") if num_classes == 10
+                             else ("CIFAR-100", "cifar-100-python", "cifar-100-python.tar.gz"))
+    help_text = CIFAR_HELP.format(name=name, archive=archive, folder=folder)
+    if not data_dir:
+        raise DataError(f"{name} needs --data-dir. {help_text}")
+    base = pathlib.Path(data_dir)
+    root = base / folder if (base / folder).is_dir() else base
+    train_files = [f"data_batch_{i}" for i in range(1, 6)] if num_classes == 10 else ["train"]
+    label_key = b"labels" if num_classes == 10 else b"fine_labels"
+    splits = []
+    for files in (train_files, ["test_batch" if num_classes == 10 else "test"]):
+        xs, ys = [], []
+        for fname in files:
+            d = _unpickle(root / fname, help_text)
+            if b"data" not in d or label_key not in d:
+                raise DataError(f"{root / fname} lacks '{'data'}' or '{label_key.decode()}': not a {name} batch. "
+                                f"{help_text}")
+            x = np.asarray(d[b"data"], dtype=np.uint8)
+            y = np.asarray(d[label_key], dtype=np.int64)
+            if x.ndim != 2 or x.shape[1] != 3072 or x.shape[0] != y.shape[0]:
+                raise DataError(f"{root / fname}: data of shape {x.shape} with {y.shape[0]} labels; expected "
+                                f"[n, 3072] uint8 and n labels. {help_text}")
+            if y.size and (y.min() < 0 or y.max() >= num_classes):
+                raise DataError(f"{root / fname}: labels outside 0..{num_classes - 1}. {help_text}")
+            xs.append(x.reshape(-1, 3, 32, 32))
+            ys.append(y)
+        splits.append(Split(torch.from_numpy(np.concatenate(xs)), torch.from_numpy(np.concatenate(ys))))
+    return splits[0], splits[1]
+
+
+def _synthetic(num_classes: int = 10, n_train: int = 2048, n_test: int = 512, size: int = 16,
+               channels: int = 1, seed: int = 1234) -> Tuple[Split, Split]:
+    """Learnable synthetic images: each class a fixed random pattern plus noise (fast smoke tests)."""
+    g = torch.Generator().manual_seed(seed)
+    protos = torch.rand(num_classes, channels, size, size, generator=g)
+
+    def make(n):
+        y = torch.randint(0, num_classes, (n,), generator=g)
+        x = 0.6 * protos[y] + 0.4 * torch.rand(n, channels, size, size, generator=g)
+        return Split((x * 255).round().to(torch.uint8), y)
+
+    return make(n_train), make(n_test)
+
+
+def _hold_out(train: Split, val_size: int, seed: int) -> Tuple[Split, Split]:
+    if not 0 <= val_size < len(train):
+        raise ValueError(f"val_size must be in [0, {len(train)}), got {val_size}")
+    perm = torch.randperm(len(train), generator=torch.Generator().manual_seed(seed))
+    v, t = perm[:val_size].sort().values, perm[val_size:].sort().values
+    return Split(train.images[t], train.labels[t]), Split(train.images[v], train.labels[v])
+
+
+DATASETS = ("fashion-mnist", "cifar10", "cifar100", "synthetic")
+
+
+def load_dataset(name: str, data_dir: Optional[str] = None, val_size: Optional[int] = None,
+                 split_seed: int = 0, train_subset: int = 0) -> Dataset:
+    """Loads a dataset and holds out a seeded validation split (default 5,000 images; synthetic: 512).
+    `train_subset` > 0 keeps only that many training images (after the split), for quick runs."""
+    if name == "fashion-mnist":
+        train, test = _fashion_mnist(data_dir or os.environ.get("MSD_FAST_FASHION_MNIST"))
+        stats = dict(num_classes=10, mean=(0.2860,), std=(0.3530,), crop_padding=2, hflip=True)
+        default_val = 5000
+    elif name in ("cifar10", "cifar100"):
+        k = 10 if name == "cifar10" else 100
+        train, test = _cifar(data_dir, k)
+        mean, std = (((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)) if k == 10
+                     else ((0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762)))
+        stats = dict(num_classes=k, mean=mean, std=std, crop_padding=4, hflip=True)
+        default_val = 5000
+    elif name == "synthetic":
+        train, test = _synthetic()
+        stats = dict(num_classes=10, mean=(0.5,), std=(0.25,), crop_padding=1, hflip=False)
+        default_val = 512
+    else:
+        raise ValueError(f"unknown dataset {name!r}; choose one of {DATASETS}")
+    train, val = _hold_out(train, default_val if val_size is None else val_size, split_seed)
+    if train_subset and train_subset < len(train):
+        train = Split(train.images[:train_subset], train.labels[:train_subset])
+    return Dataset(name, train, val, test, **stats)
