@@ -93,7 +93,9 @@ class Trainer:
                                    nesterov=cfg["nesterov"] and cfg["momentum"] > 0, weight_decay=cfg["weight_decay"])
         self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, self._lr_factor)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.speed["amp"] == "fp16")
-        self.beta_sched = CosineBeta(cfg["beta_begin"], cfg["beta_end"], cfg["epochs"])
+        hint = cfg["method"] in ("msd", "byot")  # joint = sum of CEs only: no KD, no feature hint
+        self.beta_sched = CosineBeta(cfg["beta_begin"] if hint else 0.0, cfg["beta_end"] if hint else 0.0,
+                                     cfg["epochs"])
         self.beta_t = torch.zeros((), device=self.device)
         self.loss_kw = method_loss_kwargs(cfg)
         self.ddp = (DistributedDataParallel(self.model, device_ids=[self.device.index] if on_gpu else None)
