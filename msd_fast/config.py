@@ -27,7 +27,8 @@ DEFAULTS: Dict[str, Any] = {
     "epochs": 3, "batch_size": 128, "accum_steps": 1, "lr": 0.1, "momentum": 0.9, "nesterov": True,
     "weight_decay": 5e-4, "lr_schedule": "cosine", "milestones": [], "gamma": 0.1, "warmup_epochs": 0.0,
     # speed (auto: per device)
-    "device": "auto", "amp": "auto", "channels_last": "auto", "compile": "auto", "num_threads": 0,
+    "device": "auto", "amp": "auto", "channels_last": "auto", "compile": "auto", "data_on_device": "auto",
+    "num_threads": 0,
     "eval_batch_size": 1000,
     # bookkeeping
     "seed": 0, "out_dir": "runs", "run_name": None, "best_metric": "mean", "log_interval": 50,
@@ -37,13 +38,14 @@ DEFAULTS: Dict[str, Any] = {
 CHOICES = {"method": METHODS, "loss_backend": ("auto", "reference", "cpp", "triton"),
            "amp": ("auto", "none", "bf16", "fp16"), "lr_schedule": ("cosine", "multistep"),
            "best_metric": ("mean", "last"), "dataset": ("fashion-mnist", "cifar10", "cifar100", "synthetic")}
-TRISTATE = ("channels_last", "compile")  # auto | true | false
+TRISTATE = ("channels_last", "compile", "data_on_device")  # auto | true | false
 
 HELP = {
     "method": "msd (all-pairs KD), byot (deepest-exit teacher), joint (sum of CEs), plain (final exit only)",
     "best_metric": "which validation accuracy picks the 'best' checkpoint: mean over exits, or the last exit",
     "train_subset": "keep only this many training images (0 = all), for quick runs",
     "accum_steps": "split each global batch into this many micro-batches (gradients averaged)",
+    "data_on_device": "on CUDA, hold the training set on the GPU and augment there (auto: when it fits)",
     "max_steps": "stop after this many optimizer steps in total (0 = no limit; for smoke tests)",
     "val_size": "images held out of the training set for validation (default 5000; synthetic 512)",
 }

@@ -60,7 +60,9 @@ def method_loss_kwargs(cfg: Dict[str, Any]) -> Dict[str, Any]:
 
 
 class Trainer:
-    def __init__(self, cfg: Dict[str, Any]):
+    def __init__(self, cfg: Dict[str, Any], data=None):
+        """cfg: a resolved config (msd_fast.config). data: an already loaded `Dataset` (benchmarks);
+        by default the one named in cfg is loaded."""
         self.cfg = cfg
         self.speed = resolve_speed(cfg)
         self.device = torch.device(self.speed["device"])
@@ -74,14 +76,18 @@ class Trainer:
         if G % (world * accum):
             raise SystemExit(f"--batch-size {G} must be divisible by world size x accum steps = {world * accum}")
 
-        self.data = load_dataset(cfg["dataset"], cfg["data_dir"], cfg["val_size"], cfg["split_seed"],
-                                 cfg["train_subset"])
+        self.data = data if data is not None else load_dataset(
+            cfg["dataset"], cfg["data_dir"], cfg["val_size"], cfg["split_seed"], cfg["train_subset"])
         self.steps_per_epoch = len(self.data.train) // G
         if self.steps_per_epoch < 1:
             raise SystemExit(f"--batch-size {G} is larger than the training set ({len(self.data.train)} images)")
-        on_gpu = self.device.type == "cuda"  # datasets that fit are held on the GPU
-        self.train_images = self.data.train.images.to(self.device) if on_gpu else self.data.train.images
-        self.train_labels = self.data.train.labels.to(self.device) if on_gpu else self.data.train.labels
+        on_gpu = self.device.type == "cuda"
+        resident = on_gpu and cfg["data_on_device"] in ("auto", True)  # datasets that fit live on the GPU
+        if resident and cfg["data_on_device"] == "auto":
+            free, _ = torch.cuda.mem_get_info(self.device)
+            resident = self.data.train.images.numel() < free // 4
+        self.train_images = self.data.train.images.to(self.device) if resident else self.data.train.images
+        self.train_labels = self.data.train.labels.to(self.device) if resident else self.data.train.labels
 
         torch.manual_seed(cfg["seed"])
         self.model = create_model(cfg["model"], self.data.num_classes, self.data.in_channels, cfg["width"])
@@ -218,13 +224,7 @@ class Trainer:
                 t0 = time.time()
                 imgs0 = self.step_in_epoch * G
                 while self.step_in_epoch < self.steps_per_epoch:
-                    i = self.step_in_epoch
-                    off, flip = draw_augment_params(G, self.data.crop_padding, self.data.hflip, aug_gen)
-                    x, y = self._batch(perm[i * G:(i + 1) * G], off, flip)
-                    self.beta_t.fill_(self.beta_sched(self.epoch + i / self.steps_per_epoch))
-                    self._train_step(x, y)
-                    self.step_in_epoch += 1
-                    self.global_step += 1
+                    self._step_at(perm, aug_gen)
                     if bar is not None:
                         bar.update(1)
                     if self.global_step % cfg["log_interval"] == 0:
@@ -254,6 +254,28 @@ class Trainer:
             signal.signal(signal.SIGINT, old_handler)
         self.wall_before += time.time() - t_start
         return self._finish()
+
+    def _step_at(self, perm: torch.Tensor, aug_gen: torch.Generator) -> None:
+        """One optimizer step on global batch number `step_in_epoch` of this epoch's permutation."""
+        G, i = self.cfg["batch_size"], self.step_in_epoch
+        off, flip = draw_augment_params(G, self.data.crop_padding, self.data.hflip, aug_gen)
+        x, y = self._batch(perm[i * G:(i + 1) * G], off, flip)
+        self.beta_t.fill_(self.beta_sched(self.epoch + i / self.steps_per_epoch))
+        self._train_step(x, y)
+        self.step_in_epoch += 1
+        self.global_step += 1
+
+    def run_steps(self, n: int) -> None:
+        """n training steps with no evaluation or checkpoints (benchmarks); wraps around the epoch."""
+        if self.sums is None:
+            self.sums = self._new_sums()
+        self.model.train()
+        perm = torch.randperm(len(self.data.train), generator=torch.Generator().manual_seed(self.epoch))
+        aug_gen = torch.Generator().manual_seed(self.global_step)
+        for _ in range(n):
+            if self.step_in_epoch >= self.steps_per_epoch:
+                self.step_in_epoch = 0
+            self._step_at(perm, aug_gen)
 
     def _on_sigint(self, signum, frame):
         if self._stop_requested:

@@ -1,0 +1,190 @@
+"""Training throughput (images/s of full steps: forward, loss, backward, optimizer), side by side in one run.
+
+- baseline: how the public BYOT / MSDNet code trains: eager, contiguous NCHW, fp32, the naive Python loop
+  over exit pairs for the loss, a torchvision-transform Dataset behind a standard DataLoader.
+- msd_fast: our engine (msd_fast.trainer.Trainer) with its defaults for the device, then with each
+  feature toggled one at a time, so the table shows what each one is worth.
+Same model, batch and data (random CIFAR-shaped images, 100 classes). Warm-up and compile time are
+excluded and reported separately; throughput is the median over timed windows.
+
+    python bench/bench_train.py           # resnet18 and msdnet1 at full width, batch 64
+    python bench/bench_train.py --quick   # width 0.25, fewer windows: a few minutes on a 2-core CPU
+"""
+import argparse
+import json
+import pathlib
+import statistics
+import sys
+import tempfile
+import time
+
+import torch
+import torch.nn.functional as F
+import torchvision.transforms.v2 as T
+
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
+from machine import describe, machine_info  # noqa: E402
+from naive_loss import naive_msd_loss  # noqa: E402
+
+from msd_fast.config import DEFAULTS  # noqa: E402
+from msd_fast.data import Dataset, Split  # noqa: E402
+from msd_fast.models import create_model  # noqa: E402
+from msd_fast.trainer import Trainer, resolve_speed  # noqa: E402
+
+RESULTS = pathlib.Path(__file__).resolve().parent / "results"
+MEAN, STD = (0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762)
+
+
+def cifar_shaped(n: int = 4096, classes: int = 100) -> Dataset:
+    g = torch.Generator().manual_seed(0)
+    mk = lambda m: Split(torch.randint(0, 256, (m, 3, 32, 32), dtype=torch.uint8, generator=g),  # noqa: E731
+                         torch.randint(0, classes, (m,), generator=g))
+    return Dataset("cifar-shaped-random", mk(n), mk(256), mk(256), classes, MEAN, STD, crop_padding=4, hflip=True)
+
+
+class TransformDataset(torch.utils.data.Dataset):
+    """Per-sample torchvision transforms, as the public training scripts do."""
+
+    def __init__(self, split: Split):
+        self.split = split
+        self.tf = T.Compose([T.RandomCrop(32, padding=4), T.RandomHorizontalFlip(),
+                             T.ToDtype(torch.float32, scale=True), T.Normalize(MEAN, STD)])
+
+    def __len__(self):
+        return len(self.split)
+
+    def __getitem__(self, i):
+        return self.tf(self.split.images[i]), self.split.labels[i]
+
+
+def _windows(step, steps_per_window: int, windows: int, batch: int, device) -> dict:
+    rates = []
+    for _ in range(windows):
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        for _ in range(steps_per_window):
+            step()
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        rates.append(steps_per_window * batch / (time.perf_counter() - t0))
+    return {"images_per_s": statistics.median(rates), "window_rates": rates}
+
+
+def bench_baseline(model_name, width, data, batch, device, warmup, spw, windows, workers):
+    torch.manual_seed(0)
+    model = create_model(model_name, 100, 3, width).to(device)
+    opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9, weight_decay=5e-4)
+    loader = torch.utils.data.DataLoader(TransformDataset(data.train), batch_size=batch, shuffle=True,
+                                         drop_last=True, num_workers=workers, persistent_workers=workers > 0,
+                                         pin_memory=device.type == "cuda")
+    it = iter(loader)
+
+    def step():
+        nonlocal it
+        try:
+            x, y = next(it)
+        except StopIteration:
+            it = iter(loader)
+            x, y = next(it)
+        x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+        out = model(x)
+        loss = naive_msd_loss(out.logits, y, out.features, 0.5, 3.0, 0.05)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+
+    t0 = time.perf_counter()
+    for _ in range(warmup):
+        step()
+    warm = time.perf_counter() - t0
+    return {**_windows(step, spw, windows, batch, device), "warmup_s": warm}
+
+
+def bench_engine(model_name, width, data, batch, device, warmup, spw, windows, overrides):
+    cfg = dict(DEFAULTS, model=model_name, width=width, batch_size=batch, lr=0.05, device=str(device.type),
+               out_dir=tempfile.mkdtemp(prefix="msd_bench_"), run_name="bench", progress=False,
+               tensorboard=False, resume=None, **overrides)
+    trainer = Trainer(cfg, data=data)
+    t0 = time.perf_counter()
+    trainer.run_steps(warmup)  # includes torch.compile's compile time when compiling
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    warm = time.perf_counter() - t0
+    r = _windows(lambda: trainer.run_steps(1), spw, windows, batch, device)
+    return {**r, "warmup_s": warm, "speed": trainer.speed, "loss_backend": cfg["loss_backend"]}
+
+
+def variants(device: torch.device):
+    d = resolve_speed(dict(DEFAULTS, device=device.type))
+    rows = [("msd_fast (defaults)", {})]
+    rows.append(("  without channels-last", {"channels_last": False}))
+    rows.append(("  without fused loss (reference backend)", {"loss_backend": "reference"}))
+    if d["compile"]:
+        rows.append(("  without torch.compile", {"compile": False}))
+    else:
+        rows.append(("  with torch.compile", {"compile": True}))
+    if d["amp"] != "none":
+        rows.append(("  without AMP (fp32)", {"amp": "none"}))
+    if device.type == "cuda":
+        rows.append(("  without GPU-resident data", {"data_on_device": False}))
+    return rows
+
+
+def train_table(data: dict) -> str:
+    lines = [f"Measured on {describe(data['machine'])}; `{data['command']}` (batch {data['batch']}, "
+             f"width {data['width']}). Images/s, median of timed windows; warm-up/compile excluded.", ""]
+    for model, rows in data["models"].items():
+        base = rows["baseline (eager, NCHW, fp32, naive loss, DataLoader)"]["images_per_s"]
+        lines += [f"**{model}**", "", "| configuration | images/s | vs baseline | warm-up+compile s |", "|---|---|---|---|"]
+        for name, r in rows.items():
+            lines.append(f"| {name} | {r['images_per_s']:.1f} | {r['images_per_s'] / base:.2f}x | {r['warmup_s']:.1f} |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--models", nargs="*", default=["resnet18", "msdnet1"])
+    ap.add_argument("--batch", type=int, default=64)
+    ap.add_argument("--width", type=float, default=None, help="default: 1.0 (0.25 with --quick)")
+    ap.add_argument("--workers", type=int, default=None, help="baseline DataLoader workers (default: min(4, cores))")
+    ap.add_argument("--no-readme", action="store_true")
+    args = ap.parse_args(argv)
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    width = args.width or (0.25 if args.quick else 1.0)
+    warmup, spw, windows = (3, 3, 3) if args.quick else (5, 5, 5)
+    if device.type == "cuda":
+        warmup, spw, windows = (20, 20, 5)
+    import os
+
+    workers = args.workers if args.workers is not None else min(4, os.cpu_count() or 1)
+    info = machine_info(device)
+    print(f"# bench_train on {describe(info)}", flush=True)
+    data = cifar_shaped()
+    out = {"machine": info, "batch": args.batch, "width": width, "baseline_workers": workers,
+           "command": "python bench/bench_train.py" + (" --quick" if args.quick else ""), "models": {}}
+    for m in args.models:
+        rows = {}
+        r = bench_baseline(m, width, data, args.batch, device, warmup, spw, windows, workers)
+        rows["baseline (eager, NCHW, fp32, naive loss, DataLoader)"] = r
+        print(f"{m} baseline: {r['images_per_s']:.1f} img/s", flush=True)
+        for name, ov in variants(device):
+            r = bench_engine(m, width, data, args.batch, device, warmup, spw, windows, ov)
+            rows[name.strip()] = r
+            print(f"{m} {name.strip()}: {r['images_per_s']:.1f} img/s (warm-up {r['warmup_s']:.1f} s)", flush=True)
+        out["models"][m] = rows
+    path = RESULTS / f"train_{device.type}{'_quick' if args.quick else ''}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(out, indent=1))
+    print(f"wrote {path}")
+    print(train_table(out))
+    if not args.no_readme:
+        from report import update_readme
+
+        update_readme()
+
+
+if __name__ == "__main__":
+    main()
