@@ -29,8 +29,11 @@ def loss_table(data) -> str:
         if key not in cases:
             cases.append(key)
     lines = [f"Measured on {describe(data['machine'])}; `{data['command']}`. Forward+backward, median ms "
-             f"(speed-up over the naive eager loss in brackets).", "",
-             "| N | B | C | dtype | " + " | ".join(LOSS_ORDER) + " |", "|---" * (4 + len(LOSS_ORDER)) + "|"]
+             f"(speed-up over the naive eager loss in brackets); `memcpy_floor` streams the same bytes once "
+             f"(inputs read, gradients written); the last columns compare the fused backend (cpp on CPU, "
+             f"triton on CUDA) with torch.compile of the reference and with that floor.", "",
+             "| N | B | C | dtype | " + " | ".join(LOSS_ORDER) + " | cpp vs compiled | cpp / floor |",
+             "|---" * (6 + len(LOSS_ORDER)) + "|"]
     skipped = {}
     for key in cases:
         by = {r["backend"]: r for r in rows if (r["N"], r["B"], r["C"], r["D"], r["dtype"]) == key}
@@ -44,8 +47,16 @@ def loss_table(data) -> str:
                 cells.append("—")
                 if r is not None:
                     skipped[b] = r["skipped"]
+            elif b == "memcpy_floor":
+                cells.append(f"{r['median_ms']:.3f}")
             else:
                 cells.append(f"{r['median_ms']:.3f} ({r['speedup_vs_naive']:.1f}x)")
+        fast = by.get("cpp") if "median_ms" in by.get("cpp", {}) else by.get("triton", {})
+        if "median_ms" in fast and "median_ms" in by.get("compiled_reference", {}):
+            cells.append(f"{by['compiled_reference']['median_ms'] / fast['median_ms']:.2f}x")
+            cells.append(f"{fast['median_ms'] / by['memcpy_floor']['median_ms']:.1f}x")
+        else:
+            cells += ["—", "—"]
         lines.append(f"| {key[0]} | {key[1]} | {key[2]} | {key[4]} | " + " | ".join(cells) + " |")
     if skipped:
         lines.append("")
