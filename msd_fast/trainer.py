@@ -206,7 +206,10 @@ class Trainer:
     # ----------------------------------------------------------------------------------- the loop
     def fit(self) -> Dict[str, Any]:
         cfg, G = self.cfg, self.cfg["batch_size"]
-        old_handler = signal.signal(signal.SIGINT, self._on_sigint) if self.dist.is_main or True else None
+        try:  # Ctrl-C -> finish the step, save, stop (only the main thread may install handlers)
+            old_handler = signal.signal(signal.SIGINT, self._on_sigint)
+        except ValueError:
+            old_handler = None
         t_start = time.time()
         bar = None
         try:
@@ -251,7 +254,8 @@ class Trainer:
         finally:
             if bar is not None:
                 bar.close()
-            signal.signal(signal.SIGINT, old_handler)
+            if old_handler is not None:
+                signal.signal(signal.SIGINT, old_handler)
         self.wall_before += time.time() - t_start
         return self._finish()
 

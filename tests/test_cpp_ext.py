@@ -14,10 +14,10 @@ pytestmark = pytest.mark.skipif(not _ext.available(), reason=f"extension not bui
 GRID = list(itertools.product([2, 3, 4, 7], [2, 37, 1000]))
 
 
-def _run(backend, z, y, f, teacher, **kw):
+def _run(backend, z, y, f, teacher, temperature=2.5, **kw):
     z = z.detach().clone().requires_grad_()
     f = None if f is None else f.detach().clone().requires_grad_()
-    loss, terms = msd_loss(z, y, f, alpha=0.6, temperature=2.5, beta=0.3, teacher=teacher, backend=backend,
+    loss, terms = msd_loss(z, y, f, alpha=0.6, temperature=temperature, beta=0.3, teacher=teacher, backend=backend,
                            return_terms=True, **kw)
     grads = torch.autograd.grad(loss, [t for t in (z, f) if t is not None])
     return loss, terms, grads
@@ -26,10 +26,11 @@ def _run(backend, z, y, f, teacher, **kw):
 @pytest.mark.parametrize("N,C", GRID)
 @pytest.mark.parametrize("teacher", ["all", "last"])
 @pytest.mark.parametrize("with_features", [True, False])
-def test_cpp_matches_reference(N, C, teacher, with_features):
+@pytest.mark.parametrize("temperature", [2.5, 1.0, 3.0, 4.0])  # integer tau <= 4 takes the one-exp path
+def test_cpp_matches_reference(N, C, teacher, with_features, temperature):
     z, y, f = make_inputs(N, 5, C, 13 if with_features else 0)
-    ref = _run("reference", z, y, f, teacher)
-    got = _run("cpp", z, y, f, teacher)
+    ref = _run("reference", z, y, f, teacher, temperature)
+    got = _run("cpp", z, y, f, teacher, temperature)
     torch.testing.assert_close(got[0], ref[0], rtol=1e-5, atol=1e-5)
     for a, b in zip(got[1], ref[1]):
         torch.testing.assert_close(a, b.detach(), rtol=1e-5, atol=1e-5)
