@@ -15,6 +15,7 @@ from torch import Tensor, nn
 
 from . import defaults
 from .backends import resolve_backend
+from .fused import run_fused
 from .reference import combine_terms, reference_msd_terms
 from .validation import check_hparams, normalize_inputs
 
@@ -69,13 +70,13 @@ def msd_loss(logits: Union[Tensor, Sequence[Tensor]], target: Tensor,
             total = combine_terms(ce, kd, feat, alpha, beta)
         terms = MSDTerms(ce, kd, feat)
     else:
-        from .fused import run_fused
-
         z = z.contiguous()
         if f is not None:
             f = f.to(z.dtype).contiguous()
         total, per_exit = run_fused(name, z, y.contiguous(), f, _weights(alpha, beta, z.device),
                                     float(temperature), teacher == "last")
+        if not return_terms:
+            return total
         terms = MSDTerms(per_exit[0], per_exit[1], per_exit[2, : N - 1])
     return (total, terms) if return_terms else total
 

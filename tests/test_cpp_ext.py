@@ -48,12 +48,22 @@ def test_cpp_half_types(dtype, tol):
         torch.testing.assert_close(a.float(), b.float(), rtol=tol, atol=tol * 1e-2)
 
 
+@pytest.mark.parametrize("scale", [2.0, -0.5])
+def test_cpp_upstream_gradient_scales(scale):
+    """Backward scales the saved gradients by the incoming one (the == 1 shortcut must not apply)."""
+    z, y, f = make_inputs(3, 5, 11, 4)
+    g1 = torch.autograd.grad(msd_loss(z, y, f, backend="cpp"), [z, f])
+    g2 = torch.autograd.grad(scale * msd_loss(z, y, f, backend="cpp"), [z, f])
+    for a, b in zip(g1, g2):
+        torch.testing.assert_close(b, scale * a)
+
+
 def test_auto_picks_cpp_on_cpu(monkeypatch):
-    import msd_fast.fused as fused
+    import msd_fast.loss as loss_mod
 
     seen = []
-    orig = fused.run_fused
-    monkeypatch.setattr(fused, "run_fused", lambda name, *a: seen.append(name) or orig(name, *a))
+    orig = loss_mod.run_fused
+    monkeypatch.setattr(loss_mod, "run_fused", lambda name, *a: seen.append(name) or orig(name, *a))
     z, y, f = make_inputs(3, 4, 6, 2)
     msd_loss(z, y, f)
     assert seen == ["cpp"]
