@@ -71,16 +71,12 @@ def update_readme() -> None:
     for dev in ("cpu", "cuda"):
         data = _load(f"loss_{dev}.json") or _load(f"loss_{dev}_quick.json")
         update_readme_section(f"loss-bench-{dev}", loss_table(data))
-    train = _load("train_cpu.json") or _load("train_cpu_quick.json")
-    if train is not None:
-        from bench_train import train_table
+    from bench_train import train_table
 
-        update_readme_section("train-bench-cpu", train_table(train))
-    train = _load("train_cuda.json") or _load("train_cuda_quick.json")
-    if train is not None:
-        from bench_train import train_table
-
-        update_readme_section("train-bench-cuda", train_table(train))
+    for dev in ("cpu", "cuda"):
+        tables = [train_table(t) for t in (_load(f"train_{dev}.json"), _load(f"train_{dev}_quick.json")) if t]
+        if tables:
+            update_readme_section(f"train-bench-{dev}", "\n".join(tables))
 
 
 if __name__ == "__main__":

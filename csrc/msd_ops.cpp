@@ -133,7 +133,8 @@ void fused_msd_loss_kernel(const scalar_t* z, const int64_t* y, const scalar_t* 
 
   at::parallel_for(0, B, grain, [&](int64_t b0, int64_t b1) {
     // Per-thread scratch: q for every exit, p (unnormalised exp) for every exit, P, and row stats.
-    std::vector<float> q(N * C), p(N * C), P(C), zrow(N * C), shift(N), lse_tau(N);
+    // q and p stay unnormalised; their normalisers 1/sum are applied where they are read (one pass less).
+    std::vector<float> q(N * C), p(N * C), P(C), zrow(N * C), shift(N), inv_s1(N), inv_st(N);
     for (int64_t b = b0; b < b1; ++b) {
       const int64_t yb = y[b];
       float* part_ce = partials + b;           // [0, n, b] at n * B
@@ -163,12 +164,8 @@ void fused_msd_loss_kernel(const scalar_t* z, const int64_t* y, const scalar_t* 
           case 4: exp_pair<4>(zr, m, inv_tau, pn, qn, C, s1, st); break;
           default: exp_pair<0>(zr, m, inv_tau, pn, qn, C, s1, st);
         }
-        const float inv_s1 = 1.0f / s1, inv_st = 1.0f / st;
-#pragma omp simd
-        for (int64_t c = 0; c < C; ++c) {
-          pn[c] *= inv_s1;
-          qn[c] *= inv_st;
-        }
+        inv_s1[n] = 1.0f / s1;
+        inv_st[n] = 1.0f / st;
         shift[n] = m * inv_tau + std::log(st);  // l_n = z_n / tau - shift_n
         part_ce[n * B] = (m + std::log(s1)) - zr[yb];
       }
@@ -179,12 +176,13 @@ void fused_msd_loss_kernel(const scalar_t* z, const int64_t* y, const scalar_t* 
         for (int64_t n = 0; n < N; ++n) {
           const float* qn = q.data() + n * C;
           const float* zr = zrow.data() + n * C;
-          const float sh = shift[n];
+          const float sh = shift[n], is = inv_st[n];
           float r = 0.f;
 #pragma omp simd reduction(+ : r)
           for (int64_t c = 0; c < C; ++c) {
-            P[c] += qn[c];
-            r += qn[c] * (zr[c] * inv_tau - sh);
+            const float qc = qn[c] * is;
+            P[c] += qc;
+            r += qc * (zr[c] * inv_tau - sh);
           }
           R += r;
         }
@@ -199,14 +197,14 @@ void fused_msd_loss_kernel(const scalar_t* z, const int64_t* y, const scalar_t* 
       } else {
         const float* qN = q.data() + (N - 1) * C;
         const float* zN = zrow.data() + (N - 1) * C;
-        const float shN = shift[N - 1];
+        const float shN = shift[N - 1], isN = inv_st[N - 1];
         for (int64_t n = 0; n < N - 1; ++n) {
           const float* zr = zrow.data() + n * C;
           const float sh = shift[n];
           float kl = 0.f;
 #pragma omp simd reduction(+ : kl)
           for (int64_t c = 0; c < C; ++c) kl += qN[c] * ((zN[c] * inv_tau - shN) - (zr[c] * inv_tau - sh));
-          part_kd[n * B] = kd_scale * kl;
+          part_kd[n * B] = kd_scale * isN * kl;
         }
         part_kd[(N - 1) * B] = 0.f;
       }
@@ -215,21 +213,23 @@ void fused_msd_loss_kernel(const scalar_t* z, const int64_t* y, const scalar_t* 
       for (int64_t n = 0; n < N; ++n) {
         const float* pn = p.data() + n * C;
         const float* qn = q.data() + n * C;
+        const float* qN = q.data() + (N - 1) * C;
+        const float a = g_ce * inv_s1[n], bq = g_kd * inv_st[n], bN = g_kd * inv_st[N - 1];
         scalar_t* g = grad_z + (n * B + b) * C;
         if (!teacher_last) {
+          const float bNq = Nf * bq;
 #pragma omp simd
-          for (int64_t c = 0; c < C; ++c) g[c] = static_cast<scalar_t>(g_ce * pn[c] + g_kd * (Nf * qn[c] - P[c]));
+          for (int64_t c = 0; c < C; ++c) g[c] = static_cast<scalar_t>(a * pn[c] + bNq * qn[c] - g_kd * P[c]);
         } else if (n < N - 1) {
-          const float* qN = q.data() + (N - 1) * C;
 #pragma omp simd
-          for (int64_t c = 0; c < C; ++c) g[c] = static_cast<scalar_t>(g_ce * pn[c] + g_kd * (qn[c] - qN[c]));
+          for (int64_t c = 0; c < C; ++c) g[c] = static_cast<scalar_t>(a * pn[c] + bq * qn[c] - bN * qN[c]);
         } else {
 #pragma omp simd
-          for (int64_t c = 0; c < C; ++c) g[c] = static_cast<scalar_t>(g_ce * pn[c]);
+          for (int64_t c = 0; c < C; ++c) g[c] = static_cast<scalar_t>(a * pn[c]);
         }
         // The one-hot part of the CE gradient, applied in fp32 before the store's rounding.
-        const float gy = g_ce * pn[yb] - g_ce + (teacher_last ? (n < N - 1 ? g_kd * (qn[yb] - q[(N - 1) * C + yb]) : 0.f)
-                                                              : g_kd * (Nf * qn[yb] - P[yb]));
+        const float gy = a * pn[yb] - g_ce + (teacher_last ? (n < N - 1 ? bq * qn[yb] - bN * qN[yb] : 0.f)
+                                                           : Nf * bq * qn[yb] - g_kd * P[yb]);
         g[yb] = static_cast<scalar_t>(gy);
       }
       // Feature hint towards the deepest exit.
