@@ -110,35 +110,37 @@ def measure_speed(model, data, thresholds, large_batch: int = 256, reps: int = 2
 
 
 def _plot(results: List[Dict[str, Any]], out: pathlib.Path) -> List[str]:
+    """Two PNGs, each with every checkpoint: the whole range (left) and zoomed on the top 3 points (right),
+    so curves that differ by tenths of a point stay readable next to a chance-level one."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    curves = {
+        "anytime.png": ("cumulative MFLOPs at exit", "Anytime prediction: accuracy per exit",
+                        [([a["flops"] / 1e6 for a in r["anytime"]], [a["top1"] for a in r["anytime"]], "o-")
+                         for r in results]),
+        "budgeted.png": ("average MFLOPs per test image", "Budgeted batch classification",
+                         [([b["test_avg_flops"] / 1e6 for b in r["budgeted"]], [b["test_top1"] for b in r["budgeted"]],
+                           ".-") for r in results]),
+    }
     paths = []
-    fig, ax = plt.subplots(figsize=(6, 4.2))
-    for r in results:
-        xs = [a["flops"] / 1e6 for a in r["anytime"]]
-        ax.plot(xs, [a["top1"] for a in r["anytime"]], "o-", label=r["label"])
-    ax.set(xlabel="cumulative MFLOPs at exit", ylabel="test top-1 (%)", title="Anytime prediction: accuracy per exit")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(out / "anytime.png", dpi=120)
-    paths.append(str(out / "anytime.png"))
-    plt.close(fig)
-    fig, ax = plt.subplots(figsize=(6, 4.2))
-    for r in results:
-        b = r["budgeted"]
-        ax.plot([x["test_avg_flops"] / 1e6 for x in b], [x["test_top1"] for x in b], ".-", label=r["label"])
-    ax.set(xlabel="average MFLOPs per test image", ylabel="test top-1 (%)",
-           title="Budgeted batch classification")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(out / "budgeted.png", dpi=120)
-    paths.append(str(out / "budgeted.png"))
-    plt.close(fig)
+    for name, (xlabel, title, series) in curves.items():
+        fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
+        top = max(max(ys) for _, ys, _ in series)
+        for ax, zoom in zip(axes, (False, True)):
+            for r, (xs, ys, style) in zip(results, series):
+                ax.plot(xs, ys, style, label=r["label"])
+            ax.set(xlabel=xlabel, ylabel="test top-1 (%)", title=title + (" (zoom)" if zoom else ""))
+            if zoom:
+                ax.set_ylim(top - 3.0, top + 0.5)
+            ax.grid(alpha=0.3)
+            ax.legend(fontsize=8)
+        fig.tight_layout()
+        fig.savefig(out / name, dpi=110)
+        plt.close(fig)
+        paths.append(str(out / name))
     return paths
 
 
