@@ -157,7 +157,7 @@ class Trainer:
             else:
                 loss, (ce, kd, feat) = msd_loss(out.logits, y, out.features, beta=beta, validate=False,
                                                 backend=self.cfg["loss_backend"], return_terms=True, **self.loss_kw)
-        correct = torch.stack([(z.argmax(-1) == y).sum() for z in out.logits]).float()
+        correct = (torch.stack(out.logits).argmax(-1) == y).sum(1).float()  # [exits], one op for all
         if plain:
             correct = torch.cat([correct.new_zeros(self.model.num_exits - 1), correct])
         return loss, torch.cat([ce.detach(), kd.detach(), feat.detach()]), correct
