@@ -19,7 +19,6 @@ import tempfile
 import time
 
 import torch
-import torch.nn.functional as F
 import torchvision.transforms.v2 as T
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))

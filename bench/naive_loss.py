@@ -1,7 +1,6 @@
 """The naive eager all-pairs MSD loss, as multi-exit training code is commonly written today: an explicit
 Python loop over every ordered pair of exits with F.kl_div, plus per-exit F.cross_entropy and
 F.mse_loss-style hints. The baseline of bench_loss.py and bench_train.py (same maths as msd_loss)."""
-import torch
 import torch.nn.functional as F
 
 

@@ -25,15 +25,6 @@ def predict_probs(model, split: Split, mean, std, batch_size: int = 1000, device
     return torch.cat(outs, 1)
 
 
-def accuracy_from_probs(probs: Tensor, labels: Tensor) -> Dict[str, List[float]]:
-    """Top-1 accuracy (%) of each exit, of the running ensemble of exits 1..k (mean of softmax)."""
-    n = labels.shape[0]
-    per_exit = [(p.argmax(-1) == labels).float().sum().item() * 100.0 / n for p in probs]
-    running = probs.cumsum(0) / torch.arange(1, probs.shape[0] + 1).view(-1, 1, 1)
-    ensemble = [(p.argmax(-1) == labels).float().sum().item() * 100.0 / n for p in running]
-    return {"exits": per_exit, "ensemble": ensemble}
-
-
 @torch.no_grad()
 def evaluate_split(model, split: Split, mean, std, batch_size: int, device, channels_last: bool,
                    amp_dtype, dist_info: DistInfo = DistInfo()) -> Dict[str, List[float]]:

@@ -7,6 +7,7 @@ DistributedSampler.set_epoch does), plus its augmentation parameters; rank r tak
 see exactly the same samples and crops as one process with the whole batch, and a resumed run continues
 with exactly the batches the uninterrupted run would have seen.
 """
+import contextlib
 import math
 import pathlib
 import platform
@@ -175,7 +176,7 @@ class Trainer:
         accum = self.cfg["accum_steps"]
         for j in range(accum):
             xs, ys = (x, y) if accum == 1 else (x[j::accum], y[j::accum])
-            sync_ctx = self.ddp.no_sync() if (self.dist.enabled and j < accum - 1) else _nullcontext()
+            sync_ctx = self.ddp.no_sync() if (self.dist.enabled and j < accum - 1) else contextlib.nullcontext()
             with sync_ctx:
                 loss, terms, correct = self._fwd(xs, ys, self.beta_t)
                 self.scaler.scale(loss / accum).backward()
@@ -393,14 +394,6 @@ class Trainer:
             print(format_results_table(results))
             print(f"[msd_fast] run directory: {self.run_dir}  (wall time {self.wall_before:.0f} s)")
         return results
-
-
-class _nullcontext:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *a):
-        return False
 
 
 def format_results_table(r: Dict[str, Any]) -> str:

@@ -1,6 +1,7 @@
 """Multi-exit models: outputs, gradients, early-exit prefix, channels_last, autocast, compile, costs."""
 import pytest
 import torch
+import torch.utils.flop_counter
 import torchvision
 
 from msd_fast import msd_loss
@@ -89,10 +90,13 @@ def test_msdnet_costs(name):
     assert model.steps == ([1, 2, 3, 4, 5] if name == "msdnet1" else [3, 3, 3, 3, 3])
 
 
-def test_resnet_flops_increase_and_match_counter():
+def test_resnet_flops_increase_and_last_exit_is_full_forward():
     model = _small("resnet18")
     flops = model.exit_flops((1, 16, 16))
     assert all(b > a for a, b in zip(flops, flops[1:]))
+    with torch.no_grad(), torch.utils.flop_counter.FlopCounterMode(display=False) as counter:
+        model.eval()(torch.zeros(1, 1, 16, 16))
+    assert flops[-1] == counter.get_total_flops()
 
 
 def test_msdnet_general_constructor_seven_exits():
