@@ -15,9 +15,11 @@
 #include <cmath>
 #include <cstring>
 #include <limits>
+#include <type_traits>
 #include <vector>
 
 #include "msd_ops.h"
+#include "simd16.h"
 
 namespace msd_fast {
 
@@ -70,193 +72,245 @@ std::tuple<at::Tensor, at::Tensor> reduce_exit_losses_cpu(const at::Tensor& part
 
 namespace {
 
-// exp(x) for float, branch-free so the compiler vectorises the loops that call it (glibc's expf is a
-// scalar call). Range reduction x = k ln2 + r, |r| <= ln2/2, then a degree-7 Taylor polynomial:
-// relative error < 1e-7 (below float rounding). exp(-inf) = 0, exp(NaN) = NaN, overflow -> inf.
-inline float vexp(float x) {
-  const float k = std::nearbyint(x * 1.44269504088896341f);
-  const float r = (x - k * 0.693145751953125f) - k * 1.428606765330187045e-06f;
-  float p = 1.98412698412698413e-04f;
-  p = p * r + 1.38888888888888889e-03f;
-  p = p * r + 8.33333333333333333e-03f;
-  p = p * r + 4.16666666666666667e-02f;
-  p = p * r + 1.66666666666666667e-01f;
-  p = p * r + 0.5f;
-  p = p * r + 1.0f;
-  p = p * r + 1.0f;
-  const float kc = k < -126.f ? -126.f : (k > 127.f ? 127.f : k);
-  int32_t bits = (static_cast<int32_t>(kc) + 127) << 23;
-  float scale;
-  std::memcpy(&scale, &bits, sizeof(scale));
-  float y = p * scale;
-  y = x < -87.33654f ? 0.f : y;
-  y = x > 88.72283f ? std::numeric_limits<float>::infinity() : y;
-  return x != x ? x : y;
+using simd::vf16;
+using simd::kLanes;
+
+// Scratch rows are padded to whole vectors with this logit: finite (so 0 * d stays 0 in the dot
+// products) and far enough below any real logit that its exp underflows to exactly 0.
+constexpr float kPadLogit = -1e30f;
+
+template <typename scalar_t>
+inline vf16 load_as_float(const scalar_t* p) {
+  if constexpr (std::is_same_v<scalar_t, float>) {
+    return simd::load(p);
+  } else {
+    vf16 v;
+    for (int k = 0; k < kLanes; ++k) v[k] = static_cast<float>(p[k]);
+    return v;
+  }
 }
 
-// Unnormalised softmax numerators of one row at T = 1 (pn) and T = tau (qn), and their sums.
-// K > 0: tau == K is an integer, so exp(d) = exp(d / K)^K costs K - 1 multiplies instead of an exp.
-template <int K>
-inline void exp_pair(const float* zr, float m, float inv_tau, float* pn, float* qn, int64_t C, float& s1, float& st) {
-  float a = 0.f, b = 0.f;
-#pragma omp simd reduction(+ : a, b)
-  for (int64_t c = 0; c < C; ++c) {
-    const float d = zr[c] - m;
-    const float et = vexp(d * inv_tau);
-    float e1;
-    if constexpr (K == 0) e1 = vexp(d);
-    else if constexpr (K == 1) e1 = et;
-    else if constexpr (K == 2) e1 = et * et;
-    else if constexpr (K == 3) e1 = et * et * et;
-    else e1 = (et * et) * (et * et);
-    pn[c] = e1;
-    qn[c] = et;
-    a += e1;
-    b += et;
+// Stores the first `count` (1..16) lanes of v, rounding to scalar_t.
+template <typename scalar_t>
+inline void store_lanes(scalar_t* p, vf16 v, int64_t count) {
+  if constexpr (std::is_same_v<scalar_t, float>) {
+    if (count == kLanes) {
+      simd::store(p, v);
+    } else {
+      for (int64_t k = 0; k < count; ++k) p[k] = v[k];
+    }
+  } else {
+    for (int64_t k = 0; k < count; ++k) p[k] = static_cast<scalar_t>(v[k]);
   }
-  s1 = a;
-  st = b;
 }
 
 template <typename scalar_t>
+inline void load_row_padded(const scalar_t* src, float* dst, int64_t C, int64_t Cp) {
+  const int64_t Cv = C - C % kLanes;
+  for (int64_t c = 0; c < Cv; c += kLanes) simd::store(dst + c, load_as_float(src + c));
+  for (int64_t c = Cv; c < C; ++c) dst[c] = static_cast<float>(src[c]);
+  for (int64_t c = C; c < Cp; ++c) dst[c] = kPadLogit;
+}
+
+// exp(d) from et = exp(d / tau): for an integer tau = K in 1..4 it is et^K (multiplies, no second exp).
+template <int K>
+inline vf16 exp_full(vf16 et, vf16 d) {
+  if constexpr (K == 0) return simd::vexp(d);
+  else if constexpr (K == 1) return et;
+  else if constexpr (K == 2) return et * et;
+  else if constexpr (K == 3) return et * et * et;
+  else return (et * et) * (et * et);
+}
+
+template <int K>
+inline float exp_full_scalar(float et, float d) {
+  if constexpr (K == 0) return std::exp(d);
+  else {
+    float e = et;
+    for (int k = 1; k < K; ++k) e *= et;
+    return e;
+  }
+}
+
+struct LossScalars {
+  float inv_tau, g_ce, g_kd, kd_scale, g_feat;
+  bool teacher_last;
+};
+
+// One sample b: all N rows of logits -> partial CE/KD per exit and d total / d logits.
+// Scratch per thread: dz [N, Cp] = z - max (padded), et [N, Cp] = exp(dz / tau), P [Cp], row stats [N].
+template <typename scalar_t, int K>
+void logits_one_sample(const scalar_t* z, int64_t yb, scalar_t* grad_z, float* part_ce, float* part_kd,
+                       int64_t N, int64_t B, int64_t b, int64_t C, int64_t Cp, const LossScalars& s,
+                       float* dz, float* et, float* P, float* inv_st, float* inv_s1, float* lse_t, float* qlq) {
+  const int64_t nb = Cp / kLanes;
+  const float inv_tau = s.inv_tau;
+  float R = 0.f;  // sum_n <q_n, l_n>
+  // Pass 1 per exit: max, dz, et, both softmax sums, <q_n, l_n>, CE.
+  for (int64_t n = 0; n < N; ++n) {
+    float* d = dz + n * Cp;
+    float* e = et + n * Cp;
+    load_row_padded(z + (n * B + b) * C, d, C, Cp);
+    vf16 mv = simd::splat(-std::numeric_limits<float>::infinity());
+    simd::vi16 nan_lanes{};
+    for (int64_t i = 0; i < nb; ++i) {
+      const vf16 v = simd::load(d + i * kLanes);
+      mv = simd::vmax(mv, v);
+      nan_lanes |= (v != v);
+    }
+    float m = simd::hmax(mv);
+    if (simd::any(nan_lanes)) m = std::numeric_limits<float>::quiet_NaN();  // NaN logits -> NaN loss, never masked
+    vf16 st{}, s1{}, ed{};
+    for (int64_t i = 0; i < nb; ++i) {
+      const vf16 dv = simd::load(d + i * kLanes) - m;
+      const vf16 ev = simd::vexp(dv * inv_tau);
+      simd::store(d + i * kLanes, dv);
+      simd::store(e + i * kLanes, ev);
+      st += ev;
+      s1 += exp_full<K>(ev, dv);
+      ed += ev * dv;
+    }
+    const float sst = simd::hsum(st), ss1 = simd::hsum(s1);
+    inv_st[n] = 1.0f / sst;
+    inv_s1[n] = 1.0f / ss1;
+    lse_t[n] = std::log(sst);                                          // l_n = dz_n / tau - lse_t[n]
+    qlq[n] = inv_st[n] * simd::hsum(ed) * inv_tau - lse_t[n];         // <q_n, l_n> (sum_c q_n = 1)
+    R += qlq[n];
+    part_ce[n * B] = std::log(ss1) - d[yb];                            // lse(z_n) - z_n[y]
+  }
+  const float Nf = static_cast<float>(N);
+  float sP = 0.f;
+  if (!s.teacher_last) {  // P = sum_n q_n, one pass reading the N rows
+    vf16 sPv{};
+    for (int64_t i = 0; i < nb; ++i) {
+      vf16 acc{};
+      for (int64_t n = 0; n < N; ++n) acc += simd::load(et + n * Cp + i * kLanes) * inv_st[n];
+      simd::store(P + i * kLanes, acc);
+      sPv += acc;
+    }
+    sP = simd::hsum(sPv);  // = N up to rounding; the exact sum keeps <P, l_n> consistent with P
+  }
+  const float* eN = et + (N - 1) * Cp;
+  const float bN = s.g_kd * inv_st[N - 1];
+  // Pass 2 per exit: the gradient row (and the dot product its KD term needs).
+  for (int64_t n = 0; n < N; ++n) {
+    const float* d = dz + n * Cp;
+    const float* e = et + n * Cp;
+    scalar_t* g = grad_z + (n * B + b) * C;
+    const float a = s.g_ce * inv_s1[n];
+    vf16 dot{};
+    float gy;
+    const float e1y = exp_full_scalar<K>(e[yb], d[yb]);
+    if (!s.teacher_last) {
+      // d/dz_n = g_ce (p_n - onehot) + g_kd (N q_n - P)
+      const float bq = Nf * s.g_kd * inv_st[n];
+      for (int64_t i = 0; i < nb; ++i) {
+        const int64_t off = i * kLanes;
+        const vf16 ev = simd::load(e + off), dv = simd::load(d + off), Pv = simd::load(P + off);
+        store_lanes(g + off, a * exp_full<K>(ev, dv) + bq * ev - s.g_kd * Pv, std::min<int64_t>(kLanes, C - off));
+        dot += Pv * dv;
+      }
+      const float pl = simd::hsum(dot) * inv_tau - lse_t[n] * sP;   // <P, l_n>
+      part_kd[n * B] = s.kd_scale * (R - pl);                        // sum_{j != n} KL(q_j || q_n)
+      gy = a * e1y - s.g_ce + bq * e[yb] - s.g_kd * P[yb];
+    } else if (n < N - 1) {
+      // d/dz_n = g_ce (p_n - onehot) + g_kd (q_n - q_N)
+      const float bq = s.g_kd * inv_st[n];
+      for (int64_t i = 0; i < nb; ++i) {
+        const int64_t off = i * kLanes;
+        const vf16 ev = simd::load(e + off), dv = simd::load(d + off), eNv = simd::load(eN + off);
+        store_lanes(g + off, a * exp_full<K>(ev, dv) + bq * ev - bN * eNv, std::min<int64_t>(kLanes, C - off));
+        dot += eNv * dv;
+      }
+      const float qNl = inv_st[N - 1] * simd::hsum(dot) * inv_tau - lse_t[n];  // <q_N, l_n>
+      part_kd[n * B] = s.kd_scale * (qlq[N - 1] - qNl);                          // KL(q_N || q_n)
+      gy = a * e1y - s.g_ce + bq * e[yb] - bN * eN[yb];
+    } else {
+      for (int64_t i = 0; i < nb; ++i) {
+        const int64_t off = i * kLanes;
+        const vf16 ev = simd::load(e + off), dv = simd::load(d + off);
+        store_lanes(g + off, a * exp_full<K>(ev, dv), std::min<int64_t>(kLanes, C - off));
+      }
+      part_kd[n * B] = 0.f;
+      gy = a * e1y - s.g_ce;
+    }
+    g[yb] = static_cast<scalar_t>(gy);  // the one-hot part of CE, applied in fp32 before the store's rounding
+  }
+}
+
+// Feature hint of sample b: FEAT_n = ||F_n - F_N||^2 and its gradient g_feat (F_n - F_N); F_N's is 0.
+template <typename scalar_t>
+void features_one_sample(const scalar_t* feats, scalar_t* grad_f, float* part_ft, int64_t N, int64_t B, int64_t b,
+                         int64_t D, float g_feat) {
+  const scalar_t* fN = feats + ((N - 1) * B + b) * D;
+  const int64_t Dv = D - D % kLanes;
+  for (int64_t n = 0; n < N - 1; ++n) {
+    const scalar_t* fn = feats + (n * B + b) * D;
+    scalar_t* gf = grad_f + (n * B + b) * D;
+    vf16 ssv{};
+    for (int64_t d = 0; d < Dv; d += kLanes) {
+      const vf16 diff = load_as_float(fn + d) - load_as_float(fN + d);
+      ssv += diff * diff;
+      store_lanes(gf + d, g_feat * diff, kLanes);
+    }
+    float ss = simd::hsum(ssv);
+    for (int64_t d = Dv; d < D; ++d) {
+      const float diff = static_cast<float>(fn[d]) - static_cast<float>(fN[d]);
+      ss += diff * diff;
+      gf[d] = static_cast<scalar_t>(g_feat * diff);
+    }
+    part_ft[n * B] = ss;
+  }
+  std::memset(grad_f + ((N - 1) * B + b) * D, 0, D * sizeof(scalar_t));  // all-zero bits = +0 in every float type
+  part_ft[(N - 1) * B] = 0.f;
+}
+
+template <typename scalar_t, int K>
 void fused_msd_loss_kernel(const scalar_t* z, const int64_t* y, const scalar_t* feats, float* partials,
                            scalar_t* grad_z, scalar_t* grad_f, int64_t N, int64_t B, int64_t C, int64_t D,
-                           float w_ce, float w_kd, float w_feat, float tau, bool teacher_last) {
-  const float inv_tau = 1.0f / tau;
-  const int tau_int = (tau == std::nearbyint(tau) && tau >= 1.f && tau <= 4.f) ? static_cast<int>(tau) : 0;
-  const float invB = 1.0f / static_cast<float>(B);
-  const float g_ce = w_ce * invB;
-  const float g_kd = teacher_last ? w_kd * tau * invB : w_kd * tau * invB / static_cast<float>(N - 1);
-  const float kd_scale = teacher_last ? tau * tau : tau * tau / static_cast<float>(N - 1);
-  const float g_feat = 2.0f * w_feat * invB;
+                           const LossScalars s) {
+  const int64_t Cp = (C + kLanes - 1) / kLanes * kLanes;
   const int64_t grain = std::max<int64_t>(1, 16384 / std::max<int64_t>(1, N * (C + D)));
-
-  at::parallel_for(0, B, grain, [&](int64_t b0, int64_t b1) {
-    // Per-thread scratch: q for every exit, p (unnormalised exp) for every exit, P, and row stats.
-    // q and p stay unnormalised; their normalisers 1/sum are applied where they are read (one pass less).
-    std::vector<float> q(N * C), p(N * C), P(C), zrow(N * C), shift(N), inv_s1(N), inv_st(N);
+  // Captured by value: with [&] the compiler cannot keep the scalars in registers (a store through
+  // grad_* might alias them) and reloads them inside the vector loops.
+  at::parallel_for(0, B, grain, [=](int64_t b0, int64_t b1) {
+    std::vector<float> scratch(2 * N * Cp + Cp + 4 * N);
+    float* dz = scratch.data();
+    float* et = dz + N * Cp;
+    float* P = et + N * Cp;
+    float* stats = P + Cp;
     for (int64_t b = b0; b < b1; ++b) {
-      const int64_t yb = y[b];
-      float* part_ce = partials + b;           // [0, n, b] at n * B
-      float* part_kd = partials + N * B + b;   // [1, n, b]
-      float* part_ft = partials + 2 * N * B + b;
-      // Pass 1 per exit: max, both softmax normalisers, CE; q_n and p_n kept in scratch.
-      for (int64_t n = 0; n < N; ++n) {
-        const scalar_t* row = z + (n * B + b) * C;
-        float* zr = zrow.data() + n * C;
-        float m = -std::numeric_limits<float>::infinity();
-        int n_nan = 0;
-#pragma omp simd reduction(max : m) reduction(+ : n_nan)
-        for (int64_t c = 0; c < C; ++c) {
-          const float v = static_cast<float>(row[c]);
-          zr[c] = v;
-          n_nan += (v != v);
-          m = v > m ? v : m;
-        }
-        if (n_nan) m = std::numeric_limits<float>::quiet_NaN();  // NaN logits -> NaN loss, never masked
-        float* pn = p.data() + n * C;
-        float* qn = q.data() + n * C;
-        float s1 = 0.f, st = 0.f;
-        switch (tau_int) {  // exp(d) = exp(d / tau)^tau: one exp per element for tau in {1, 2, 3, 4}
-          case 1: exp_pair<1>(zr, m, inv_tau, pn, qn, C, s1, st); break;
-          case 2: exp_pair<2>(zr, m, inv_tau, pn, qn, C, s1, st); break;
-          case 3: exp_pair<3>(zr, m, inv_tau, pn, qn, C, s1, st); break;
-          case 4: exp_pair<4>(zr, m, inv_tau, pn, qn, C, s1, st); break;
-          default: exp_pair<0>(zr, m, inv_tau, pn, qn, C, s1, st);
-        }
-        inv_s1[n] = 1.0f / s1;
-        inv_st[n] = 1.0f / st;
-        shift[n] = m * inv_tau + std::log(st);  // l_n = z_n / tau - shift_n
-        part_ce[n * B] = (m + std::log(s1)) - zr[yb];
-      }
-      // KD per exit from the all-pairs algebra.
-      if (!teacher_last) {
-        std::fill(P.begin(), P.end(), 0.f);
-        float R = 0.f;
-        for (int64_t n = 0; n < N; ++n) {
-          const float* qn = q.data() + n * C;
-          const float* zr = zrow.data() + n * C;
-          const float sh = shift[n], is = inv_st[n];
-          float r = 0.f;
-#pragma omp simd reduction(+ : r)
-          for (int64_t c = 0; c < C; ++c) {
-            const float qc = qn[c] * is;
-            P[c] += qc;
-            r += qc * (zr[c] * inv_tau - sh);
-          }
-          R += r;
-        }
-        for (int64_t n = 0; n < N; ++n) {
-          const float* zr = zrow.data() + n * C;
-          const float sh = shift[n];
-          float pl = 0.f;
-#pragma omp simd reduction(+ : pl)
-          for (int64_t c = 0; c < C; ++c) pl += P[c] * (zr[c] * inv_tau - sh);
-          part_kd[n * B] = kd_scale * (R - pl);
-        }
-      } else {
-        const float* qN = q.data() + (N - 1) * C;
-        const float* zN = zrow.data() + (N - 1) * C;
-        const float shN = shift[N - 1], isN = inv_st[N - 1];
-        for (int64_t n = 0; n < N - 1; ++n) {
-          const float* zr = zrow.data() + n * C;
-          const float sh = shift[n];
-          float kl = 0.f;
-#pragma omp simd reduction(+ : kl)
-          for (int64_t c = 0; c < C; ++c) kl += qN[c] * ((zN[c] * inv_tau - shN) - (zr[c] * inv_tau - sh));
-          part_kd[n * B] = kd_scale * isN * kl;
-        }
-        part_kd[(N - 1) * B] = 0.f;
-      }
-      // Gradients of the weighted total w.r.t. the logits.
-      const float Nf = static_cast<float>(N);
-      for (int64_t n = 0; n < N; ++n) {
-        const float* pn = p.data() + n * C;
-        const float* qn = q.data() + n * C;
-        const float* qN = q.data() + (N - 1) * C;
-        const float a = g_ce * inv_s1[n], bq = g_kd * inv_st[n], bN = g_kd * inv_st[N - 1];
-        scalar_t* g = grad_z + (n * B + b) * C;
-        if (!teacher_last) {
-          const float bNq = Nf * bq;
-#pragma omp simd
-          for (int64_t c = 0; c < C; ++c) g[c] = static_cast<scalar_t>(a * pn[c] + bNq * qn[c] - g_kd * P[c]);
-        } else if (n < N - 1) {
-#pragma omp simd
-          for (int64_t c = 0; c < C; ++c) g[c] = static_cast<scalar_t>(a * pn[c] + bq * qn[c] - bN * qN[c]);
-        } else {
-#pragma omp simd
-          for (int64_t c = 0; c < C; ++c) g[c] = static_cast<scalar_t>(a * pn[c]);
-        }
-        // The one-hot part of the CE gradient, applied in fp32 before the store's rounding.
-        const float gy = a * pn[yb] - g_ce + (teacher_last ? (n < N - 1 ? bq * qn[yb] - bN * qN[yb] : 0.f)
-                                                           : Nf * bq * qn[yb] - g_kd * P[yb]);
-        g[yb] = static_cast<scalar_t>(gy);
-      }
-      // Feature hint towards the deepest exit.
+      logits_one_sample<scalar_t, K>(z, y[b], grad_z, partials + b, partials + N * B + b, N, B, b, C, Cp, s,
+                                     dz, et, P, stats, stats + N, stats + 2 * N, stats + 3 * N);
       if (feats != nullptr) {
-        const scalar_t* fN = feats + ((N - 1) * B + b) * D;
-        for (int64_t n = 0; n < N; ++n) {
-          scalar_t* gf = grad_f + (n * B + b) * D;
-          if (n == N - 1) {
-            for (int64_t d = 0; d < D; ++d) gf[d] = static_cast<scalar_t>(0.f);
-            part_ft[n * B] = 0.f;
-            continue;
-          }
-          const scalar_t* fn = feats + (n * B + b) * D;
-          float ss = 0.f;
-#pragma omp simd reduction(+ : ss)
-          for (int64_t d = 0; d < D; ++d) {
-            const float diff = static_cast<float>(fn[d]) - static_cast<float>(fN[d]);
-            ss += diff * diff;
-            gf[d] = static_cast<scalar_t>(g_feat * diff);
-          }
-          part_ft[n * B] = ss;
-        }
+        features_one_sample(feats, grad_f, partials + 2 * N * B + b, N, B, b, D, s.g_feat);
       } else {
-        for (int64_t n = 0; n < N; ++n) part_ft[n * B] = 0.f;
+        for (int64_t n = 0; n < N; ++n) partials[(2 * N + n) * B + b] = 0.f;
       }
     }
   });
+}
+
+template <typename scalar_t>
+void launch_fused_msd_loss(const scalar_t* z, const int64_t* y, const scalar_t* feats, float* partials,
+                           scalar_t* grad_z, scalar_t* grad_f, int64_t N, int64_t B, int64_t C, int64_t D,
+                           float w_ce, float w_kd, float w_feat, float tau, bool teacher_last) {
+  const float invB = 1.0f / static_cast<float>(B);
+  LossScalars s;
+  s.inv_tau = 1.0f / tau;
+  s.g_ce = w_ce * invB;
+  s.g_kd = teacher_last ? w_kd * tau * invB : w_kd * tau * invB / static_cast<float>(N - 1);
+  s.kd_scale = teacher_last ? tau * tau : tau * tau / static_cast<float>(N - 1);
+  s.g_feat = 2.0f * w_feat * invB;
+  s.teacher_last = teacher_last;
+  const int tau_int = (tau == std::nearbyint(tau) && tau >= 1.f && tau <= 4.f) ? static_cast<int>(tau) : 0;
+  switch (tau_int) {  // exp(d) = exp(d / tau)^tau: one exp per element for tau in {1, 2, 3, 4}
+    case 1: return fused_msd_loss_kernel<scalar_t, 1>(z, y, feats, partials, grad_z, grad_f, N, B, C, D, s);
+    case 2: return fused_msd_loss_kernel<scalar_t, 2>(z, y, feats, partials, grad_z, grad_f, N, B, C, D, s);
+    case 3: return fused_msd_loss_kernel<scalar_t, 3>(z, y, feats, partials, grad_z, grad_f, N, B, C, D, s);
+    case 4: return fused_msd_loss_kernel<scalar_t, 4>(z, y, feats, partials, grad_z, grad_f, N, B, C, D, s);
+    default: return fused_msd_loss_kernel<scalar_t, 0>(z, y, feats, partials, grad_z, grad_f, N, B, C, D, s);
+  }
 }
 
 bool is_supported_float(at::ScalarType t) {
@@ -304,7 +358,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> fused_msd_loss_cpu(
   auto grad_logits = at::empty_like(logits);
   auto grad_features = features.has_value() ? at::empty_like(*features) : at::empty({0}, logits.options());
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, logits.scalar_type(), "fused_msd_loss_cpu", [&] {
-    fused_msd_loss_kernel<scalar_t>(
+    launch_fused_msd_loss<scalar_t>(
         logits.data_ptr<scalar_t>(), yp, features.has_value() ? features->data_ptr<scalar_t>() : nullptr,
         partials.data_ptr<float>(), grad_logits.data_ptr<scalar_t>(),
         features.has_value() ? grad_features.data_ptr<scalar_t>() : nullptr, N, B, C, D, wp[0], wp[1], wp[2],

@@ -5,6 +5,9 @@ Both fused ops share one contract, so they share the fake (meta) implementation 
       -> total [] f32, per_exit [3, N] f32, grad_logits [N,B,C], grad_features [N,B,D] | [0]
 where grad_* are d total / d input, computed during the forward. Backward only scales them by the
 incoming gradient. per_exit (and the grads) are marked non-differentiable: they are for logging.
+
+The C++ op's autograd rule lives in C++ (csrc/fused_autograd.cpp): as a Python rule its bookkeeping cost
+more than the CPU kernel itself. The Triton op's rule is the Python one below, with the same contract.
 """
 from typing import Optional, Tuple
 
@@ -101,7 +104,7 @@ if _ext.available():
     torch.library.register_fake("msd_fast::reduce_exit_losses")(_reduce_fake)
     torch.library.register_autograd("msd_fast::reduce_exit_losses", _reduce_backward,
                                     setup_context=_reduce_setup_context)
-    _register_fused("msd_fast::fused_msd_loss")
+    torch.library.register_fake("msd_fast::fused_msd_loss")(_fused_fake)  # autograd: in C++
 
 
 # ---------------------------------------------------------------------------------------------------
