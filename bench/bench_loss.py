@@ -3,7 +3,8 @@
 Backends: naive eager all-pairs PyTorch (a Python loop over exit pairs), the reference backend,
 torch.compile of the reference (compile time reported separately), the fused C++ op (CPU) and the fused
 Triton kernel (CUDA), plus a plain memory copy of the same bytes (inputs read + gradients written) as the
-machine's floor. Medians over repeats after warm-up; peak memory on CUDA; JSON under bench/results/.
+machine's floor. Timed round-robin (windows of a few calls, each backend in turn, so drift in the
+machine's speed hits all alike); medians per call after warm-up; peak memory on CUDA; JSON under bench/results/.
 
     python bench/bench_loss.py            # the grid for this device (full on CUDA, reduced on CPU)
     python bench/bench_loss.py --quick    # N in {2, 4, 8}, B = 128, C = 100, D = 512, fp32
@@ -20,7 +21,7 @@ import torch
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
 from machine import describe, machine_info  # noqa: E402
 from naive_loss import naive_msd_loss  # noqa: E402
-from timing import time_fn  # noqa: E402
+from timing import time_interleaved  # noqa: E402
 
 from msd_fast import _ext, msd_loss  # noqa: E402
 from msd_fast.backends import triton_usable  # noqa: E402
@@ -82,15 +83,12 @@ def run_case(N, B, C, D, dtype, device, skip_reasons):
     }
     # The floor: stream the same bytes once (read logits + features, write their gradients).
     dz, df = torch.empty_like(z), torch.empty_like(f)
-    rows = []
-    copy = time_fn(lambda: (dz.copy_(z.detach()), df.copy_(f.detach())), device)
     nbytes = 2 * (z.numel() + f.numel()) * z.element_size()
     base = dict(N=N, B=B, C=C, D=D, dtype=str(dtype).replace("torch.", ""))
-    rows.append({**base, "backend": "memcpy_floor", **copy, "bytes": nbytes,
-                 "gb_per_s": nbytes / copy["median_ms"] / 1e6})
+    steps = {"memcpy_floor": lambda: (dz.copy_(z.detach()), df.copy_(f.detach()))}
+    extra = {"memcpy_floor": {}}
     for name, (fn, kind) in fns.items():
         if skip_reasons[name]:
-            rows.append({**base, "backend": name, "skipped": skip_reasons[name]})
             continue
 
         def step(fn=fn, kind=kind):
@@ -98,20 +96,27 @@ def run_case(N, B, C, D, dtype, device, skip_reasons):
                 t.grad = None
             fn()
 
-        compile_s = None
+        extra[name] = {}
         if name == "compiled_reference":
             t0 = time.perf_counter()
             step()
-            compile_s = time.perf_counter() - t0
-        if device.type == "cuda":
+            extra[name]["compile_s"] = time.perf_counter() - t0
+        if device.type == "cuda":  # peak memory of one call, measured alone
+            torch.cuda.synchronize(device)
             torch.cuda.reset_peak_memory_stats(device)
-        r = time_fn(step, device)
-        row = {**base, "backend": name, **r, "bytes": nbytes, "gb_per_s": nbytes / r["median_ms"] / 1e6}
-        if compile_s is not None:
-            row["compile_s"] = compile_s
-        if device.type == "cuda":
-            row["peak_mem_mb"] = torch.cuda.max_memory_allocated(device) / 2**20
-        rows.append(row)
+            step()
+            torch.cuda.synchronize(device)
+            extra[name]["peak_mem_mb"] = torch.cuda.max_memory_allocated(device) / 2**20
+        steps[name] = step
+    timed = time_interleaved(steps, device)  # round-robin: machine drift hits every backend alike
+    rows = []
+    for name in ["memcpy_floor", *fns]:
+        if name not in steps:
+            rows.append({**base, "backend": name, "skipped": skip_reasons[name]})
+            continue
+        r = timed[name]
+        rows.append({**base, "backend": name, **r, **extra[name], "bytes": nbytes,
+                     "gb_per_s": nbytes / r["median_ms"] / 1e6})
     naive = next(r for r in rows if r["backend"] == "naive_eager")
     for r in rows:
         if "median_ms" in r:

@@ -126,6 +126,6 @@ _register_fused("msd_fast::fused_msd_loss_triton")
 def run_fused(backend: str, logits: Tensor, target: Tensor, features: Optional[Tensor], weights: Tensor,
               temperature: float, teacher_last: bool) -> Tuple[Tensor, Tensor]:
     """Returns (total, per_exit [3, N]) from the named fused backend."""
-    op = torch.ops.msd_fast.fused_msd_loss if backend == "cpp" else torch.ops.msd_fast.fused_msd_loss_triton
+    op = torch.ops.msd_fast.fused_msd_loss.default if backend == "cpp" else torch.ops.msd_fast.fused_msd_loss_triton.default
     total, per_exit, _, _ = op(logits, target, features, weights, temperature, teacher_last)
     return total, per_exit

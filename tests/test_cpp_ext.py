@@ -38,6 +38,31 @@ def test_cpp_matches_reference(N, C, teacher, with_features, temperature):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.parametrize("N,B,C,D", [(2, 1, 16, 16), (3, 7, 17, 40), (5, 9, 100, 515), (8, 3, 33, 1)])
+@pytest.mark.parametrize("scale", [1.0, 40.0])  # 40: logits spread over +-120, exps far into underflow
+def test_cpp_vector_blocks_and_tails(N, B, C, D, scale):
+    """Whole 16-lane blocks, padded tails of the logits rows and feature tails, large logit ranges."""
+    z, y, f = make_inputs(N, B, C, D)
+    z = (z * scale).detach()
+    for teacher in ("all", "last"):
+        ref = _run("reference", z, y, f, teacher, 3.0)
+        got = _run("cpp", z, y, f, teacher, 3.0)
+        torch.testing.assert_close(got[0], ref[0], rtol=1e-5, atol=1e-5 * scale)
+        for a, b in zip(got[1], ref[1]):
+            torch.testing.assert_close(a, b.detach(), rtol=1e-5, atol=1e-5 * scale)
+        for a, b in zip(got[2], ref[2]):
+            torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+
+
+def test_cpp_nan_logits_give_nan_loss():
+    z, y, f = make_inputs(3, 4, 20, 5)
+    z = z.detach().clone()
+    z[1, 2, 19] = float("nan")  # in the padded last block of the row
+    loss, terms, _ = _run("cpp", z, y, f, "all", 3.0)
+    assert torch.isnan(loss)
+    assert torch.isnan(terms.ce[1]) and torch.isfinite(terms.ce[0])
+
+
 @pytest.mark.parametrize("dtype,tol", [(torch.float16, 2e-3), (torch.bfloat16, 1.6e-2)])
 def test_cpp_half_types(dtype, tol):
     z, y, f = make_inputs(4, 5, 37, 13, dtype=dtype)
