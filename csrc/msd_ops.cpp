@@ -83,6 +83,8 @@ template <typename scalar_t>
 inline vf16 load_as_float(const scalar_t* p) {
   if constexpr (std::is_same_v<scalar_t, float>) {
     return simd::load(p);
+  } else if constexpr (std::is_same_v<scalar_t, c10::BFloat16>) {
+    return simd::load_bf16(p);
   } else {
     vf16 v;
     for (int k = 0; k < kLanes; ++k) v[k] = static_cast<float>(p[k]);
@@ -98,6 +100,12 @@ inline void store_lanes(scalar_t* p, vf16 v, int64_t count) {
       simd::store(p, v);
     } else {
       for (int64_t k = 0; k < count; ++k) p[k] = v[k];
+    }
+  } else if constexpr (std::is_same_v<scalar_t, c10::BFloat16>) {
+    if (count == kLanes) {
+      simd::store_bf16(p, v);
+    } else {
+      for (int64_t k = 0; k < count; ++k) p[k] = static_cast<scalar_t>(v[k]);
     }
   } else {
     for (int64_t k = 0; k < count; ++k) p[k] = static_cast<scalar_t>(v[k]);

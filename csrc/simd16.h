@@ -27,6 +27,29 @@ inline vf16 load(const float* p) {
 
 inline void store(float* p, vf16 v) { std::memcpy(p, &v, sizeof(v)); }
 
+// bfloat16 <-> float, 16 lanes: bf16 is the top half of a float, so widening is a shift; narrowing rounds
+// to nearest even (NaN -> 0x7FC0), bit-identical to c10::BFloat16's scalar conversion.
+typedef uint16_t vbf16 __attribute__((vector_size(32)));
+typedef uint32_t vbits16 __attribute__((vector_size(64)));
+
+inline vf16 load_bf16(const void* p) {
+  vbf16 h;
+  std::memcpy(&h, p, sizeof(h));
+  const vbits16 w = __builtin_convertvector(h, vbits16) << 16;
+  vf16 f;
+  std::memcpy(&f, &w, sizeof(f));
+  return f;
+}
+
+inline void store_bf16(void* p, vf16 v) {
+  vbits16 bits;
+  std::memcpy(&bits, &v, sizeof(bits));
+  vbits16 rounded = (bits + 0x7FFFu + ((bits >> 16) & 1u)) >> 16;
+  rounded = (vi16)(v != v) ? vbits16{} + 0x7FC0u : rounded;
+  const vbf16 h = __builtin_convertvector(rounded, vbf16);
+  std::memcpy(p, &h, sizeof(h));
+}
+
 inline vf16 vmax(vf16 a, vf16 b) { return a > b ? a : b; }
 
 // Horizontal reductions as trees of halving shuffles (4 dependent steps instead of a 15-add chain:

@@ -161,3 +161,15 @@ def test_fused_op_bad_inputs_raise(args, match):
 def test_reduction_bad_inputs_raise(partials, weights, match):
     with pytest.raises(RuntimeError, match=match):
         torch.ops.msd_fast.reduce_exit_losses(partials, weights)
+
+
+@pytest.mark.parametrize("C,D", [(100, 512), (37, 13)])
+def test_cpp_bfloat16_rounds_like_torch(C, D):
+    """bf16 inputs: the kernel computes in fp32 and rounds once to nearest even, so its gradients are
+    exactly the fp32 kernel's gradients (on the upcast inputs) rounded by torch."""
+    z, y, f = make_inputs(4, 6, C, D, dtype=torch.bfloat16)
+    _, _, g16 = _run("cpp", z, y, f, "all", 3.0)
+    _, _, g32 = _run("cpp", z.float(), y, f.float(), "all", 3.0)
+    for a, b in zip(g16, g32):
+        assert a.dtype == torch.bfloat16
+        assert torch.equal(a, b.to(torch.bfloat16))
