@@ -114,10 +114,13 @@ def bench_engine(model_name, width, data, batch, device, warmup, spw, windows, o
     return {**r, "warmup_s": warm, "speed": trainer.speed, "loss_backend": cfg["loss_backend"]}
 
 
-def variants(device: torch.device):
-    d = resolve_speed(dict(DEFAULTS, device=device.type))
+def variants(device: torch.device, model: str):
+    d = resolve_speed(dict(DEFAULTS, device=device.type, model=model))
     rows = [("msd_fast (defaults)", {})]
-    rows.append(("  without channels-last", {"channels_last": False}))
+    if d["channels_last"]:
+        rows.append(("  without channels-last", {"channels_last": False}))
+    else:
+        rows.append(("  with channels-last", {"channels_last": True}))
     rows.append(("  without fused loss (reference backend)", {"loss_backend": "reference"}))
     if d["compile"]:
         rows.append(("  without torch.compile", {"compile": False}))
@@ -169,7 +172,7 @@ def main(argv=None):
         r = bench_baseline(m, width, data, args.batch, device, warmup, spw, windows, workers)
         rows["baseline (eager, NCHW, fp32, naive loss, DataLoader)"] = r
         print(f"{m} baseline: {r['images_per_s']:.1f} img/s", flush=True)
-        for name, ov in variants(device):
+        for name, ov in variants(device, m):
             r = bench_engine(m, width, data, args.batch, device, warmup, spw, windows, ov)
             rows[name.strip()] = r
             print(f"{m} {name.strip()}: {r['images_per_s']:.1f} img/s (warm-up {r['warmup_s']:.1f} s)", flush=True)

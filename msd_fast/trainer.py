@@ -26,7 +26,7 @@ from .data import augment, draw_augment_params, load_dataset, normalize
 from .distributed import DistInfo, all_reduce_sum, barrier, init_distributed
 from .evaluation import evaluate_split
 from .loss import msd_loss
-from .models import create_model
+from .models import channels_last_on_cpu, create_model
 from .run_log import RunLogger
 from .schedule import CosineBeta
 
@@ -47,7 +47,8 @@ def cpu_has_native_bf16() -> bool:
 
 def resolve_speed(cfg: Dict[str, Any]) -> Dict[str, Any]:
     """Per-device defaults: CUDA -> bf16, channels-last, compile; CPU -> bf16 where the CPU has native bf16
-    (else fp32), channels-last, eager (torch.compile measured no faster on CPU)."""
+    (else fp32), channels-last except for MSDNet (models.channels_last_on_cpu), eager (torch.compile is
+    slow to compile on CPU and measured no faster for the ResNets)."""
     dev = cfg["device"]
     if dev == "auto":
         dev = "cuda" if torch.cuda.is_available() else "cpu"
@@ -55,7 +56,7 @@ def resolve_speed(cfg: Dict[str, Any]) -> Dict[str, Any]:
         raise SystemExit("--device cuda: no CUDA device is available here; use --device cpu")
     on_cuda = dev.startswith("cuda")
     amp = cfg["amp"] if cfg["amp"] != "auto" else ("bf16" if on_cuda or cpu_has_native_bf16() else "none")
-    cl = cfg["channels_last"] if cfg["channels_last"] != "auto" else True
+    cl = cfg["channels_last"] if cfg["channels_last"] != "auto" else (on_cuda or channels_last_on_cpu(cfg["model"]))
     comp = cfg["compile"] if cfg["compile"] != "auto" else on_cuda
     return {"device": dev, "amp": amp, "channels_last": bool(cl), "compile": bool(comp)}
 

@@ -136,3 +136,18 @@ def test_ddp_two_gloo_processes_match_one_process(tmp_path):
         torch.testing.assert_close(a[k], b[k], rtol=1e-4, atol=1e-5, msg=k)
     ra = json.loads((tmp_path / "ddp" / "results.json").read_text())
     assert ra["world_size"] == 2
+
+
+def test_speed_defaults_per_device_and_model(monkeypatch):
+    from msd_fast import trainer as tr
+    from msd_fast.config import DEFAULTS
+
+    cpu = dict(DEFAULTS, device="cpu")
+    monkeypatch.setattr(tr, "cpu_has_native_bf16", lambda: True)
+    assert tr.resolve_speed(dict(cpu, model="resnet18")) == {"device": "cpu", "amp": "bf16", "channels_last": True,
+                                                             "compile": False}
+    assert tr.resolve_speed(dict(cpu, model="msdnet1"))["channels_last"] is False  # channel concats: NCHW on CPU
+    assert tr.resolve_speed(dict(cpu, model="msdnet1", channels_last=True))["channels_last"] is True
+    monkeypatch.setattr(tr, "cpu_has_native_bf16", lambda: False)
+    assert tr.resolve_speed(dict(cpu, model="resnet18"))["amp"] == "none"  # emulated bf16 would be slower
+    assert tr.resolve_speed(dict(cpu, model="resnet18", amp="bf16"))["amp"] == "bf16"
