@@ -4,8 +4,9 @@
   over exit pairs for the loss, a torchvision-transform Dataset behind a standard DataLoader.
 - msd_fast: our engine (msd_fast.trainer.Trainer) with its defaults for the device, then with each
   feature toggled one at a time, so the table shows what each one is worth.
-Same model, batch and data (random CIFAR-shaped images, 100 classes). Warm-up and compile time are
-excluded and reported separately; throughput is the median over timed windows.
+Same model, batch and data (random CIFAR-shaped images, 100 classes). All configurations of a model are
+built and warmed up first (warm-up and compile time reported separately), then timed round-robin, one
+window of each in turn, so drift in the machine's speed hits them alike; images/s is the median window.
 
     python bench/bench_train.py           # resnet18 and msdnet1 at full width, batch 64
     python bench/bench_train.py --quick   # width 0.25, fewer windows: a few minutes on a 2-core CPU
@@ -31,6 +32,7 @@ from msd_fast.models import create_model  # noqa: E402
 from msd_fast.trainer import Trainer, resolve_speed  # noqa: E402
 
 RESULTS = pathlib.Path(__file__).resolve().parent / "results"
+BASELINE = "baseline (eager, NCHW, fp32, naive loss, DataLoader)"
 MEAN, STD = (0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762)
 
 
@@ -56,21 +58,28 @@ class TransformDataset(torch.utils.data.Dataset):
         return self.tf(self.split.images[i]), self.split.labels[i]
 
 
-def _windows(step, steps_per_window: int, windows: int, batch: int, device) -> dict:
-    rates = []
+def _sync(device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def _windows_interleaved(steps: dict, steps_per_window: int, windows: int, batch: int, device) -> dict:
+    """Round-robin: window w of every configuration runs before window w + 1 of any, so a drift in the
+    machine's speed (shared hosts) hits all configurations alike and the ratios stay fair."""
+    rates = {name: [] for name in steps}
     for _ in range(windows):
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        t0 = time.perf_counter()
-        for _ in range(steps_per_window):
-            step()
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        rates.append(steps_per_window * batch / (time.perf_counter() - t0))
-    return {"images_per_s": statistics.median(rates), "window_rates": rates}
+        for name, step in steps.items():
+            _sync(device)
+            t0 = time.perf_counter()
+            for _ in range(steps_per_window):
+                step()
+            _sync(device)
+            rates[name].append(steps_per_window * batch / (time.perf_counter() - t0))
+    return {name: {"images_per_s": statistics.median(r), "window_rates": r} for name, r in rates.items()}
 
 
-def bench_baseline(model_name, width, data, batch, device, warmup, spw, windows, workers):
+def setup_baseline(model_name, width, data, batch, device, warmup, workers):
+    """The baseline's step function, warmed up; returns (step, warm-up seconds, details)."""
     torch.manual_seed(0)
     model = create_model(model_name, 100, 3, width).to(device)
     opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9, weight_decay=5e-4)
@@ -96,22 +105,21 @@ def bench_baseline(model_name, width, data, batch, device, warmup, spw, windows,
     t0 = time.perf_counter()
     for _ in range(warmup):
         step()
-    warm = time.perf_counter() - t0
-    return {**_windows(step, spw, windows, batch, device), "warmup_s": warm}
+    _sync(device)
+    return step, time.perf_counter() - t0, {"dataloader_workers": workers}
 
 
-def bench_engine(model_name, width, data, batch, device, warmup, spw, windows, overrides):
+def setup_engine(model_name, width, data, batch, device, warmup, overrides):
+    """msd_fast's Trainer with its device defaults plus `overrides`, warmed up (compile time included)."""
     cfg = dict(DEFAULTS, model=model_name, width=width, batch_size=batch, lr=0.05, device=str(device.type),
                out_dir=tempfile.mkdtemp(prefix="msd_bench_"), run_name="bench", progress=False,
                tensorboard=False, resume=None, **overrides)
     trainer = Trainer(cfg, data=data)
     t0 = time.perf_counter()
     trainer.run_steps(warmup)  # includes torch.compile's compile time when compiling
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    warm = time.perf_counter() - t0
-    r = _windows(lambda: trainer.run_steps(1), spw, windows, batch, device)
-    return {**r, "warmup_s": warm, "speed": trainer.speed, "loss_backend": cfg["loss_backend"]}
+    _sync(device)
+    return (lambda: trainer.run_steps(1)), time.perf_counter() - t0, {"speed": trainer.speed,
+                                                                         "loss_backend": cfg["loss_backend"]}
 
 
 def variants(device: torch.device, model: str):
@@ -135,9 +143,9 @@ def variants(device: torch.device, model: str):
 
 def train_table(data: dict) -> str:
     lines = [f"Measured on {describe(data['machine'])}; `{data['command']}` (batch {data['batch']}, "
-             f"width {data['width']}). Images/s, median of timed windows; warm-up/compile excluded.", ""]
+             f"width {data['width']}). Images/s, median of timed windows (configurations interleaved); warm-up/compile excluded.", ""]
     for model, rows in data["models"].items():
-        base = rows["baseline (eager, NCHW, fp32, naive loss, DataLoader)"]["images_per_s"]
+        base = rows[BASELINE]["images_per_s"]
         lines += [f"**{model}**", "", "| configuration | images/s | vs baseline | warm-up+compile s |", "|---|---|---|---|"]
         for name, r in rows.items():
             lines.append(f"| {name} | {r['images_per_s']:.1f} | {r['images_per_s'] / base:.2f}x | {r['warmup_s']:.1f} |")
@@ -168,14 +176,16 @@ def main(argv=None):
     out = {"machine": info, "batch": args.batch, "width": width, "baseline_workers": workers,
            "command": "python bench/bench_train.py" + (" --quick" if args.quick else ""), "models": {}}
     for m in args.models:
-        rows = {}
-        r = bench_baseline(m, width, data, args.batch, device, warmup, spw, windows, workers)
-        rows["baseline (eager, NCHW, fp32, naive loss, DataLoader)"] = r
-        print(f"{m} baseline: {r['images_per_s']:.1f} img/s", flush=True)
+        setups = {BASELINE: setup_baseline(m, width, data, args.batch, device, warmup, workers)}
+        print(f"{m} baseline: warmed up in {setups[BASELINE][1]:.1f} s", flush=True)
         for name, ov in variants(device, m):
-            r = bench_engine(m, width, data, args.batch, device, warmup, spw, windows, ov)
-            rows[name.strip()] = r
-            print(f"{m} {name.strip()}: {r['images_per_s']:.1f} img/s (warm-up {r['warmup_s']:.1f} s)", flush=True)
+            setups[name.strip()] = setup_engine(m, width, data, args.batch, device, warmup, ov)
+            print(f"{m} {name.strip()}: warmed up in {setups[name.strip()][1]:.1f} s", flush=True)
+        timed = _windows_interleaved({k: v[0] for k, v in setups.items()}, spw, windows, args.batch, device)
+        rows = {k: {**timed[k], "warmup_s": v[1], **v[2]} for k, v in setups.items()}
+        for k, r in rows.items():
+            print(f"{m} {k}: {r['images_per_s']:.1f} img/s", flush=True)
+        del setups, timed
         out["models"][m] = rows
     path = RESULTS / f"train_{device.type}{'_quick' if args.quick else ''}.json"
     path.parent.mkdir(parents=True, exist_ok=True)
