@@ -143,7 +143,8 @@ def variants(device: torch.device, model: str):
 
 def train_table(data: dict) -> str:
     lines = [f"Measured on {describe(data['machine'])}; `{data['command']}` (batch {data['batch']}, "
-             f"width {data['width']}). Images/s, median of timed windows (configurations interleaved); warm-up/compile excluded.", ""]
+             f"width {data['width']}). Images/s, median of timed windows (configurations interleaved); warm-up/compile excluded "
+             f"(a repeat torch.compile is short when inductor's on-disk cache already holds the graphs).", ""]
     for model, rows in data["models"].items():
         base = rows[BASELINE]["images_per_s"]
         lines += [f"**{model}**", "", "| configuration | images/s | vs baseline | warm-up+compile s |", "|---|---|---|---|"]

@@ -29,7 +29,7 @@ def loss_table(data) -> str:
         if key not in cases:
             cases.append(key)
     lines = [f"Measured on {describe(data['machine'])}; `{data['command']}`. Forward+backward, median ms "
-             f"(speed-up over the naive eager loss in brackets); `memcpy_floor` streams the same bytes once "
+             f"per call, backends timed round-robin in one run (speed-up over the naive eager loss in brackets); `memcpy_floor` streams the same bytes once "
              f"(inputs read, gradients written); the last columns compare the fused backend (cpp on CPU, "
              f"triton on CUDA) with torch.compile of the reference and with that floor.", "",
              "| N | B | C | dtype | " + " | ".join(LOSS_ORDER) + " | cpp vs compiled | cpp / floor |",
