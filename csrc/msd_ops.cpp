@@ -75,9 +75,12 @@ namespace {
 using simd::vf16;
 using simd::kLanes;
 
-// Scratch rows are padded to whole vectors with this logit: finite (so 0 * d stays 0 in the dot
-// products) and far enough below any real logit that its exp underflows to exactly 0.
-constexpr float kPadLogit = -1e30f;
+// Scratch rows are padded to whole vectors with -inf: pads never win a row's max (an all -inf row gives
+// NaN, as the reference does) and their exp is exactly 0. After the shift, dz is stored clamped at
+// kMinShifted so that the dot products never form 0 * -inf; a class that far below the row's max has
+// q = p = 0 either way.
+constexpr float kPadLogit = -std::numeric_limits<float>::infinity();
+constexpr float kMinShifted = -1e30f;
 
 template <typename scalar_t>
 inline vf16 load_as_float(const scalar_t* p) {
@@ -172,11 +175,12 @@ void logits_one_sample(const scalar_t* z, int64_t yb, scalar_t* grad_z, float* p
     for (int64_t i = 0; i < nb; ++i) {
       const vf16 dv = simd::load(d + i * kLanes) - m;
       const vf16 ev = simd::vexp(dv * inv_tau);
-      simd::store(d + i * kLanes, dv);
+      const vf16 dc = simd::vmax(dv, simd::splat(kMinShifted));
+      simd::store(d + i * kLanes, dc);
       simd::store(e + i * kLanes, ev);
       st += ev;
-      s1 += exp_full<K>(ev, dv);
-      ed += ev * dv;
+      s1 += exp_full<K>(ev, dc);
+      ed += ev * dc;
     }
     const float sst = simd::hsum(st), ss1 = simd::hsum(s1);
     inv_st[n] = 1.0f / sst;
@@ -184,7 +188,7 @@ void logits_one_sample(const scalar_t* z, int64_t yb, scalar_t* grad_z, float* p
     lse_t[n] = std::log(sst);                                          // l_n = dz_n / tau - lse_t[n]
     qlq[n] = inv_st[n] * simd::hsum(ed) * inv_tau - lse_t[n];         // <q_n, l_n> (sum_c q_n = 1)
     R += qlq[n];
-    part_ce[n * B] = std::log(ss1) - d[yb];                            // lse(z_n) - z_n[y]
+    part_ce[n * B] = std::log(ss1) - (static_cast<float>(z[(n * B + b) * C + yb]) - m);  // lse(z_n) - z_n[y]
   }
   const float Nf = static_cast<float>(N);
   float sP = 0.f;

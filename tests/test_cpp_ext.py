@@ -54,6 +54,24 @@ def test_cpp_vector_blocks_and_tails(N, B, C, D, scale):
             torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
 
 
+def test_cpp_rows_far_below_zero_and_masked_classes():
+    """Rows whose logits all sit near -1e31 (padding must never win the max), and classes masked with a
+    huge negative logit next to normal ones (their exp is 0, no 0 * inf in the dot products)."""
+    z, y, f = make_inputs(3, 4, 20, 5)
+    z = z.detach().clone()
+    far = z.clone()
+    far[1] = far[1] - 1e31  # fp32 rounds the spread away: every class of exit 1 is (nearly) equal
+    masked = z.clone()
+    masked[:, :, 17:] = -1e35
+    y = y.clamp(max=16)
+    for zz in (far, masked):
+        ref = _run("reference", zz, y, f, "all", 3.0)
+        got = _run("cpp", zz, y, f, "all", 3.0)
+        torch.testing.assert_close(got[0], ref[0], rtol=1e-5, atol=1e-4)
+        for a, b in zip(got[2], ref[2]):
+            torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+
+
 def test_cpp_nan_logits_give_nan_loss():
     z, y, f = make_inputs(3, 4, 20, 5)
     z = z.detach().clone()
