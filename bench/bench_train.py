@@ -25,6 +25,7 @@ import torchvision.transforms.v2 as T
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
 from machine import describe, machine_info  # noqa: E402
 from naive_loss import naive_msd_loss  # noqa: E402
+from timing import sync  # noqa: E402
 
 from msd_fast.config import DEFAULTS  # noqa: E402
 from msd_fast.data import Dataset, Split  # noqa: E402
@@ -58,22 +59,17 @@ class TransformDataset(torch.utils.data.Dataset):
         return self.tf(self.split.images[i]), self.split.labels[i]
 
 
-def _sync(device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-
-
 def _windows_interleaved(steps: dict, steps_per_window: int, windows: int, batch: int, device) -> dict:
     """Round-robin: window w of every configuration runs before window w + 1 of any, so a drift in the
     machine's speed (shared hosts) hits all configurations alike and the ratios stay fair."""
     rates = {name: [] for name in steps}
     for _ in range(windows):
         for name, step in steps.items():
-            _sync(device)
+            sync(device)
             t0 = time.perf_counter()
             for _ in range(steps_per_window):
                 step()
-            _sync(device)
+            sync(device)
             rates[name].append(steps_per_window * batch / (time.perf_counter() - t0))
     return {name: {"images_per_s": statistics.median(r), "window_rates": r} for name, r in rates.items()}
 
@@ -105,7 +101,7 @@ def setup_baseline(model_name, width, data, batch, device, warmup, workers):
     t0 = time.perf_counter()
     for _ in range(warmup):
         step()
-    _sync(device)
+    sync(device)
     return step, time.perf_counter() - t0, {"dataloader_workers": workers}
 
 
@@ -117,7 +113,7 @@ def setup_engine(model_name, width, data, batch, device, warmup, overrides):
     trainer = Trainer(cfg, data=data)
     t0 = time.perf_counter()
     trainer.run_steps(warmup)  # includes torch.compile's compile time when compiling
-    _sync(device)
+    sync(device)
     return (lambda: trainer.run_steps(1)), time.perf_counter() - t0, {"speed": trainer.speed,
                                                                          "loss_backend": cfg["loss_backend"]}
 

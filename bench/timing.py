@@ -6,7 +6,7 @@ from typing import Callable, Dict
 import torch
 
 
-def _sync(device: torch.device) -> None:
+def sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
 
@@ -21,10 +21,10 @@ def time_interleaved(fns: Dict[str, Callable[[], None]], device: torch.device, w
     for name, fn in fns.items():
         for _ in range(warmup):
             fn()
-        _sync(device)
+        sync(device)
         t0 = time.perf_counter()
         fn()
-        _sync(device)
+        sync(device)
         calls[name] = max(1, int(window_s / max(time.perf_counter() - t0, 1e-7)))
     per_call: Dict[str, list] = {name: [] for name in fns}
     start = time.perf_counter()
@@ -33,7 +33,7 @@ def time_interleaved(fns: Dict[str, Callable[[], None]], device: torch.device, w
             t0 = time.perf_counter()
             for _ in range(calls[name]):
                 fn()
-            _sync(device)
+            sync(device)
             per_call[name].append((time.perf_counter() - t0) / calls[name])
         n = len(next(iter(per_call.values())))
         if n >= max_windows or (n >= min_windows and time.perf_counter() - start >= total_s):

@@ -98,21 +98,14 @@ inline vf16 load_as_float(const scalar_t* p) {
 // Stores the first `count` (1..16) lanes of v, rounding to scalar_t.
 template <typename scalar_t>
 inline void store_lanes(scalar_t* p, vf16 v, int64_t count) {
-  if constexpr (std::is_same_v<scalar_t, float>) {
-    if (count == kLanes) {
-      simd::store(p, v);
-    } else {
-      for (int64_t k = 0; k < count; ++k) p[k] = v[k];
+  if (count == kLanes) {
+    if constexpr (std::is_same_v<scalar_t, float>) {
+      return simd::store(p, v);
+    } else if constexpr (std::is_same_v<scalar_t, c10::BFloat16>) {
+      return simd::store_bf16(p, v);
     }
-  } else if constexpr (std::is_same_v<scalar_t, c10::BFloat16>) {
-    if (count == kLanes) {
-      simd::store_bf16(p, v);
-    } else {
-      for (int64_t k = 0; k < count; ++k) p[k] = static_cast<scalar_t>(v[k]);
-    }
-  } else {
-    for (int64_t k = 0; k < count; ++k) p[k] = static_cast<scalar_t>(v[k]);
   }
+  for (int64_t k = 0; k < count; ++k) p[k] = static_cast<scalar_t>(v[k]);
 }
 
 template <typename scalar_t>
@@ -131,16 +124,6 @@ inline vf16 exp_full(vf16 et, vf16 d) {
   else if constexpr (K == 2) return et * et;
   else if constexpr (K == 3) return et * et * et;
   else return (et * et) * (et * et);
-}
-
-template <int K>
-inline float exp_full_scalar(float et, float d) {
-  if constexpr (K == 0) return std::exp(d);
-  else {
-    float e = et;
-    for (int k = 1; k < K; ++k) e *= et;
-    return e;
-  }
 }
 
 struct LossScalars {
@@ -212,7 +195,7 @@ void logits_one_sample(const scalar_t* z, int64_t yb, scalar_t* grad_z, float* p
     const float a = s.g_ce * inv_s1[n];
     vf16 dot{};
     float gy;
-    const float e1y = exp_full_scalar<K>(e[yb], d[yb]);
+    const float e1y = exp_full<K>(simd::splat(e[yb]), simd::splat(d[yb]))[0];
     if (!s.teacher_last) {
       // d/dz_n = g_ce (p_n - onehot) + g_kd (N q_n - P)
       const float bq = Nf * s.g_kd * inv_st[n];

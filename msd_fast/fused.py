@@ -36,22 +36,10 @@ def _fused_setup_context(ctx, inputs, output) -> None:
     ctx.set_materialize_grads(False)  # no zero-filled [N, B, C] grads for the outputs nobody differentiates
 
 
-def _plain_eager_cpu_one(g: Tensor) -> bool:
-    """True for a real (not traced, not fake) CPU float32 tensor equal to 1."""
-    return (type(g) is Tensor and g.device.type == "cpu" and g.dtype == torch.float32
-            and not torch.compiler.is_compiling() and torch._C._len_torch_dispatch_stack() == 0
-            and float(g) == 1.0)
-
-
 def _fused_backward(ctx, grad_total, grad_per_exit, grad_gl, grad_gf):
     gl, gf = ctx.saved_tensors
-    # The usual upstream gradient is exactly 1 (loss.backward()). On the CPU reading it is free (no device
-    # sync), and handing back the saved gradients skips a full pass over them; compiled graphs and CUDA
-    # tensors always scale (a value branch would break the graph or sync the device).
     if grad_total is None:
         return None, None, None, None, None, None
-    if _plain_eager_cpu_one(grad_total):
-        return gl, None, (gf if ctx.has_features else None), None, None, None
     g_logits = grad_total * gl
     g_feats = grad_total * gf if ctx.has_features else None
     return g_logits, None, g_feats, None, None, None
