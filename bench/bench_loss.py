@@ -8,6 +8,8 @@ machine's speed hits all alike); medians per call after warm-up; peak memory on 
 
     python bench/bench_loss.py            # the grid for this device (full on CUDA, reduced on CPU)
     python bench/bench_loss.py --quick    # N in {2, 4, 8}, B = 128, C = 100, D = 512, fp32
+    python bench/bench_loss.py --grid gpu-check   # four CUDA shapes for scripts/gpu_check.sh's time budget
+Results go to bench/results/ (or --out); --update-readme also regenerates the README's tables.
 """
 import argparse
 import itertools
@@ -31,7 +33,14 @@ ALPHA, TAU, BETA = 0.5, 3.0, 0.05
 MAX_CPU_ELEMENTS = 1 << 25  # N*B*C above this (128 MiB of fp32 logits) is skipped on CPU: minutes per case
 
 
-def grid(device: torch.device, quick: bool):
+GPU_CHECK_GRID = [  # the shapes the GPU-speed targets name, plus the CPU headline shape
+    (4, 256, 1000, 512, torch.bfloat16), (8, 4096, 1000, 512, torch.bfloat16),
+    (4, 32, 128256, 512, torch.bfloat16), (4, 128, 100, 512, torch.float32)]
+
+
+def grid(device: torch.device, quick: bool, name: str = "full"):
+    if name == "gpu-check":
+        return list(GPU_CHECK_GRID)
     if quick:
         return [(n, 128, 100, 512, torch.float32) for n in (2, 4, 8)]
     cases = itertools.product((2, 4, 8), (128, 1024), (100, 1000, 32000), (512,), (torch.float32, torch.bfloat16))
@@ -129,7 +138,8 @@ def main(argv=None):
     ap.add_argument("--quick", action="store_true", help="the small grid (N in {2,4,8}, B=128, C=100, fp32)")
     ap.add_argument("--device", default="auto")
     ap.add_argument("--out", default=None, help="JSON path (default: bench/results/loss_<cpu|cuda>[_quick].json)")
-    ap.add_argument("--no-readme", action="store_true", help="do not regenerate the README tables")
+    ap.add_argument("--grid", choices=("full", "gpu-check"), default="full", help="which shapes (default: full)")
+    ap.add_argument("--update-readme", action="store_true", help="regenerate the README tables afterwards")
     args = ap.parse_args(argv)
     device = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device)
     info = machine_info(device)
@@ -137,7 +147,7 @@ def main(argv=None):
     skips = backends(device)
     rows = []
     t_start = time.time()
-    for N, B, C, D, dtype in grid(device, args.quick):
+    for N, B, C, D, dtype in grid(device, args.quick, args.grid):
         if device.type == "cpu" and N * B * C > MAX_CPU_ELEMENTS:
             rows.append(dict(N=N, B=B, C=C, D=D, dtype=str(dtype).replace("torch.", ""), backend="all",
                              skipped=f"N*B*C = {N * B * C} > {MAX_CPU_ELEMENTS}: too large for a CPU run"))
@@ -146,14 +156,16 @@ def main(argv=None):
         rows.extend(case)
         msg = "  ".join(f"{r['backend']}={r['median_ms']:.3f}ms" for r in case if "median_ms" in r)
         print(f"N={N} B={B} C={C} D={D} {dtype}: {msg}", flush=True)
-    out = pathlib.Path(args.out) if args.out else RESULTS / f"loss_{device.type}{'_quick' if args.quick else ''}.json"
+    suffix = "_quick" if args.quick else ("_gpu_check" if args.grid == "gpu-check" else "")
+    out = pathlib.Path(args.out) if args.out else RESULTS / f"loss_{device.type}{suffix}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({"machine": info, "alpha": ALPHA, "temperature": TAU, "beta": BETA,
-                               "grid": "quick" if args.quick else "full", "wall_s": time.time() - t_start,
-                               "command": "python bench/bench_loss.py" + (" --quick" if args.quick else ""),
+                               "grid": "quick" if args.quick else args.grid, "wall_s": time.time() - t_start,
+                               "command": "python bench/bench_loss.py" + (" --quick" if args.quick else "")
+                               + (" --grid gpu-check" if args.grid == "gpu-check" else ""),
                                "rows": rows}, indent=1))
     print(f"wrote {out}")
-    if not args.no_readme:
+    if args.update_readme:
         from report import update_readme
 
         update_readme()

@@ -10,6 +10,8 @@ window of each in turn, so drift in the machine's speed hits them alike; images/
 
     python bench/bench_train.py           # resnet18 and msdnet1 at full width, batch 64
     python bench/bench_train.py --quick   # width 0.25, fewer windows: a few minutes on a 2-core CPU
+    python bench/bench_train.py --variants defaults --models resnet18 --batch 128 --out X.json  # baseline vs defaults
+Results go to bench/results/ (or --out); --update-readme also regenerates the README's tables.
 """
 import argparse
 import json
@@ -157,7 +159,10 @@ def main(argv=None):
     ap.add_argument("--batch", type=int, default=64)
     ap.add_argument("--width", type=float, default=None, help="default: 1.0 (0.25 with --quick)")
     ap.add_argument("--workers", type=int, default=None, help="baseline DataLoader workers (default: min(4, cores))")
-    ap.add_argument("--no-readme", action="store_true")
+    ap.add_argument("--variants", choices=("all", "defaults"), default="all",
+                    help="all: defaults and each feature toggled; defaults: only baseline vs msd_fast defaults")
+    ap.add_argument("--out", default=None, help="JSON path (default: bench/results/train_<cpu|cuda>[_quick].json)")
+    ap.add_argument("--update-readme", action="store_true", help="regenerate the README tables afterwards")
     args = ap.parse_args(argv)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     width = args.width or (0.25 if args.quick else 1.0)
@@ -171,11 +176,12 @@ def main(argv=None):
     print(f"# bench_train on {describe(info)}", flush=True)
     data = cifar_shaped()
     out = {"machine": info, "batch": args.batch, "width": width, "baseline_workers": workers,
-           "command": "python bench/bench_train.py" + (" --quick" if args.quick else ""), "models": {}}
+           "command": ("python bench/bench_train.py " + " ".join(argv if argv is not None else sys.argv[1:])).strip(),
+           "models": {}}
     for m in args.models:
         setups = {BASELINE: setup_baseline(m, width, data, args.batch, device, warmup, workers)}
         print(f"{m} baseline: warmed up in {setups[BASELINE][1]:.1f} s", flush=True)
-        for name, ov in variants(device, m):
+        for name, ov in variants(device, m)[:1 if args.variants == "defaults" else None]:
             setups[name.strip()] = setup_engine(m, width, data, args.batch, device, warmup, ov)
             print(f"{m} {name.strip()}: warmed up in {setups[name.strip()][1]:.1f} s", flush=True)
         timed = _windows_interleaved({k: v[0] for k, v in setups.items()}, spw, windows, args.batch, device)
@@ -184,12 +190,12 @@ def main(argv=None):
             print(f"{m} {k}: {r['images_per_s']:.1f} img/s", flush=True)
         del setups, timed
         out["models"][m] = rows
-    path = RESULTS / f"train_{device.type}{'_quick' if args.quick else ''}.json"
+    path = pathlib.Path(args.out) if args.out else RESULTS / f"train_{device.type}{'_quick' if args.quick else ''}.json"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(out, indent=1))
     print(f"wrote {path}")
     print(train_table(out))
-    if not args.no_readme:
+    if args.update_readme:
         from report import update_readme
 
         update_readme()

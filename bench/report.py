@@ -67,7 +67,44 @@ def loss_table(data) -> str:
     return "\n".join(lines)
 
 
+def gpu_check_section() -> str:
+    """The README's GPU section: what scripts/gpu_check.sh measured, per committed GPU (bench/results/gpu/)."""
+    from gpu_summary import table
+
+    runs = sorted((RESULTS / "gpu").glob("*/summary.json"))
+    if not runs:
+        return ("_No GPU run is committed yet: the CUDA tests and GPU benchmarks have not run on a GPU in a "
+                "committed run. Run `bash scripts/gpu_check.sh OUT` on a CUDA machine, then "
+                "`python bench/gpu_summary.py OUT --commit` and `python bench/report.py`._")
+    return "\n\n".join(table(json.loads(p.read_text())) for p in runs)
+
+
+def compile_gate_section() -> str:
+    """Registers per configuration from the committed ahead-of-time compile gate run."""
+    data = _load("triton_compile_gate.json")
+    if data is None:
+        return "_Not run yet: `python -m msd_fast.kernels.compile_gate --json bench/results/triton_compile_gate.json`._"
+    s, rows = data["summary"], data["results"]
+    lines = [f"`python -m msd_fast.kernels.compile_gate` (Triton {s['triton']}): {s['configs']} configurations "
+             f"compiled, {s['failed']} failed, in {s['wall_s']:.0f} s; no spill inside a loop and no local memory "
+             f"anywhere; {s.get('with_parked_registers', 0)} configurations with registers parked outside the loops "
+             f"(stack frames up to {s.get('max_stack_bytes', 0)} bytes). Registers per thread (max over the "
+             f"configurations; 255 is the hardware limit):", "",
+             "| NP (exits rounded up) | dtype | " + " | ".join(f"sm_{a}" for a in s["archs"]) + " |",
+             "|---|---|" + "---|" * len(s["archs"])]
+    for NP in sorted({r["NP"] for r in rows if "NP" in r}):
+        for dt in ("float32", "bfloat16", "float16"):
+            cells = []
+            for a in s["archs"]:
+                regs = [r["reg"] for r in rows if r.get("NP") == NP and r["dtype"] == dt and r["arch"] == a and "reg" in r]
+                cells.append(str(max(regs)) if regs else "—")
+            lines.append(f"| {NP} | {dt} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def update_readme() -> None:
+    update_readme_section("gpu-check", gpu_check_section())
+    update_readme_section("compile-gate", compile_gate_section())
     for dev in ("cpu", "cuda"):
         data = _load(f"loss_{dev}.json") or _load(f"loss_{dev}_quick.json")
         update_readme_section(f"loss-bench-{dev}", loss_table(data))

@@ -26,8 +26,8 @@ def _msd_loss_kernel(
     part_ptr,    # [3, N, B] fp32 out: per-sample CE, KD, FEAT
     gz_ptr,      # [N, B, C] out: d total / d logits, logits' dtype
     gf_ptr,      # [N, B, D] out: d total / d features, features' dtype
-    N, B, C, D,
-    tau, inv_tau,
+    N, B, C, D,  # int32 sizes; the launcher turns any equal to 1 into a constexpr (Triton's specialisation)
+    tau, inv_tau, inv_b,  # fp32 scalars: tau, 1 / tau, 1 / B (from the host: B may be a constexpr 1)
     TEACHER_LAST: tl.constexpr, HAS_FEAT: tl.constexpr,
     NP: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_D: tl.constexpr,
 ):
@@ -60,12 +60,14 @@ def _msd_loss_kernel(
     y = tl.load(y_ptr + b)
     z_y = tl.load(z_ptr + row_base + y, mask=row_ok, other=0.0).to(tl.float32)
     ce = lse - z_y
+    # Stored now, not at the end: ptxas parks values that wait across pass 2 in local memory (compile gate).
+    part_off = rows.to(tl.int64) * B + b
+    tl.store(part_ptr + part_off, ce, mask=row_ok)
 
     w_ce = tl.load(w_ptr)
     w_kd = tl.load(w_ptr + 1)
     w_feat = tl.load(w_ptr + 2)
-    inv_b = 1.0 / B.to(tl.float32)
-    n_f = N.to(tl.float32)
+    n_f = N * 1.0                                            # fp32 whether N is a runtime int or a constexpr
     if TEACHER_LAST:
         g_kd = w_kd * tau * inv_b
     else:
@@ -100,6 +102,7 @@ def _msd_loss_kernel(
         kd = tau * tau * kd_acc
     else:
         kd = tau * tau / (n_f - 1.0) * (tl.sum(r_acc, axis=0) - kd_acc)
+    tl.store(part_ptr + N * B + part_off, kd, mask=row_ok)
 
     # ---- feature hint towards the deepest exit ----
     feat = tl.zeros([NP], tl.float32)
@@ -108,18 +111,35 @@ def _msd_loss_kernel(
         dcols = tl.arange(0, BLOCK_D)
         for d0 in range(0, D, BLOCK_D):
             d = d0 + dcols
+            f_off = f_base[:, None] + d[None, :]                                 # [NP, BLOCK_D]
             fmask = row_ok[:, None] & (d < D)[None, :]
-            fv = tl.load(f_ptr + f_base[:, None] + d[None, :], mask=fmask, other=0.0).to(tl.float32)
+            fv = tl.load(f_ptr + f_off, mask=fmask, other=0.0).to(tl.float32)
             f_last = tl.sum(tl.where(is_last[:, None], fv, 0.0), axis=0)      # [BLOCK_D]
             diff = tl.where(is_last[:, None], 0.0, fv - f_last[None, :])
             feat += tl.sum(diff * diff, axis=1)
             gfv = 2.0 * w_feat * inv_b * diff
-            tl.store(gf_ptr + f_base[:, None] + d[None, :], gfv.to(gf_ptr.dtype.element_ty), mask=fmask)
+            tl.store(gf_ptr + f_off, gfv.to(gf_ptr.dtype.element_ty), mask=fmask)
 
-    part_off = rows.to(tl.int64) * B + b
-    tl.store(part_ptr + part_off, ce, mask=row_ok)
-    tl.store(part_ptr + N * B + part_off, kd, mask=row_ok)
     tl.store(part_ptr + 2 * N * B + part_off, feat, mask=row_ok)
+
+
+MAX_TILE = 2048  # elements of one [NP, BLOCK] tile: bounds the registers a program needs
+
+
+def launch_plan(N: int, C: int, D: int) -> dict:
+    """The compile-time choices the launcher makes for a problem of N exits, C classes and D feature dims
+    (D = 0: no features): NP, BLOCK_C, BLOCK_D and num_warps. The ahead-of-time compile gate
+    (msd_fast.kernels.compile_gate) enumerates exactly these."""
+    if not 2 <= N <= 8:
+        raise ValueError(f"logits: the Triton kernel takes 2 to 8 exits, got N = {N}")
+    NP = triton.next_power_of_2(N)
+    BLOCK_C = min(triton.next_power_of_2(C), max(64, MAX_TILE // NP))
+    BLOCK_D = min(triton.next_power_of_2(D), max(64, MAX_TILE // NP)) if D > 0 else 16
+    # At most 8 tile elements per thread: pass 2 keeps about ten tile-shaped values live (x, l, q, p, g, P,
+    # ...), and at 8 warps ptxas caps a thread at 128 registers; 16 or 32 elements each spilled registers on
+    # sm_80/sm_90 (found by the compile gate, msd_fast.kernels.compile_gate).
+    tile = NP * max(BLOCK_C, BLOCK_D)
+    return dict(NP=NP, BLOCK_C=BLOCK_C, BLOCK_D=BLOCK_D, num_warps=8 if tile > 1024 else 4)
 
 
 def msd_loss_partials(logits: torch.Tensor, target: torch.Tensor, features, weights: torch.Tensor,
@@ -127,26 +147,19 @@ def msd_loss_partials(logits: torch.Tensor, target: torch.Tensor, features, weig
     """Launches the kernel. logits [N, B, C] contiguous, target [B] int64, features [N, B, D] or None,
     weights [3] fp32 -> (partials [3, N, B] fp32, grad_logits like logits, grad_features like features or [0])."""
     N, B, C = logits.shape
-    if not 2 <= N <= 8:
-        raise ValueError(f"logits: the Triton kernel takes 2 to 8 exits, got N = {N}")
-    NP = triton.next_power_of_2(N)
-    BLOCK_C = min(triton.next_power_of_2(C), max(64, 8192 // NP))
+    D = features.shape[2] if features is not None else 0
+    plan = launch_plan(N, C, D)
     partials = torch.empty((3, N, B), dtype=torch.float32, device=logits.device)
     grad_logits = torch.empty_like(logits)
     if features is not None:
-        D = features.shape[2]
         grad_features = torch.empty_like(features)
-        BLOCK_D = min(triton.next_power_of_2(max(D, 1)), max(64, 8192 // NP))
-        f_arg = features
+        f_arg, gf_arg = features, grad_features
     else:
-        D, BLOCK_D = 0, 16
         grad_features = logits.new_empty((0,))
-        f_arg, grad_features_arg = logits, grad_logits  # never read: HAS_FEAT is False
+        f_arg, gf_arg = logits, grad_logits  # never read or written: HAS_FEAT is False
     _msd_loss_kernel[(B,)](
-        logits, target, f_arg, weights, partials, grad_logits,
-        grad_features if features is not None else grad_features_arg,
-        N, B, C, D, float(temperature), 1.0 / float(temperature),
-        TEACHER_LAST=bool(teacher_last), HAS_FEAT=features is not None,
-        NP=NP, BLOCK_C=BLOCK_C, BLOCK_D=BLOCK_D, num_warps=4 if BLOCK_C * NP <= 4096 else 8,
+        logits, target, f_arg, weights, partials, grad_logits, gf_arg,
+        N, B, C, D, float(temperature), 1.0 / float(temperature), 1.0 / B,
+        TEACHER_LAST=bool(teacher_last), HAS_FEAT=features is not None, **plan,
     )
     return partials, grad_logits, grad_features

@@ -66,9 +66,11 @@ def _dataset_for(run, dataset_cache):
     return data
 
 
-def evaluate_run(run, data, budgets=None, n_budgets: int = 12) -> Dict[str, Any]:
+def evaluate_run(run, data, budgets=None, n_budgets: int = 12, batch_size: int = 1000,
+                 amp_dtype=None) -> Dict[str, Any]:
     model = run["model"]
-    kw = dict(mean=data.mean, std=data.std, batch_size=1000, device=next(model.parameters()).device)
+    kw = dict(mean=data.mean, std=data.std, batch_size=batch_size, device=next(model.parameters()).device,
+              amp_dtype=amp_dtype)
     val_p, test_p = predict_probs(model, data.val, **kw), predict_probs(model, data.test, **kw)
     input_size = (data.in_channels, *data.image_size)
     cost = model.cost(input_size)
@@ -86,14 +88,19 @@ def evaluate_run(run, data, budgets=None, n_budgets: int = 12) -> Dict[str, Any]
 def measure_speed(model, data, thresholds, large_batch: int = 256, reps: int = 20) -> Dict[str, Any]:
     """Latency at batch 1 (median over samples) and throughput at a large batch, early exit vs full."""
     ee = EarlyExit(model, thresholds)
-    x_all = normalize(data.test.images[:max(large_batch, reps)], data.mean, data.std)
+    device = next(model.parameters()).device
+    x_all = normalize(data.test.images[:max(large_batch, reps)].to(device), data.mean, data.std)
 
     def timed(fn, xs):
         fn(xs[0])
         ts = []
         for x in xs:
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
             t0 = time.perf_counter()
             fn(x)
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
             ts.append(time.perf_counter() - t0)
         ts.sort()
         return ts[len(ts) // 2]
@@ -166,17 +173,30 @@ def main(argv=None) -> int:
     ap.add_argument("--data-dir", default=None, help="override the data directory stored in the checkpoint")
     ap.add_argument("--budgets", type=float, nargs="*", default=None, help="average FLOPs budgets (default: a sweep)")
     ap.add_argument("--n-budgets", type=int, default=12)
-    ap.add_argument("--measure-speed", action="store_true", help="time the real early-exit forward on this CPU")
+    ap.add_argument("--measure-speed", action="store_true", help="time the real early-exit forward on --device")
+    ap.add_argument("--device", default="cpu", help="cpu, cuda or cuda:K (default: cpu)")
+    ap.add_argument("--batch-size", type=int, default=1000, help="evaluation batch size (default: 1000)")
+    ap.add_argument("--amp", choices=("none", "bf16", "fp16"), default="none",
+                    help="autocast dtype for the forward (default: none, fp32)")
     args = ap.parse_args(argv)
+    if args.batch_size < 1:
+        ap.error(f"--batch-size must be >= 1, got {args.batch_size}")
+    try:
+        device = torch.device(args.device)
+    except RuntimeError:
+        ap.error(f"--device: expected cpu, cuda or cuda:K, got {args.device!r}")
+    if device.type == "cuda" and not torch.cuda.is_available():
+        ap.error("--device cuda: no CUDA device is available here; use --device cpu")
+    amp_dtype = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}[args.amp]
     out = pathlib.Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     try:
-        runs = [load_run(c, args.data_dir) for c in args.checkpoint]
+        runs = [load_run(c, args.data_dir, device) for c in args.checkpoint]
         cache: Dict[Any, Any] = {}
         results = []
         for run in runs:
             data = _dataset_for(run, cache)
-            r = evaluate_run(run, data, args.budgets, args.n_budgets)
+            r = evaluate_run(run, data, args.budgets, args.n_budgets, args.batch_size, amp_dtype)
             if args.measure_speed:
                 mid = r["budgeted"][len(r["budgeted"]) // 2]
                 r["speed"] = {"budget": mid["budget"], "thresholds": mid["thresholds"],

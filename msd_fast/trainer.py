@@ -9,6 +9,7 @@ with exactly the batches the uninterrupted run would have seen.
 """
 import contextlib
 import math
+import os
 import pathlib
 import platform
 import signal
@@ -20,13 +21,15 @@ import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel
 
 from . import __version__
-from .checkpoint import atomic_save, load_checkpoint, rng_state, set_rng_state
-from .config import save_config
+from .checkpoint import (FORMAT, FORMAT_VERSION, CheckpointError, atomic_save, load_checkpoint,
+                         remove_stale_temp_files, rng_state, set_rng_state)
+from .config import DEFAULTS, RESUME_FLAGS, ConfigError, load_yaml, save_config, validate_config
 from .data import augment, draw_augment_params, load_dataset, normalize
 from .distributed import DistInfo, all_reduce_sum, barrier, init_distributed
 from .evaluation import evaluate_split
 from .loss import msd_loss
 from .models import channels_last_on_cpu, create_model
+from .run_dir import RunLock, check_output_dir, create_run_dir
 from .run_log import RunLogger
 from .schedule import CosineBeta
 
@@ -53,7 +56,7 @@ def resolve_speed(cfg: Dict[str, Any]) -> Dict[str, Any]:
     if dev == "auto":
         dev = "cuda" if torch.cuda.is_available() else "cpu"
     if dev.startswith("cuda") and not torch.cuda.is_available():
-        raise SystemExit("--device cuda: no CUDA device is available here; use --device cpu")
+        raise ConfigError("--device cuda: no CUDA device is available here; use --device cpu")
     on_cuda = dev.startswith("cuda")
     amp = cfg["amp"] if cfg["amp"] != "auto" else ("bf16" if on_cuda or cpu_has_native_bf16() else "none")
     cl = cfg["channels_last"] if cfg["channels_last"] != "auto" else (on_cuda or channels_last_on_cpu(cfg["model"]))
@@ -74,10 +77,16 @@ def method_loss_kwargs(cfg: Dict[str, Any]) -> Dict[str, Any]:
 
 class Trainer:
     def __init__(self, cfg: Dict[str, Any], data=None):
-        """cfg: a resolved config (msd_fast.config). data: an already loaded `Dataset` (benchmarks);
-        by default the one named in cfg is loaded."""
+        """cfg: a resolved config (msd_fast.config; missing keys take the code defaults). data: an already
+        loaded `Dataset` (benchmarks); by default the one named in cfg is loaded. Everything is checked
+        before anything is created on disk: a failed start leaves nothing behind."""
+        cfg = {**DEFAULTS, "resume": None, **cfg}
+        validate_config({k: v for k, v in cfg.items() if k not in ("_sources", "resume", "config_file")},
+                        cfg.get("_sources"))
         self.cfg = cfg
         self.speed = resolve_speed(cfg)
+        if not cfg.get("resume"):
+            check_output_dir(cfg["out_dir"])
         self.device = torch.device(self.speed["device"])
         self.dist: DistInfo = init_distributed(self.device.type)
         if self.dist.enabled and self.device.type == "cuda":
@@ -87,13 +96,13 @@ class Trainer:
         self.amp_dtype = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}[self.speed["amp"]]
         G, world, accum = cfg["batch_size"], self.dist.world_size, cfg["accum_steps"]
         if G % (world * accum):
-            raise SystemExit(f"--batch-size {G} must be divisible by world size x accum steps = {world * accum}")
+            raise ConfigError(f"--batch-size {G} must be divisible by world size x accum steps = {world * accum}")
 
         self.data = data if data is not None else load_dataset(
             cfg["dataset"], cfg["data_dir"], cfg["val_size"], cfg["split_seed"], cfg["train_subset"])
         self.steps_per_epoch = len(self.data.train) // G
         if self.steps_per_epoch < 1:
-            raise SystemExit(f"--batch-size {G} is larger than the training set ({len(self.data.train)} images)")
+            raise ConfigError(f"--batch-size {G} is larger than the training set ({len(self.data.train)} images)")
         on_gpu = self.device.type == "cuda"
         resident = on_gpu and cfg["data_on_device"] in ("auto", True)  # datasets that fit live on the GPU
         if resident and cfg["data_on_device"] == "auto":
@@ -126,10 +135,15 @@ class Trainer:
         self.history, self.best = [], {"value": -1.0, "epoch": None, "val": None, "test": None}
         self.sums = None
         self.wall_before = 0.0
+        self._session_start: Optional[float] = None
+        self.interrupted = False
+        self._lock: Optional[RunLock] = None
         self.run_dir = self._make_run_dir()
         self.log = RunLogger(self.run_dir, self.dist.is_main, cfg["tensorboard"])
         if cfg.get("resume"):
-            self._load(cfg["resume"])
+            ckpt_path = self._resume_checkpoint_path()
+            if ckpt_path is not None:
+                self._load(ckpt_path)
         self._stop_requested = False
 
     # ----------------------------------------------------------------------------------- setup helpers
@@ -144,17 +158,49 @@ class Trainer:
         return cfg["gamma"] ** sum(1 for m in cfg["milestones"] if e >= m)
 
     def _make_run_dir(self) -> pathlib.Path:
+        """New run: create the directory exclusively, lock it, write config.yaml. Resume: lock it, clean up
+        temp files of a killed save, record flags that changed (RESUME_FLAGS) in config.yaml."""
         cfg = self.cfg
         if cfg.get("resume"):
             p = pathlib.Path(cfg["resume"])
-            return p if p.is_dir() else p.parent
+            run_dir = p if p.is_dir() else p.parent
+            if self.dist.is_main:
+                self._lock = RunLock(run_dir)
+                stale = remove_stale_temp_files(run_dir)
+                if stale:
+                    print(f"[msd_fast] removed temp files of an interrupted save: {', '.join(stale)}")
+                saved, _ = load_yaml(run_dir / "config.yaml", what="run config")
+                changed = {k: (saved.get(k), cfg[k]) for k in RESUME_FLAGS if saved.get(k) != cfg[k]}
+                if changed:
+                    print("[msd_fast] resuming with " + ", ".join(f"{k} = {new!r} (was {old!r})"
+                                                              for k, (old, new) in changed.items()))
+                    save_config(cfg, run_dir / "config.yaml")
+            barrier(self.dist)
+            return run_dir
         name = cfg["run_name"] or f"{cfg['dataset']}-{cfg['model']}-{cfg['method']}-s{cfg['seed']}-{time.strftime('%Y%m%d-%H%M%S')}"
         run_dir = pathlib.Path(cfg["out_dir"]) / name
         if self.dist.is_main:
-            run_dir.mkdir(parents=True, exist_ok=True)
+            create_run_dir(run_dir)
+            self._lock = RunLock(run_dir)
             save_config(cfg, run_dir / "config.yaml")
         barrier(self.dist)
         return run_dir
+
+    def _resume_checkpoint_path(self) -> Optional[pathlib.Path]:
+        p = pathlib.Path(self.cfg["resume"])
+        path = p / "last.pt" if p.is_dir() else p
+        if not path.exists() and p.is_dir() and not (p / "best.pt").exists():
+            if self.dist.is_main:
+                print(f"[msd_fast] {p} has no checkpoint yet (the run stopped before its first one): "
+                      f"starting it from the beginning with its saved config")
+            return None
+        return path
+
+    def close(self) -> None:
+        """Releases the run directory's lock (also released when the process exits)."""
+        if self._lock is not None:
+            self._lock.release()
+            self._lock = None
 
     # ------------------------------------------------------------------------------------- the step
     def _forward_loss(self, x: torch.Tensor, y: torch.Tensor, beta: torch.Tensor):
@@ -223,7 +269,7 @@ class Trainer:
             old_handler = signal.signal(signal.SIGINT, self._on_sigint)
         except ValueError:
             old_handler = None
-        t_start = time.time()
+        self._session_start = time.time()
         bar = None
         try:
             while self.epoch < cfg["epochs"]:
@@ -255,22 +301,35 @@ class Trainer:
                 self._check_finite()
                 if self._stop_requested:
                     self.aug_state = aug_gen.get_state()
-                    self.wall_before += time.time() - t_start
                     self._save("last.pt")
+                    self.interrupted = True
                     print(f"[msd_fast] interrupted: clean checkpoint at {self.run_dir / 'last.pt'} "
                           f"(epoch {self.epoch + 1}, step {self.step_in_epoch}); continue with --resume {self.run_dir}")
-                    return {}
+                    self._close_session()
+                    self.close()
+                    return {"interrupted": True, "run_dir": str(self.run_dir)}
                 epoch_time = time.time() - t0
                 self._end_epoch((self.step_in_epoch * G - imgs0) / max(epoch_time, 1e-9), epoch_time)
                 if cfg["max_steps"] and self.global_step >= cfg["max_steps"]:
                     break
+        except BaseException:
+            self.close()  # diverged, a write failed, a second Ctrl-C: the run directory is free again
+            raise
         finally:
             if bar is not None:
                 bar.close()
             if old_handler is not None:
                 signal.signal(signal.SIGINT, old_handler)
-        self.wall_before += time.time() - t_start
+        self._close_session()
         return self._finish()
+
+    def _wall(self) -> float:
+        """Training wall time over every session of this run, up to now."""
+        return self.wall_before + (time.time() - self._session_start if self._session_start is not None else 0.0)
+
+    def _close_session(self) -> None:
+        self.wall_before = self._wall()
+        self._session_start = None
 
     def _step_at(self, perm: torch.Tensor, aug_gen: torch.Generator) -> None:
         """One optimizer step on global batch number `step_in_epoch` of this epoch's permutation."""
@@ -333,10 +392,14 @@ class Trainer:
         self.step_in_epoch = 0
         self.sums = None
         metric = self._select_metric(val)
-        if metric > self.best["value"]:
+        improved = metric > self.best["value"]
+        if improved:
             self.best = {"value": metric, "epoch": self.epoch, "val": val, "test": self._eval(self.data.test)}
-            self._save("best.pt")
+        # last.pt first: it records which epoch is best, so a kill between the two saves is repaired on
+        # resume (_reconcile_best) and best.pt is never newer than last.pt.
         self._save("last.pt")
+        if improved:
+            self._save("best.pt")
         self.log.log_epoch(row, self.history)
         if self.dist.is_main:
             print(f"[msd_fast] epoch {self.epoch}/{self.cfg['epochs']}  loss {row['train_loss']:.4f}  "
@@ -349,14 +412,15 @@ class Trainer:
     # ------------------------------------------------------------------------------- checkpoints
     def _state(self) -> Dict[str, Any]:
         return {
-            "format": "msd_fast-checkpoint", "version": __version__, "config": {k: v for k, v in self.cfg.items()},
+            "format": FORMAT, "format_version": FORMAT_VERSION, "version": __version__,
+            "config": {k: v for k, v in self.cfg.items() if k != "_sources"},
             "model_name": self.cfg["model"], "num_classes": self.data.num_classes,
             "in_channels": self.data.in_channels, "width": self.cfg["width"], "dataset": self.cfg["dataset"],
             "model": self.model.state_dict(), "optimizer": self.opt.state_dict(),
             "scheduler": self.sched.state_dict(), "scaler": self.scaler.state_dict(),
             "epoch": self.epoch, "step_in_epoch": self.step_in_epoch, "global_step": self.global_step,
             "aug_state": self.aug_state, "sums": None if self.sums is None else {k: v.cpu() for k, v in self.sums.items()},
-            "rng": rng_state(), "history": self.history, "best": self.best, "wall_s": self.wall_before,
+            "rng": rng_state(), "history": self.history, "best": self.best, "wall_s": self._wall(),
             "cost": self.cost,
         }
 
@@ -377,7 +441,33 @@ class Trainer:
         self.history, self.best, self.wall_before = ckpt["history"], ckpt["best"], ckpt["wall_s"]
         set_rng_state(ckpt["rng"])
         if self.dist.is_main:
+            self._reconcile_best(pathlib.Path(path))
             print(f"[msd_fast] resumed {self.run_dir} at epoch {self.epoch + 1}, step {self.step_in_epoch}")
+
+    def _reconcile_best(self, last_path: pathlib.Path) -> None:
+        """best.pt must hold the epoch that last.pt names as best. A kill between the two saves of an epoch
+        leaves an older best.pt: rewrite it from last.pt when last.pt is that epoch's end, else say so."""
+        want = self.best.get("epoch")
+        best_path = self.run_dir / "best.pt"
+        if want is None or last_path.name != "last.pt":
+            return
+        try:
+            have = load_checkpoint(best_path)["epoch"] if best_path.exists() else None
+        except CheckpointError:
+            have = None
+        if have == want:
+            return
+        if want == self.epoch and self.step_in_epoch == 0:
+            import shutil
+
+            tmp = best_path.with_name(".best.pt.reconcile.tmp")
+            shutil.copyfile(last_path, tmp)
+            os.replace(tmp, best_path)
+            print(f"[msd_fast] best.pt was {'missing' if have is None else f'from epoch {have}'}; the best epoch is "
+                  f"{want}: rewritten from last.pt (the run was stopped between its two saves)")
+        else:
+            print(f"[msd_fast] warning: best.pt is {'missing' if have is None else f'from epoch {have}'} but the "
+                  f"best epoch is {want}; it will be rewritten when a better epoch comes")
 
     # ------------------------------------------------------------------------------------ the end
     def _finish(self) -> Dict[str, Any]:
@@ -405,6 +495,7 @@ class Trainer:
             self.log.close()
             print(format_results_table(results))
             print(f"[msd_fast] run directory: {self.run_dir}  (wall time {self.wall_before:.0f} s)")
+        self.close()
         return results
 
 

@@ -10,7 +10,7 @@ import torch
 import yaml
 
 from msd_fast.checkpoint import load_checkpoint
-from msd_fast.config import resolve_config
+from msd_fast.config import ConfigError, resolve_config
 from msd_fast.train import main
 from msd_fast.trainer import Trainer, TrainingDiverged
 
@@ -78,7 +78,7 @@ def test_ctrl_c_mid_epoch_saves_clean_checkpoint_and_resumes_exactly(tmp_path):
             t._on_sigint(None, None)  # what Ctrl-C does: finish the step, then save and stop
 
     t._train_step = step_then_interrupt
-    assert t.fit() == {}
+    assert t.fit()["interrupted"] is True
     ck = load_checkpoint(tmp_path / "intr")
     assert (ck["epoch"], ck["step_in_epoch"]) == (0, 5)
     Trainer(resolve_config(["--resume", str(tmp_path / "intr")])).fit()
@@ -110,9 +110,9 @@ def test_config_precedence_and_errors(tmp_path):
     assert resolve_config([])["dataset"] == "fashion-mnist"  # the CPU preset is the default
     assert resolve_config(["-c", "cifar100_msdnet2"])["milestones"] == [150, 225]
     cfg_file.write_text("epoch: 7\n")
-    with pytest.raises(SystemExit, match="unknown keys"):
+    with pytest.raises(ConfigError, match="unknown keys"):
         resolve_config(["-c", str(cfg_file)])
-    with pytest.raises(SystemExit, match="not found"):
+    with pytest.raises(ConfigError, match="not found"):
         resolve_config(["-c", "no_such_preset"])
 
 

@@ -38,7 +38,7 @@ def test_triton_matches_reference_fp32(N, teacher, with_features):
 
 @pytest.mark.parametrize("teacher", ["all", "last"])
 def test_triton_several_blocks_over_c_and_d(teacher):
-    # N = 8 -> NP = 8, BLOCK_C = 1024: C = 2500 takes three chunks; D = 1500 takes two.
+    # N = 8 -> NP = 8, BLOCK_C = 256: C = 2500 takes ten chunks; D = 1500 takes six.
     z, y, f = make_inputs(8, 3, 2500, 1500)
     _assert_match(_run("triton", z, y, f, teacher), _run("reference", z, y, f, teacher), 1e-5, 1e-5, 1e-7)
 

@@ -1,0 +1,112 @@
+"""Summary of a scripts/gpu_check.sh run: which steps passed, the CUDA tests' counts, the loss benchmark's
+fused-vs-compiled ratios and bandwidth, training throughput against the baseline.
+
+    python bench/gpu_summary.py OUTDIR            # print the table, write OUTDIR/summary.json
+    python bench/gpu_summary.py OUTDIR --commit   # also copy the results to bench/results/gpu/<gpu>/
+
+bench/report.py turns the committed copies into the README's GPU section.
+"""
+import argparse
+import json
+import pathlib
+import re
+import shutil
+import sys
+import xml.etree.ElementTree as ET
+
+RESULTS = pathlib.Path(__file__).resolve().parent / "results" / "gpu"
+FILES = ("summary.json", "loss_cuda_gpu_check.json", "train_cuda_gpu_check.json", "cuda_tests.xml", "steps.txt")
+
+
+def _json(path: pathlib.Path):
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+def _tests(xml_path: pathlib.Path):
+    if not xml_path.exists():
+        return None
+    root = ET.parse(xml_path).getroot()
+    suite = root if root.tag == "testsuite" else root.find("testsuite")
+    n = {k: int(suite.get(k, 0)) for k in ("tests", "failures", "errors", "skipped")}
+    n["passed"] = n["tests"] - n["failures"] - n["errors"] - n["skipped"]
+    n["failed_names"] = [tc.get("name") for tc in suite.iter("testcase")
+                         if tc.find("failure") is not None or tc.find("error") is not None]
+    return n
+
+
+def summarize(out: pathlib.Path) -> dict:
+    steps = {}
+    if (out / "steps.txt").exists():
+        for line in (out / "steps.txt").read_text().splitlines():
+            k, _, v = line.partition(":")
+            steps[k.strip()] = v.strip()
+    loss, train = _json(out / "loss_cuda_gpu_check.json"), _json(out / "train_cuda_gpu_check.json")
+    machine = (loss or train or {}).get("machine", {})
+    s = {"gpu": machine.get("gpu"), "torch": machine.get("torch"), "triton": machine.get("triton"),
+         "python": machine.get("python"), "steps": steps, "tests": _tests(out / "cuda_tests.xml"),
+         "loss": [], "train": []}
+    for r in (loss or {}).get("rows", []):
+        if r.get("backend") != "triton" or "median_ms" not in r:
+            continue
+        same = {b["backend"]: b for b in loss["rows"]
+                if (b["N"], b["B"], b["C"], b["D"], b["dtype"]) == (r["N"], r["B"], r["C"], r["D"], r["dtype"])}
+        floor, comp = same.get("memcpy_floor", {}), same.get("compiled_reference", {})
+        s["loss"].append({"shape": f"N={r['N']} B={r['B']} C={r['C']} D={r['D']} {r['dtype']}",
+                          "triton_us": r["median_ms"] * 1e3,
+                          "compiled_reference_us": comp.get("median_ms", float("nan")) * 1e3,
+                          "vs_compiled": comp.get("median_ms", float("nan")) / r["median_ms"],
+                          "share_of_copy_bandwidth": floor.get("median_ms", float("nan")) / r["median_ms"]})
+    for model, rows in (train or {}).get("models", {}).items():
+        base = next(v for k, v in rows.items() if k.startswith("baseline"))["images_per_s"]
+        ours = rows.get("msd_fast (defaults)", {}).get("images_per_s", float("nan"))
+        s["train"].append({"model": model, "batch": train["batch"], "baseline_images_per_s": base,
+                           "msd_fast_images_per_s": ours, "ratio": ours / base})
+    return s
+
+
+def table(s: dict) -> str:
+    lines = [f"GPU check on **{s['gpu']}** (torch {s['torch']}, Triton {s['triton']}, Python {s['python']})", "",
+             "| step | result |", "|---|---|"]
+    lines += [f"| {k} | {v} |" for k, v in sorted(s["steps"].items())]
+    t = s["tests"]
+    if t:
+        lines.append(f"| CUDA tests | {t['passed']} passed, {t['failures'] + t['errors']} failed, {t['skipped']} skipped |")
+    if s["loss"]:
+        lines += ["", "| loss fwd+bwd (msd_loss, eager) | triton µs | torch.compile(reference) µs | vs compiled "
+                  "| share of copy bandwidth |", "|---|---|---|---|---|"]
+        lines += [f"| {r['shape']} | {r['triton_us']:.0f} | {r['compiled_reference_us']:.0f} | {r['vs_compiled']:.2f}x "
+                  f"| {100 * r['share_of_copy_bandwidth']:.0f}% |" for r in s["loss"]]
+    if s["train"]:
+        lines += ["", "| training step | batch | baseline img/s | msd_fast defaults img/s | ratio |", "|---|---|---|---|---|"]
+        lines += [f"| {r['model']} | {r['batch']} | {r['baseline_images_per_s']:.0f} | {r['msd_fast_images_per_s']:.0f} "
+                  f"| {r['ratio']:.2f}x |" for r in s["train"]]
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("outdir")
+    ap.add_argument("--commit", action="store_true", help="copy the results to bench/results/gpu/<gpu>/")
+    a = ap.parse_args(argv)
+    out = pathlib.Path(a.outdir)
+    if not out.is_dir():
+        print(f"gpu_summary: {out} is not a directory", file=sys.stderr)
+        return 2
+    s = summarize(out)
+    (out / "summary.json").write_text(json.dumps(s, indent=1))
+    print(table(s))
+    if a.commit:
+        if not s["gpu"]:
+            print("gpu_summary: no benchmark JSON names the GPU; nothing to commit", file=sys.stderr)
+            return 2
+        dest = RESULTS / re.sub(r"[^A-Za-z0-9]+", "-", s["gpu"]).strip("-").lower()
+        dest.mkdir(parents=True, exist_ok=True)
+        for name in FILES:
+            if (out / name).exists():
+                shutil.copy2(out / name, dest / name)
+        print(f"copied to {dest}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,253 @@
+"""Ahead-of-time compile gate for the Triton kernels: no GPU needed.
+
+    python -m msd_fast.kernels.compile_gate [--arch 80 90] [--full] [--json OUT] [--jobs K]
+
+For every configuration the launcher can pick (`launch_plan`: NP, BLOCK_C, BLOCK_D, num_warps, for N 2-8,
+C from 2 to past 131072, D with and without features), every logits dtype (fp32, bf16, fp16), both teacher
+modes, and the integer arguments specialised exactly as Triton's launcher would (a value of 1 becomes a
+constexpr, a multiple of 16 gets a divisibility hint), it compiles `_msd_loss_kernel` to a cubin with
+`triton.compile` for each target architecture (sm_80, sm_90), then reads the cubin's resource usage and
+SASS with the `cuobjdump` that ships with Triton. It fails on any compile error and on any register spill
+that costs time: a spill load/store inside a loop, local memory, or a stack frame over MAX_PARKED_BYTES.
+It records registers, stack frame and spill instructions per configuration.
+
+The argument binding and specialisation go through Triton's own binder (the code path `kernel[grid](...)`
+takes), not a hand-written signature, so the gate sees what a launch on a GPU would compile. Triton must
+not be in interpreter mode: the gate runs with TRITON_INTERPRET unset (the tests call it in a subprocess).
+"""
+import argparse
+import concurrent.futures
+import itertools
+import json
+import os
+import re
+import subprocess
+import sys
+import tempfile
+import time
+from typing import Dict, List, Tuple
+
+DTYPES = ("float32", "bfloat16", "float16")
+
+
+def problem_grid(full: bool) -> List[Dict]:
+    """Problems (N, B, C, D, dtype, teacher_last) whose launch configurations cover every distinct kernel the
+    launcher can build. The compiled kernel depends on N only through NP; on C through BLOCK_C, num_warps and
+    C's specialisation (== 1 never: C >= 2; % 16 == 0 or not); on D likewise (D = 0: no features); on B only
+    through its specialisation (B == 1, B % 16 == 0, other)."""
+    from .msd_loss_kernel import MAX_TILE
+
+    out = []
+    n_for_np = {2: 2, 4: 3, 8: 7}   # one N per NP; N itself is a runtime int (never 1 or a multiple of 16)
+    for NP, N in n_for_np.items():
+        cap = max(64, MAX_TILE // NP)
+        block_cs = [2 ** k for k in range(1, cap.bit_length())]            # every BLOCK_C up to the cap
+        for dtype, teacher_last, has_feat in itertools.product(DTYPES, (False, True), (False, True)):
+            # the largest tile (where registers run out), each B specialisation, C past the cap both ways
+            for B, C in ((1, 131072 + 3), (16, 131072), (5, 131072 + 1)):
+                out.append(dict(N=N, B=B, C=C, D=(1536 if has_feat else 0), dtype=dtype, teacher_last=teacher_last))
+            if has_feat:  # D == 1 (a constexpr), D % 16 == 0 below the cap, D odd
+                for D in (1, 16, 13):
+                    out.append(dict(N=N, B=3, C=100, D=D, dtype=dtype, teacher_last=teacher_last))
+            if full or (dtype == "bfloat16" and has_feat):
+                for bc in block_cs:     # every BLOCK_C: C = bc (a multiple of 16 when bc >= 16) and bc - 1
+                    for C in sorted({bc, max(2, bc - 1)}):
+                        out.append(dict(N=N, B=7, C=C, D=(40 if has_feat else 0), dtype=dtype,
+                                        teacher_last=teacher_last))
+    uniq, seen = [], set()
+    for p in out:
+        k = tuple(sorted(p.items()))
+        if k not in seen:
+            seen.add(k)
+            uniq.append(p)
+    return uniq
+
+
+def _kernel_args(p: Dict):
+    """The positional and keyword arguments msd_loss_partials passes to the kernel for problem p, with tiny
+    real CPU tensors standing in for the device buffers (only their dtype and 16-byte alignment matter)."""
+    import torch
+
+    from .msd_loss_kernel import launch_plan
+
+    dt = getattr(torch, p["dtype"])
+    z = torch.empty(64, dtype=dt)
+    f = torch.empty(64, dtype=dt) if p["D"] else z
+    y = torch.empty(8, dtype=torch.int64)
+    w = torch.empty(3, dtype=torch.float32)
+    part = torch.empty(16, dtype=torch.float32)
+    plan = launch_plan(p["N"], p["C"], p["D"])
+    args = (z, y, f, w, part, torch.empty_like(z), torch.empty_like(f),
+            p["N"], p["B"], p["C"], p["D"], 3.0, 1.0 / 3.0, 1.0 / p["B"])
+    kwargs = dict(TEACHER_LAST=p["teacher_last"], HAS_FEAT=p["D"] > 0, **plan)
+    return args, kwargs, plan
+
+
+def _tools() -> Tuple[str, str]:
+    import triton
+
+    bin_dir = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin")
+    return os.path.join(bin_dir, "cuobjdump"), bin_dir
+
+
+def _cuobjdump(cubin: bytes, flag: str) -> str:
+    cuobjdump, _ = _tools()
+    with tempfile.NamedTemporaryFile(suffix=".cubin", delete=False) as fh:
+        fh.write(cubin)
+        path = fh.name
+    try:
+        return subprocess.run([cuobjdump, flag, path], capture_output=True, text=True, check=True).stdout
+    finally:
+        os.unlink(path)
+
+
+def _resource_usage(cubin: bytes) -> Dict[str, int]:
+    """Registers, stack, local and shared memory of the kernel in a cubin, from `cuobjdump -res-usage`."""
+    txt = _cuobjdump(cubin, "-res-usage")
+    usage = {}
+    for key in ("REG", "STACK", "SHARED", "LOCAL"):
+        m = re.search(rf"\b{key}:(\d+)", txt)
+        if m is None:
+            raise RuntimeError(f"cuobjdump printed no {key} count:\n{txt}")
+        usage[key.lower()] = int(m.group(1))
+    return usage
+
+
+_SASS_LINE = re.compile(r"/\*([0-9a-f]{4,})\*/\s+(.*?);")
+
+
+def spills_in_loops(cubin: bytes) -> Dict[str, int]:
+    """Counts spill instructions (STL/LDL: stores and loads of the stack frame) in the SASS, split into those
+    inside a loop (between a backward branch's target and the branch) and those outside every loop."""
+    code = [(int(a, 16), ins) for a, ins in _SASS_LINE.findall(_cuobjdump(cubin, "-sass"))]
+    loops = []
+    for addr, ins in code:
+        m = re.search(r"\bBRA\s+(?:`\(.*?\)\s*)?0x([0-9a-f]+)", ins)
+        if m and int(m.group(1), 16) < addr:
+            loops.append((int(m.group(1), 16), addr))
+    inside = outside = 0
+    for addr, ins in code:
+        if re.search(r"\b(STL|LDL)\b", ins):
+            if any(lo <= addr <= hi for lo, hi in loops):
+                inside += 1
+            else:
+                outside += 1
+    return {"spill_ops_in_loops": inside, "spill_ops_outside_loops": outside, "loops": len(loops)}
+
+
+# ptxas sometimes parks a few loop-invariant registers (a store offset, packed predicates) in the stack
+# frame across a long loop although registers are free: one store before the loop, one load after it,
+# nothing per iteration. The gate records such frames; it fails on what costs time: any spill inside a
+# loop, any local memory, or a frame larger than this.
+MAX_PARKED_BYTES = 32
+
+
+def compile_kernel(fn, args, kwargs, arch: int):
+    """Compiles the JIT function `fn` for sm_<arch> exactly as `fn[grid](*args, **kwargs)` would on a GPU:
+    Triton's own binder specialises the arguments (an int equal to 1 -> constexpr, multiples of 16 ->
+    divisibility hints, pointer alignment, dtypes). Returns (compiled kernel, signature)."""
+    import triton
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource, make_backend
+    from triton.runtime.jit import create_function_from_signature
+
+    if not hasattr(fn, "params"):
+        raise RuntimeError("the kernel is an interpreted function: unset TRITON_INTERPRET to run the compile gate")
+    target = GPUTarget("cuda", arch, 32)
+    backend = make_backend(target)
+    binder = create_function_from_signature(fn.signature, fn.params, backend)
+    bound, specialization, options = binder(*args, **kwargs)
+    options, signature, constexprs, attrs = fn._pack_args(backend, kwargs, bound, specialization, options)
+    kernel = triton.compile(ASTSource(fn, signature, constexprs, attrs), target=target, options=options.__dict__)
+    return kernel, signature
+
+
+def check_compile(fn, args, kwargs, arch: int) -> Dict:
+    """compile_kernel + resource usage -> {ok, error?, reg, stack, shared, local, compile_s, specialised}."""
+    row: Dict = {}
+    t0 = time.perf_counter()
+    try:
+        kernel, signature = compile_kernel(fn, args, kwargs, arch)
+    except Exception as e:  # noqa: BLE001 - every compile error is a gate failure, reported with its config
+        lines = str(e).strip().splitlines() or [""]
+        row.update(ok=False, error=f"{type(e).__name__}: {lines[0]}{' ...' if len(lines) > 1 else ''}",
+                   detail=str(e)[-2000:])
+        return row
+    row["compile_s"] = round(time.perf_counter() - t0, 3)
+    row["specialised"] = sorted(k for k, v in signature.items() if v == "constexpr" and k not in kwargs)
+    row.update(_resource_usage(kernel.asm["cubin"]))
+    if row["stack"] or row["local"]:
+        row.update(spills_in_loops(kernel.asm["cubin"]))
+        in_loops = row["spill_ops_in_loops"]
+    else:
+        in_loops = 0
+    row["ok"] = row["local"] == 0 and in_loops == 0 and row["stack"] <= MAX_PARKED_BYTES
+    if not row["ok"]:
+        row["error"] = (f"register spill: {row['local']} bytes of local memory, a {row['stack']}-byte stack frame, "
+                        f"{in_loops} spill loads/stores inside loops")
+    return row
+
+
+def compile_one(p: Dict, arch: int) -> Dict:
+    """The gate's check of `_msd_loss_kernel` for problem p on sm_<arch>: a result row."""
+    from .msd_loss_kernel import _msd_loss_kernel
+
+    args, kwargs, plan = _kernel_args(p)
+    return dict(p, arch=arch, **plan, **check_compile(_msd_loss_kernel, args, kwargs, arch))
+
+
+def _worker(job):
+    p, arch = job
+    try:
+        return compile_one(p, arch)
+    except Exception as e:  # noqa: BLE001
+        return dict(p, arch=arch, ok=False, error=f"{type(e).__name__}: {e}")
+
+
+def run_gate(archs=(80, 90), full=False, jobs=None) -> List[Dict]:
+    todo = [(p, a) for p in problem_grid(full) for a in archs]
+    jobs = jobs or max(1, min(len(todo), os.cpu_count() or 1))
+    if jobs == 1:
+        return [_worker(j) for j in todo]
+    # fork: the workers inherit the imported modules; each compiles its share independently.
+    import multiprocessing
+
+    with concurrent.futures.ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("fork")) as ex:
+        return list(ex.map(_worker, todo, chunksize=4))
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m msd_fast.kernels.compile_gate", description=__doc__.split("\n\n")[0])
+    ap.add_argument("--arch", type=int, nargs="+", default=[80, 90], help="SM versions (default: 80 90)")
+    ap.add_argument("--full", action="store_true", help="every BLOCK_C for every dtype/teacher/feature mode")
+    ap.add_argument("--json", default=None, help="write every configuration's result here")
+    ap.add_argument("--jobs", type=int, default=None, help="parallel compiles (default: CPU count)")
+    a = ap.parse_args(argv)
+    if os.environ.get("TRITON_INTERPRET", "0") == "1":
+        print("compile_gate: TRITON_INTERPRET=1 is set; the gate compiles real kernels, unset it", file=sys.stderr)
+        return 2
+    t0 = time.perf_counter()
+    rows = run_gate(tuple(a.arch), a.full, a.jobs)
+    bad = [r for r in rows if not r["ok"]]
+    import triton
+
+    summary = {"triton": triton.__version__, "archs": a.arch, "configs": len(rows), "failed": len(bad),
+               "with_parked_registers": sum(1 for r in rows if r.get("stack")),
+               "max_stack_bytes": max((r.get("stack", 0) for r in rows), default=0),
+               "wall_s": round(time.perf_counter() - t0, 1)}
+    for arch in a.arch:
+        regs = [r["reg"] for r in rows if r["arch"] == arch and "reg" in r]
+        if regs:
+            summary[f"sm_{arch}_registers_max"] = max(regs)
+    if a.json:
+        with open(a.json, "w") as fh:
+            json.dump({"summary": summary, "results": rows}, fh, indent=1)
+    for r in bad[:20]:
+        print(f"FAIL sm_{r['arch']} N={r['N']} B={r['B']} C={r['C']} D={r['D']} {r['dtype']} "
+              f"teacher_last={r['teacher_last']}: {r['error']}", file=sys.stderr)
+    print(json.dumps(summary))
+    return 1 if bad else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,55 @@
+#!/usr/bin/env bash
+# One command for a bare CUDA machine (a system python3 that already holds torch and Triton, no network):
+#   builds the extension in place, runs the CUDA test suite, then the GPU benchmarks (loss and training
+#   throughput), and writes everything under OUTDIR with a summary table at the end.
+#
+#   bash scripts/gpu_check.sh [OUTDIR]          # default OUTDIR: gpu_check_out/
+#   PYTHON=python3.12 bash scripts/gpu_check.sh  # another interpreter
+#
+# Budget: about 8 minutes on one H100/H200 with the build (each step has its own timeout, so one slow step
+# cannot eat the others' time). Nothing is downloaded. Commit OUTDIR's JSON as bench/results/gpu/ with
+# `python bench/gpu_summary.py OUTDIR --commit` (it names the GPU) and regenerate the README with
+# `python bench/report.py`.
+set -uo pipefail
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$ROOT"
+OUT="$(mkdir -p "${1:-gpu_check_out}" && cd "${1:-gpu_check_out}" && pwd)"
+PY="${PYTHON:-python3}"
+LOG="$OUT/gpu_check.log"
+: > "$LOG"
+exec > >(tee -a "$LOG") 2>&1
+export TRITON_INTERPRET=0        # compile the Triton kernels for the GPU (the CPU tests interpret them)
+export PYTHONUNBUFFERED=1
+step() { echo; echo "=== [$(date +%H:%M:%S)] $*"; }
+declare -A STATUS
+
+step "machine"
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>/dev/null || echo "nvidia-smi not found"
+"$PY" -c "import sys, torch, triton; print('python', sys.version.split()[0], '| torch', torch.__version__, '| triton', triton.__version__, '| cuda', torch.version.cuda, '| gpu', torch.cuda.get_device_name(0) if torch.cuda.is_available() else None)" \
+  || { echo "python/torch/triton not importable with $PY"; exit 2; }
+"$PY" -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)" || { echo "no CUDA device visible to torch"; exit 2; }
+
+step "build (pip install --no-build-isolation --no-deps -e .)"
+t0=$(date +%s)
+if timeout 300 "$PY" -m pip install -q --no-build-isolation --no-deps -e . ; then STATUS[build]=ok; else STATUS[build]=FAILED; fi
+echo "build: ${STATUS[build]} in $(( $(date +%s) - t0 )) s"
+"$PY" -c "import msd_fast, msd_fast._ext as e; print('extension:', e.available(), '| CUDA sources:', e.has_cuda())" || STATUS[build]=FAILED
+
+step "CUDA tests (tests/test_cuda.py, then the loss and C++ suites on this machine)"
+if timeout 240 "$PY" -m pytest -q -p no:cacheprovider -rs tests/test_cuda.py --junitxml="$OUT/cuda_tests.xml"; then
+  STATUS[cuda_tests]=ok; else STATUS[cuda_tests]=FAILED; fi
+
+step "loss benchmark (bench/bench_loss.py --grid gpu-check)"
+if timeout 150 "$PY" bench/bench_loss.py --grid gpu-check --out "$OUT/loss_cuda_gpu_check.json"; then
+  STATUS[bench_loss]=ok; else STATUS[bench_loss]=FAILED; fi
+
+step "training throughput (bench/bench_train.py, resnet18 full width, batch 128: baseline vs defaults)"
+if timeout 150 "$PY" bench/bench_train.py --models resnet18 --batch 128 --variants defaults \
+     --out "$OUT/train_cuda_gpu_check.json"; then STATUS[bench_train]=ok; else STATUS[bench_train]=FAILED; fi
+
+step "summary"
+printf '%s\n' "${!STATUS[@]}" | sort | while read -r k; do echo "$k: ${STATUS[$k]}"; done > "$OUT/steps.txt"
+cat "$OUT/steps.txt"
+"$PY" bench/gpu_summary.py "$OUT" || true
+grep -q FAILED "$OUT/steps.txt" && exit 1
+exit 0

@@ -1,0 +1,220 @@
+"""Everything where a GPU changes the code path, on CUDA: the compiled (not interpreted) Triton loss against a
+float64 reference over a random grid (B = 1, huge C, extreme logits, fp32/bf16/fp16, both teachers, with and
+without features), opcheck, torch.compile(fullgraph=True), CUDA-graph capture, bitwise determinism, the CUDA
+reduction, the models and EarlyExit, and a short Trainer run with the GPU defaults (compile, bf16,
+channels-last, data on the GPU), its checkpoint, resume and evaluation.
+
+Skipped with the reason when no GPU is present. On a GPU run with TRITON_INTERPRET unset or 0
+(scripts/gpu_check.sh does): under the interpreter the Triton kernels would not be compiled.
+"""
+import json
+import os
+import random
+
+import pytest
+import torch
+
+from msd_fast import _ext, msd_loss
+from msd_fast.fused import reduce_partials
+from msd_fast.models import create_model
+
+HAS_CUDA = torch.cuda.is_available()
+pytestmark = [
+    pytest.mark.cuda,
+    pytest.mark.skipif(not HAS_CUDA, reason="no CUDA device: these tests need a GPU (run scripts/gpu_check.sh there)"),
+    pytest.mark.skipif(os.environ.get("TRITON_INTERPRET", "0") == "1",
+                       reason="TRITON_INTERPRET=1 would interpret, not compile, the Triton kernels on the GPU"),
+]
+DEV = "cuda"
+TOL = {torch.float32: 2e-5, torch.float16: 2e-3, torch.bfloat16: 1.2e-2}
+
+
+def _inputs(N, B, C, D, dtype, scale=3.0, seed=0):
+    g = torch.Generator(device="cpu").manual_seed(seed)
+    z = (scale * torch.randn(N, B, C, generator=g)).to(DEV, dtype)
+    f = torch.randn(N, B, D, generator=g).to(DEV, dtype) if D else None
+    y = torch.randint(0, C, (B,), generator=g).to(DEV)
+    return z, y, f
+
+
+def _loss_and_grads(backend, z, y, f, teacher, dtype=None):
+    zz = z.detach().clone().to(dtype or z.dtype).requires_grad_()
+    ff = None if f is None else f.detach().clone().to(dtype or f.dtype).requires_grad_()
+    loss = msd_loss(zz, y, ff, alpha=0.6, temperature=2.5, beta=0.3, teacher=teacher, backend=backend)
+    grads = torch.autograd.grad(loss, [t for t in (zz, ff) if t is not None])
+    return loss, grads
+
+
+def _rel_err(a, b):
+    return ((a.double() - b.double()).norm() / b.double().norm().clamp_min(1e-30)).item()
+
+
+def _grid(count=40, seed=0):
+    rng = random.Random(seed)
+    cases = [(2, 1, 2, 0), (8, 1, 131072, 64), (4, 1, 100, 1), (3, 16, 160, 16), (5, 4096, 10, 128)]
+    while len(cases) < count:
+        cases.append((rng.randint(2, 8), rng.choice([1, 2, 7, 16, 33, 256, 1024]),
+                      rng.choice([2, 10, 100, 1000, 4097, 32000]), rng.choice([0, 1, 13, 64, 512])))
+    return cases
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("teacher", ["all", "last"])
+def test_compiled_triton_matches_float64_reference_over_a_random_grid(dtype, teacher):
+    worst = 0.0
+    for i, (N, B, C, D) in enumerate(_grid(seed=hash((str(dtype), teacher)) % 1000)):
+        z, y, f = _inputs(N, B, C, D, dtype, scale=3.0 if i % 3 else 30.0, seed=i)
+        loss, grads = _loss_and_grads("triton", z, y, f, teacher)
+        ref, ref_grads = _loss_and_grads("reference", z, y, f, teacher, dtype=torch.float64)
+        assert loss.dtype == torch.float32 and torch.isfinite(loss)
+        err = max([_rel_err(loss, ref)] + [_rel_err(g, r) for g, r in zip(grads, ref_grads)])
+        worst = max(worst, err)
+        assert err < TOL[dtype], f"N={N} B={B} C={C} D={D} {dtype} {teacher}: relative error {err:.3g}"
+    print(f"worst relative error {dtype} {teacher}: {worst:.3g}")
+
+
+def test_extreme_and_non_finite_logits():
+    z, y, f = _inputs(4, 8, 1000, 32, torch.float32, scale=300.0)
+    loss, grads = _loss_and_grads("triton", z, y, f, "all")
+    ref, ref_grads = _loss_and_grads("reference", z, y, f, "all", dtype=torch.float64)
+    assert _rel_err(loss, ref) < 1e-5 and all(_rel_err(g, r) < 1e-4 for g, r in zip(grads, ref_grads))
+    for bad in (float("nan"), float("inf")):
+        zb = z.clone()
+        zb[1, 3, 7] = bad
+        assert not torch.isfinite(msd_loss(zb, y, f, backend="triton"))
+
+
+def test_opcheck_triton_op_and_cuda_reduction():
+    z, y, f = _inputs(3, 5, 37, 11, torch.float32)
+    w = torch.tensor([0.4, 0.6, 0.1], device=DEV)
+    op = torch.ops.msd_fast.fused_msd_loss_triton.default
+    torch.library.opcheck(op, (z, y, f, w, 2.0, False))
+    torch.library.opcheck(op, (z, y, None, w, 2.0, True))
+    if _ext.available() and _ext.has_cuda():
+        parts = torch.rand(3, 4, 33, device=DEV)
+        torch.library.opcheck(torch.ops.msd_fast.reduce_exit_losses.default, (parts, w))
+
+
+@pytest.mark.skipif(not (_ext.available() and _ext.has_cuda()), reason="extension built without CUDA sources")
+def test_cuda_reduction_is_repeatable_and_matches_float64():
+    parts = torch.rand(3, 8, 1_000_003, device=DEV) * 10
+    w = torch.tensor([0.3, 0.7, 0.05], device=DEV)
+    a, ta = torch.ops.msd_fast.reduce_exit_losses(parts, w)
+    b, tb = torch.ops.msd_fast.reduce_exit_losses(parts, w)
+    assert torch.equal(a, b) and torch.equal(ta, tb)
+    ref = parts.double().mean(2)
+    torch.testing.assert_close(a.double(), ref, rtol=1e-6, atol=0)
+    torch.testing.assert_close(ta.double(), (w.double()[:, None] * ref).sum(), rtol=1e-6, atol=0)
+    torch.testing.assert_close(reduce_partials(parts, w)[0], a)
+
+
+def _step_fn(heads, y):
+    def step(x):
+        feats = [torch.tanh(x * (i + 1)) for i in range(len(heads))]
+        return msd_loss([h(f) for h, f in zip(heads, feats)], y, feats, backend="triton", validate=False)
+    return step
+
+
+def test_compile_fullgraph_matches_eager():
+    torch.manual_seed(0)
+    heads = torch.nn.ModuleList([torch.nn.Linear(64, 100) for _ in range(4)]).to(DEV)
+    x, y = torch.randn(32, 64, device=DEV), torch.randint(0, 100, (32,), device=DEV)
+    step = _step_fn(heads, y)
+    eager = step(x)
+    eager.backward()
+    g_eager = [p.grad.clone() for p in heads.parameters()]
+    heads.zero_grad()
+    comp = torch.compile(step, fullgraph=True)(x)
+    comp.backward()
+    assert torch.equal(comp, eager)
+    for a, p in zip(g_eager, heads.parameters()):
+        assert torch.equal(a, p.grad)
+
+
+def test_cuda_graph_capture_replays_the_loss_and_its_gradients():
+    z, y, f = _inputs(4, 64, 1000, 128, torch.bfloat16)
+    z.requires_grad_()
+    f.requires_grad_()
+    beta = torch.tensor(0.05, device=DEV)
+    s = torch.cuda.Stream()
+    s.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(s):  # warm up (compiles the kernel) off the default stream, as capture requires
+        for _ in range(2):
+            z.grad = f.grad = None
+            msd_loss(z, y, f, beta=beta, backend="triton", validate=False).backward()
+    torch.cuda.current_stream().wait_stream(s)
+    z.grad = f.grad = None
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        static_loss = msd_loss(z, y, f, beta=beta, backend="triton", validate=False)
+        static_loss.backward()
+    for scale in (1.0, 0.5):
+        with torch.no_grad():
+            z.mul_(scale)
+        graph.replay()
+        torch.cuda.synchronize()
+        zz, ff = z.detach().clone().requires_grad_(), f.detach().clone().requires_grad_()
+        eager = msd_loss(zz, y, ff, beta=beta, backend="triton")
+        eager.backward()
+        assert torch.equal(static_loss, eager)
+        assert torch.equal(z.grad, zz.grad) and torch.equal(f.grad, ff.grad)
+
+
+def test_forward_and_backward_are_bitwise_deterministic():
+    z, y, f = _inputs(6, 512, 1000, 256, torch.bfloat16)
+    first = _loss_and_grads("triton", z, y, f, "all")
+    for _ in range(5):
+        again = _loss_and_grads("triton", z, y, f, "all")
+        assert torch.equal(again[0], first[0])
+        assert all(torch.equal(a, b) for a, b in zip(again[1], first[1]))
+
+
+@pytest.mark.parametrize("name", ["resnet18", "msdnet1"])
+def test_models_and_early_exit_on_cuda(name):
+    from msd_fast.early_exit import simulate
+    from msd_fast.inference import EarlyExit
+
+    torch.manual_seed(0)
+    model = create_model(name, 10, 3, 0.25).to(DEV).eval()
+    x = torch.randn(64, 3, 32, 32, device=DEV)
+    with torch.no_grad():
+        out = model(x)
+        cpu_model = create_model(name, 10, 3, 0.25)
+        cpu_model.load_state_dict({k: v.cpu() for k, v in model.state_dict().items()})
+        cpu_out = cpu_model.eval()(x.cpu())
+    for a, b in zip(out.logits, cpu_out.logits):
+        torch.testing.assert_close(a.cpu(), b, rtol=1e-3, atol=1e-3)
+    probs = torch.stack([z.float().softmax(-1) for z in out.logits]).cpu()
+    thr = [0.6] * (model.num_exits - 1) + [0.0]
+    pred, idx = EarlyExit(model, thr)(x)
+    sim = simulate(probs, thr, [1] * model.num_exits)
+    assert torch.equal(pred.cpu(), sim.predictions) and torch.equal(idx.cpu(), sim.exit_index)
+
+
+def test_trainer_with_gpu_defaults_checkpoint_resume_and_evaluate(tmp_path):
+    from msd_fast.checkpoint import load_checkpoint
+    from msd_fast.config import resolve_config
+    from msd_fast.evaluate import main as evaluate_main
+    from msd_fast.trainer import Trainer
+
+    base = ["--dataset", "synthetic", "--model", "resnet18", "--width", "0.125", "--batch-size", "64", "--epochs", "2",
+            "--no-progress", "--tensorboard", "false", "--out-dir", str(tmp_path), "--device", "cuda"]
+    full = Trainer(resolve_config(base + ["--run-name", "full"]))
+    assert full.speed == {"device": "cuda", "amp": "bf16", "channels_last": True, "compile": True}
+    assert full.train_images.is_cuda  # the data live on the GPU
+    res = full.fit()
+    assert res["last"]["test_acc"][-1] > 30
+    spe = full.steps_per_epoch
+    Trainer(resolve_config(base + ["--run-name", "cut", "--max-steps", str(spe + 3)])).fit()
+    resumed = Trainer(resolve_config(["--resume", str(tmp_path / "cut"), "--max-steps", "0"]))
+    resumed.fit()
+    a = load_checkpoint(tmp_path / "full" / "last.pt")["model"]
+    b = load_checkpoint(tmp_path / "cut" / "last.pt")["model"]
+    worst = max((a[k].float() - b[k].float()).abs().max().item() for k in a if a[k].is_floating_point())
+    # compiled bf16 kernels on a GPU are deterministic run to run for the same shapes; allow rounding slack
+    assert worst < 1e-3, worst
+    out = tmp_path / "eval"
+    assert evaluate_main(["--checkpoint", str(tmp_path / "full"), "--out", str(out), "--device", "cuda",
+                          "--amp", "bf16", "--batch-size", "256"]) == 0
+    r = json.loads((out / "results.json").read_text())["results"][0]
+    assert len(r["anytime"]) == 4 and r["anytime"][-1]["top1"] > 30
