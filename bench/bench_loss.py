@@ -26,7 +26,7 @@ from naive_loss import naive_msd_loss  # noqa: E402
 from timing import time_interleaved  # noqa: E402
 
 from msd_fast import _ext, msd_loss  # noqa: E402
-from msd_fast.backends import triton_usable  # noqa: E402
+from msd_fast.loss.backends import triton_usable  # noqa: E402
 
 RESULTS = pathlib.Path(__file__).resolve().parent / "results"
 ALPHA, TAU, BETA = 0.5, 3.0, 0.05

@@ -2,7 +2,7 @@
 
 - baseline: how the public BYOT / MSDNet code trains: eager, contiguous NCHW, fp32, the naive Python loop
   over exit pairs for the loss, a torchvision-transform Dataset behind a standard DataLoader.
-- msd_fast: our engine (msd_fast.trainer.Trainer) with its defaults for the device, then with each
+- msd_fast: our engine (msd_fast.train.Trainer) with its defaults for the device, then with each
   feature toggled one at a time, so the table shows what each one is worth.
 Same model, batch and data (random CIFAR-shaped images, 100 classes). All configurations of a model are
 built and warmed up first (warm-up and compile time reported separately), then timed round-robin, one
@@ -29,10 +29,11 @@ from machine import describe, machine_info  # noqa: E402
 from naive_loss import naive_msd_loss  # noqa: E402
 from timing import sync  # noqa: E402
 
-from msd_fast.config import DEFAULTS  # noqa: E402
+from msd_fast.train.config import DEFAULTS  # noqa: E402
 from msd_fast.data import Dataset, Split  # noqa: E402
 from msd_fast.models import create_model  # noqa: E402
-from msd_fast.trainer import Trainer, resolve_speed  # noqa: E402
+from msd_fast.train import Trainer
+from msd_fast.train.speed import resolve_speed  # noqa: E402
 
 RESULTS = pathlib.Path(__file__).resolve().parent / "results"
 BASELINE = "baseline (eager, NCHW, fp32, naive loss, DataLoader)"

@@ -6,8 +6,8 @@ import torch
 
 from bench_train import cifar_shaped
 
-from msd_fast.config import DEFAULTS
-from msd_fast.trainer import Trainer
+from msd_fast.train.config import DEFAULTS
+from msd_fast.train.trainer import Trainer
 
 
 @pytest.mark.parametrize("model", ["resnet18", "msdnet1"])

@@ -79,7 +79,7 @@ def compare(hp: dict, seeds: int) -> dict:
                                        "std": [statistics.stdev(v[k] for v in d) if len(d) > 1 else 0.0
                                                for k in range(len(d[0]))]}
     # Budgeted-batch curves of the four methods (seed 0) on one plot.
-    from msd_fast.evaluate import main as evaluate_main
+    from msd_fast.evaluate.cli import main as evaluate_main
 
     evaluate_main(["--out", str(OUT / "evaluate"), "--n-budgets", "10"]
                   + sum((["--checkpoint", str(RUNS / f"cmp-{m}-s0")] for m in methods), []))

@@ -1,8 +1,5 @@
 """msd_fast: fast Multi-Self-Distillation training for multi-exit networks."""
-from . import defaults
-from .loss import MSDLoss, MSDTerms, msd_loss
-from .reference import reference_msd_terms
-from .schedule import CosineBeta
+from .loss import CosineBeta, MSDLoss, MSDTerms, defaults, msd_loss, reference_msd_terms
 
 __version__ = "0.1.0"
 

@@ -47,6 +47,22 @@ class CheckpointWriteError(OSError):
 
 
 # ------------------------------------------------------------------------------------------ writing
+def pack(**fields) -> Dict[str, Any]:
+    """A checkpoint dict of the current format from the REQUIRED_KEYS fields (plus optional extras)."""
+    missing = [k for k in REQUIRED_KEYS if k not in fields]
+    if missing:
+        raise ValueError(f"checkpoint.pack: missing fields {missing}")
+    from . import __version__
+
+    return {"format": FORMAT, "format_version": FORMAT_VERSION, "version": __version__, **fields}
+
+
+def model_spec(ckpt: Dict[str, Any]) -> Dict[str, Any]:
+    """What rebuilds the checkpoint's model: create_model(**model_spec(ckpt))."""
+    return {"name": ckpt["model_name"], "num_classes": ckpt["num_classes"], "in_channels": ckpt["in_channels"],
+            "width": ckpt["width"]}
+
+
 def _write_all(fd: int, data: memoryview) -> None:
     while data:
         n = os.write(fd, data)

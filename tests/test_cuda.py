@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from msd_fast import _ext, msd_loss
-from msd_fast.fused import reduce_partials
+from msd_fast.loss.fused import reduce_partials
 from msd_fast.models import create_model
 
 HAS_CUDA = torch.cuda.is_available()
@@ -87,7 +87,7 @@ def test_extreme_and_non_finite_logits():
 def test_opcheck_triton_op_and_cuda_reduction():
     z, y, f = _inputs(3, 5, 37, 11, torch.float32)
     w = torch.tensor([0.4, 0.6, 0.1], device=DEV)
-    op = torch.ops.msd_fast.fused_msd_loss_triton.default
+    op = torch.ops.msd_fast.fused_msd_loss.default
     torch.library.opcheck(op, (z, y, f, w, 2.0, False))
     torch.library.opcheck(op, (z, y, None, w, 2.0, True))
     if _ext.available() and _ext.has_cuda():
@@ -171,8 +171,8 @@ def test_forward_and_backward_are_bitwise_deterministic():
 
 @pytest.mark.parametrize("name", ["resnet18", "msdnet1"])
 def test_models_and_early_exit_on_cuda(name):
-    from msd_fast.early_exit import simulate
-    from msd_fast.inference import EarlyExit
+    from msd_fast.evaluate.early_exit import simulate
+    from msd_fast.evaluate.inference import EarlyExit
 
     torch.manual_seed(0)
     model = create_model(name, 10, 3, 0.25).to(DEV).eval()
@@ -193,9 +193,9 @@ def test_models_and_early_exit_on_cuda(name):
 
 def test_trainer_with_gpu_defaults_checkpoint_resume_and_evaluate(tmp_path):
     from msd_fast.checkpoint import load_checkpoint
-    from msd_fast.config import resolve_config
-    from msd_fast.evaluate import main as evaluate_main
-    from msd_fast.trainer import Trainer
+    from msd_fast.train.config import resolve_config
+    from msd_fast.evaluate.cli import main as evaluate_main
+    from msd_fast.train.trainer import Trainer
 
     base = ["--dataset", "synthetic", "--model", "resnet18", "--width", "0.125", "--batch-size", "64", "--epochs", "2",
             "--no-progress", "--tensorboard", "false", "--out-dir", str(tmp_path), "--device", "cuda"]

@@ -43,13 +43,47 @@ def test_bad_input_raises(kwargs, exc, match):
                  **args)
 
 
-def test_triton_on_cpu_without_interpreter_says_why(monkeypatch):
-    monkeypatch.setenv("TRITON_INTERPRET", "0")
-    with pytest.raises(ValueError, match="backend='triton' is not available: .*CUDA"):
+def test_triton_on_cpu_says_why():
+    with pytest.raises(ValueError, match="backend='triton' cannot run this call: it runs on cuda tensors, got cpu"):
         msd_loss(Z, Y, backend="triton")
 
 
 def test_cpp_on_meta_device_says_what_to_use():
-    with pytest.raises(ValueError, match="backend='cpp' runs on CPU tensors"):
+    with pytest.raises(ValueError, match="backend='cpp' cannot run this call: it runs on cpu tensors, got meta"):
         msd_loss(torch.randn(3, 4, 5, device="meta"), torch.zeros(4, dtype=torch.long, device="meta"),
                  backend="cpp", validate=False)
+
+
+def test_auto_falls_back_to_the_reference_with_one_note_where_no_kernel_fits(monkeypatch, recwarn):
+    """auto reads the kernels' declarations: a kernel that does not take the call is never chosen."""
+    import warnings
+
+    from msd_fast.loss import backends
+
+    monkeypatch.setattr(backends, "_NOTED", set())
+    spec = backends.KERNELS["cpp"]
+    monkeypatch.setitem(backends.KERNELS, "cpp", backends.KernelSpec(
+        "cpp", "cpu", spec.dtypes, 3, spec.teachers, spec.detach_teacher, spec.unavailable))
+    z, y = torch.randn(5, 4, 6), torch.randint(0, 6, (4,))
+    with warnings.catch_warnings(record=True) as w:
+        warnings.simplefilter("always")
+        a = msd_loss(z, y)  # N = 5 > 3: the (patched) CPU kernel does not take it
+        b = msd_loss(z, y)
+    notes = [str(x.message) for x in w if "using the reference" in str(x.message)]
+    assert len(notes) == 1 and "2 to 3 exits, got N = 5" in notes[0]
+    torch.testing.assert_close(a, msd_loss(z, y, backend="reference"))
+    torch.testing.assert_close(b, a)
+    with pytest.raises(ValueError, match="backend='cpp' cannot run this call: it takes 2 to 3 exits"):
+        msd_loss(z, y, backend="cpp")
+
+
+def test_resolution_reads_the_declarations():
+    from msd_fast.loss.backends import resolve_backend
+
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    assert resolve_backend("auto", cpu, torch.float32, True, 4, "all") == "fused"
+    assert resolve_backend("auto", cpu, torch.float64, True, 4, "all") == "reference"
+    assert resolve_backend("cpp", cpu, torch.bfloat16, False, 4, "all") == "reference"  # detach=False: exact ref
+    assert resolve_backend("auto", cuda, torch.float32, True, 9, "all") == "reference"  # Triton: N <= 8
+    with pytest.raises(ValueError, match="it takes 2 to 8 exits, got N = 9"):
+        resolve_backend("triton", cuda, torch.float32, True, 9, "all")

@@ -16,11 +16,11 @@ import yaml
 
 from msd_fast import checkpoint as ckpt_mod
 from msd_fast.checkpoint import CheckpointError, load_checkpoint
-from msd_fast.config import ConfigError, resolve_config
-from msd_fast.evaluate import main as evaluate_main
-from msd_fast.run_dir import RunLock
+from msd_fast.train.config import ConfigError, resolve_config
+from msd_fast.evaluate.cli import main as evaluate_main
+from msd_fast.train.run_dir import RunLock
 from msd_fast.train import main
-from msd_fast.trainer import Trainer
+from msd_fast.train.trainer import Trainer
 
 BASE = ["--dataset", "synthetic", "--model", "resnet18", "--width", "0.125", "--batch-size", "64",
         "--epochs", "1", "--no-progress", "--tensorboard", "false", "--lr", "0.05", "--eval-batch-size", "512"]
@@ -66,7 +66,9 @@ def test_non_finite_or_non_numeric_flags_are_refused_by_name(tmp_path, capsys, f
     ("epochs: 0\n", "epochs", "must be an integer >= 1, got 0"),
     ("epochs: 2.5\n", "epochs", "must be an integer, got 2.5"),
     ("lr: .nan\n", "lr", "must be a finite number"),
-    ("temperature: -1\n", "temperature", "must be > 0, got -1"),
+    ("temperature: -1\n", "temperature", "must be a finite number > 0, got -1"),
+    ("alpha: 1.5\n", "alpha", "alpha must be a number in [0, 1], got 1.5"),
+    ("beta_end: -0.1\n", "beta_end", "beta_end must be a finite number >= 0, got -0.1"),
     ("momentum: 1.5\n", "momentum", "must be in [0, 1), got 1.5"),
     ("milestones: [30, 10]\n", "milestones", "must be increasing"),
     ("model: resnet19\n", "model", "model must be one of"),
@@ -234,7 +236,7 @@ def test_a_second_run_into_the_same_directory_is_refused(done_run, tmp_path, cap
 def test_a_run_in_use_cannot_be_resumed_by_another_process(done_run, tmp_path, capsys):
     run = _copy_run(done_run, tmp_path / "run")
     holder = subprocess.Popen([sys.executable, "-c", (
-        "import sys, time; sys.path.insert(0, %r); from msd_fast.run_dir import RunLock; "
+        "import sys, time; sys.path.insert(0, %r); from msd_fast.train.run_dir import RunLock; "
         "l = RunLock(%r); print('locked', flush=True); time.sleep(60)") % (str(pathlib.Path.cwd()), str(run))],
         stdout=subprocess.PIPE, text=True)
     try:

@@ -10,9 +10,9 @@ import torch
 import yaml
 
 from msd_fast.checkpoint import load_checkpoint
-from msd_fast.config import ConfigError, resolve_config
+from msd_fast.train.config import ConfigError, resolve_config
 from msd_fast.train import main
-from msd_fast.trainer import Trainer, TrainingDiverged
+from msd_fast.train.trainer import Trainer, TrainingDiverged
 
 BASE = ["--dataset", "synthetic", "--model", "resnet18", "--width", "0.125", "--batch-size", "64",
         "--epochs", "2", "--no-progress", "--tensorboard", "false", "--lr", "0.05", "--eval-batch-size", "512"]
@@ -139,8 +139,8 @@ def test_ddp_two_gloo_processes_match_one_process(tmp_path):
 
 
 def test_speed_defaults_per_device_and_model(monkeypatch):
-    from msd_fast import trainer as tr
-    from msd_fast.config import DEFAULTS
+    from msd_fast.train import speed as tr
+    from msd_fast.train.config import DEFAULTS
 
     cpu = dict(DEFAULTS, device="cpu")
     monkeypatch.setattr(tr, "cpu_has_native_bf16", lambda: True)

@@ -1,4 +1,4 @@
-"""The MSD loss (MSD_SPEC §1): functional `msd_loss` and module `MSDLoss`.
+"""The MSD loss (docs/maths.md): functional `msd_loss` and module `MSDLoss`.
 
     L = (1 - alpha) * sum_n CE_n + alpha * sum_n KD_n + beta * sum_{n<N} FEAT_n
 
@@ -63,8 +63,10 @@ def msd_loss(logits: Union[Tensor, Sequence[Tensor]], target: Tensor,
         alpha: weight of KD against CE, in [0, 1]. temperature: tau > 0. beta: hint weight >= 0 (a
             float or a scalar tensor, e.g. from `CosineBeta`).
         teacher: "all" (MSD) or "last" (BYOT). detach_teacher: stop-gradient on teachers and F_N.
-        backend: "auto", "reference", "cpp" (CPU) or "triton" (CUDA). The fused backends implement
-            detach_teacher=True; with detach_teacher=False they fall back to the exact reference.
+        backend: "auto", "reference", "fused" (the fused operator on the tensors' device), "cpp" (its CPU
+            kernel) or "triton" (its CUDA kernel). The fused kernels implement detach_teacher=True; with
+            detach_teacher=False every backend uses the exact reference. "auto" falls back to the reference,
+            with a one-time note, where the fused kernel does not take the call (e.g. N > 8 on CUDA).
         validate: eager checks that need a host sync (target range, tensor beta); False for compiled
             hot loops.
         return_terms: also return `MSDTerms`. With the reference backend the terms are differentiable;
@@ -76,7 +78,7 @@ def msd_loss(logits: Union[Tensor, Sequence[Tensor]], target: Tensor,
     check_hparams(alpha, temperature, beta, teacher, validate)
     z, y, f = normalize_inputs(logits, target, features, validate)
     N = z.shape[0]
-    name = resolve_backend(backend, z.device, z.dtype, detach_teacher)
+    name = resolve_backend(backend, z.device, z.dtype, detach_teacher, N, teacher)
     if name == "reference":
         with torch.autocast(device_type=z.device.type, enabled=False):
             ce, kd, feat = reference_msd_terms(z, y, f, temperature, teacher, detach_teacher)
@@ -86,7 +88,7 @@ def msd_loss(logits: Union[Tensor, Sequence[Tensor]], target: Tensor,
         z = z.contiguous()
         if f is not None:
             f = f.to(z.dtype).contiguous()
-        total, per_exit = run_fused(name, z, y.contiguous(), f, _weights(alpha, beta, z.device),
+        total, per_exit = run_fused(z, y.contiguous(), f, _weights(alpha, beta, z.device),
                                     float(temperature), teacher == "last")
         if not return_terms:
             return total

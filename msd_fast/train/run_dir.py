@@ -94,3 +94,72 @@ class RunLock:
 
     def __del__(self):
         self.release()
+
+
+# ------------------------------------------------------------------------- a run's directory, whole
+def new_run_dir(cfg) -> "tuple":
+    """Creates and locks the directory of a new run and writes its config.yaml: (run_dir, lock)."""
+    import time
+
+    from .config import save_config
+
+    name = cfg["run_name"] or f"{cfg['dataset']}-{cfg['model']}-{cfg['method']}-s{cfg['seed']}-{time.strftime('%Y%m%d-%H%M%S')}"
+    run_dir = create_run_dir(pathlib.Path(cfg["out_dir"]) / name)
+    lock = RunLock(run_dir)
+    save_config(cfg, run_dir / "config.yaml")
+    return run_dir, lock
+
+
+def resumed_run_dir(cfg) -> "tuple":
+    """Locks the directory of a run to resume, removes temp files of a killed save and records the flags
+    that changed (config.RESUME_FLAGS) in its config.yaml: (run_dir, lock, checkpoint path or None when the
+    run stopped before its first checkpoint)."""
+    from ..checkpoint import remove_stale_temp_files
+    from .config import RESUME_FLAGS, load_yaml, save_config
+
+    p = pathlib.Path(cfg["resume"])
+    run_dir = p if p.is_dir() else p.parent
+    lock = RunLock(run_dir)
+    stale = remove_stale_temp_files(run_dir)
+    if stale:
+        print(f"[msd_fast] removed temp files of an interrupted save: {', '.join(stale)}")
+    saved, _ = load_yaml(run_dir / "config.yaml", what="run config")
+    changed = {k: (saved.get(k), cfg[k]) for k in RESUME_FLAGS if saved.get(k) != cfg[k]}
+    if changed:
+        print("[msd_fast] resuming with " + ", ".join(f"{k} = {new!r} (was {old!r})" for k, (old, new) in changed.items()))
+        save_config(cfg, run_dir / "config.yaml")
+    ckpt = p / "last.pt" if p.is_dir() else p
+    if not ckpt.exists() and p.is_dir() and not (p / "best.pt").exists():
+        print(f"[msd_fast] {p} has no checkpoint yet (the run stopped before its first one): "
+              f"starting it from the beginning with its saved config")
+        ckpt = None
+    return run_dir, lock, ckpt
+
+
+def reconcile_best(run_dir: pathlib.Path, last_path: pathlib.Path, best_epoch, epoch: int, step_in_epoch: int) -> None:
+    """best.pt must hold the epoch that last.pt names as best. A kill between the two saves of an epoch
+    (last.pt is written first) leaves an older best.pt: rewrite it from last.pt when last.pt is that epoch's
+    end, else say so."""
+    import shutil
+
+    from ..checkpoint import CheckpointError, load_checkpoint
+
+    best_path = run_dir / "best.pt"
+    if best_epoch is None or last_path.name != "last.pt":
+        return
+    try:
+        have = load_checkpoint(best_path)["epoch"] if best_path.exists() else None
+    except CheckpointError:
+        have = None
+    if have == best_epoch:
+        return
+    what = "missing" if have is None else f"from epoch {have}"
+    if best_epoch == epoch and step_in_epoch == 0:
+        tmp = best_path.with_name(".best.pt.reconcile.tmp")
+        shutil.copyfile(last_path, tmp)
+        os.replace(tmp, best_path)
+        print(f"[msd_fast] best.pt was {what}; the best epoch is {best_epoch}: rewritten from last.pt "
+              f"(the run was stopped between its two saves)")
+    else:
+        print(f"[msd_fast] warning: best.pt is {what} but the best epoch is {best_epoch}; "
+              f"it will be rewritten when a better epoch comes")

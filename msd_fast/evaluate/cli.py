@@ -5,7 +5,7 @@ of every exit and of the running ensemble, with each exit's cumulative FLOPs and
 test split, and budgeted batch classification (thresholds fit on the validation split for a sweep of
 average-FLOPs budgets, applied on the test split). Writes results.json, CSV files, PNG plots with every
 checkpoint on one figure, and prints markdown tables. `--measure-speed` also times the real early-exit
-forward (msd_fast.inference.EarlyExit) against the full forward at batch 1 and at a large batch.
+forward (msd_fast.evaluate.EarlyExit) against the full forward at batch 1 and at a large batch.
 """
 import argparse
 import csv
@@ -17,12 +17,12 @@ from typing import Any, Dict, List
 
 import torch
 
-from .checkpoint import load_checkpoint
-from .data import DataError, load_dataset, normalize
+from ..checkpoint import load_checkpoint, model_spec
+from ..data import DataError, load_dataset, normalize
+from ..models import create_model
 from .early_exit import anytime, budget_sweep, default_budgets
-from .evaluation import predict_probs
 from .inference import EarlyExit
-from .models import create_model
+from .predict import predict_probs
 
 
 class EvalError(RuntimeError):
@@ -40,7 +40,7 @@ def load_run(path: str, data_dir=None, device="cpu"):
     except (FileNotFoundError, ValueError) as e:
         raise EvalError(f"--checkpoint {path}: {e}") from None
     cfg = ckpt["config"]
-    model = create_model(ckpt["model_name"], ckpt["num_classes"], ckpt["in_channels"], ckpt["width"])
+    model = create_model(**model_spec(ckpt))
     try:
         model.load_state_dict(ckpt["model"])
     except RuntimeError as e:

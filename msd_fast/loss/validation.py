@@ -47,11 +47,21 @@ def _stack_exits(x: TensorOrSeq, name: str, feature_dim: str) -> Tensor:
     return stacked
 
 
+def _is_number(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def check_beta(beta, name: str = "beta") -> None:
+    """A hint weight given as a number: finite and >= 0 (the one rule for beta, its schedule and configs)."""
+    if not _is_number(beta) or not math.isfinite(beta) or beta < 0:
+        raise ValueError(f"{name} must be a finite number >= 0, got {beta!r}")
+
+
 def check_hparams(alpha, temperature, beta, teacher: str, validate: bool) -> None:
-    if not isinstance(alpha, (int, float)) or isinstance(alpha, bool) or not (0.0 <= alpha <= 1.0):
+    """The loss's hyper-parameter rules, used by msd_loss, MSDLoss, CosineBeta and the training config."""
+    if not _is_number(alpha) or not (0.0 <= alpha <= 1.0):
         raise ValueError(f"alpha must be a number in [0, 1], got {alpha!r}")
-    if not isinstance(temperature, (int, float)) or isinstance(temperature, bool) \
-            or not math.isfinite(temperature) or temperature <= 0:
+    if not _is_number(temperature) or not math.isfinite(temperature) or temperature <= 0:
         raise ValueError(f"temperature must be a finite number > 0, got {temperature!r}")
     if isinstance(beta, Tensor):
         if beta.numel() != 1 or not beta.is_floating_point():
@@ -59,8 +69,8 @@ def check_hparams(alpha, temperature, beta, teacher: str, validate: bool) -> Non
                              f"dtype {beta.dtype}")
         if validate and not (bool(torch.isfinite(beta)) and float(beta) >= 0):
             raise ValueError(f"beta must be finite and >= 0, got {float(beta)}")
-    elif not isinstance(beta, (int, float)) or isinstance(beta, bool) or not math.isfinite(beta) or beta < 0:
-        raise ValueError(f"beta must be a finite number >= 0 (or a scalar tensor), got {beta!r}")
+    else:
+        check_beta(beta)
     if teacher not in TEACHERS:
         raise ValueError(f"teacher must be one of {TEACHERS} ('all' = MSD, 'last' = BYOT), got {teacher!r}")
 

@@ -15,11 +15,10 @@ from typing import Any, Dict, List, Optional, Tuple
 
 import yaml
 
-from . import defaults as loss_defaults
-from .data.datasets import DATASETS
+from ..loss import defaults as loss_defaults
+from ..data.datasets import DATASETS
 
 DEFAULT_PRESET = "fashion_mnist_cpu"
-METHODS = ("msd", "byot", "joint", "plain")
 
 DEFAULTS: Dict[str, Any] = {
     # data
@@ -41,13 +40,12 @@ DEFAULTS: Dict[str, Any] = {
     "progress": True, "tensorboard": True, "max_steps": 0,
 }
 
-CHOICES = {"method": METHODS, "loss_backend": ("auto", "reference", "cpp", "triton"),
+CHOICES = {"loss_backend": ("auto", "reference", "cpp", "triton"),
            "amp": ("auto", "none", "bf16", "fp16"), "lr_schedule": ("cosine", "multistep"),
            "best_metric": ("mean", "last"), "dataset": DATASETS}
 TRISTATE = ("channels_last", "compile", "data_on_device")  # auto | true | false
 
 HELP = {
-    "method": "msd (all-pairs KD), byot (deepest-exit teacher), joint (sum of CEs), plain (final exit only)",
     "best_metric": "which validation accuracy picks the 'best' checkpoint: mean over exits, or the last exit",
     "train_subset": "keep only this many training images (0 = all), for quick runs",
     "accum_steps": "split each global batch into this many micro-batches (gradients averaged)",
@@ -78,9 +76,9 @@ SCHEMA: Dict[str, Tuple[str, Any, str, bool]] = {  # key: (kind, check, wants, m
     "dataset": ("choice", *_ANY, False), "data_dir": ("str", *_ANY, True), "val_size": ("int", *_NONNEG, True),
     "train_subset": ("int", *_NONNEG, False), "split_seed": ("int", *_NONNEG, False),
     "model": ("str", *_ANY, False), "width": ("float", *_POS, False),
-    "method": ("choice", *_ANY, False), "alpha": ("float", lambda v: 0 <= v <= 1, "in [0, 1]", False),
-    "temperature": ("float", *_POS, False), "beta_begin": ("float", *_NONNEG, False),
-    "beta_end": ("float", *_NONNEG, False), "loss_backend": ("choice", *_ANY, False),
+    "method": ("choice", *_ANY, False), "alpha": ("float", *_ANY, False),  # loss ranges: check_hparams
+    "temperature": ("float", *_ANY, False), "beta_begin": ("float", *_ANY, False),
+    "beta_end": ("float", *_ANY, False), "loss_backend": ("choice", *_ANY, False),
     "epochs": ("int", *_GE1, False), "batch_size": ("int", *_GE1, False), "accum_steps": ("int", *_GE1, False),
     "lr": ("float", *_POS, False), "momentum": ("float", lambda v: 0 <= v < 1, "in [0, 1)", False),
     "nesterov": ("bool", *_ANY, False), "weight_decay": ("float", *_NONNEG, False),
@@ -94,6 +92,15 @@ SCHEMA: Dict[str, Tuple[str, Any, str, bool]] = {  # key: (kind, check, wants, m
     "progress": ("bool", *_ANY, False), "tensorboard": ("bool", *_ANY, False), "max_steps": ("int", *_NONNEG, False),
 }
 assert set(SCHEMA) == set(DEFAULTS), "every config key needs a SCHEMA entry"
+
+
+def choices(key: str) -> tuple:
+    """The valid values of a choice key (methods come from the method registry, so new ones count)."""
+    if key == "method":
+        from .methods import METHODS
+
+        return tuple(METHODS)
+    return CHOICES[key]
 
 
 def _flag(key: str) -> str:
@@ -132,7 +139,8 @@ def check_value(key: str, v: Any) -> Optional[str]:
     if kind == "tristate":
         return None if (isinstance(v, bool) or v == "auto") else f"must be auto, true or false, got {_type_error(v)}"
     if kind == "choice":
-        return None if v in CHOICES[key] else f"must be one of {', '.join(map(str, CHOICES[key]))}; got {v!r}"
+        options = choices(key)
+        return None if v in options else f"must be one of {', '.join(map(str, options))}; got {v!r}"
     if not isinstance(v, str) or not v:
         return f"must be a non-empty string, got {_type_error(v)}"
     return None
@@ -148,6 +156,16 @@ def validate_config(cfg: Dict[str, Any], sources: Optional[Dict[str, str]] = Non
         why = check_value(key, cfg.get(key))
         if why:
             raise ConfigError(f"{key} {why} (from {sources.get(key, 'the code default')})")
+    from ..loss.validation import check_hparams
+
+    for beta_key in ("beta_begin", "beta_end"):  # the loss's own rules for its hyper-parameters
+        try:
+            check_hparams(cfg["alpha"], cfg["temperature"], cfg[beta_key], "all", True)
+        except ValueError as e:
+            first = str(e).split()[0]
+            bad = first if first in ("alpha", "temperature") else beta_key
+            msg = str(e).replace("beta must", f"{beta_key} must", 1)
+            raise ConfigError(f"{msg} (from {sources.get(bad, 'the code default')})") from None
     if cfg["device"] != "auto" and not (cfg["device"] in ("cpu", "cuda") or cfg["device"].startswith("cuda:")):
         raise ConfigError(f"device must be auto, cpu, cuda or cuda:K, got {cfg['device']!r} "
                           f"(from {sources.get('device', 'the code default')})")
@@ -155,7 +173,7 @@ def validate_config(cfg: Dict[str, Any], sources: Optional[Dict[str, str]] = Non
         raise ConfigError(f"batch_size {cfg['batch_size']} must be divisible by accum_steps {cfg['accum_steps']} "
                           f"(from {sources.get('batch_size', 'the code default')} and "
                           f"{sources.get('accum_steps', 'the code default')})")
-    from .models import list_models  # imported here: the models package is heavier than this module
+    from ..models import list_models  # imported here: the models package is heavier than this module
 
     if cfg["model"] not in list_models():
         raise ConfigError(f"model must be one of {', '.join(list_models())}; got {cfg['model']!r} "
@@ -224,21 +242,29 @@ def _finite_float(v: str) -> float:
     return x
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(shown: Optional[Dict[str, Any]] = None, preset: Optional[str] = None) -> argparse.ArgumentParser:
+    """The CLI parser; `shown` are the defaults --help prints (the preset's values when one is loaded)."""
+    from .methods import METHODS
+
+    shown = shown or DEFAULTS
     p = argparse.ArgumentParser(prog="python -m msd_fast.train",
-                                description="Train a multi-exit network with MSD / BYOT / joint / plain training.")
+                                description="Train a multi-exit network with MSD / BYOT / joint / plain training. "
+                                f"Defaults shown are {'the preset ' + repr(preset) + chr(39) + 's' if preset else 'the code defaults'}.")
     p.add_argument("-c", "--config", default=None,
-                   help=f"YAML preset: a path or a name under configs/ (default: {DEFAULT_PRESET})")
+                   help=f"YAML preset: a path or a name under msd_fast/configs/ (default: {DEFAULT_PRESET})")
     p.add_argument("--resume", default=None, help="run directory (or checkpoint file) to continue; flags allowed "
                    f"with it: {', '.join(_flag(k) for k in RESUME_FLAGS)} (others must match the run)")
     p.add_argument("--no-progress", dest="progress", action="store_false", default=None,
-                   help="no tqdm progress bar")
+                   help="no progress bar or progress lines")
     for key, default in DEFAULTS.items():
         if key == "progress":
             continue
-        kw: Dict[str, Any] = dict(default=None, help=HELP.get(key, f"default: {default!r}"))
-        if key in CHOICES:
-            kw["choices"] = CHOICES[key]
+        text = HELP.get(key, "")
+        if key == "method":
+            text = "; ".join(f"{m.name}: {m.help}" for m in METHODS.values())
+        kw: Dict[str, Any] = dict(default=None, help=f"{text + '; ' if text else ''}default: {shown.get(key, default)!r}")
+        if key in CHOICES or key == "method":
+            kw["choices"] = choices(key)
         if key in TRISTATE:
             kw["type"] = _tristate
         elif isinstance(default, bool):
@@ -258,7 +284,18 @@ def build_parser() -> argparse.ArgumentParser:
 def resolve_config(argv: Optional[List[str]] = None) -> Dict[str, Any]:
     """Parses the command line, merges defaults < preset (or the resumed run's config) < flags, and
     validates the result. Raises ConfigError; nothing is created on disk."""
-    args = build_parser().parse_args(argv)
+    pre = argparse.ArgumentParser(add_help=False)
+    pre.add_argument("-c", "--config", default=None)
+    pre.add_argument("--resume", default=None)
+    known, _ = pre.parse_known_args(argv)
+    shown, preset = dict(DEFAULTS), None
+    if not known.resume:  # --help shows the preset's values as the defaults
+        try:
+            preset = known.config or DEFAULT_PRESET
+            shown.update(load_yaml(_preset_path(preset))[0])
+        except ConfigError:
+            preset = None  # reported below, after argparse has had its say
+    args = build_parser(shown, preset).parse_args(argv)
     cfg = dict(DEFAULTS)
     sources = {k: "the code default" for k in DEFAULTS}
     flags = {key: getattr(args, key) for key in DEFAULTS if getattr(args, key, None) is not None}

@@ -5,10 +5,10 @@ data or checkpoint (one line on stderr saying what and where), 130 interrupted b
 """
 import sys
 
-from .checkpoint import CheckpointError, CheckpointWriteError
+from ..checkpoint import CheckpointError, CheckpointWriteError
 from .config import ConfigError, resolve_config
-from .data import DataError
-from .distributed import shutdown
+from ..data import DataError
+from ..distributed import shutdown
 from .run_dir import RunDirError
 from .trainer import Trainer, TrainingDiverged
 

@@ -4,8 +4,8 @@ from typing import Dict, List
 import torch
 from torch import Tensor
 
-from .data import Split, normalize
-from .distributed import DistInfo, all_reduce_sum
+from ..data import Split, normalize
+from ..distributed import DistInfo, all_reduce_sum
 
 
 @torch.no_grad()

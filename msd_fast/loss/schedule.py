@@ -1,7 +1,8 @@
-"""The cosine beta schedule of MSD (MSD_SPEC §1.2)."""
+"""The cosine beta schedule of MSD (docs/maths.md, the beta schedule)."""
 import math
 
 from . import defaults
+from .validation import check_beta
 
 
 class CosineBeta:
@@ -12,9 +13,8 @@ class CosineBeta:
 
     def __init__(self, beta_begin: float = defaults.BETA_BEGIN, beta_end: float = defaults.BETA_END,
                  total_epochs: float = 1.0):
-        for name, v in (("beta_begin", beta_begin), ("beta_end", beta_end)):
-            if not isinstance(v, (int, float)) or not math.isfinite(v) or v < 0:
-                raise ValueError(f"{name} must be a finite number >= 0, got {v!r}")
+        check_beta(beta_begin, "beta_begin")
+        check_beta(beta_end, "beta_end")
         if not isinstance(total_epochs, (int, float)) or not total_epochs > 0:
             raise ValueError(f"total_epochs must be > 0, got {total_epochs!r}")
         self.beta_begin, self.beta_end, self.total_epochs = float(beta_begin), float(beta_end), float(total_epochs)

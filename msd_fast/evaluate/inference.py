@@ -1,10 +1,10 @@
 """Real early-exit inference for deployment: at each exit the confident samples leave, and only the
 remaining ones continue through the network, so compute is really saved.
 
-    ee = EarlyExit(model, thresholds)          # thresholds from msd_fast.early_exit.fit_thresholds
+    ee = EarlyExit(model, thresholds)          # thresholds from msd_fast.evaluate.fit_thresholds
     pred, exit_index = ee(x)
 
-Its predictions equal `msd_fast.early_exit.simulate` for the same thresholds (tested). Data-dependent
+Its predictions equal `msd_fast.evaluate.simulate` for the same thresholds (tested). Data-dependent
 shapes make this an eager, inference-only path (it syncs with the host at every exit by design).
 """
 from typing import List, Sequence

@@ -1,0 +1,140 @@
+"""The fused MSD loss operator: one schema, a kernel per device, one fake and one autograd rule.
+
+    msd_fast::fused_msd_loss(logits [N,B,C], target [B] int64, features [N,B,D] | None, weights [3] f32,
+                             temperature, teacher_last)
+      -> total [] f32, per_exit [3, N] f32, grad_logits [N,B,C], grad_features [N,B,D] | [0]
+
+grad_* are d total / d input, computed during the forward; backward only scales them by the incoming
+gradient (per_exit and the grads are non-differentiable outputs, for logging).
+
+- Schema, CPU kernel (the C++ kernel) and the autograd rule are registered by the extension (csrc/): the
+  rule is C++ because as a Python rule its bookkeeping cost about as much as the CPU kernel at training
+  shapes. The CUDA kernel is the Triton launcher below (`torch.library.register_kernel`). The fake kernel
+  is `_fused_fake` (torch.compile, opcheck).
+- Without the extension (not built), the same schema is defined here, with the CUDA kernel and the same
+  autograd rule in Python (`_fused_backward`), so CUDA keeps its fused loss.
+- `triton_kernel_on_cpu()` swaps the CPU kernel for the Triton one inside a `with` block (tests run the
+  Triton kernel through the very operator and autograd rule under TRITON_INTERPRET=1).
+"""
+import contextlib
+from typing import Optional, Tuple
+
+import torch
+from torch import Tensor
+
+from .. import _ext
+
+OP = "msd_fast::fused_msd_loss"
+SCHEMA = ("fused_msd_loss(Tensor logits, Tensor target, Tensor? features, Tensor weights, float temperature, "
+          "bool teacher_last) -> (Tensor, Tensor, Tensor, Tensor)")  # the same string as csrc/msd_ops.cpp
+FusedOut = Tuple[Tensor, Tensor, Tensor, Tensor]
+
+
+# ---------------------------------------------------------------------------------------------------
+# Deterministic per-exit reduction: [3, N, B] partials -> per-exit means [3, N] and the weighted total.
+# ---------------------------------------------------------------------------------------------------
+def _reduce_fake(partials: Tensor, weights: Tensor) -> Tuple[Tensor, Tensor]:
+    return partials.new_empty(partials.shape[:2]), partials.new_empty(())
+
+
+def _reduce_setup_context(ctx, inputs, output) -> None:
+    partials, weights = inputs
+    per_exit, _ = output
+    ctx.B = partials.shape[2]
+    ctx.save_for_backward(per_exit, weights)
+
+
+def _reduce_backward(ctx, grad_per_exit, grad_total):
+    per_exit, weights = ctx.saved_tensors
+    g = grad_total * weights.unsqueeze(1) if grad_total is not None else torch.zeros_like(per_exit)
+    if grad_per_exit is not None:
+        g = g + grad_per_exit
+    grad_partials = (g / ctx.B).unsqueeze(2).expand(*per_exit.shape, ctx.B)
+    grad_weights = grad_total * per_exit.sum(1) if grad_total is not None else None
+    return grad_partials, grad_weights
+
+
+def reduce_partials_torch(partials: Tensor, weights: Tensor) -> Tuple[Tensor, Tensor]:
+    """Plain-torch reduction used when the extension (or its CUDA part) is not built."""
+    per_exit = partials.double().mean(2)
+    total = (weights.double().unsqueeze(1) * per_exit).sum()
+    return per_exit.float(), total.float()
+
+
+def reduce_partials(partials: Tensor, weights: Tensor) -> Tuple[Tensor, Tensor]:
+    dev = partials.device.type
+    if _ext.available() and (dev == "cpu" or (dev == "cuda" and _ext.has_cuda())):
+        return torch.ops.msd_fast.reduce_exit_losses(partials, weights)
+    return reduce_partials_torch(partials, weights)
+
+
+# ---------------------------------------------------------------------------------------------------
+# The fused loss operator.
+# ---------------------------------------------------------------------------------------------------
+def _fused_fake(logits: Tensor, target: Tensor, features: Optional[Tensor], weights: Tensor,
+                temperature: float, teacher_last: bool) -> FusedOut:
+    N = logits.shape[0]
+    total = logits.new_empty((), dtype=torch.float32)
+    per_exit = logits.new_empty((3, N), dtype=torch.float32)
+    gf = torch.empty_like(features) if features is not None else logits.new_empty((0,))
+    return total, per_exit, torch.empty_like(logits), gf
+
+
+def _fused_triton(logits: Tensor, target: Tensor, features: Optional[Tensor], weights: Tensor,
+                  temperature: float, teacher_last: bool) -> FusedOut:
+    """The CUDA kernel of the operator: the Triton kernel writes partials and gradients, the deterministic
+    reduction (C++/CUDA op, or torch) turns partials into per-exit means and the total."""
+    from ..kernels import msd_loss_partials  # imported lazily: Triton reads TRITON_INTERPRET at import
+
+    partials, gl, gf = msd_loss_partials(logits, target, features, weights, temperature, teacher_last)
+    per_exit, total = reduce_partials(partials, weights)
+    return total, per_exit, gl, gf
+
+
+def _fused_setup_context(ctx, inputs, output) -> None:
+    _total, per_exit, gl, gf = output
+    ctx.has_features = inputs[2] is not None
+    ctx.save_for_backward(gl, gf)
+    ctx.mark_non_differentiable(per_exit, gl, gf)
+    ctx.set_materialize_grads(False)  # no zero-filled [N, B, C] grads for the outputs nobody differentiates
+
+
+def _fused_backward(ctx, grad_total, grad_per_exit, grad_gl, grad_gf):
+    """The autograd rule when the extension is not built (the extension's is the same formula, in C++)."""
+    gl, gf = ctx.saved_tensors
+    if grad_total is None:
+        return None, None, None, None, None, None
+    g_logits = grad_total * gl
+    g_feats = grad_total * gf if ctx.has_features else None
+    return g_logits, None, g_feats, None, None, None
+
+
+_LIB = None
+if _ext.available():
+    torch.library.register_fake("msd_fast::reduce_exit_losses")(_reduce_fake)
+    torch.library.register_autograd("msd_fast::reduce_exit_losses", _reduce_backward,
+                                    setup_context=_reduce_setup_context)
+else:  # the schema, defined here; the CPU has no fused kernel then (backends.py falls back to the reference)
+    _LIB = torch.library.Library("msd_fast", "DEF")
+    _LIB.define(SCHEMA)
+    torch.library.register_autograd(OP, _fused_backward, setup_context=_fused_setup_context)
+torch.library.register_fake(OP)(_fused_fake)
+torch.library.register_kernel(OP, "cuda")(_fused_triton)
+
+
+@contextlib.contextmanager
+def triton_kernel_on_cpu():
+    """Inside the block, CPU tensors run the operator's Triton kernel instead of the C++ one (under
+    TRITON_INTERPRET=1): the Triton kernel is then tested through the same operator, fake and autograd
+    rule that CUDA uses. For tests; registration is not free, so never in a hot loop."""
+    with torch.library._scoped_library("msd_fast", "IMPL") as lib:
+        lib.impl("fused_msd_loss", _fused_triton, "CPU")
+        yield
+
+
+def run_fused(logits: Tensor, target: Tensor, features: Optional[Tensor], weights: Tensor,
+              temperature: float, teacher_last: bool) -> Tuple[Tensor, Tensor]:
+    """Returns (total, per_exit [3, N]) from the fused operator (its kernel is picked by the device)."""
+    total, per_exit, _, _ = torch.ops.msd_fast.fused_msd_loss.default(logits, target, features, weights,
+                                                                     temperature, teacher_last)
+    return total, per_exit

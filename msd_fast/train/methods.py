@@ -1,0 +1,118 @@
+"""Training methods as objects: each builds its criterion from the config, so the trainer never branches on
+a method's name and a new method needs no change to the trainer.
+
+A criterion is an nn.Module called as `criterion(out, target, beta) -> (loss, MSDTerms)` where `out` is the
+model's MultiExitOutput; `beta` is the scheduled hint weight (a device scalar tensor). MSDTerms hold the
+per-exit terms (ce [N], kd [N], feat [N-1]) for logging, detached or not.
+
+    from msd_fast.train.methods import Method, register_method
+
+    @register_method
+    class MyMethod(Method):
+        name = "mine"
+        def build(self, cfg, num_exits):
+            return MyCriterion(...)
+"""
+from typing import Any, Dict, Type
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..loss import MSDLoss, MSDTerms
+
+
+class Method:
+    """A training method. Subclasses set `name` (the `--method` value) and implement `build`.
+
+    forward_exits: "all" (the model computes every exit) or "last" (only the final exit is computed, e.g.
+        single-exit training; the trainer then calls the model with last_only=True).
+    uses_hint: whether the config's beta schedule applies (False: beta stays 0).
+    """
+    name: str = ""
+    forward_exits: str = "all"
+    uses_hint: bool = True
+    help: str = ""
+
+    def build(self, cfg: Dict[str, Any], num_exits: int) -> nn.Module:
+        raise NotImplementedError
+
+
+class MultiExitCriterion(nn.Module):
+    """Wraps MSDLoss for the trainer: (out, target, beta) -> (loss, MSDTerms); no host sync."""
+
+    def __init__(self, loss: MSDLoss):
+        super().__init__()
+        self.loss = loss
+
+    def forward(self, out, target: torch.Tensor, beta: torch.Tensor):
+        return self.loss(out.logits, target, out.features, beta=beta, return_terms=True)
+
+
+class FinalExitCE(nn.Module):
+    """Cross-entropy of the final exit only (the paper's naive single-exit training); the other exits'
+    terms are zeros, so logs keep one column per exit."""
+
+    def __init__(self, num_exits: int):
+        super().__init__()
+        self.num_exits = num_exits
+
+    def forward(self, out, target: torch.Tensor, beta: torch.Tensor):
+        loss = F.cross_entropy(out.logits[-1].float(), target)
+        n = self.num_exits
+        ce = torch.cat([loss.new_zeros(n - 1), loss.detach().view(1)])
+        return loss, MSDTerms(ce, loss.new_zeros(n), loss.new_zeros(n - 1))
+
+
+METHODS: Dict[str, Method] = {}
+
+
+def register_method(cls: Type[Method]) -> Type[Method]:
+    """Class decorator: makes `cls.name` a valid `--method` / `method:` value."""
+    if not cls.name:
+        raise ValueError(f"{cls.__name__}: a Method needs a non-empty name")
+    METHODS[cls.name] = cls()
+    return cls
+
+
+def get_method(name: str) -> Method:
+    if name not in METHODS:
+        raise ValueError(f"unknown method {name!r}; available: {', '.join(METHODS)}")
+    return METHODS[name]
+
+
+def _msd_loss(cfg: Dict[str, Any], **kw) -> MultiExitCriterion:
+    kw.setdefault("alpha", cfg["alpha"])
+    return MultiExitCriterion(MSDLoss(temperature=cfg["temperature"], backend=cfg["loss_backend"], validate=False, **kw))
+
+
+@register_method
+class MSD(Method):
+    name, help = "msd", "all-pairs KD: every exit learns from every other exit, plus the feature hint"
+
+    def build(self, cfg, num_exits):
+        return _msd_loss(cfg, teacher="all")
+
+
+@register_method
+class BYOT(Method):
+    name, help = "byot", "one-way KD from the deepest exit (Be Your Own Teacher), plus the feature hint"
+
+    def build(self, cfg, num_exits):
+        return _msd_loss(cfg, teacher="last")
+
+
+@register_method
+class Joint(Method):
+    name, help, uses_hint = "joint", "the sum of the exits' cross-entropies (alpha = 0, no hint)", False
+
+    def build(self, cfg, num_exits):
+        return _msd_loss(cfg, alpha=0.0, teacher="all")
+
+
+@register_method
+class Plain(Method):
+    name, help, uses_hint, forward_exits = "plain", "only the final exit is trained (single-exit training)", False, "last"
+
+    def build(self, cfg, num_exits):
+        return FinalExitCE(num_exits)

@@ -1,0 +1,26 @@
+"""Optimizer and learning-rate schedule from the config: SGD (momentum, Nesterov, weight decay) with a
+per-step cosine or multi-step schedule and an optional linear warm-up."""
+import math
+from typing import Any, Dict
+
+import torch
+
+
+def build_optimizer(params, cfg: Dict[str, Any]) -> torch.optim.Optimizer:
+    return torch.optim.SGD(params, lr=cfg["lr"], momentum=cfg["momentum"],
+                           nesterov=cfg["nesterov"] and cfg["momentum"] > 0, weight_decay=cfg["weight_decay"])
+
+
+def lr_factor(step: int, cfg: Dict[str, Any], steps_per_epoch: int) -> float:
+    """Multiplier of the base lr at optimizer step `step` (0-based)."""
+    e = step / steps_per_epoch
+    warm = cfg["warmup_epochs"]
+    if warm > 0 and e < warm:
+        return (step + 1) / (warm * steps_per_epoch)
+    if cfg["lr_schedule"] == "cosine":
+        return 0.5 * (1.0 + math.cos(math.pi * min(step / (cfg["epochs"] * steps_per_epoch), 1.0)))
+    return cfg["gamma"] ** sum(1 for m in cfg["milestones"] if e >= m)
+
+
+def build_scheduler(opt: torch.optim.Optimizer, cfg: Dict[str, Any], steps_per_epoch: int):
+    return torch.optim.lr_scheduler.LambdaLR(opt, lambda step: lr_factor(step, cfg, steps_per_epoch))

@@ -1,0 +1,134 @@
+"""Per-epoch logging (metrics.csv, metrics.jsonl and TensorBoard events; rank 0 only) and the run's
+results.json with its printed table."""
+import csv
+import json
+import pathlib
+import sys
+import time
+from typing import Any, Dict, List, Optional
+
+
+def flatten_row(row: Dict[str, Any]) -> Dict[str, Any]:
+    flat = {}
+    for k, v in row.items():
+        if isinstance(v, (list, tuple)):
+            for i, x in enumerate(v):
+                flat[f"{k}_{i + 1}"] = x
+        else:
+            flat[k] = v
+    return flat
+
+
+class Progress:
+    """Progress of an epoch: a tqdm bar on a terminal; elsewhere (a log file, CI) a plain line at most every
+    `every_s` seconds when a loss value is known, so a log shows progress before the epoch ends."""
+
+    def __init__(self, total: int, initial: int, desc: str, enabled: bool, every_s: float = 15.0):
+        self.total, self.desc, self.enabled, self.every_s = total, desc, enabled, every_s
+        self.bar = None
+        self.last_print = time.time()
+        if enabled and sys.stderr.isatty():
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=total, initial=initial, desc=desc, leave=False, dynamic_ncols=True)
+
+    def update(self, step: int, loss: Optional[float] = None) -> None:
+        if self.bar is not None:
+            self.bar.update(step - self.bar.n)
+            if loss is not None:
+                self.bar.set_postfix(loss=f"{loss:.3f}")
+        elif self.enabled and loss is not None and time.time() - self.last_print >= self.every_s:
+            self.last_print = time.time()
+            print(f"[msd_fast] {self.desc} step {step}/{self.total} loss {loss:.4f}", flush=True)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        if self.bar is not None:
+            self.bar.close()
+
+
+class RunLogger:
+    def __init__(self, run_dir: pathlib.Path, enabled: bool, tensorboard: bool):
+        self.run_dir, self.enabled = run_dir, enabled
+        self.writer = None
+        if enabled and tensorboard:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+
+                self.writer = SummaryWriter(str(run_dir / "tb"))
+            except Exception as e:  # tensorboard not installed: CSV/JSONL only, said once
+                self.writer = None
+                print(f"[msd_fast] TensorBoard logging is off ({type(e).__name__}: {e}); metrics go to metrics.csv "
+                      f"and metrics.jsonl. Install it with: pip install tensorboard (or pass --tensorboard false)")
+
+    def log_epoch(self, row: Dict[str, Any], history: List[Dict[str, Any]]) -> None:
+        if not self.enabled:
+            return
+        with open(self.run_dir / "metrics.jsonl", "a") as fh:
+            fh.write(json.dumps(row) + "\n")
+        # The CSV is rewritten from the whole history so its header always covers every column.
+        rows = [flatten_row(r) for r in history]
+        fields = list(dict.fromkeys(k for r in rows for k in r))
+        with open(self.run_dir / "metrics.csv", "w", newline="") as fh:
+            w = csv.DictWriter(fh, fieldnames=fields)
+            w.writeheader()
+            w.writerows(rows)
+        if self.writer is not None:
+            for k, v in flatten_row(row).items():
+                if isinstance(v, (int, float)) and k != "epoch":
+                    self.writer.add_scalar(k, v, row["epoch"])
+            self.writer.flush()
+
+    def progress(self, total: int, initial: int, desc: str, enabled: bool) -> Progress:
+        return Progress(total, initial, desc, enabled and self.enabled)
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+
+
+# ------------------------------------------------------------------------------------------ results
+def results_dict(*, cfg: Dict[str, Any], epoch: int, steps: int, history: List[Dict[str, Any]],
+                 last_test: Dict[str, Any], best: Dict[str, Any], cost: Dict[str, Any], input_size,
+                 wall_s: float, speed: Dict[str, Any], world_size: int) -> Dict[str, Any]:
+    """The run's results.json: per-exit accuracy at the last and at the best-validation epoch, costs, setup."""
+    import platform
+
+    import torch
+
+    last_val = history[-1]["val_acc"] if history else None
+    return {
+        "dataset": cfg["dataset"], "model": cfg["model"], "method": cfg["method"], "epochs_run": epoch, "steps": steps,
+        "last": {"epoch": epoch, "val_acc": last_val, "test_acc": last_test["exits"],
+                 "test_ensemble": last_test["ensemble"]},
+        "best_val": {"epoch": best["epoch"],
+                     "selected_by": "mean validation accuracy over exits" if cfg["best_metric"] == "mean"
+                     else "last exit's validation accuracy",
+                     "val_acc": best["val"] and best["val"]["exits"], "test_acc": best["test"] and best["test"]["exits"],
+                     "test_ensemble": best["test"] and best["test"]["ensemble"]},
+        "params": cost["params"], "exit_flops": cost["exit_flops"], "input_size": list(input_size),
+        "wall_time_s": wall_s, "speed": speed, "world_size": world_size,
+        "machine": f"{platform.machine()} {platform.processor() or ''} ({torch.get_num_threads()} threads)".strip(),
+        "torch": torch.__version__,
+    }
+
+
+def write_results(run_dir: pathlib.Path, results: Dict[str, Any]) -> None:
+    (run_dir / "results.json").write_text(json.dumps(results, indent=2))
+
+
+def format_results_table(r: Dict[str, Any]) -> str:
+    n = len(r["last"]["test_acc"])
+    lines = [f"Per-exit top-1 accuracy (%), {r['dataset']} / {r['model']} / {r['method']}",
+             "| exit | GFLOPs | val (last) | test (last) | test ensemble 1..k (last) | val (best) | test (best) |",
+             "|---|---|---|---|---|---|---|"]
+    b = r["best_val"]
+    for k in range(n):
+        val_last = r["last"]["val_acc"][k] if r["last"]["val_acc"] else float("nan")
+        lines.append(f"| {k + 1} | {r['exit_flops'][k] / 1e9:.4f} | {val_last:.2f} | {r['last']['test_acc'][k]:.2f} | "
+                     f"{r['last']['test_ensemble'][k]:.2f} | {b['val_acc'][k] if b['val_acc'] else float('nan'):.2f} | "
+                     f"{b['test_acc'][k] if b['test_acc'] else float('nan'):.2f} |")
+    lines.append(f"best-validation epoch: {b['epoch']} (selected by {b['selected_by']})")
+    return "\n".join(lines)

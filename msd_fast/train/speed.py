@@ -1,0 +1,37 @@
+"""Device and precision policy: which device, autocast dtype, memory format and compilation a run uses
+when the config says `auto`."""
+from typing import Any, Dict
+
+import torch
+
+from ..models import channels_last_on_cpu
+from .config import ConfigError
+
+
+def cpu_has_native_bf16() -> bool:
+    """True when this CPU does bf16 matrix maths in hardware (AVX512-BF16 or AMX): there oneDNN's bf16
+    convolutions run about twice as fast as fp32 (measured: bench/bench_train.py). Without it bf16 is
+    emulated and slower than fp32."""
+    try:
+        return bool(torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported())
+    except AttributeError:  # pragma: no cover - private helpers of torch.cpu; absent -> assume no
+        return False
+
+
+def resolve_speed(cfg: Dict[str, Any]) -> Dict[str, Any]:
+    """Per-device defaults: CUDA -> bf16, channels-last, compile; CPU -> bf16 where the CPU has native bf16
+    (else fp32), channels-last except for MSDNet (models.channels_last_on_cpu), eager (torch.compile is
+    slow to compile on CPU and measured no faster for the ResNets)."""
+    dev = cfg["device"]
+    if dev == "auto":
+        dev = "cuda" if torch.cuda.is_available() else "cpu"
+    if dev.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError("--device cuda: no CUDA device is available here; use --device cpu")
+    on_cuda = dev.startswith("cuda")
+    amp = cfg["amp"] if cfg["amp"] != "auto" else ("bf16" if on_cuda or cpu_has_native_bf16() else "none")
+    cl = cfg["channels_last"] if cfg["channels_last"] != "auto" else (on_cuda or channels_last_on_cpu(cfg["model"]))
+    comp = cfg["compile"] if cfg["compile"] != "auto" else on_cuda
+    return {"device": dev, "amp": amp, "channels_last": bool(cl), "compile": bool(comp)}
+
+
+AMP_DTYPES = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}

@@ -1,0 +1,348 @@
+"""The training loop: a multi-exit model, a method's criterion, data on the device, checkpoints and resume.
+
+The data live in memory as uint8 tensors (on the GPU when training on CUDA) and are augmented in batches.
+Each step draws the *global* batch from a seeded per-epoch permutation shared by every rank (what
+DistributedSampler.set_epoch does), plus its augmentation parameters; rank r takes the interleaved share
+[r::world] and micro-batch j of it [j::accum_steps]. So K ranks, or K accumulation steps in one process,
+see exactly the same samples and crops as one process with the whole batch, and a resumed run continues
+with exactly the batches the uninterrupted run would have seen.
+
+What is computed comes from elsewhere: the method (methods.py) builds the criterion, speed.py the device
+policy, optim.py the optimizer and schedule, run_dir.py the directory, run_log.py logs and results, and
+msd_fast.checkpoint the checkpoint format. Library code raises; only cli.py turns errors into exit codes.
+"""
+import contextlib
+import pathlib
+import signal
+import sys
+import time
+from typing import Any, Dict, Optional
+
+import torch
+from torch.nn.parallel import DistributedDataParallel
+
+from .. import checkpoint as ckpt_format
+from ..data import augment, draw_augment_params, load_dataset, normalize
+from ..distributed import DistInfo, all_reduce_sum, barrier, init_distributed
+from ..evaluate.predict import evaluate_split
+from ..loss import CosineBeta
+from ..models import create_model
+from .config import DEFAULTS, ConfigError, validate_config
+from .methods import get_method
+from .optim import build_optimizer, build_scheduler
+from .run_dir import check_output_dir, new_run_dir, reconcile_best, resumed_run_dir
+from .run_log import RunLogger, format_results_table, results_dict, write_results
+from .speed import AMP_DTYPES, resolve_speed
+
+
+class TrainingDiverged(RuntimeError):
+    pass
+
+
+class Trainer:
+    def __init__(self, cfg: Dict[str, Any], data=None):
+        """cfg: a resolved config (msd_fast.train.config; missing keys take the code defaults). data: an
+        already loaded `Dataset`; by default the one named in cfg is loaded. Everything is checked before
+        anything is created on disk: a failed start leaves nothing behind."""
+        cfg = {**DEFAULTS, "resume": None, **cfg}
+        validate_config({k: v for k, v in cfg.items() if k not in ("_sources", "resume", "config_file")},
+                        cfg.get("_sources"))
+        self.cfg = cfg
+        self.method = get_method(cfg["method"])
+        self.speed = resolve_speed(cfg)
+        if not cfg.get("resume"):
+            check_output_dir(cfg["out_dir"])
+        self.device = torch.device(self.speed["device"])
+        self.dist: DistInfo = init_distributed(self.device.type)
+        if self.dist.enabled and self.device.type == "cuda":
+            self.device = torch.device("cuda", self.dist.local_rank)
+        if cfg["num_threads"]:
+            torch.set_num_threads(cfg["num_threads"])
+        self.amp_dtype = AMP_DTYPES[self.speed["amp"]]
+        G, world, accum = cfg["batch_size"], self.dist.world_size, cfg["accum_steps"]
+        if G % (world * accum):
+            raise ConfigError(f"--batch-size {G} must be divisible by world size x accum steps = {world * accum}")
+
+        self.data = data if data is not None else load_dataset(
+            cfg["dataset"], cfg["data_dir"], cfg["val_size"], cfg["split_seed"], cfg["train_subset"])
+        self.steps_per_epoch = len(self.data.train) // G
+        if self.steps_per_epoch < 1:
+            raise ConfigError(f"--batch-size {G} is larger than the training set ({len(self.data.train)} images)")
+        resident = self.device.type == "cuda" and cfg["data_on_device"] in ("auto", True)
+        if resident and cfg["data_on_device"] == "auto":  # datasets that fit live on the GPU
+            free, _ = torch.cuda.mem_get_info(self.device)
+            resident = self.data.train.images.numel() < free // 4
+        self.train_images = self.data.train.images.to(self.device) if resident else self.data.train.images
+        self.train_labels = self.data.train.labels.to(self.device) if resident else self.data.train.labels
+
+        torch.manual_seed(cfg["seed"])
+        self.model = create_model(cfg["model"], self.data.num_classes, self.data.in_channels, cfg["width"])
+        self.input_size = (self.data.in_channels, *self.data.image_size)
+        self.cost = self.model.cost(self.input_size)
+        mf = torch.channels_last if self.speed["channels_last"] else torch.contiguous_format
+        self.model = self.model.to(self.device, memory_format=mf)
+        self.criterion = self.method.build(cfg, self.model.num_exits)
+        self.opt = build_optimizer(self.model.parameters(), cfg)
+        self.sched = build_scheduler(self.opt, cfg, self.steps_per_epoch)
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.speed["amp"] == "fp16")
+        hint = self.method.uses_hint
+        self.beta_sched = CosineBeta(cfg["beta_begin"] if hint else 0.0, cfg["beta_end"] if hint else 0.0, cfg["epochs"])
+        self.beta_t = torch.zeros((), device=self.device)
+        self.ddp = (DistributedDataParallel(self.model, device_ids=[self.device.index] if self.device.type == "cuda"
+                                            else None) if self.dist.enabled else self.model)
+        self._fwd = torch.compile(self._forward_loss) if self.speed["compile"] else self._forward_loss
+
+        self.epoch, self.step_in_epoch, self.global_step = 0, 0, 0
+        self.aug_state: Optional[torch.Tensor] = None
+        self.history, self.best = [], {"value": -1.0, "epoch": None, "val": None, "test": None}
+        self.sums = None
+        self.wall_before, self._session_start = 0.0, None
+        self.interrupted, self._stop_requested, self._lock = False, False, None
+        ckpt_path = None
+        if self.dist.is_main:
+            if cfg.get("resume"):
+                self.run_dir, self._lock, ckpt_path = resumed_run_dir(cfg)
+            else:
+                self.run_dir, self._lock = new_run_dir(cfg)
+        else:
+            self.run_dir = pathlib.Path(cfg["resume"] or pathlib.Path(cfg["out_dir"]) / str(cfg["run_name"]))
+        barrier(self.dist)
+        self.log = RunLogger(self.run_dir, self.dist.is_main, cfg["tensorboard"])
+        if cfg.get("resume") and (ckpt_path is not None or not self.dist.is_main):
+            self._load(ckpt_path or (self.run_dir / "last.pt"))
+
+    def close(self) -> None:
+        """Releases the run directory's lock (also released when the process exits)."""
+        if self._lock is not None:
+            self._lock.release()
+            self._lock = None
+
+    # ------------------------------------------------------------------------------------- the step
+    def _forward_loss(self, x: torch.Tensor, y: torch.Tensor, beta: torch.Tensor):
+        """Forward, loss and per-exit correct counts; no host sync (compiled as one graph with --compile)."""
+        with torch.autocast(self.device.type, dtype=self.amp_dtype or torch.bfloat16, enabled=self.amp_dtype is not None):
+            out = self.ddp(x, last_only=self.method.forward_exits == "last")
+            loss, terms = self.criterion(out, y, beta)
+        correct = (torch.stack(out.logits).argmax(-1) == y).sum(1).float()  # [computed exits], one op for all
+        missing = self.model.num_exits - correct.shape[0]  # exits the method did not compute count as 0
+        if missing:
+            correct = torch.cat([correct.new_zeros(missing), correct])
+        return loss, torch.cat([terms.ce.detach(), terms.kd.detach(), terms.feat.detach()]), correct
+
+    def _batch(self, gidx: torch.Tensor, off: torch.Tensor, flip: torch.Tensor):
+        r, w = self.dist.rank, self.dist.world_size
+        idx = gidx[r::w].to(self.train_images.device)
+        x = augment(self.train_images[idx], off[:, r::w], flip[r::w], self.data.crop_padding)
+        x = normalize(x, self.data.mean, self.data.std)
+        if self.speed["channels_last"]:
+            x = x.contiguous(memory_format=torch.channels_last)
+        return x, self.train_labels[idx].to(self.device, non_blocking=True)
+
+    def _train_step(self, x: torch.Tensor, y: torch.Tensor) -> None:
+        accum = self.cfg["accum_steps"]
+        for j in range(accum):
+            xs, ys = (x, y) if accum == 1 else (x[j::accum], y[j::accum])
+            sync_ctx = self.ddp.no_sync() if (self.dist.enabled and j < accum - 1) else contextlib.nullcontext()
+            with sync_ctx:
+                loss, terms, correct = self._fwd(xs, ys, self.beta_t)
+                self.scaler.scale(loss / accum).backward()
+            n = ys.shape[0]
+            self.sums["loss"] += loss.detach() * n
+            self.sums["terms"] += terms * n
+            self.sums["correct"] += correct
+            self.sums["count"] += n
+            self.sums["nonfinite"] += (~torch.isfinite(loss.detach())).float()
+        self.scaler.step(self.opt)
+        self.scaler.update()
+        self.opt.zero_grad(set_to_none=True)
+        self.sched.step()
+
+    def _new_sums(self) -> Dict[str, torch.Tensor]:
+        n = self.model.num_exits
+        z = lambda *s: torch.zeros(*s, device=self.device, dtype=torch.float64)  # noqa: E731
+        return {"loss": z(()), "terms": z(3 * n - 1), "correct": z(n), "count": z(()), "nonfinite": z(())}
+
+    def _check_finite(self) -> None:
+        if self.sums["nonfinite"].item() > 0:  # host sync only at logging points
+            last = self.run_dir / "last.pt"
+            raise TrainingDiverged(
+                f"the loss became non-finite (NaN/inf) in epoch {self.epoch + 1} before step {self.global_step}; "
+                f"stopping. The last good checkpoint is kept at {last if last.exists() else '(none yet)'}. "
+                f"Try a lower --lr, --amp none, or a smaller --beta-begin.")
+
+    def _step_at(self, perm: torch.Tensor, aug_gen: torch.Generator) -> None:
+        """One optimizer step on global batch number `step_in_epoch` of this epoch's permutation."""
+        G, i = self.cfg["batch_size"], self.step_in_epoch
+        off, flip = draw_augment_params(G, self.data.crop_padding, self.data.hflip, aug_gen)
+        x, y = self._batch(perm[i * G:(i + 1) * G], off, flip)
+        self.beta_t.fill_(self.beta_sched(self.epoch + i / self.steps_per_epoch))
+        self._train_step(x, y)
+        self.step_in_epoch += 1
+        self.global_step += 1
+
+    def run_steps(self, n: int) -> None:
+        """n training steps with no evaluation or checkpoints (benchmarks); wraps around the epoch."""
+        if self.sums is None:
+            self.sums = self._new_sums()
+        self.model.train()
+        perm = torch.randperm(len(self.data.train), generator=torch.Generator().manual_seed(self.epoch))
+        aug_gen = torch.Generator().manual_seed(self.global_step)
+        for _ in range(n):
+            if self.step_in_epoch >= self.steps_per_epoch:
+                self.step_in_epoch = 0
+            self._step_at(perm, aug_gen)
+
+    # ----------------------------------------------------------------------------------- the loop
+    def fit(self) -> Dict[str, Any]:
+        """Trains to cfg["epochs"] (or cfg["max_steps"]); returns the results, or {"interrupted": True,
+        "run_dir": ...} after Ctrl-C (a clean checkpoint is saved first)."""
+        cfg = self.cfg
+        try:  # Ctrl-C -> finish the step, save, stop (only the main thread may install handlers)
+            old_handler = signal.signal(signal.SIGINT, self._on_sigint)
+        except ValueError:
+            old_handler = None
+        self._session_start = time.time()
+        try:
+            while self.epoch < cfg["epochs"]:
+                if self._run_epoch():
+                    return {"interrupted": True, "run_dir": str(self.run_dir)}
+                if cfg["max_steps"] and self.global_step >= cfg["max_steps"]:
+                    break
+        except BaseException:
+            self.close()  # diverged, a write failed, a second Ctrl-C: the run directory is free again
+            raise
+        finally:
+            if old_handler is not None:
+                signal.signal(signal.SIGINT, old_handler)
+        self._close_session()
+        return self._finish()
+
+    def _run_epoch(self) -> bool:
+        """Trains the rest of the current epoch; True when stopped by Ctrl-C (checkpoint saved)."""
+        cfg, G = self.cfg, self.cfg["batch_size"]
+        perm = torch.randperm(len(self.data.train), generator=torch.Generator().manual_seed(
+            cfg["seed"] * 1_000_003 + self.epoch))
+        aug_gen = torch.Generator().manual_seed(cfg["seed"] * 7919 + self.epoch + 1)
+        if self.aug_state is not None:
+            aug_gen.set_state(self.aug_state)
+            self.aug_state = None
+        if self.sums is None:
+            self.sums = self._new_sums()
+        self.model.train()
+        t0, imgs0 = time.time(), self.step_in_epoch * G
+        with self.log.progress(self.steps_per_epoch, self.step_in_epoch, f"epoch {self.epoch + 1}/{cfg['epochs']}",
+                               cfg["progress"]) as bar:
+            while self.step_in_epoch < self.steps_per_epoch:
+                self._step_at(perm, aug_gen)
+                loss = None
+                if self.global_step % cfg["log_interval"] == 0:  # the only host syncs of the loop
+                    self._check_finite()
+                    loss = (self.sums["loss"] / self.sums["count"]).item()
+                bar.update(self.step_in_epoch, loss)
+                if self._stop_requested or (cfg["max_steps"] and self.global_step >= cfg["max_steps"]):
+                    break
+        self._check_finite()
+        if self._stop_requested:
+            self.aug_state = aug_gen.get_state()
+            self._save("last.pt")
+            self.interrupted = True
+            print(f"[msd_fast] interrupted: clean checkpoint at {self.run_dir / 'last.pt'} (epoch {self.epoch + 1}, "
+                  f"step {self.step_in_epoch}); continue with --resume {self.run_dir}")
+            self._close_session()
+            self.close()
+            return True
+        epoch_time = time.time() - t0
+        self._end_epoch((self.step_in_epoch * G - imgs0) / max(epoch_time, 1e-9), epoch_time)
+        return False
+
+    def _wall(self) -> float:
+        """Training wall time over every session of this run, up to now."""
+        return self.wall_before + (time.time() - self._session_start if self._session_start is not None else 0.0)
+
+    def _close_session(self) -> None:
+        self.wall_before, self._session_start = self._wall(), None
+
+    def _on_sigint(self, signum, frame):
+        if self._stop_requested:
+            raise KeyboardInterrupt
+        self._stop_requested = True
+        print("\n[msd_fast] Ctrl-C: finishing the current step and saving a checkpoint (Ctrl-C again to abort)")
+
+    def _eval(self, split) -> Dict[str, Any]:
+        return evaluate_split(self.model, split, self.data.mean, self.data.std, self.cfg["eval_batch_size"],
+                              self.device, self.speed["channels_last"], self.amp_dtype, self.dist)
+
+    def _end_epoch(self, images_per_s: float, epoch_time: float) -> None:
+        n = self.model.num_exits
+        s = {k: all_reduce_sum(v.clone(), self.dist) for k, v in self.sums.items()}
+        cnt = s["count"].item()
+        terms = (s["terms"] / cnt).tolist()
+        val = self._eval(self.data.val)
+        row = {
+            "epoch": self.epoch + 1, "step": self.global_step, "lr": self.opt.param_groups[0]["lr"],
+            "beta": float(self.beta_t), "train_loss": (s["loss"] / cnt).item(),
+            "train_ce": terms[:n], "train_kd": terms[n:2 * n], "train_feat": terms[2 * n:],
+            "train_acc": (s["correct"] * 100.0 / cnt).tolist(), "val_acc": val["exits"],
+            "val_ensemble": val["ensemble"], "images_per_s": images_per_s * self.dist.world_size,
+            "epoch_time_s": epoch_time,
+        }
+        self.history.append(row)
+        self.epoch, self.step_in_epoch, self.sums = self.epoch + 1, 0, None
+        exits = val["exits"]
+        metric = exits[-1] if self.cfg["best_metric"] == "last" else sum(exits) / len(exits)
+        improved = metric > self.best["value"]
+        if improved:
+            self.best = {"value": metric, "epoch": self.epoch, "val": val, "test": self._eval(self.data.test)}
+        # last.pt first: it records which epoch is best, so a kill between the two saves is repaired on
+        # resume (run_dir.reconcile_best) and best.pt is never newer than last.pt.
+        self._save("last.pt")
+        if improved:
+            self._save("best.pt")
+        self.log.log_epoch(row, self.history)
+        if self.dist.is_main:
+            print(f"[msd_fast] epoch {self.epoch}/{self.cfg['epochs']}  loss {row['train_loss']:.4f}  "
+                  f"val acc per exit {' / '.join(f'{a:.2f}' for a in exits)}  "
+                  f"{row['images_per_s']:.0f} img/s  {epoch_time:.1f} s", flush=True)
+
+    # ------------------------------------------------------------------------------- checkpoints
+    def _save(self, name: str) -> None:
+        if self.dist.is_main:
+            state = ckpt_format.pack(
+                config={k: v for k, v in self.cfg.items() if k != "_sources"}, model_name=self.cfg["model"],
+                num_classes=self.data.num_classes, in_channels=self.data.in_channels, width=self.cfg["width"],
+                dataset=self.cfg["dataset"], model=self.model.state_dict(), optimizer=self.opt.state_dict(),
+                scheduler=self.sched.state_dict(), scaler=self.scaler.state_dict(), epoch=self.epoch,
+                step_in_epoch=self.step_in_epoch, global_step=self.global_step, aug_state=self.aug_state,
+                sums=None if self.sums is None else {k: v.cpu() for k, v in self.sums.items()},
+                rng=ckpt_format.rng_state(), history=self.history, best=self.best, wall_s=self._wall(), cost=self.cost)
+            ckpt_format.atomic_save(state, self.run_dir / name)
+        barrier(self.dist)
+
+    def _load(self, path) -> None:
+        ckpt = ckpt_format.load_checkpoint(pathlib.Path(path))
+        self.model.load_state_dict(ckpt["model"])
+        self.opt.load_state_dict(ckpt["optimizer"])
+        self.sched.load_state_dict(ckpt["scheduler"])
+        self.scaler.load_state_dict(ckpt["scaler"])
+        self.epoch, self.step_in_epoch, self.global_step = ckpt["epoch"], ckpt["step_in_epoch"], ckpt["global_step"]
+        self.aug_state = ckpt["aug_state"]
+        self.sums = None if ckpt["sums"] is None else {k: v.to(self.device) for k, v in ckpt["sums"].items()}
+        self.history, self.best, self.wall_before = ckpt["history"], ckpt["best"], ckpt["wall_s"]
+        ckpt_format.set_rng_state(ckpt["rng"])
+        if self.dist.is_main:
+            reconcile_best(self.run_dir, pathlib.Path(path), self.best.get("epoch"), self.epoch, self.step_in_epoch)
+            print(f"[msd_fast] resumed {self.run_dir} at epoch {self.epoch + 1}, step {self.step_in_epoch}")
+
+    # ------------------------------------------------------------------------------------ the end
+    def _finish(self) -> Dict[str, Any]:
+        results = results_dict(cfg=self.cfg, epoch=self.epoch, steps=self.global_step, history=self.history,
+                               last_test=self._eval(self.data.test), best=self.best, cost=self.cost,
+                               input_size=self.input_size, wall_s=self.wall_before, speed=self.speed,
+                               world_size=self.dist.world_size)
+        if self.dist.is_main:
+            write_results(self.run_dir, results)
+            self.log.close()
+            print(format_results_table(results))
+            print(f"[msd_fast] run directory: {self.run_dir}  (wall time {self.wall_before:.0f} s)")
+        self.close()
+        return results
