@@ -6,27 +6,26 @@ Triton kernel (CUDA), plus a plain memory copy of the same bytes (inputs read + 
 machine's floor. Timed round-robin (windows of a few calls, each backend in turn, so drift in the
 machine's speed hits all alike); medians per call after warm-up; peak memory on CUDA; JSON under bench/results/.
 
-    python bench/bench_loss.py            # the grid for this device (full on CUDA, reduced on CPU)
-    python bench/bench_loss.py --quick    # N in {2, 4, 8}, B = 128, C = 100, D = 512, fp32
-    python bench/bench_loss.py --grid gpu-check   # four CUDA shapes for scripts/gpu_check.sh's time budget
+    python -m bench.bench_loss            # the grid for this device (full on CUDA, reduced on CPU)
+    python -m bench.bench_loss --quick    # N in {2, 4, 8}, B = 128, C = 100, D = 512, fp32
+    python -m bench.bench_loss --grid gpu-check   # four CUDA shapes for scripts/gpu_check.sh's time budget
 Results go to bench/results/ (or --out); --update-readme also regenerates the README's tables.
 """
 import argparse
 import itertools
 import json
 import pathlib
-import sys
 import time
 
 import torch
 
-sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
-from machine import describe, machine_info  # noqa: E402
-from naive_loss import naive_msd_loss  # noqa: E402
-from timing import time_interleaved  # noqa: E402
+from bench.machine import describe, machine_info
+from bench.naive_loss import naive_msd_loss
+from bench.report import update_readme
+from bench.timing import time_interleaved
 
-from msd_fast import _ext, msd_loss  # noqa: E402
-from msd_fast.loss.backends import triton_usable  # noqa: E402
+from msd_fast import _ext, msd_loss
+from msd_fast.loss.backends import triton_usable
 
 RESULTS = pathlib.Path(__file__).resolve().parent / "results"
 ALPHA, TAU, BETA = 0.5, 3.0, 0.05
@@ -161,13 +160,11 @@ def main(argv=None):
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({"machine": info, "alpha": ALPHA, "temperature": TAU, "beta": BETA,
                                "grid": "quick" if args.quick else args.grid, "wall_s": time.time() - t_start,
-                               "command": "python bench/bench_loss.py" + (" --quick" if args.quick else "")
+                               "command": "python -m bench.bench_loss" + (" --quick" if args.quick else "")
                                + (" --grid gpu-check" if args.grid == "gpu-check" else ""),
                                "rows": rows}, indent=1))
     print(f"wrote {out}")
     if args.update_readme:
-        from report import update_readme
-
         update_readme()
 
 

@@ -8,9 +8,9 @@ Same model, batch and data (random CIFAR-shaped images, 100 classes). All config
 built and warmed up first (warm-up and compile time reported separately), then timed round-robin, one
 window of each in turn, so drift in the machine's speed hits them alike; images/s is the median window.
 
-    python bench/bench_train.py           # resnet18 and msdnet1 at full width, batch 64
-    python bench/bench_train.py --quick   # width 0.25, fewer windows: a few minutes on a 2-core CPU
-    python bench/bench_train.py --variants defaults --models resnet18 --batch 128 --out X.json  # baseline vs defaults
+    python -m bench.bench_train           # resnet18 and msdnet1 at full width, batch 64
+    python -m bench.bench_train --quick   # width 0.25, fewer windows: a few minutes on a 2-core CPU
+    python -m bench.bench_train --variants defaults --models resnet18 --batch 128 --out X.json  # baseline vs defaults
 Results go to bench/results/ (or --out); --update-readme also regenerates the README's tables.
 """
 import argparse
@@ -24,20 +24,20 @@ import time
 import torch
 import torchvision.transforms.v2 as T
 
-sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
-from machine import describe, machine_info  # noqa: E402
-from naive_loss import naive_msd_loss  # noqa: E402
-from timing import sync  # noqa: E402
+from bench.machine import describe, machine_info
+from bench.naive_loss import naive_msd_loss
+from bench.report import train_table, update_readme
+from bench.timing import sync
 
-from msd_fast.train.config import DEFAULTS  # noqa: E402
-from msd_fast.data import Dataset, Split  # noqa: E402
-from msd_fast.models import create_model  # noqa: E402
+from msd_fast.train.config import DEFAULTS
+from msd_fast.data import DATASET_TABLE, Dataset, Split
+from msd_fast.models import create_model
 from msd_fast.train import Trainer
-from msd_fast.train.speed import resolve_speed  # noqa: E402
+from msd_fast.train.speed import resolve_speed
 
 RESULTS = pathlib.Path(__file__).resolve().parent / "results"
 BASELINE = "baseline (eager, NCHW, fp32, naive loss, DataLoader)"
-MEAN, STD = (0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762)
+MEAN, STD = DATASET_TABLE["cifar100"].mean, DATASET_TABLE["cifar100"].std  # CIFAR-shaped data, CIFAR-100 statistics
 
 
 def cifar_shaped(n: int = 4096, classes: int = 100) -> Dataset:
@@ -140,19 +140,6 @@ def variants(device: torch.device, model: str):
     return rows
 
 
-def train_table(data: dict) -> str:
-    lines = [f"Measured on {describe(data['machine'])}; `{data['command']}` (batch {data['batch']}, "
-             f"width {data['width']}). Images/s, median of timed windows (configurations interleaved); warm-up/compile excluded "
-             f"(a repeat torch.compile is short when inductor's on-disk cache already holds the graphs).", ""]
-    for model, rows in data["models"].items():
-        base = rows[BASELINE]["images_per_s"]
-        lines += [f"**{model}**", "", "| configuration | images/s | vs baseline | warm-up+compile s |", "|---|---|---|---|"]
-        for name, r in rows.items():
-            lines.append(f"| {name} | {r['images_per_s']:.1f} | {r['images_per_s'] / base:.2f}x | {r['warmup_s']:.1f} |")
-        lines.append("")
-    return "\n".join(lines)
-
-
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true")
@@ -177,7 +164,7 @@ def main(argv=None):
     print(f"# bench_train on {describe(info)}", flush=True)
     data = cifar_shaped()
     out = {"machine": info, "batch": args.batch, "width": width, "baseline_workers": workers,
-           "command": ("python bench/bench_train.py " + " ".join(argv if argv is not None else sys.argv[1:])).strip(),
+           "command": ("python -m bench.bench_train " + " ".join(argv if argv is not None else sys.argv[1:])).strip(),
            "models": {}}
     for m in args.models:
         setups = {BASELINE: setup_baseline(m, width, data, args.batch, device, warmup, workers)}
@@ -197,8 +184,6 @@ def main(argv=None):
     print(f"wrote {path}")
     print(train_table(out))
     if args.update_readme:
-        from report import update_readme
-
         update_readme()
 
 

@@ -1,4 +1,1 @@
-import pathlib
-import sys
-
-sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
+"""The repository root is on sys.path for these tests through pyproject.toml ([tool.pytest.ini_options] pythonpath)."""

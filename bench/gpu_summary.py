@@ -1,8 +1,8 @@
 """Summary of a scripts/gpu_check.sh run: which steps passed, the CUDA tests' counts, the loss benchmark's
 fused-vs-compiled ratios and bandwidth, training throughput against the baseline.
 
-    python bench/gpu_summary.py OUTDIR            # print the table, write OUTDIR/summary.json
-    python bench/gpu_summary.py OUTDIR --commit   # also copy the results to bench/results/gpu/<gpu>/
+    python -m bench.gpu_summary OUTDIR            # print the table, write OUTDIR/summary.json
+    python -m bench.gpu_summary OUTDIR --commit   # also copy the results to bench/results/gpu/<gpu>/
 
 bench/report.py turns the committed copies into the README's GPU section.
 """

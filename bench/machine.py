@@ -5,11 +5,18 @@ import platform
 import torch
 
 
+VECTOR_FLAGS = ("avx2", "fma", "avx512f", "avx512_bf16", "amx_tile")  # what the CPU kernels and oneDNN use
+
+
 def machine_info(device: torch.device) -> dict:
     cpu = platform.processor() or platform.machine()
+    flags = []
     try:
         with open("/proc/cpuinfo") as fh:
-            cpu = next(line.split(":", 1)[1].strip() for line in fh if line.startswith("model name"))
+            text = fh.read()
+        cpu = next(line.split(":", 1)[1].strip() for line in text.splitlines() if line.startswith("model name"))
+        have = set(next(line.split(":", 1)[1].split() for line in text.splitlines() if line.startswith("flags")))
+        flags = [f for f in VECTOR_FLAGS if f in have]
     except (OSError, StopIteration):
         pass
     try:
@@ -18,7 +25,7 @@ def machine_info(device: torch.device) -> dict:
         triton_version = triton.__version__
     except Exception:
         triton_version = None
-    info = {"cpu": cpu, "cpu_cores": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+    info = {"cpu": cpu, "cpu_flags": flags, "cpu_cores": os.cpu_count(), "torch_threads": torch.get_num_threads(),
             "torch": torch.__version__, "triton": triton_version, "python": platform.python_version(),
             "device": str(device), "gpu": None}
     if device.type == "cuda":
@@ -27,5 +34,6 @@ def machine_info(device: torch.device) -> dict:
 
 
 def describe(info: dict) -> str:
-    where = info["gpu"] or f"{info['cpu']} ({info['cpu_cores']} cores, {info['torch_threads']} torch threads)"
+    flags = f", {' '.join(info['cpu_flags'])}" if info.get("cpu_flags") else ""
+    where = info["gpu"] or f"{info['cpu']} ({info['cpu_cores']} cores{flags}, {info['torch_threads']} torch threads)"
     return f"{where}; torch {info['torch']}, triton {info['triton']}"

@@ -2,16 +2,14 @@
 (3x32x32, 100 classes), measured with torch.utils.flop_counter; writes bench/results/model_costs.json
 and the README's model table.
 
-    python bench/model_table.py
+    python -m bench.model_table
 """
 import json
 import pathlib
-import sys
 
-sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
-from readme_sections import update_readme_section  # noqa: E402
+from bench.readme_sections import update_readme_section
 
-from msd_fast.models import create_model, list_models  # noqa: E402
+from msd_fast.models import create_model, list_models
 
 OUT = pathlib.Path(__file__).resolve().parent / "results" / "model_costs.json"
 

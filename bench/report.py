@@ -1,16 +1,15 @@
 """Regenerates the README's performance tables from the committed JSON under bench/results/.
 
-    python bench/report.py
+    python -m bench.report
 """
 import json
 import pathlib
-import sys
 
-sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
-from machine import describe  # noqa: E402
-from readme_sections import update_readme_section  # noqa: E402
+from bench.machine import describe
+from bench.readme_sections import update_readme_section
 
 RESULTS = pathlib.Path(__file__).resolve().parent / "results"
+BASELINE_PREFIX = "baseline"  # bench_train.py's baseline row name starts with this
 LOSS_ORDER = ["naive_eager", "reference", "compiled_reference", "cpp", "triton", "memcpy_floor"]
 
 
@@ -69,13 +68,13 @@ def loss_table(data) -> str:
 
 def gpu_check_section() -> str:
     """The README's GPU section: what scripts/gpu_check.sh measured, per committed GPU (bench/results/gpu/)."""
-    from gpu_summary import table
+    from bench.gpu_summary import table
 
     runs = sorted((RESULTS / "gpu").glob("*/summary.json"))
     if not runs:
         return ("_No GPU run is committed yet: the CUDA tests and GPU benchmarks have not run on a GPU in a "
                 "committed run. Run `bash scripts/gpu_check.sh OUT` on a CUDA machine, then "
-                "`python bench/gpu_summary.py OUT --commit` and `python bench/report.py`._")
+                "`python -m bench.gpu_summary OUT --commit` and `python -m bench.report`._")
     return "\n\n".join(table(json.loads(p.read_text())) for p in runs)
 
 
@@ -102,14 +101,25 @@ def compile_gate_section() -> str:
     return "\n".join(lines)
 
 
+def train_table(data: dict) -> str:
+    lines = [f"Measured on {describe(data['machine'])}; `{data['command']}` (batch {data['batch']}, "
+             f"width {data['width']}). Images/s, median of timed windows (configurations interleaved); warm-up/compile excluded "
+             f"(a repeat torch.compile is short when inductor's on-disk cache already holds the graphs).", ""]
+    for model, rows in data["models"].items():
+        base = next(r for k, r in rows.items() if k.startswith(BASELINE_PREFIX))["images_per_s"]
+        lines += [f"**{model}**", "", "| configuration | images/s | vs baseline | warm-up+compile s |", "|---|---|---|---|"]
+        for name, r in rows.items():
+            lines.append(f"| {name} | {r['images_per_s']:.1f} | {r['images_per_s'] / base:.2f}x | {r['warmup_s']:.1f} |")
+        lines.append("")
+    return "\n".join(lines)
+
+
 def update_readme() -> None:
     update_readme_section("gpu-check", gpu_check_section())
     update_readme_section("compile-gate", compile_gate_section())
     for dev in ("cpu", "cuda"):
         data = _load(f"loss_{dev}.json") or _load(f"loss_{dev}_quick.json")
         update_readme_section(f"loss-bench-{dev}", loss_table(data))
-    from bench_train import train_table
-
     for dev in ("cpu", "cuda"):
         tables = [train_table(t) for t in (_load(f"train_{dev}.json"), _load(f"train_{dev}_quick.json")) if t]
         if tables:

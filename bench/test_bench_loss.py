@@ -2,8 +2,8 @@
 import pytest
 import torch
 
-from bench_loss import ALPHA, BETA, TAU, backends, make_inputs
-from naive_loss import naive_msd_loss
+from bench.bench_loss import ALPHA, BETA, TAU, backends, make_inputs
+from bench.naive_loss import naive_msd_loss
 
 from msd_fast import msd_loss
 

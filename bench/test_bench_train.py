@@ -4,7 +4,7 @@ import tempfile
 import pytest
 import torch
 
-from bench_train import cifar_shaped
+from bench.bench_train import cifar_shaped
 
 from msd_fast.train.config import DEFAULTS
 from msd_fast.train.trainer import Trainer

@@ -1,6 +1,6 @@
 // msd_fast C++ ops: schema, the deterministic per-exit reduction (CPU) and the fused MSD loss (CPU).
 //
-// Maths (MSD_SPEC §1.3), per sample b, exits n = 1..N, temperature tau:
+// Maths (docs/maths.md §3), per sample b, exits n = 1..N, temperature tau:
 //   p_n = softmax(z_n), q_n = softmax(z_n / tau), l_n = log q_n
 //   CE_n  = lse(z_n) - z_n[y]
 //   "all":  P = sum_n q_n, R = sum_n <q_n, l_n>;  sum_{j!=n} KL(q_j||q_n) = R - <P, l_n>

@@ -8,8 +8,8 @@
    budgeted-batch curves of all four on one plot (msd_fast.evaluate).
 Writes experiments/results/{sweep,comparison}.json, the plots, and the README section.
 
-    python experiments/reproduce.py                    # everything (about 45 minutes on a 2-core CPU)
-    python experiments/reproduce.py --skip-sweep       # only the comparison, with the current defaults
+    python -m experiments.reproduce                    # everything (about 45 minutes on a 2-core CPU)
+    python -m experiments.reproduce --skip-sweep       # only the comparison, with the current defaults
 """
 import argparse
 import json
@@ -23,7 +23,6 @@ import time
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 OUT = ROOT / "experiments" / "results"
 RUNS = ROOT / "runs" / "experiments"
-sys.path.insert(0, str(ROOT / "bench"))
 
 
 def train(name: str, *flags: str) -> dict:
@@ -79,10 +78,10 @@ def compare(hp: dict, seeds: int) -> dict:
                                        "std": [statistics.stdev(v[k] for v in d) if len(d) > 1 else 0.0
                                                for k in range(len(d[0]))]}
     # Budgeted-batch curves of the four methods (seed 0) on one plot.
-    from msd_fast.evaluate.cli import main as evaluate_main
+    from msd_fast.evaluate.report import write_reports
+    from msd_fast.evaluate.run import evaluate_checkpoints
 
-    evaluate_main(["--out", str(OUT / "evaluate"), "--n-budgets", "10"]
-                  + sum((["--checkpoint", str(RUNS / f"cmp-{m}-s0")] for m in methods), []))
+    write_reports(evaluate_checkpoints([str(RUNS / f"cmp-{m}-s0") for m in methods], n_budgets=10), OUT / "evaluate")
     return {"hparams": hp, "seeds": seeds, "methods": table, "differences": diffs,
             "exit_flops": per["msd"][0]["exit_flops"], "params": per["msd"][0]["params"]}
 
@@ -92,7 +91,7 @@ def readme_section(sweep_res, cmp_res, wall_s, machine) -> str:
     lines = [f"Fashion-MNIST, multi-exit ResNet-18 (width 0.125), CPU preset, {cmp_res['seeds']} seeds; per-exit "
              f"**test** top-1 (%) at the best-validation epoch, mean ± std. Hyper-parameters (from the sweep): "
              f"{cmp_res['hparams']}. Measured on {machine}; total wall time {wall_s / 60:.0f} min; "
-             f"`python experiments/reproduce.py`.", "",
+             f"`python -m experiments.reproduce`.", "",
              "| method | " + " | ".join(f"exit {k + 1}" for k in range(n)) + " | ensemble |", "|---" * (n + 2) + "|"]
     for m, t in cmp_res["methods"].items():
         cells = [f"{a:.2f} ± {s:.2f}" for a, s in zip(t["mean"], t["std"])]
@@ -135,13 +134,13 @@ def main():
         hp = sweep_res["best"]
     cmp_res = compare(hp, args.seeds)
     wall = time.time() - t0
-    from machine import describe, machine_info
+    from bench.machine import describe, machine_info
     import torch
 
     machine = describe(machine_info(torch.device("cpu")))
     cmp_res.update(wall_s=wall, machine=machine, python=platform.python_version())
     (OUT / "comparison.json").write_text(json.dumps(cmp_res, indent=1))
-    from readme_sections import update_readme_section
+    from bench.readme_sections import update_readme_section
 
     update_readme_section("experiment", readme_section(sweep_res, cmp_res, wall, machine))
     print(readme_section(sweep_res, cmp_res, wall, machine))

@@ -5,7 +5,7 @@ rounded up to a power of two, padded rows masked) and walks C in chunks:
   pass 1: online max and the two softmax normalisers per exit (T = 1 for CE, T = tau for KD);
   pass 2: p_n, q_n, l_n per chunk; P = sum_n q_n over the rows of the tile; the KD sums; and the
           gradient of the weighted total, written straight to grad_logits.
-Maths (MSD_SPEC §1.3), detached teachers:
+Maths (docs/maths.md §3), detached teachers:
   "all":  KD_n = tau^2/(N-1) (R - <P, l_n>),  R = sum_n <q_n, l_n>
           dL/dz_n = w_ce/B (p_n - onehot(y)) + w_kd tau / ((N-1) B) (N q_n - P)
   "last": KD_n = tau^2 <q_N, l_N - l_n> (n < N),  dL/dz_n = w_ce/B (p_n - onehot) + w_kd tau/B (q_n - q_N)

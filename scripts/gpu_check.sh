@@ -8,8 +8,8 @@
 #
 # Budget: about 8 minutes on one H100/H200 with the build (each step has its own timeout, so one slow step
 # cannot eat the others' time). Nothing is downloaded. Commit OUTDIR's JSON as bench/results/gpu/ with
-# `python bench/gpu_summary.py OUTDIR --commit` (it names the GPU) and regenerate the README with
-# `python bench/report.py`.
+# `python -m bench.gpu_summary OUTDIR --commit` (it names the GPU) and regenerate the README with
+# `python -m bench.report`.
 set -uo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
@@ -40,16 +40,16 @@ if timeout 240 "$PY" -m pytest -q -p no:cacheprovider -rs tests/test_cuda.py --j
   STATUS[cuda_tests]=ok; else STATUS[cuda_tests]=FAILED; fi
 
 step "loss benchmark (bench/bench_loss.py --grid gpu-check)"
-if timeout 150 "$PY" bench/bench_loss.py --grid gpu-check --out "$OUT/loss_cuda_gpu_check.json"; then
+if timeout 150 "$PY" -m bench.bench_loss --grid gpu-check --out "$OUT/loss_cuda_gpu_check.json"; then
   STATUS[bench_loss]=ok; else STATUS[bench_loss]=FAILED; fi
 
 step "training throughput (bench/bench_train.py, resnet18 full width, batch 128: baseline vs defaults)"
-if timeout 150 "$PY" bench/bench_train.py --models resnet18 --batch 128 --variants defaults \
+if timeout 150 "$PY" -m bench.bench_train --models resnet18 --batch 128 --variants defaults \
      --out "$OUT/train_cuda_gpu_check.json"; then STATUS[bench_train]=ok; else STATUS[bench_train]=FAILED; fi
 
 step "summary"
 printf '%s\n' "${!STATUS[@]}" | sort | while read -r k; do echo "$k: ${STATUS[$k]}"; done > "$OUT/steps.txt"
 cat "$OUT/steps.txt"
-"$PY" bench/gpu_summary.py "$OUT" || true
+"$PY" -m bench.gpu_summary "$OUT" || true
 grep -q FAILED "$OUT/steps.txt" && exit 1
 exit 0

@@ -1,5 +1,5 @@
 """Brute-force MSD loss for tests: an explicit loop over every ordered pair of exits with F.kl_div and
-F.cross_entropy, exactly as MSD_SPEC §1.1 reads. Slow on purpose; the library never uses it."""
+F.cross_entropy, exactly as docs/maths.md §1 reads. Slow on purpose; the library never uses it."""
 import torch
 import torch.nn.functional as F
 

@@ -201,7 +201,7 @@ def test_trainer_with_gpu_defaults_checkpoint_resume_and_evaluate(tmp_path):
             "--no-progress", "--tensorboard", "false", "--out-dir", str(tmp_path), "--device", "cuda"]
     full = Trainer(resolve_config(base + ["--run-name", "full"]))
     assert full.speed == {"device": "cuda", "amp": "bf16", "channels_last": True, "compile": True}
-    assert full.train_images.is_cuda  # the data live on the GPU
+    assert full.batches.images.is_cuda  # the data live on the GPU
     res = full.fit()
     assert res["last"]["test_acc"][-1] > 30
     spe = full.steps_per_epoch

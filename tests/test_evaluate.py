@@ -7,7 +7,8 @@ import torch
 
 from msd_fast.data import load_dataset, normalize
 from msd_fast.evaluate.early_exit import anytime, budget_sweep, default_budgets, fit_thresholds, simulate
-from msd_fast.evaluate.cli import EvalError, _dataset_for, load_run, main as evaluate_main
+from msd_fast.evaluate.cli import main as evaluate_main
+from msd_fast.evaluate.run import EvalError, _dataset_for, load_run
 from msd_fast.evaluate.predict import predict_probs
 from msd_fast.evaluate.inference import EarlyExit
 from msd_fast.train import main as train_main

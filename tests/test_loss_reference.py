@@ -1,4 +1,4 @@
-"""The reference backend against the brute-force float64 definition (MSD_SPEC §1)."""
+"""The reference backend against the brute-force float64 definition (docs/maths.md §1-2)."""
 import itertools
 
 import pytest
@@ -57,7 +57,7 @@ def test_gradcheck_float64(teacher):
 
 
 def test_closed_form_gradient():
-    """MSD_SPEC §1.3's analytic gradient of the total w.r.t. z_n (teacher='all', detached)."""
+    """docs/maths.md §3's analytic gradient of the total w.r.t. z_n (teacher='all', detached)."""
     N, B, C, alpha, tau = 4, 7, 10, 0.6, 2.0
     z, y, _ = make_inputs(N, B, C, 0, dtype=torch.float64)
     (g,) = torch.autograd.grad(msd_loss(z, y, alpha=alpha, temperature=tau, beta=0.0, backend="reference"), z)

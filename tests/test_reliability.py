@@ -18,7 +18,6 @@ from msd_fast import checkpoint as ckpt_mod
 from msd_fast.checkpoint import CheckpointError, load_checkpoint
 from msd_fast.train.config import ConfigError, resolve_config
 from msd_fast.evaluate.cli import main as evaluate_main
-from msd_fast.train.run_dir import RunLock
 from msd_fast.train import main
 from msd_fast.train.trainer import Trainer
 
@@ -236,8 +235,8 @@ def test_a_second_run_into_the_same_directory_is_refused(done_run, tmp_path, cap
 def test_a_run_in_use_cannot_be_resumed_by_another_process(done_run, tmp_path, capsys):
     run = _copy_run(done_run, tmp_path / "run")
     holder = subprocess.Popen([sys.executable, "-c", (
-        "import sys, time; sys.path.insert(0, %r); from msd_fast.train.run_dir import RunLock; "
-        "l = RunLock(%r); print('locked', flush=True); time.sleep(60)") % (str(pathlib.Path.cwd()), str(run))],
+        "import time; from msd_fast.train.run_dir import RunLock; "
+        "l = RunLock(%r); print('locked', flush=True); time.sleep(60)") % (str(run),)],
         stdout=subprocess.PIPE, text=True)
     try:
         assert holder.stdout.readline().strip() == "locked"

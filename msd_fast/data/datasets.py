@@ -8,7 +8,7 @@ import os
 import pathlib
 import pickle
 from dataclasses import dataclass
-from typing import Optional, Tuple
+from typing import Callable, Dict, Optional, Tuple
 
 import numpy as np
 import torch
@@ -139,31 +139,40 @@ def _hold_out(train: Split, val_size: int, seed: int) -> Tuple[Split, Split]:
     return Split(train.images[t], train.labels[t]), Split(train.images[v], train.labels[v])
 
 
-DATASETS = ("fashion-mnist", "cifar10", "cifar100", "synthetic")
+@dataclass(frozen=True)
+class DatasetInfo:
+    """One row of the dataset table: how to read it and its fixed statistics."""
+    read: Callable[[Optional[str]], Tuple[Split, Split]]  # data_dir -> (train, test)
+    num_classes: int
+    mean: Tuple[float, ...]
+    std: Tuple[float, ...]
+    crop_padding: int
+    hflip: bool
+    default_val: int  # images held out of the training set for validation
+
+
+# The one table of datasets (names for the CLI, statistics for training and the benchmarks).
+DATASET_TABLE: Dict[str, DatasetInfo] = {
+    "fashion-mnist": DatasetInfo(lambda d: _fashion_mnist(d or os.environ.get("MSD_FAST_FASHION_MNIST")), 10,
+                                 (0.2860,), (0.3530,), 2, True, 5000),
+    "cifar10": DatasetInfo(lambda d: _cifar(d, 10), 10, (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616), 4, True, 5000),
+    "cifar100": DatasetInfo(lambda d: _cifar(d, 100), 100, (0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762), 4, True,
+                            5000),
+    "synthetic": DatasetInfo(lambda d: _synthetic(), 10, (0.5,), (0.25,), 1, False, 512),
+}
+DATASETS = tuple(DATASET_TABLE)
 
 
 def load_dataset(name: str, data_dir: Optional[str] = None, val_size: Optional[int] = None,
                  split_seed: int = 0, train_subset: int = 0) -> Dataset:
     """Loads a dataset and holds out a seeded validation split (default 5,000 images; synthetic: 512).
     `train_subset` > 0 keeps only that many training images (after the split), for quick runs."""
-    if name == "fashion-mnist":
-        train, test = _fashion_mnist(data_dir or os.environ.get("MSD_FAST_FASHION_MNIST"))
-        stats = dict(num_classes=10, mean=(0.2860,), std=(0.3530,), crop_padding=2, hflip=True)
-        default_val = 5000
-    elif name in ("cifar10", "cifar100"):
-        k = 10 if name == "cifar10" else 100
-        train, test = _cifar(data_dir, k)
-        mean, std = (((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)) if k == 10
-                     else ((0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762)))
-        stats = dict(num_classes=k, mean=mean, std=std, crop_padding=4, hflip=True)
-        default_val = 5000
-    elif name == "synthetic":
-        train, test = _synthetic()
-        stats = dict(num_classes=10, mean=(0.5,), std=(0.25,), crop_padding=1, hflip=False)
-        default_val = 512
-    else:
+    if name not in DATASET_TABLE:
         raise ValueError(f"unknown dataset {name!r}; choose one of {DATASETS}")
-    train, val = _hold_out(train, default_val if val_size is None else val_size, split_seed)
+    info = DATASET_TABLE[name]
+    train, test = info.read(data_dir)
+    train, val = _hold_out(train, info.default_val if val_size is None else val_size, split_seed)
     if train_subset and train_subset < len(train):
         train = Split(train.images[:train_subset], train.labels[:train_subset])
-    return Dataset(name, train, val, test, **stats)
+    return Dataset(name, train, val, test, info.num_classes, info.mean, info.std, crop_padding=info.crop_padding,
+                   hflip=info.hflip)

@@ -1,4 +1,4 @@
-"""Pure-PyTorch reference of the MSD loss (MSD_SPEC §1), written with the O(N*C) all-pairs algebra.
+"""Pure-PyTorch reference of the MSD loss (docs/maths.md §1-2), written with the O(N*C) all-pairs algebra.
 
 Every fused backend is tested against this. It is differentiable by autograd and supports both teacher
 modes and both detach modes. Inputs are already validated and stacked: logits [N, B, C], target [B],

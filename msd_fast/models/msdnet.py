@@ -1,4 +1,4 @@
-"""MSDNet, CIFAR variant (Huang et al., ICLR 2018; MSD_SPEC §2.2), built from the paper's description.
+"""MSDNet, CIFAR variant (Huang et al., ICLR 2018; docs/maths.md §5), built from the paper's description.
 
 Three scales (full, 1/2, 1/4 resolution). The first layer makes the three scales with 3x3 conv-BN-ReLU
 (stride 1, then 2, 2). Every later layer adds `growth * grow_factor[s]` channels at scale s: from the same

@@ -1,4 +1,4 @@
-"""Multi-exit ResNets with sampling-based branch augmentation (MSD paper §3.1; MSD_SPEC §2.1).
+"""Multi-exit ResNets with sampling-based branch augmentation (MSD paper §3.1; docs/maths.md §5).
 
 Backbone: CIFAR-style ResNet (3x3 stride-1 stem, no max-pool), four stages (layer groups) with base widths
 64/128/256/512 (x width, x block expansion) and strides 1/2/2/2. Exits after stages 1, 2, 3 and the final

@@ -1,20 +1,13 @@
-"""The training loop: a multi-exit model, a method's criterion, data on the device, checkpoints and resume.
+"""The training loop: epochs of steps, evaluation, checkpoints, resume, Ctrl-C and divergence handling.
 
-The data live in memory as uint8 tensors (on the GPU when training on CUDA) and are augmented in batches.
-Each step draws the *global* batch from a seeded per-epoch permutation shared by every rank (what
-DistributedSampler.set_epoch does), plus its augmentation parameters; rank r takes the interleaved share
-[r::world] and micro-batch j of it [j::accum_steps]. So K ranks, or K accumulation steps in one process,
-see exactly the same samples and crops as one process with the whole batch, and a resumed run continues
-with exactly the batches the uninterrupted run would have seen.
-
-What is computed comes from elsewhere: the method (methods.py) builds the criterion, speed.py the device
-policy, optim.py the optimizer and schedule, run_dir.py the directory, run_log.py logs and results, and
-msd_fast.checkpoint the checkpoint format. Library code raises; only cli.py turns errors into exit codes.
+What is computed comes from elsewhere: the method (methods.py) builds the criterion, step.py runs one
+optimizer step, batches.py the data order and augmentation, speed.py the device policy, optim.py the
+optimizer and schedule, run_dir.py the directory, run_log.py logs and results, state.py and
+msd_fast.checkpoint the checkpoint. Library code raises; only cli.py turns errors into exit codes. A resumed
+run continues with exactly the batches the uninterrupted run would have seen.
 """
-import contextlib
 import pathlib
 import signal
-import sys
 import time
 from typing import Any, Dict, Optional
 
@@ -22,17 +15,21 @@ import torch
 from torch.nn.parallel import DistributedDataParallel
 
 from .. import checkpoint as ckpt_format
-from ..data import augment, draw_augment_params, load_dataset, normalize
-from ..distributed import DistInfo, all_reduce_sum, barrier, init_distributed
+from ..data import load_dataset
+from ..distributed import DistInfo, barrier, init_distributed
 from ..evaluate.predict import evaluate_split
 from ..loss import CosineBeta
 from ..models import create_model
+from .batches import BatchSource
 from .config import DEFAULTS, ConfigError, validate_config
 from .methods import get_method
 from .optim import build_optimizer, build_scheduler
 from .run_dir import check_output_dir, new_run_dir, reconcile_best, resumed_run_dir
 from .run_log import RunLogger, format_results_table, results_dict, write_results
 from .speed import AMP_DTYPES, resolve_speed
+from .state import restore_training_state, training_state
+from .step import TrainStep
+from .sums import epoch_means, new_sums
 
 
 class TrainingDiverged(RuntimeError):
@@ -68,12 +65,7 @@ class Trainer:
         self.steps_per_epoch = len(self.data.train) // G
         if self.steps_per_epoch < 1:
             raise ConfigError(f"--batch-size {G} is larger than the training set ({len(self.data.train)} images)")
-        resident = self.device.type == "cuda" and cfg["data_on_device"] in ("auto", True)
-        if resident and cfg["data_on_device"] == "auto":  # datasets that fit live on the GPU
-            free, _ = torch.cuda.mem_get_info(self.device)
-            resident = self.data.train.images.numel() < free // 4
-        self.train_images = self.data.train.images.to(self.device) if resident else self.data.train.images
-        self.train_labels = self.data.train.labels.to(self.device) if resident else self.data.train.labels
+        self.batches = BatchSource(self.data, self.device, self.dist, cfg, self.speed["channels_last"])
 
         torch.manual_seed(cfg["seed"])
         self.model = create_model(cfg["model"], self.data.num_classes, self.data.in_channels, cfg["width"])
@@ -88,9 +80,11 @@ class Trainer:
         hint = self.method.uses_hint
         self.beta_sched = CosineBeta(cfg["beta_begin"] if hint else 0.0, cfg["beta_end"] if hint else 0.0, cfg["epochs"])
         self.beta_t = torch.zeros((), device=self.device)
-        self.ddp = (DistributedDataParallel(self.model, device_ids=[self.device.index] if self.device.type == "cuda"
-                                            else None) if self.dist.enabled else self.model)
-        self._fwd = torch.compile(self._forward_loss) if self.speed["compile"] else self._forward_loss
+        ddp = (DistributedDataParallel(self.model, device_ids=[self.device.index] if self.device.type == "cuda"
+                                       else None) if self.dist.enabled else self.model)
+        self.step = TrainStep(self.model, ddp, self.criterion, self.opt, self.sched, self.scaler, self.method,
+                              self.device, self.amp_dtype, self.dist, cfg["accum_steps"], self.speed["compile"])
+        self._fwd = self.step.forward_loss  # (loss, terms, correct) = _fwd(x, y, beta); tests may wrap it
 
         self.epoch, self.step_in_epoch, self.global_step = 0, 0, 0
         self.aug_state: Optional[torch.Tensor] = None
@@ -118,49 +112,8 @@ class Trainer:
             self._lock = None
 
     # ------------------------------------------------------------------------------------- the step
-    def _forward_loss(self, x: torch.Tensor, y: torch.Tensor, beta: torch.Tensor):
-        """Forward, loss and per-exit correct counts; no host sync (compiled as one graph with --compile)."""
-        with torch.autocast(self.device.type, dtype=self.amp_dtype or torch.bfloat16, enabled=self.amp_dtype is not None):
-            out = self.ddp(x, last_only=self.method.forward_exits == "last")
-            loss, terms = self.criterion(out, y, beta)
-        correct = (torch.stack(out.logits).argmax(-1) == y).sum(1).float()  # [computed exits], one op for all
-        missing = self.model.num_exits - correct.shape[0]  # exits the method did not compute count as 0
-        if missing:
-            correct = torch.cat([correct.new_zeros(missing), correct])
-        return loss, torch.cat([terms.ce.detach(), terms.kd.detach(), terms.feat.detach()]), correct
-
-    def _batch(self, gidx: torch.Tensor, off: torch.Tensor, flip: torch.Tensor):
-        r, w = self.dist.rank, self.dist.world_size
-        idx = gidx[r::w].to(self.train_images.device)
-        x = augment(self.train_images[idx], off[:, r::w], flip[r::w], self.data.crop_padding)
-        x = normalize(x, self.data.mean, self.data.std)
-        if self.speed["channels_last"]:
-            x = x.contiguous(memory_format=torch.channels_last)
-        return x, self.train_labels[idx].to(self.device, non_blocking=True)
-
     def _train_step(self, x: torch.Tensor, y: torch.Tensor) -> None:
-        accum = self.cfg["accum_steps"]
-        for j in range(accum):
-            xs, ys = (x, y) if accum == 1 else (x[j::accum], y[j::accum])
-            sync_ctx = self.ddp.no_sync() if (self.dist.enabled and j < accum - 1) else contextlib.nullcontext()
-            with sync_ctx:
-                loss, terms, correct = self._fwd(xs, ys, self.beta_t)
-                self.scaler.scale(loss / accum).backward()
-            n = ys.shape[0]
-            self.sums["loss"] += loss.detach() * n
-            self.sums["terms"] += terms * n
-            self.sums["correct"] += correct
-            self.sums["count"] += n
-            self.sums["nonfinite"] += (~torch.isfinite(loss.detach())).float()
-        self.scaler.step(self.opt)
-        self.scaler.update()
-        self.opt.zero_grad(set_to_none=True)
-        self.sched.step()
-
-    def _new_sums(self) -> Dict[str, torch.Tensor]:
-        n = self.model.num_exits
-        z = lambda *s: torch.zeros(*s, device=self.device, dtype=torch.float64)  # noqa: E731
-        return {"loss": z(()), "terms": z(3 * n - 1), "correct": z(n), "count": z(()), "nonfinite": z(())}
+        self.step(x, y, self.beta_t, self.sums, self._fwd)
 
     def _check_finite(self) -> None:
         if self.sums["nonfinite"].item() > 0:  # host sync only at logging points
@@ -172,10 +125,8 @@ class Trainer:
 
     def _step_at(self, perm: torch.Tensor, aug_gen: torch.Generator) -> None:
         """One optimizer step on global batch number `step_in_epoch` of this epoch's permutation."""
-        G, i = self.cfg["batch_size"], self.step_in_epoch
-        off, flip = draw_augment_params(G, self.data.crop_padding, self.data.hflip, aug_gen)
-        x, y = self._batch(perm[i * G:(i + 1) * G], off, flip)
-        self.beta_t.fill_(self.beta_sched(self.epoch + i / self.steps_per_epoch))
+        x, y = self.batches.batch(perm, self.step_in_epoch, aug_gen)
+        self.beta_t.fill_(self.beta_sched(self.epoch + self.step_in_epoch / self.steps_per_epoch))
         self._train_step(x, y)
         self.step_in_epoch += 1
         self.global_step += 1
@@ -183,7 +134,7 @@ class Trainer:
     def run_steps(self, n: int) -> None:
         """n training steps with no evaluation or checkpoints (benchmarks); wraps around the epoch."""
         if self.sums is None:
-            self.sums = self._new_sums()
+            self.sums = new_sums(self.model.num_exits, self.device)
         self.model.train()
         perm = torch.randperm(len(self.data.train), generator=torch.Generator().manual_seed(self.epoch))
         aug_gen = torch.Generator().manual_seed(self.global_step)
@@ -220,14 +171,12 @@ class Trainer:
     def _run_epoch(self) -> bool:
         """Trains the rest of the current epoch; True when stopped by Ctrl-C (checkpoint saved)."""
         cfg, G = self.cfg, self.cfg["batch_size"]
-        perm = torch.randperm(len(self.data.train), generator=torch.Generator().manual_seed(
-            cfg["seed"] * 1_000_003 + self.epoch))
-        aug_gen = torch.Generator().manual_seed(cfg["seed"] * 7919 + self.epoch + 1)
+        perm, aug_gen = self.batches.epoch_order(cfg["seed"], self.epoch)
         if self.aug_state is not None:
             aug_gen.set_state(self.aug_state)
             self.aug_state = None
         if self.sums is None:
-            self.sums = self._new_sums()
+            self.sums = new_sums(self.model.num_exits, self.device)
         self.model.train()
         t0, imgs0 = time.time(), self.step_in_epoch * G
         with self.log.progress(self.steps_per_epoch, self.step_in_epoch, f"epoch {self.epoch + 1}/{cfg['epochs']}",
@@ -273,16 +222,11 @@ class Trainer:
                               self.device, self.speed["channels_last"], self.amp_dtype, self.dist)
 
     def _end_epoch(self, images_per_s: float, epoch_time: float) -> None:
-        n = self.model.num_exits
-        s = {k: all_reduce_sum(v.clone(), self.dist) for k, v in self.sums.items()}
-        cnt = s["count"].item()
-        terms = (s["terms"] / cnt).tolist()
+        train = epoch_means(self.sums, self.model.num_exits, self.dist)
         val = self._eval(self.data.val)
         row = {
             "epoch": self.epoch + 1, "step": self.global_step, "lr": self.opt.param_groups[0]["lr"],
-            "beta": float(self.beta_t), "train_loss": (s["loss"] / cnt).item(),
-            "train_ce": terms[:n], "train_kd": terms[n:2 * n], "train_feat": terms[2 * n:],
-            "train_acc": (s["correct"] * 100.0 / cnt).tolist(), "val_acc": val["exits"],
+            "beta": float(self.beta_t), **train, "val_acc": val["exits"],
             "val_ensemble": val["ensemble"], "images_per_s": images_per_s * self.dist.world_size,
             "epoch_time_s": epoch_time,
         }
@@ -307,28 +251,11 @@ class Trainer:
     # ------------------------------------------------------------------------------- checkpoints
     def _save(self, name: str) -> None:
         if self.dist.is_main:
-            state = ckpt_format.pack(
-                config={k: v for k, v in self.cfg.items() if k != "_sources"}, model_name=self.cfg["model"],
-                num_classes=self.data.num_classes, in_channels=self.data.in_channels, width=self.cfg["width"],
-                dataset=self.cfg["dataset"], model=self.model.state_dict(), optimizer=self.opt.state_dict(),
-                scheduler=self.sched.state_dict(), scaler=self.scaler.state_dict(), epoch=self.epoch,
-                step_in_epoch=self.step_in_epoch, global_step=self.global_step, aug_state=self.aug_state,
-                sums=None if self.sums is None else {k: v.cpu() for k, v in self.sums.items()},
-                rng=ckpt_format.rng_state(), history=self.history, best=self.best, wall_s=self._wall(), cost=self.cost)
-            ckpt_format.atomic_save(state, self.run_dir / name)
+            ckpt_format.atomic_save(training_state(self), self.run_dir / name)
         barrier(self.dist)
 
     def _load(self, path) -> None:
-        ckpt = ckpt_format.load_checkpoint(pathlib.Path(path))
-        self.model.load_state_dict(ckpt["model"])
-        self.opt.load_state_dict(ckpt["optimizer"])
-        self.sched.load_state_dict(ckpt["scheduler"])
-        self.scaler.load_state_dict(ckpt["scaler"])
-        self.epoch, self.step_in_epoch, self.global_step = ckpt["epoch"], ckpt["step_in_epoch"], ckpt["global_step"]
-        self.aug_state = ckpt["aug_state"]
-        self.sums = None if ckpt["sums"] is None else {k: v.to(self.device) for k, v in ckpt["sums"].items()}
-        self.history, self.best, self.wall_before = ckpt["history"], ckpt["best"], ckpt["wall_s"]
-        ckpt_format.set_rng_state(ckpt["rng"])
+        restore_training_state(self, ckpt_format.load_checkpoint(pathlib.Path(path)))
         if self.dist.is_main:
             reconcile_best(self.run_dir, pathlib.Path(path), self.best.get("epoch"), self.epoch, self.step_in_epoch)
             print(f"[msd_fast] resumed {self.run_dir} at epoch {self.epoch + 1}, step {self.step_in_epoch}")

@@ -1,0 +1,49 @@
+"""The training configuration's keys: code defaults (every key is a CLI flag `--key-name` and a YAML key),
+choices, help texts, and which keys may change when a run is resumed."""
+from typing import Any, Dict
+
+from ..data.datasets import DATASETS
+from ..loss import defaults as loss_defaults
+
+DEFAULT_PRESET = "fashion_mnist_cpu"
+
+DEFAULTS: Dict[str, Any] = {
+    # data
+    "dataset": "fashion-mnist", "data_dir": None, "val_size": None, "train_subset": 0, "split_seed": 0,
+    # model
+    "model": "resnet18", "width": 1.0,
+    # method and loss
+    "method": "msd", "alpha": loss_defaults.ALPHA, "temperature": loss_defaults.TEMPERATURE,
+    "beta_begin": loss_defaults.BETA_BEGIN, "beta_end": loss_defaults.BETA_END, "loss_backend": "auto",
+    # optimisation
+    "epochs": 3, "batch_size": 128, "accum_steps": 1, "lr": 0.1, "momentum": 0.9, "nesterov": True,
+    "weight_decay": 5e-4, "lr_schedule": "cosine", "milestones": [], "gamma": 0.1, "warmup_epochs": 0.0,
+    # speed (auto: per device)
+    "device": "auto", "amp": "auto", "channels_last": "auto", "compile": "auto", "data_on_device": "auto",
+    "num_threads": 0,
+    "eval_batch_size": 1000,
+    # bookkeeping
+    "seed": 0, "out_dir": "runs", "run_name": None, "best_metric": "mean", "log_interval": 50,
+    "progress": True, "tensorboard": True, "max_steps": 0,
+}
+
+CHOICES = {"loss_backend": ("auto", "reference", "cpp", "triton"),
+           "amp": ("auto", "none", "bf16", "fp16"), "lr_schedule": ("cosine", "multistep"),
+           "best_metric": ("mean", "last"), "dataset": DATASETS}
+TRISTATE = ("channels_last", "compile", "data_on_device")  # auto | true | false
+
+HELP = {
+    "best_metric": "which validation accuracy picks the 'best' checkpoint: mean over exits, or the last exit",
+    "train_subset": "keep only this many training images (0 = all), for quick runs",
+    "accum_steps": "split each global batch into this many micro-batches (gradients averaged)",
+    "data_on_device": "on CUDA, hold the training set on the GPU and augment there (auto: when it fits)",
+    "max_steps": "stop after this many optimizer steps in total (0 = no limit; for smoke tests)",
+    "val_size": "images held out of the training set for validation (default 5000; synthetic 512)",
+}
+
+
+# Flags that may change when a run is resumed: they do not change what the run computes up to where it
+# stopped (epochs extends or shortens the schedule from there on). Any other flag given with --resume
+# must equal the run's value, or the resume is refused.
+RESUME_FLAGS = ("epochs", "max_steps", "progress", "tensorboard", "log_interval", "num_threads",
+                "eval_batch_size", "data_dir")

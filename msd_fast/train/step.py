@@ -1,0 +1,43 @@
+"""One optimizer step: forward of the multi-exit model and the method's criterion under autocast (compiled
+as one graph with compile=True), backward with gradient scaling, micro-batches under accumulation / DDP,
+optimizer and LR-schedule step. No host sync anywhere: metrics accumulate on the device."""
+import contextlib
+
+import torch
+
+from .sums import accumulate
+
+
+class TrainStep:
+    def __init__(self, model, ddp, criterion, opt, sched, scaler, method, device, amp_dtype, dist, accum_steps,
+                 compile: bool):
+        self.model, self.ddp, self.criterion, self.method = model, ddp, criterion, method
+        self.opt, self.sched, self.scaler = opt, sched, scaler
+        self.device, self.amp_dtype, self.dist, self.accum = device, amp_dtype, dist, accum_steps
+        self.forward_loss = torch.compile(self._forward_loss) if compile else self._forward_loss
+
+    def _forward_loss(self, x: torch.Tensor, y: torch.Tensor, beta: torch.Tensor):
+        """Forward, loss and per-exit correct counts: (loss, terms [3N-1], correct [N])."""
+        with torch.autocast(self.device.type, dtype=self.amp_dtype or torch.bfloat16, enabled=self.amp_dtype is not None):
+            out = self.ddp(x, last_only=self.method.forward_exits == "last")
+            loss, terms = self.criterion(out, y, beta)
+        correct = (torch.stack(out.logits).argmax(-1) == y).sum(1).float()  # [computed exits], one op for all
+        missing = self.model.num_exits - correct.shape[0]  # exits the method did not compute count as 0
+        if missing:
+            correct = torch.cat([correct.new_zeros(missing), correct])
+        return loss, torch.cat([terms.ce.detach(), terms.kd.detach(), terms.feat.detach()]), correct
+
+    def __call__(self, x: torch.Tensor, y: torch.Tensor, beta: torch.Tensor, sums, forward_loss=None) -> None:
+        fwd = forward_loss or self.forward_loss
+        accum = self.accum
+        for j in range(accum):
+            xs, ys = (x, y) if accum == 1 else (x[j::accum], y[j::accum])
+            sync_ctx = self.ddp.no_sync() if (self.dist.enabled and j < accum - 1) else contextlib.nullcontext()
+            with sync_ctx:
+                loss, terms, correct = fwd(xs, ys, beta)
+                self.scaler.scale(loss / accum).backward()
+            accumulate(sums, loss, terms, correct, ys.shape[0])
+        self.scaler.step(self.opt)
+        self.scaler.update()
+        self.opt.zero_grad(set_to_none=True)
+        self.sched.step()
