@@ -1,4 +1,5 @@
-// 16-lane float vectors (GCC/Clang vector extensions) and a branch-free vector exp for the CPU kernels.
+// Float vectors of the target's width (GCC/Clang vector extensions) and a branch-free vector exp for the
+// CPU kernels.
 //
 // Why not `#pragma omp simd` loops: at the training shapes (C = 10..1000 classes per row) the compiler's
 // generic loops spent more time in prologues, masked epilogues, spilled reductions and scalar exp
@@ -11,11 +12,20 @@
 #include <limits>
 #include <type_traits>
 
-namespace msd_fast::simd {
+#ifndef MSD_FAST_ISA
+#error "simd16.h is included by fused_cpu_kernel.h, inside an instruction-set namespace"
+#endif
+namespace msd_fast::MSD_FAST_ISA::simd {
 
-typedef float vf16 __attribute__((vector_size(64)));
-typedef int32_t vi16 __attribute__((vector_size(64)));
-constexpr int64_t kLanes = 16;
+// One vector = the target's register width: 16 floats with AVX-512, 8 with AVX2, 4 with SSE
+// (MSD_FAST_NATIVE_LANES, set by the instruction-set TU). Wider generic vectors than the registers made GCC
+// route compares and shuffles through the stack (the AVX2 build ran 5x slower than AVX-512).
+#ifndef MSD_FAST_NATIVE_LANES
+#define MSD_FAST_NATIVE_LANES 16
+#endif
+constexpr int64_t kLanes = MSD_FAST_NATIVE_LANES;
+typedef float vf16 __attribute__((vector_size(4 * MSD_FAST_NATIVE_LANES)));
+typedef int32_t vi16 __attribute__((vector_size(4 * MSD_FAST_NATIVE_LANES)));
 
 inline vf16 splat(float x) { return vf16{} + x; }
 
@@ -27,10 +37,10 @@ inline vf16 load(const float* p) {
 
 inline void store(float* p, vf16 v) { std::memcpy(p, &v, sizeof(v)); }
 
-// bfloat16 <-> float, 16 lanes: bf16 is the top half of a float, so widening is a shift; narrowing rounds
+// bfloat16 <-> float, one vector: bf16 is the top half of a float, so widening is a shift; narrowing rounds
 // to nearest even (NaN -> 0x7FC0), bit-identical to c10::BFloat16's scalar conversion.
-typedef uint16_t vbf16 __attribute__((vector_size(32)));
-typedef uint32_t vbits16 __attribute__((vector_size(64)));
+typedef uint16_t vbf16 __attribute__((vector_size(2 * MSD_FAST_NATIVE_LANES)));
+typedef uint32_t vbits16 __attribute__((vector_size(4 * MSD_FAST_NATIVE_LANES)));
 
 inline vf16 load_bf16(const void* p) {
   vbf16 h;
@@ -52,20 +62,29 @@ inline void store_bf16(void* p, vf16 v) {
 
 inline vf16 vmax(vf16 a, vf16 b) { return a > b ? a : b; }
 
-// Horizontal reductions as trees of halving shuffles (4 dependent steps instead of a 15-add chain:
+// Horizontal reductions as trees of halving shuffles (log2(lanes) dependent steps instead of an add chain:
 // these run several times per row, and at C ~ 100 the chains cost as much as the row's arithmetic).
 template <typename V, typename Op>
 inline auto reduce_tree(V v, Op op) {
   typedef decltype(v[0]) E0;
   typedef std::remove_cv_t<std::remove_reference_t<E0>> E;
-  typedef E V8 __attribute__((vector_size(32)));
-  typedef E V4 __attribute__((vector_size(16)));
-  typedef E V2 __attribute__((vector_size(8)));
-  const V8 a = op(__builtin_shufflevector(v, v, 0, 1, 2, 3, 4, 5, 6, 7),
-                  __builtin_shufflevector(v, v, 8, 9, 10, 11, 12, 13, 14, 15));
-  const V4 b = op(__builtin_shufflevector(a, a, 0, 1, 2, 3), __builtin_shufflevector(a, a, 4, 5, 6, 7));
-  const V2 c = op(__builtin_shufflevector(b, b, 0, 1), __builtin_shufflevector(b, b, 2, 3));
-  return op(c[0], c[1]);
+  constexpr int n = sizeof(V) / sizeof(E);
+  typedef E V8 __attribute__((vector_size(8 * sizeof(E))));
+  typedef E V4 __attribute__((vector_size(4 * sizeof(E))));
+  typedef E V2 __attribute__((vector_size(2 * sizeof(E))));
+  if constexpr (n == 16) {
+    const V8 a = op(__builtin_shufflevector(v, v, 0, 1, 2, 3, 4, 5, 6, 7),
+                    __builtin_shufflevector(v, v, 8, 9, 10, 11, 12, 13, 14, 15));
+    return reduce_tree(a, op);
+  } else if constexpr (n == 8) {
+    const V4 b = op(__builtin_shufflevector(v, v, 0, 1, 2, 3), __builtin_shufflevector(v, v, 4, 5, 6, 7));
+    return reduce_tree(b, op);
+  } else if constexpr (n == 4) {
+    const V2 c = op(__builtin_shufflevector(v, v, 0, 1), __builtin_shufflevector(v, v, 2, 3));
+    return op(c[0], c[1]);
+  } else {
+    static_assert(n == 16 || n == 8 || n == 4, "vectors of 4, 8 or 16 lanes");
+  }
 }
 
 inline float hsum(vf16 v) {
@@ -108,4 +127,4 @@ inline vf16 vexp(vf16 x) {
   return x != x ? x : y;
 }
 
-}  // namespace msd_fast::simd
+}  // namespace msd_fast::MSD_FAST_ISA::simd

@@ -26,7 +26,7 @@ fi
 
 # The CUDA toolkit, when present, lets setup.py build the .cu sources too (compile-and-link only here).
 if [ -z "${CUDA_HOME:-}" ] && [ -x /usr/local/cuda/bin/nvcc ]; then export CUDA_HOME=/usr/local/cuda; fi
-build_stamp="$(cat setup.py pyproject.toml csrc/* | sha1sum | cut -c1-40)-${CUDA_HOME:-nocuda}-${MSD_FAST_SKIP_EXT:-0}-${MSD_FAST_NO_CUDA:-0}-${MSD_FAST_MARCH:-native}"
+build_stamp="$(cat setup.py pyproject.toml csrc/* | sha1sum | cut -c1-40)-${CUDA_HOME:-nocuda}-${MSD_FAST_SKIP_EXT:-0}-${MSD_FAST_NO_CUDA:-0}-${MSD_FAST_MARCH:-portable}"
 if [ "$(cat "$ROOT/.build-stamp" 2>/dev/null || true)" != "$build_stamp" ] \
    || { [ "${MSD_FAST_SKIP_EXT:-0}" != 1 ] && ! ls "$ROOT"/msd_fast/_C*.so >/dev/null 2>&1; }; then
   echo "[setup] building msd_fast (C++ extension${CUDA_HOME:+ with CUDA sources}; nvcc takes a few minutes)"

@@ -191,3 +191,58 @@ def test_cpp_bfloat16_rounds_like_torch(C, D):
     for a, b in zip(g16, g32):
         assert a.dtype == torch.bfloat16
         assert torch.equal(a, b.to(torch.bfloat16))
+
+
+def _cpu_flags():
+    try:
+        with open("/proc/cpuinfo") as fh:
+            return set(next(line for line in fh if line.startswith("flags")).split(":", 1)[1].split())
+    except (OSError, StopIteration):
+        return set()
+
+
+@pytest.mark.parametrize("isa", ["avx512", "avx2", "baseline"])
+def test_every_instruction_set_variant_matches_the_reference(isa):
+    """One build carries the kernel for AVX-512, AVX2 and baseline x86-64 and picks one at run time
+    (MSD_FAST_CPU_ISA forces one): each must give the reference's loss and gradients, bf16/fp16 included."""
+    import os
+    import subprocess
+    import sys
+    import textwrap
+
+    need = {"avx512": {"avx512f", "avx512bw", "avx512dq", "avx512vl"}, "avx2": {"avx2", "fma"}, "baseline": set()}[isa]
+    if not need <= _cpu_flags():
+        pytest.skip(f"this CPU lacks {sorted(need - _cpu_flags())}")
+    code = textwrap.dedent("""
+        import torch
+        from msd_fast import _ext, msd_loss
+        assert _ext._EXT.cpu_isa() == "%s", _ext._EXT.cpu_isa()
+        g = torch.Generator().manual_seed(0)
+        for dt, tol in ((torch.float32, 1e-5), (torch.bfloat16, 2e-2), (torch.float16, 2e-3)):
+            for N, B, C, D, tau in ((2, 3, 2, 1, 2.5), (4, 33, 100, 40, 3.0), (7, 5, 1001, 17, 1.0)):
+                z = (3 * torch.randn(N, B, C, generator=g)).to(dt)
+                f = torch.randn(N, B, D, generator=g).to(dt)
+                y = torch.randint(0, C, (B,), generator=g)
+                out = []
+                for backend in ("cpp", "reference"):
+                    zz, ff = z.clone().requires_grad_(), f.clone().requires_grad_()
+                    loss = msd_loss(zz, y, ff, temperature=tau, beta=0.2, backend=backend)
+                    out.append((loss, *torch.autograd.grad(loss, [zz, ff])))
+                for a, b in zip(*out):
+                    torch.testing.assert_close(a.float(), b.float(), rtol=tol, atol=tol)
+        print("ok")
+    """ % isa)
+    env = {**os.environ, "MSD_FAST_CPU_ISA": isa}
+    r = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0 and r.stdout.strip().endswith("ok"), r.stderr[-3000:]
+
+
+def test_a_bad_isa_override_is_a_clear_error():
+    import os
+    import subprocess
+    import sys
+
+    code = "import torch, msd_fast; msd_fast.msd_loss(torch.randn(2, 3, 4), torch.zeros(3, dtype=torch.long), backend='cpp')"
+    r = subprocess.run([sys.executable, "-c", code], env={**os.environ, "MSD_FAST_CPU_ISA": "sse9"},
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode != 0 and "MSD_FAST_CPU_ISA must be avx512, avx2 or baseline, got 'sse9'" in r.stderr

@@ -1,0 +1,35 @@
+// The interface between msd_ops.cpp (torch side) and the per-instruction-set CPU kernels: plain types
+// only, so the kernel TUs include no torch header.
+#pragma once
+#include <cstdint>
+
+namespace msd_fast {
+namespace cpu {
+
+enum class DType { F32, BF16, F16 };
+
+struct KernelArgs {
+  const void* z;          // [N, B, C] logits
+  const int64_t* y;       // [B] targets
+  const void* feats;      // [N, B, D] features or nullptr
+  float* partials;        // [3, N, B] out: per-sample CE, KD, FEAT
+  void* grad_z;           // [N, B, C] out
+  void* grad_f;           // [N, B, D] out (when feats)
+  int64_t N, B, C, D;
+  float inv_tau, g_ce, g_kd, kd_scale, g_feat;
+  bool teacher_last;
+  int tau_int;            // tau when it is an integer in 1..4 (one exp per element), else 0
+  DType dtype;
+};
+
+static inline int64_t padded(int64_t C) { return (C + 15) / 16 * 16; }
+static inline int64_t scratch_floats(int64_t N, int64_t C) { return 2 * N * padded(C) + padded(C) + 4 * N; }
+
+// Samples [b0, b1) of the batch; scratch holds scratch_floats(N, C) floats.
+using RunSamples = void (*)(const KernelArgs&, int64_t b0, int64_t b1, float* scratch);
+namespace avx512 { void run_samples(const KernelArgs&, int64_t, int64_t, float*); }
+namespace avx2 { void run_samples(const KernelArgs&, int64_t, int64_t, float*); }
+namespace baseline { void run_samples(const KernelArgs&, int64_t, int64_t, float*); }
+
+}  // namespace cpu
+}  // namespace msd_fast

@@ -1,0 +1,12 @@
+// The fused CPU loss kernel for x86-64-v3 (AVX2, FMA, F16C, BMI2); msd_ops.cpp calls it only on CPUs that have it.
+// System headers come before the target pragma, so only this file's own code is compiled for it.
+#include <cstdint>
+#include <cstring>
+#include <limits>
+#include <type_traits>
+#pragma GCC push_options
+#pragma GCC target("arch=x86-64-v3")
+#define MSD_FAST_NATIVE_LANES 8
+#define MSD_FAST_ISA cpu::avx2
+#include "fused_cpu_kernel.h"
+#pragma GCC pop_options
