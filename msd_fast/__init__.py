@@ -1,16 +1,39 @@
-"""msd_fast: fast Multi-Self-Distillation training for multi-exit networks."""
+"""msd_fast: fast Multi-Self-Distillation training for multi-exit networks.
+
+The loss (imported eagerly): msd_loss, MSDLoss, MSDTerms, CosineBeta, reference_msd_terms, defaults.
+Everything else is imported on first use, so `import msd_fast` stays light:
+  models:   create_model, list_models, register_model, attach_exits, load_model, export_weights, load_exported
+  data:     from_tensors, from_torch, load_dataset
+  training: Trainer, train_config (the config keys and their defaults)
+  early exit / evaluation: EarlyExit, evaluate_checkpoints
+"""
 from .loss import CosineBeta, MSDLoss, MSDTerms, defaults, msd_loss, reference_msd_terms
 
 __version__ = "0.1.0"
 
+_LAZY = {
+    "create_model": "models", "list_models": "models", "register_model": "models", "attach_exits": "models",
+    "load_model": "models", "export_weights": "models", "load_exported": "models",
+    "from_tensors": "data", "from_torch": "data", "load_dataset": "data",
+    "Trainer": "train", "EarlyExit": "evaluate",
+}
 
-def __getattr__(name):  # models are imported on first use so `import msd_fast` stays light
-    if name in ("create_model", "list_models"):
-        from . import models
 
-        return getattr(models, name)
+def __getattr__(name):
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
+    if name == "train_config":
+        from .train.config import DEFAULTS
+
+        return dict(DEFAULTS)
+    if name == "evaluate_checkpoints":
+        from .evaluate.run import evaluate_checkpoints
+
+        return evaluate_checkpoints
     raise AttributeError(f"module 'msd_fast' has no attribute {name!r}")
 
 
-__all__ = ["msd_loss", "MSDLoss", "MSDTerms", "CosineBeta", "reference_msd_terms", "defaults",
-           "create_model", "list_models"]
+__all__ = ["msd_loss", "MSDLoss", "MSDTerms", "CosineBeta", "reference_msd_terms", "defaults", *_LAZY,
+           "train_config", "evaluate_checkpoints"]

@@ -21,7 +21,7 @@ def _grads(loss, tensors):
 def test_reference_matches_bruteforce(N, C, teacher, detach, with_features):
     B, D = 7, 5
     z, y, f = make_inputs(N, B, C, D if with_features else 0, dtype=torch.float64)
-    kw = dict(alpha=0.7, temperature=2.5, beta=0.3)
+    kw = dict(alpha=0.7, temperature=2.5, beta=0.3, feature_reduction="sum")  # the brute force sums over D
     want = brute_msd_loss(list(z.unbind(0)), y, None if f is None else list(f.unbind(0)),
                           kw["alpha"], kw["temperature"], kw["beta"], teacher, detach)
     for stacked in (True, False):
@@ -37,7 +37,7 @@ def test_reference_matches_bruteforce(N, C, teacher, detach, with_features):
 def test_terms_match_bruteforce(teacher):
     z, y, f = make_inputs(4, 7, 10, 6, dtype=torch.float64)
     _, terms = msd_loss(z, y, f, alpha=0.5, temperature=3.0, beta=0.1, teacher=teacher,
-                        backend="reference", return_terms=True)
+                        backend="reference", return_terms=True, feature_reduction="sum")
     ce, kd, feat = brute_msd_terms(list(z), y, list(f), 3.0, teacher, True)
     assert terms.ce.shape == (4,) and terms.kd.shape == (4,) and terms.feat.shape == (3,)
     torch.testing.assert_close(terms.ce, ce)
@@ -157,3 +157,25 @@ def test_compile_fullgraph_no_sync(backend):
     torch.testing.assert_close(got, step(z, f, torch.tensor(0.2)))
     gz, = torch.autograd.grad(got, z)
     torch.testing.assert_close(gz, torch.autograd.grad(step(z, f, torch.tensor(0.2)), z)[0])
+
+
+@pytest.mark.parametrize("backend", ["reference", "cpp"])
+def test_feature_reduction_mean_is_sum_over_d_with_beta_over_d(backend):
+    """The default hint is the mean over D: the same loss (values, terms and gradients) as the sum over D
+    with beta / D, on every backend."""
+    from msd_fast import _ext
+
+    if backend == "cpp" and not _ext.available():
+        pytest.skip("extension not built")
+    dt = torch.float64 if backend == "reference" else torch.float32
+    z, y, f = make_inputs(4, 7, 10, 24, dtype=dt)
+    z.requires_grad_()
+    f.requires_grad_()
+    a, ta = msd_loss(z, y, f, beta=2.4, backend=backend, return_terms=True)
+    b, tb = msd_loss(z, y, f, beta=2.4 / 24, backend=backend, return_terms=True, feature_reduction="sum")
+    torch.testing.assert_close(a, b)
+    torch.testing.assert_close(ta.feat * 24, tb.feat)
+    for g, h in zip(_grads(a, [z, f]), _grads(b, [z, f])):
+        torch.testing.assert_close(g, h)
+    want = (f[:-1] - f[-1].detach()).pow(2).mean((1, 2))  # mean over batch and D: F.mse_loss per exit
+    torch.testing.assert_close(ta.feat, want.detach().to(ta.feat.dtype), rtol=1e-5, atol=1e-6)

@@ -31,8 +31,9 @@ def augment(images: Tensor, off: Tensor, flip: Tensor, padding: int) -> Tensor:
     return torch.where(flip.view(B, 1, 1, 1), images.flip(3), images)
 
 
-def normalize(images_u8: Tensor, mean: Sequence[float], std: Sequence[float], dtype=torch.float32) -> Tensor:
-    x = images_u8.to(dtype).div_(255.0)
+def normalize(images: Tensor, mean: Sequence[float], std: Sequence[float], dtype=torch.float32) -> Tensor:
+    """uint8 images (0..255) or float images (0..1) -> (x - mean) / std in `dtype`."""
+    x = images.to(dtype).div_(255.0) if images.dtype == torch.uint8 else images.to(dtype)
     m = torch.tensor(mean, device=x.device, dtype=dtype).view(1, -1, 1, 1)
     s = torch.tensor(std, device=x.device, dtype=dtype).view(1, -1, 1, 1)
     return (x - m) / s

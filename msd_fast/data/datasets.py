@@ -28,7 +28,7 @@ CIFAR_HELP = ("{name} is read from the standard python-pickle release ({archive}
 
 @dataclass
 class Split:
-    images: torch.Tensor   # [N, C, H, W] uint8
+    images: torch.Tensor   # [N, C, H, W] uint8 (0..255) or float32 (0..1)
     labels: torch.Tensor   # [N] int64
 
     def __len__(self) -> int:

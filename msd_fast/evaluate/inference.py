@@ -20,13 +20,17 @@ def _select(state, keep: Tensor):
     return [s.index_select(0, keep) for s in state]
 
 
+def _thresholds(model, thresholds: Sequence[float]) -> List[float]:
+    if len(thresholds) != model.num_exits:
+        raise ValueError(f"thresholds: need one per exit ({model.num_exits}), got {len(thresholds)}")
+    return [float(t) for t in thresholds]
+
+
 class EarlyExit(nn.Module):
     def __init__(self, model, thresholds: Sequence[float]):
         super().__init__()
-        if len(thresholds) != model.num_exits:
-            raise ValueError(f"thresholds: need one per exit ({model.num_exits}), got {len(thresholds)}")
         self.model = model
-        self.thresholds: List[float] = [float(t) for t in thresholds]
+        self.thresholds: List[float] = _thresholds(model, thresholds)
 
     @torch.no_grad()
     def forward(self, x: Tensor):
@@ -51,3 +55,41 @@ class EarlyExit(nn.Module):
             alive = alive[stay]
             state = _select(state, stay)
         return preds, exit_idx
+
+
+class ExportableEarlyExit(nn.Module):
+    """Early exit for one image at a time, written with torch.cond so that `torch.export` can capture it
+    (EarlyExit's data-dependent batch shapes cannot be exported). Exit k's branch runs only when the
+    sample did not leave earlier, so the exported program saves compute exactly like EarlyExit.
+
+        prog = torch.export.export(ExportableEarlyExit(model, thresholds), (x[:1],))
+        pred, exit_index = prog.module()(x[:1])      # [1] each; equal to EarlyExit(model, thresholds)(x[:1])
+    """
+
+    def __init__(self, model, thresholds: Sequence[float]):
+        super().__init__()
+        self.model = model
+        self.thresholds: List[float] = _thresholds(model, thresholds)
+
+    def _from(self, k: int, state):
+        state = self.model.stage(k, state)
+        logits, _ = self.model.head(k, state)
+        conf, pred = logits.float().softmax(-1).max(-1)
+        if k == self.model.num_exits - 1:
+            return pred, torch.full_like(pred, k)
+        leave = conf.squeeze(0) >= self.thresholds[k]
+
+        def stop(p, s):
+            return p.clone(), torch.full_like(p, k)
+
+        def go_on(p, s):
+            return self._from(k + 1, s)
+
+        return torch.cond(leave, stop, go_on, (pred, state))
+
+    def forward(self, x: Tensor):
+        """x [1, C, H, W] -> (prediction [1], exit index [1], 0-based). Not wrapped in no_grad (a grad-mode
+        region inside torch.cond breaks torch.export): call it under torch.inference_mode() when eager."""
+        if x.shape[0] != 1:
+            raise ValueError(f"x: ExportableEarlyExit takes one image ([1, C, H, W]), got a batch of {x.shape[0]}")
+        return self._from(0, x)

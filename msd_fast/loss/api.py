@@ -4,7 +4,8 @@
 
 CE_n: batch-mean cross-entropy of exit n. KD_n = tau^2 / |T(n)| * sum_{j in T(n)} mean_b KL(q_j || q_n),
 q = softmax(z / tau) (PyTorch's reduction="batchmean", times tau^2), T(n) = every other exit
-(teacher="all", MSD) or the deepest exit (teacher="last", BYOT; KD_N = 0). FEAT_n = mean_b ||F_n - F_N||^2.
+(teacher="all", MSD) or the deepest exit (teacher="last", BYOT; KD_N = 0). FEAT_n = mean_b (1/D) ||F_n - F_N||^2
+(feature_reduction="mean", the default; "sum" drops the 1/D).
 With detach_teacher=True (default) the teacher side q_j of every KL and the hint target F_N are
 stop-gradient constants.
 """
@@ -53,13 +54,17 @@ def msd_loss(logits: Union[Tensor, Sequence[Tensor]], target: Tensor,
              alpha: float = defaults.ALPHA, temperature: float = defaults.TEMPERATURE,
              beta: Union[float, Tensor] = defaults.BETA_BEGIN, teacher: str = "all",
              detach_teacher: bool = True, backend: str = "auto", validate: bool = True,
-             return_terms: bool = False):
+             return_terms: bool = False, label_smoothing: float = 0.0, ignore_index: Optional[int] = None,
+             feature_reduction: str = defaults.FEATURE_REDUCTION):
     """Multi-Self-Distillation loss over N >= 2 exits.
 
     Args:
         logits: N tensors [B, C] (shallow to deep) or one tensor [N, B, C]; fp32, fp16, bf16 or fp64.
-        target: int64 class indices [B].
+        target: int64 class indices [B], or soft targets [B, C] (probabilities, any float dtype).
         features: None (no hint term), N tensors [B, D] or one [N, B, D]: each exit's pre-FC feature.
+        feature_reduction: "mean" (default): FEAT_n = mean_b (1/D) ||F_n - F_N||^2, a hint whose scale does
+            not depend on the feature width; "sum": mean_b ||F_n - F_N||^2 (the paper's equation as
+            written; the same loss with beta scaled by D).
         alpha: weight of KD against CE, in [0, 1]. temperature: tau > 0. beta: hint weight >= 0 (a
             float or a scalar tensor, e.g. from `CosineBeta`).
         teacher: "all" (MSD) or "last" (BYOT). detach_teacher: stop-gradient on teachers and F_N.
@@ -71,28 +76,41 @@ def msd_loss(logits: Union[Tensor, Sequence[Tensor]], target: Tensor,
             hot loops.
         return_terms: also return `MSDTerms`. With the reference backend the terms are differentiable;
             with the fused backends they are detached (for logging).
+        label_smoothing: eps in [0, 1]: CE_n becomes (1 - eps) CE_n + eps mean_c(-log p_n), as in
+            torch.nn.functional.cross_entropy. ignore_index: samples whose target equals it leave the CE
+            mean (KD and the hint still use them: they need no label). Soft targets, label smoothing and
+            ignore_index run on the reference backend (the fused kernels take plain class indices; "auto"
+            switches with a one-time note, an explicitly named fused backend raises).
 
     Returns:
         A scalar loss: float32 (float64 for float64 inputs); gradients flow back in the input dtype.
     """
-    check_hparams(alpha, temperature, beta, teacher, validate)
-    z, y, f = normalize_inputs(logits, target, features, validate)
+    check_hparams(alpha, temperature, beta, teacher, validate, label_smoothing, ignore_index)
+    if feature_reduction not in ("mean", "sum"):
+        raise ValueError(f"feature_reduction must be 'mean' or 'sum', got {feature_reduction!r}")
+    z, y, f = normalize_inputs(logits, target, features, validate, ignore_index)
     N = z.shape[0]
-    name = resolve_backend(backend, z.device, z.dtype, detach_teacher, N, teacher)
+    # "mean" is "sum" with the hint weighted by 1/D: the kernels compute the sum over D.
+    feat_scale = 1.0 / f.shape[2] if (f is not None and feature_reduction == "mean" and f.shape[2] > 0) else 1.0
+    plain = not y.is_floating_point() and not label_smoothing and ignore_index is None
+    name = resolve_backend(backend, z.device, z.dtype, detach_teacher, N, teacher, plain)
     if name == "reference":
         with torch.autocast(device_type=z.device.type, enabled=False):
-            ce, kd, feat = reference_msd_terms(z, y, f, temperature, teacher, detach_teacher)
+            ce, kd, feat = reference_msd_terms(z, y, f, temperature, teacher, detach_teacher, label_smoothing,
+                                               ignore_index)
+            feat = feat * feat_scale
             total = combine_terms(ce, kd, feat, alpha, beta)
         terms = MSDTerms(ce, kd, feat)
     else:
         z = z.contiguous()
         if f is not None:
             f = f.to(z.dtype).contiguous()
-        total, per_exit = run_fused(z, y.contiguous(), f, _weights(alpha, beta, z.device),
+        total, per_exit = run_fused(z, y.contiguous(), f, _weights(alpha, beta * feat_scale if feat_scale != 1.0 else beta,
+                                                                   z.device),
                                     float(temperature), teacher == "last")
         if not return_terms:
             return total
-        terms = MSDTerms(per_exit[0], per_exit[1], per_exit[2, : N - 1])
+        terms = MSDTerms(per_exit[0], per_exit[1], per_exit[2, : N - 1] * feat_scale)
     return (total, terms) if return_terms else total
 
 
@@ -102,17 +120,23 @@ class MSDLoss(nn.Module):
 
     def __init__(self, alpha: float = defaults.ALPHA, temperature: float = defaults.TEMPERATURE,
                  beta: float = defaults.BETA_BEGIN, teacher: str = "all", detach_teacher: bool = True,
-                 backend: str = "auto", validate: bool = True):
+                 backend: str = "auto", validate: bool = True, label_smoothing: float = 0.0,
+                 ignore_index: Optional[int] = None, feature_reduction: str = defaults.FEATURE_REDUCTION):
         super().__init__()
-        check_hparams(alpha, temperature, beta, teacher, True)
+        check_hparams(alpha, temperature, beta, teacher, True, label_smoothing, ignore_index)
         self.alpha, self.temperature, self.beta = float(alpha), float(temperature), beta
         self.teacher, self.detach_teacher, self.backend, self.validate = teacher, detach_teacher, backend, validate
+        if feature_reduction not in ("mean", "sum"):
+            raise ValueError(f"feature_reduction must be 'mean' or 'sum', got {feature_reduction!r}")
+        self.label_smoothing, self.ignore_index = float(label_smoothing), ignore_index
+        self.feature_reduction = feature_reduction
 
     def forward(self, logits, target, features=None, *, beta=None, return_terms: bool = False):
         return msd_loss(logits, target, features, alpha=self.alpha, temperature=self.temperature,
                         beta=self.beta if beta is None else beta, teacher=self.teacher,
                         detach_teacher=self.detach_teacher, backend=self.backend, validate=self.validate,
-                        return_terms=return_terms)
+                        return_terms=return_terms, label_smoothing=self.label_smoothing, ignore_index=self.ignore_index,
+                        feature_reduction=self.feature_reduction)
 
     def extra_repr(self) -> str:
         return (f"alpha={self.alpha}, temperature={self.temperature}, beta={self.beta}, teacher={self.teacher!r}, "

@@ -46,11 +46,14 @@ class KernelSpec:
     detach_teacher: Tuple[bool, ...]     # the fused kernels write gradients for detached teachers only
     unavailable: Callable[[], str]       # '' when it can run in this process, else why not
 
-    def rejects(self, device: torch.device, dtype: torch.dtype, n: int, teacher: str, detach: bool) -> str:
+    def rejects(self, device: torch.device, dtype: torch.dtype, n: int, teacher: str, detach: bool,
+                plain_targets: bool = True) -> str:
         """'' when this kernel takes the call, else the reason it does not."""
         why = self.unavailable()
         if why:
             return why
+        if not plain_targets:
+            return "it takes class-index targets without soft targets, label smoothing or ignore_index"
         if device.type != self.device:
             return f"it runs on {self.device} tensors, got {device.type} tensors"
         if dtype not in self.dtypes:
@@ -97,7 +100,7 @@ def triton_usable(device: torch.device) -> str:
 
 
 def resolve_backend(backend: str, device: torch.device, dtype: torch.dtype, detach_teacher: bool,
-                    n_exits: int = 2, teacher: str = "all") -> str:
+                    n_exits: int = 2, teacher: str = "all", plain_targets: bool = True) -> str:
     """'reference' or 'fused' for a call with these properties (see the module docstring)."""
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
@@ -107,7 +110,7 @@ def resolve_backend(backend: str, device: torch.device, dtype: torch.dtype, deta
     if backend == "auto":
         if dtype == torch.float64:  # the fused kernels compute in float32: float64 callers want float64
             return "reference"
-        why = by_device.rejects(device, dtype, n_exits, teacher, detach_teacher) if by_device else \
+        why = by_device.rejects(device, dtype, n_exits, teacher, detach_teacher, plain_targets) if by_device else \
             f"no fused kernel for {device.type} tensors"
         if why:
             _note_once(f"msd_loss(backend='auto'): using the reference implementation: the fused kernel "
@@ -120,7 +123,7 @@ def resolve_backend(backend: str, device: torch.device, dtype: torch.dtype, deta
     if dtype == torch.float64:
         raise ValueError(f"backend={backend!r} computes in float32 and takes float32/float16/bfloat16 inputs; "
                          f"got float64: use backend='reference' for float64")
-    why = spec.rejects(device, dtype, n_exits, teacher, detach_teacher)
+    why = spec.rejects(device, dtype, n_exits, teacher, detach_teacher, plain_targets)
     if why:
         hint = {"cpp": "use backend='triton' on CUDA or backend='auto'",
                 "triton": "use backend='cpp' or 'reference' on CPU"}.get(spec.name, "use backend='auto'")

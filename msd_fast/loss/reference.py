@@ -11,16 +11,38 @@ import torch.nn.functional as F
 from torch import Tensor
 
 
+def cross_entropy_terms(logp: Tensor, target: Tensor, label_smoothing: float = 0.0,
+                        ignore_index: Optional[int] = None) -> Tensor:
+    """Per-exit CE [N] from log-probabilities [N, B, C], as torch.nn.functional.cross_entropy computes it:
+    hard targets [B] (int64; samples whose target is ignore_index leave the mean) or soft targets [B, C]
+    (probabilities), with label smoothing eps: (1 - eps) * CE + eps * mean_c(-log p)."""
+    N, B, C = logp.shape
+    if target.is_floating_point():  # soft targets
+        nll = -(target.to(logp.dtype).unsqueeze(0) * logp).sum(-1)          # [N, B]
+        smooth = -logp.mean(-1)
+        return ((1.0 - label_smoothing) * nll + label_smoothing * smooth).mean(1)
+    keep = None if ignore_index is None else target != ignore_index
+    safe = target if keep is None else torch.where(keep, target, torch.zeros_like(target))
+    nll = -logp.gather(2, safe.view(1, B, 1).expand(N, B, 1)).squeeze(2)    # [N, B]
+    if label_smoothing:
+        nll = (1.0 - label_smoothing) * nll + label_smoothing * -logp.mean(-1)
+    if keep is None:
+        return nll.mean(1)
+    w = keep.to(logp.dtype)
+    return (nll * w).sum(1) / w.sum()  # all ignored: 0/0 = nan, as F.cross_entropy
+
+
 def reference_msd_terms(logits: Tensor, target: Tensor, features: Optional[Tensor], temperature: float,
-                        teacher: str, detach_teacher: bool) -> Tuple[Tensor, Tensor, Tensor]:
-    """Per-exit CE [N], KD [N] and FEAT [N-1] (batch means), with gradients by autograd."""
+                        teacher: str, detach_teacher: bool, label_smoothing: float = 0.0,
+                        ignore_index: Optional[int] = None) -> Tuple[Tensor, Tensor, Tensor]:
+    """Per-exit CE [N], KD [N] and FEAT [N-1] (batch means), with gradients by autograd. KD and FEAT need
+    no labels: they average over every sample, ignored ones included."""
     acc = torch.float64 if logits.dtype == torch.float64 else torch.float32
     z = logits.to(acc)
     N, B, C = z.shape
     tau = float(temperature)
-    # CE_n = mean_b -log p_n[b, y_b]
-    logp = F.log_softmax(z, dim=-1)
-    ce = -logp.gather(2, target.view(1, B, 1).expand(N, B, 1)).squeeze(2).mean(1)
+    # CE_n = mean_b -log p_n[b, y_b] (plus label smoothing / soft targets / ignored samples)
+    ce = cross_entropy_terms(F.log_softmax(z, dim=-1), target, label_smoothing, ignore_index)
     # Softened distributions q_n and their logs l_n.
     l = F.log_softmax(z / tau, dim=-1)
     q = l.exp()

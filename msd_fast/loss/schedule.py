@@ -1,6 +1,8 @@
 """The cosine beta schedule of MSD (docs/maths.md, the beta schedule)."""
 import math
 
+import torch
+
 from . import defaults
 from .validation import check_beta
 
@@ -22,6 +24,17 @@ class CosineBeta:
     def __call__(self, epoch: float) -> float:
         t = min(max(float(epoch) / self.total_epochs, 0.0), 1.0)
         return self.beta_end + 0.5 * (self.beta_begin - self.beta_end) * (1.0 + math.cos(math.pi * t))
+
+    def fill_(self, beta: torch.Tensor, epoch: float) -> torch.Tensor:
+        """Writes beta(epoch) into a scalar tensor in place and returns it. Pass that tensor to
+        msd_loss/MSDLoss as `beta`: compiled code (torch.compile(fullgraph=True), CUDA graphs) then sees one
+        input whose value changes, with no recompile and no host sync (a Python float beta would be a new
+        constant, recompiled for every value)."""
+        return beta.fill_(self(epoch))
+
+    def tensor(self, epoch: float, device=None) -> torch.Tensor:
+        """beta(epoch) as a new float32 scalar tensor (see fill_ for the in-place form)."""
+        return torch.tensor(self(epoch), dtype=torch.float32, device=device)
 
     def __repr__(self) -> str:
         return f"CosineBeta(beta_begin={self.beta_begin}, beta_end={self.beta_end}, total_epochs={self.total_epochs})"

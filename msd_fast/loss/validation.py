@@ -57,8 +57,13 @@ def check_beta(beta, name: str = "beta") -> None:
         raise ValueError(f"{name} must be a finite number >= 0, got {beta!r}")
 
 
-def check_hparams(alpha, temperature, beta, teacher: str, validate: bool) -> None:
+def check_hparams(alpha, temperature, beta, teacher: str, validate: bool, label_smoothing=0.0,
+                  ignore_index=None) -> None:
     """The loss's hyper-parameter rules, used by msd_loss, MSDLoss, CosineBeta and the training config."""
+    if not _is_number(label_smoothing) or not 0.0 <= label_smoothing <= 1.0:
+        raise ValueError(f"label_smoothing must be a number in [0, 1], got {label_smoothing!r}")
+    if ignore_index is not None and (not isinstance(ignore_index, int) or isinstance(ignore_index, bool)):
+        raise ValueError(f"ignore_index must be None or an int, got {ignore_index!r}")
     if not _is_number(alpha) or not (0.0 <= alpha <= 1.0):
         raise ValueError(f"alpha must be a number in [0, 1], got {alpha!r}")
     if not _is_number(temperature) or not math.isfinite(temperature) or temperature <= 0:
@@ -67,15 +72,16 @@ def check_hparams(alpha, temperature, beta, teacher: str, validate: bool) -> Non
         if beta.numel() != 1 or not beta.is_floating_point():
             raise ValueError(f"beta: a tensor beta must be a floating scalar, got shape {tuple(beta.shape)} "
                              f"dtype {beta.dtype}")
-        if validate and not (bool(torch.isfinite(beta)) and float(beta) >= 0):
+        if validate and not torch.compiler.is_compiling() and not (bool(torch.isfinite(beta)) and float(beta) >= 0):
             raise ValueError(f"beta must be finite and >= 0, got {float(beta)}")
-    else:
+    elif not torch.compiler.is_compiling():  # a float beta is a symbolic input in compiled code: no value test
         check_beta(beta)
     if teacher not in TEACHERS:
         raise ValueError(f"teacher must be one of {TEACHERS} ('all' = MSD, 'last' = BYOT), got {teacher!r}")
 
 
-def normalize_inputs(logits: TensorOrSeq, target: Tensor, features: Optional[TensorOrSeq], validate: bool):
+def normalize_inputs(logits: TensorOrSeq, target: Tensor, features: Optional[TensorOrSeq], validate: bool,
+                     ignore_index: Optional[int] = None):
     """Returns (logits [N, B, C], target [B], features [N, B, D] or None)."""
     z = _stack_exits(logits, "logits", "C")
     N, B, C = z.shape
@@ -84,15 +90,28 @@ def normalize_inputs(logits: TensorOrSeq, target: Tensor, features: Optional[Ten
     if B < 1:
         raise ValueError("logits: the batch is empty (B = 0)")
     if not isinstance(target, Tensor):
-        raise TypeError(f"target: expected an int64 tensor of shape [B={B}], got {type(target).__name__}")
-    if target.dtype != torch.int64:
-        raise TypeError(f"target: expected dtype int64 (class indices), got {target.dtype}")
-    if target.shape != (B,):
-        raise ValueError(f"target: expected shape [B={B}] to match the logits, got {tuple(target.shape)}")
+        raise TypeError(f"target: expected an int64 tensor [B={B}] or soft targets [B={B}, C={C}], got "
+                        f"{type(target).__name__}")
+    soft = target.is_floating_point()
+    if not soft and target.dtype != torch.int64:
+        raise TypeError(f"target: expected dtype int64 (class indices) or a floating dtype (soft targets), got "
+                        f"{target.dtype}")
+    want = (B, C) if soft else (B,)
+    if target.shape != want:
+        raise ValueError(f"target: expected shape {list(want)} to match the logits ({'soft targets' if soft else 'class indices'}), "
+                         f"got {tuple(target.shape)}")
     if target.device != z.device:
         raise ValueError(f"target is on {target.device} but logits are on {z.device}")
-    if validate and B > 0:
-        lo, hi = torch.aminmax(target)
+    if validate and torch.compiler.is_compiling():
+        raise ValueError("msd_loss(validate=True) inside torch.compile: its target-range check needs a host sync, "
+                         "which fullgraph compilation and CUDA graphs cannot have; pass validate=False in compiled "
+                         "code (check the targets once outside, e.g. on the dataset)")
+    if validate and B > 0 and soft:
+        if not bool(torch.isfinite(target).all()) or float(target.min()) < 0:
+            raise ValueError("target: soft targets must be finite probabilities >= 0")
+    elif validate and B > 0:
+        valid = target if ignore_index is None else target[target != ignore_index]
+        lo, hi = torch.aminmax(valid) if valid.numel() else (torch.zeros(()), torch.zeros(()))
         if int(lo) < 0 or int(hi) >= C:
             raise ValueError(f"target: class indices must lie in [0, C={C}), got min {int(lo)}, max {int(hi)}")
     f = None

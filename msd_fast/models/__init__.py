@@ -1,6 +1,16 @@
-"""Multi-exit models and their registry: `create_model(name, num_classes, in_channels=3, width=1.0, **kw)`."""
+"""Multi-exit models and their registry.
+
+- `create_model(name, num_classes, in_channels=3, width=1.0, **kw)`, `list_models()`.
+- `register_model(name, factory)`: makes your own model a name the trainer, `load_model` and the CLI know.
+  `factory(num_classes=..., in_channels=..., width=..., **kw)` returns a model that follows the protocol of
+  `MultiExitNet` (base.py): `num_exits`, `stage(k, state)`, `head(k, state) -> (logits, feature)`,
+  `forward(x, upto=None, last_only=False) -> MultiExitOutput`, `cost(input_size)` (subclass MultiExitNet to
+  get forward and cost for free).
+- `attach_exits(backbone, exit_after=...)`: exits on a torchvision / timm ResNet.
+"""
 from typing import Callable, Dict, List
 
+from .attach import AttachedExits, attach_exits
 from .base import MultiExitNet, MultiExitOutput
 from .msdnet import MSDNet, msdnet1, msdnet2
 from .resnet import (MultiExitResNet, resnet18, resnet34, resnet50, resnet101, resnet152, resnext50_32x4d,
@@ -24,6 +34,17 @@ def channels_last_on_cpu(name: str) -> bool:
     return name not in _NCHW_ON_CPU
 
 
+def register_model(name: str, factory: Callable[..., MultiExitNet], overwrite: bool = False) -> None:
+    """Registers `factory(num_classes=, in_channels=, width=, **kw)` under `name`."""
+    if not isinstance(name, str) or not name:
+        raise ValueError(f"name must be a non-empty string, got {name!r}")
+    if not callable(factory):
+        raise TypeError(f"factory must be callable, got {type(factory).__name__}")
+    if name in _REGISTRY and not overwrite:
+        raise ValueError(f"model {name!r} is already registered (pass overwrite=True to replace it)")
+    _REGISTRY[name] = factory
+
+
 def list_models() -> List[str]:
     return sorted(_REGISTRY)
 
@@ -38,4 +59,7 @@ def create_model(name: str, num_classes: int, in_channels: int = 3, width: float
     return _REGISTRY[name](num_classes=num_classes, in_channels=in_channels, width=width, **kw)
 
 
-__all__ = ["create_model", "list_models", "channels_last_on_cpu", "MultiExitNet", "MultiExitOutput", "MultiExitResNet", "MSDNet"]
+from .loading import export_weights, load_exported, load_model  # noqa: E402 (uses the registry above)
+
+__all__ = ["create_model", "list_models", "register_model", "attach_exits", "AttachedExits", "load_model",
+           "export_weights", "load_exported", "channels_last_on_cpu", "MultiExitNet", "MultiExitOutput", "MultiExitResNet", "MSDNet"]

@@ -15,6 +15,7 @@ DEFAULTS: Dict[str, Any] = {
     # method and loss
     "method": "msd", "alpha": loss_defaults.ALPHA, "temperature": loss_defaults.TEMPERATURE,
     "beta_begin": loss_defaults.BETA_BEGIN, "beta_end": loss_defaults.BETA_END, "loss_backend": "auto",
+    "feature_reduction": loss_defaults.FEATURE_REDUCTION, "label_smoothing": 0.0,
     # optimisation
     "epochs": 3, "batch_size": 128, "accum_steps": 1, "lr": 0.1, "momentum": 0.9, "nesterov": True,
     "weight_decay": 5e-4, "lr_schedule": "cosine", "milestones": [], "gamma": 0.1, "warmup_epochs": 0.0,
@@ -27,12 +28,14 @@ DEFAULTS: Dict[str, Any] = {
     "progress": True, "tensorboard": True, "max_steps": 0,
 }
 
-CHOICES = {"loss_backend": ("auto", "reference", "cpp", "triton"),
+CHOICES = {"feature_reduction": ("mean", "sum"), "loss_backend": ("auto", "reference", "cpp", "triton"),
            "amp": ("auto", "none", "bf16", "fp16"), "lr_schedule": ("cosine", "multistep"),
            "best_metric": ("mean", "last"), "dataset": DATASETS}
 TRISTATE = ("channels_last", "compile", "data_on_device")  # auto | true | false
 
 HELP = {
+    "feature_reduction": "the feature hint: mean or sum of the squared difference over the feature dimension",
+    "label_smoothing": "label smoothing of every exit's cross-entropy (runs the reference loss when > 0)",
     "best_metric": "which validation accuracy picks the 'best' checkpoint: mean over exits, or the last exit",
     "train_subset": "keep only this many training images (0 = all), for quick runs",
     "accum_steps": "split each global batch into this many micro-batches (gradients averaged)",

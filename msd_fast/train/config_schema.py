@@ -24,6 +24,8 @@ SCHEMA: Dict[str, Tuple[str, Any, str, bool]] = {  # key: (kind, check, wants, m
     "method": ("choice", *_ANY, False), "alpha": ("float", *_ANY, False),  # loss ranges: check_hparams
     "temperature": ("float", *_ANY, False), "beta_begin": ("float", *_ANY, False),
     "beta_end": ("float", *_ANY, False), "loss_backend": ("choice", *_ANY, False),
+    "feature_reduction": ("choice", *_ANY, False),
+    "label_smoothing": ("float", lambda v: 0 <= v <= 1, "in [0, 1]", False),
     "epochs": ("int", *_GE1, False), "batch_size": ("int", *_GE1, False), "accum_steps": ("int", *_GE1, False),
     "lr": ("float", *_POS, False), "momentum": ("float", lambda v: 0 <= v < 1, "in [0, 1)", False),
     "nesterov": ("bool", *_ANY, False), "weight_decay": ("float", *_NONNEG, False),
@@ -91,13 +93,20 @@ def check_value(key: str, v: Any) -> Optional[str]:
     return None
 
 
-def validate_config(cfg: Dict[str, Any], sources: Optional[Dict[str, str]] = None) -> None:
+def validate_config(cfg: Dict[str, Any], sources: Optional[Dict[str, str]] = None, *, custom_model: bool = False,
+                    custom_data: bool = False) -> None:
+    """custom_model / custom_data: the Trainer was given a model / dataset object, so `model` / `dataset`
+    are labels, not registry or table names."""
     """Checks every key of a resolved config; raises ConfigError naming the first bad key and its source."""
     sources = sources or {}
     unknown = sorted(set(cfg) - set(DEFAULTS) - {"resume", "config_file"})
     if unknown:
         raise ConfigError(f"unknown config keys {unknown}")
     for key in DEFAULTS:
+        if (key == "dataset" and custom_data) or (key == "model" and custom_model):
+            if not isinstance(cfg.get(key), str) or not cfg.get(key):
+                raise ConfigError(f"{key} must be a non-empty string label, got {cfg.get(key)!r}")
+            continue
         why = check_value(key, cfg.get(key))
         if why:
             raise ConfigError(f"{key} {why} (from {sources.get(key, 'the code default')})")
@@ -120,7 +129,7 @@ def validate_config(cfg: Dict[str, Any], sources: Optional[Dict[str, str]] = Non
                           f"{sources.get('accum_steps', 'the code default')})")
     from ..models import list_models  # imported here: the models package is heavier than this module
 
-    if cfg["model"] not in list_models():
+    if not custom_model and cfg["model"] not in list_models():
         raise ConfigError(f"model must be one of {', '.join(list_models())}; got {cfg['model']!r} "
                           f"(from {sources.get('model', 'the code default')})")
 

@@ -53,12 +53,12 @@ class FinalExitCE(nn.Module):
     """Cross-entropy of the final exit only (the paper's naive single-exit training); the other exits'
     terms are zeros, so logs keep one column per exit."""
 
-    def __init__(self, num_exits: int):
+    def __init__(self, num_exits: int, label_smoothing: float = 0.0):
         super().__init__()
-        self.num_exits = num_exits
+        self.num_exits, self.label_smoothing = num_exits, label_smoothing
 
     def forward(self, out, target: torch.Tensor, beta: torch.Tensor):
-        loss = F.cross_entropy(out.logits[-1].float(), target)
+        loss = F.cross_entropy(out.logits[-1].float(), target, label_smoothing=self.label_smoothing)
         n = self.num_exits
         ce = torch.cat([loss.new_zeros(n - 1), loss.detach().view(1)])
         return loss, MSDTerms(ce, loss.new_zeros(n), loss.new_zeros(n - 1))
@@ -83,7 +83,9 @@ def get_method(name: str) -> Method:
 
 def _msd_loss(cfg: Dict[str, Any], **kw) -> MultiExitCriterion:
     kw.setdefault("alpha", cfg["alpha"])
-    return MultiExitCriterion(MSDLoss(temperature=cfg["temperature"], backend=cfg["loss_backend"], validate=False, **kw))
+    return MultiExitCriterion(MSDLoss(temperature=cfg["temperature"], backend=cfg["loss_backend"], validate=False,
+                                      feature_reduction=cfg["feature_reduction"], label_smoothing=cfg["label_smoothing"],
+                                      **kw))
 
 
 @register_method
@@ -115,4 +117,4 @@ class Plain(Method):
     name, help, uses_hint, forward_exits = "plain", "only the final exit is trained (single-exit training)", False, "last"
 
     def build(self, cfg, num_exits):
-        return FinalExitCE(num_exits)
+        return FinalExitCE(num_exits, cfg["label_smoothing"])

@@ -37,13 +37,20 @@ class TrainingDiverged(RuntimeError):
 
 
 class Trainer:
-    def __init__(self, cfg: Dict[str, Any], data=None):
-        """cfg: a resolved config (msd_fast.train.config; missing keys take the code defaults). data: an
-        already loaded `Dataset`; by default the one named in cfg is loaded. Everything is checked before
-        anything is created on disk: a failed start leaves nothing behind."""
-        cfg = {**DEFAULTS, "resume": None, **cfg}
+    def __init__(self, cfg: Optional[Dict[str, Any]] = None, data=None, model=None):
+        """cfg: a config dict (keys of msd_fast.train.config.DEFAULTS; missing keys take the code defaults).
+        data: a msd_fast `Dataset` (msd_fast.data.from_tensors / from_torch make one from your data); by
+        default the one named in cfg is loaded. model: a multi-exit model following the MultiExitNet protocol
+        (msd_fast.models), e.g. from `attach_exits`; by default cfg["model"] is built from the registry (to
+        reload a custom model with load_model, register its factory under cfg["model"]). Everything is
+        checked before anything is created on disk: a failed start leaves nothing behind."""
+        cfg = {**DEFAULTS, "resume": None, **(cfg or {})}
+        if data is not None:
+            cfg["dataset"] = getattr(data, "name", None) or "custom"
+        if model is not None and cfg["model"] == DEFAULTS["model"] and "model" not in (cfg.get("_sources") or {}):
+            cfg["model"] = type(model).__name__
         validate_config({k: v for k, v in cfg.items() if k not in ("_sources", "resume", "config_file")},
-                        cfg.get("_sources"))
+                        cfg.get("_sources"), custom_model=model is not None, custom_data=data is not None)
         self.cfg = cfg
         self.method = get_method(cfg["method"])
         self.speed = resolve_speed(cfg)
@@ -68,7 +75,14 @@ class Trainer:
         self.batches = BatchSource(self.data, self.device, self.dist, cfg, self.speed["channels_last"])
 
         torch.manual_seed(cfg["seed"])
-        self.model = create_model(cfg["model"], self.data.num_classes, self.data.in_channels, cfg["width"])
+        if model is not None:
+            for attr in ("num_exits", "stage", "head", "cost"):
+                if not hasattr(model, attr):
+                    raise TypeError(f"model: expected a multi-exit model with {attr} (the MultiExitNet protocol, "
+                                    f"msd_fast.models), got {type(model).__name__}")
+            self.model = model
+        else:
+            self.model = create_model(cfg["model"], self.data.num_classes, self.data.in_channels, cfg["width"])
         self.input_size = (self.data.in_channels, *self.data.image_size)
         self.cost = self.model.cost(self.input_size)
         mf = torch.channels_last if self.speed["channels_last"] else torch.contiguous_format

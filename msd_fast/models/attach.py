@@ -1,0 +1,99 @@
+"""Exits on an existing backbone: `attach_exits` turns a torchvision or timm ResNet-style network (a stem,
+stages `layer1`..`layer4`, global pooling and a final `fc`) into a multi-exit network with exit branches
+after the stages you choose.
+
+    import torchvision
+    net = attach_exits(torchvision.models.resnet18(num_classes=10), exit_after=("layer1", "layer2", "layer3"))
+    out = net(x)                       # MultiExitOutput: logits and features of every exit, shallow to deep
+    loss = msd_loss(out.logits, y, out.features)
+
+Exit branch after a stage with c channels: 1x1 conv to the final feature width D, BatchNorm, ReLU, global
+average pooling -> the exit's feature (D, the same as the final exit's, so the feature hint needs no
+adapter), then a Linear classifier. The final exit is the backbone's own pooling and `fc` (a new `fc` when
+`num_classes` differs). The result follows the MultiExitNet protocol (stage/head/forward/cost), so it
+trains with msd_fast's Trainer and exits early with `msd_fast.evaluate.EarlyExit`.
+"""
+from typing import Optional, Sequence
+
+import torch
+from torch import nn
+
+from .base import MultiExitNet
+
+STAGES = ("layer1", "layer2", "layer3", "layer4")
+
+
+def _stem(backbone: nn.Module) -> nn.Module:
+    names = [n for n in ("conv1", "bn1", "relu", "act1", "maxpool") if isinstance(getattr(backbone, n, None), nn.Module)]
+    if "conv1" not in names:
+        raise ValueError("backbone: expected a ResNet-style network with conv1, bn1, relu/act1, maxpool, layer1..layer4 "
+                         "and fc (torchvision or timm ResNets)")
+    return nn.Sequential(*[getattr(backbone, n) for n in names])
+
+
+def _channels(stage: nn.Module) -> int:
+    convs = [m for m in stage.modules() if isinstance(m, nn.Conv2d)]
+    if not convs:
+        raise ValueError("backbone: a stage without convolutions")
+    return convs[-1].out_channels
+
+
+class ExitBranch(nn.Module):
+    def __init__(self, in_channels: int, feature_dim: int, num_classes: int):
+        super().__init__()
+        self.proj = nn.Sequential(nn.Conv2d(in_channels, feature_dim, 1, bias=False), nn.BatchNorm2d(feature_dim),
+                                  nn.ReLU(inplace=True))
+        self.fc = nn.Linear(feature_dim, num_classes)
+
+    def forward(self, x: torch.Tensor):
+        f = torch.flatten(nn.functional.adaptive_avg_pool2d(self.proj(x), 1), 1)
+        return self.fc(f), f
+
+
+class AttachedExits(MultiExitNet):
+    """A backbone cut into stages at the chosen exits, with an ExitBranch after each (see the module doc)."""
+
+    def __init__(self, backbone: nn.Module, exit_after: Sequence[str] = ("layer1", "layer2", "layer3"),
+                 num_classes: Optional[int] = None):
+        super().__init__()
+        missing = [s for s in STAGES if not isinstance(getattr(backbone, s, None), nn.Module)]
+        fc = getattr(backbone, "fc", None)
+        if missing or not isinstance(fc, nn.Linear):
+            raise ValueError(f"backbone: expected a ResNet-style network with layer1..layer4 and a Linear fc; missing "
+                             f"{missing + ([] if isinstance(fc, nn.Linear) else ['fc'])}")
+        exit_after = list(exit_after)
+        if not exit_after or any(s not in STAGES[:-1] for s in exit_after) or exit_after != sorted(set(exit_after)):
+            raise ValueError(f"exit_after: distinct stages in order, chosen from {STAGES[:-1]} (the final exit comes "
+                             f"after layer4), got {tuple(exit_after)}")
+        feature_dim = fc.in_features
+        self.num_classes = num_classes or fc.out_features
+        if self.num_classes < 2:
+            raise ValueError(f"num_classes must be >= 2, got {self.num_classes}")
+        cuts = [STAGES.index(s) + 1 for s in exit_after] + [len(STAGES)]
+        stages, start = [], 0
+        for k, end in enumerate(cuts):
+            mods = ([_stem(backbone)] if k == 0 else []) + [getattr(backbone, s) for s in STAGES[start:end]]
+            stages.append(nn.Sequential(*mods))
+            start = end
+        self.stages = nn.ModuleList(stages)
+        self.branches = nn.ModuleList(ExitBranch(_channels(getattr(backbone, s)), feature_dim, self.num_classes)
+                                      for s in exit_after)
+        self.fc = fc if fc.out_features == self.num_classes else nn.Linear(feature_dim, self.num_classes)
+        self.num_exits = len(cuts)
+        self.feature_dim = feature_dim
+        self.exit_after = tuple(exit_after)
+
+    def stage(self, k: int, state):
+        return self.stages[k](state)
+
+    def head(self, k: int, state):
+        if k < self.num_exits - 1:
+            return self.branches[k](state)
+        f = torch.flatten(nn.functional.adaptive_avg_pool2d(state, 1), 1)
+        return self.fc(f), f
+
+
+def attach_exits(backbone: nn.Module, exit_after: Sequence[str] = ("layer1", "layer2", "layer3"),
+                 num_classes: Optional[int] = None) -> AttachedExits:
+    """See the module docstring."""
+    return AttachedExits(backbone, exit_after, num_classes)

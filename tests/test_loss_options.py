@@ -1,0 +1,101 @@
+"""Soft targets, label smoothing and ignore_index (reference backend; the fused kernels declare that they do
+not take them, so `auto` falls back with a note and an explicit fused backend raises), a changing beta
+under torch.compile(fullgraph=True) without recompiles, and validate=True meeting fullgraph."""
+import warnings
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from msd_fast import CosineBeta, MSDLoss, msd_loss
+
+N, B, C = 3, 6, 5
+
+
+def _inputs(seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return [torch.randn(B, C, generator=g, dtype=torch.float64, requires_grad=True) for _ in range(N)], \
+        torch.randint(0, C, (B,), generator=g)
+
+
+@pytest.mark.parametrize("eps", [0.0, 0.1, 0.5])
+def test_label_smoothing_and_ignore_index_match_torch_cross_entropy(eps):
+    z, y = _inputs()
+    y = y.clone()
+    y[1] = y[4] = -1
+    _, terms = msd_loss(z, y, alpha=0.0, label_smoothing=eps, ignore_index=-1, return_terms=True)
+    for n in range(N):
+        want = F.cross_entropy(z[n], y, label_smoothing=eps, ignore_index=-1)
+        torch.testing.assert_close(terms.ce[n], want)
+
+
+def test_soft_targets_match_torch_cross_entropy_with_probabilities():
+    z, y = _inputs()
+    soft = torch.softmax(torch.randn(B, C, dtype=torch.float64), -1)
+    loss, terms = msd_loss(z, soft, alpha=0.3, label_smoothing=0.1, return_terms=True)
+    for n in range(N):
+        torch.testing.assert_close(terms.ce[n], F.cross_entropy(z[n], soft, label_smoothing=0.1))
+    # one-hot soft targets are the hard-target loss
+    hard = msd_loss(z, y, alpha=0.3)
+    torch.testing.assert_close(msd_loss(z, F.one_hot(y, C).double(), alpha=0.3), hard)
+    loss.backward()
+    assert all(t.grad is not None and torch.isfinite(t.grad).all() for t in z)
+
+
+def test_ignored_samples_still_count_for_kd_and_hint():
+    z, y = _inputs()
+    f = [torch.randn(B, 4, dtype=torch.float64) for _ in range(N)]
+    ign = y.clone()
+    ign[0] = 99
+    _, a = msd_loss(z, y, f, return_terms=True)
+    _, b = msd_loss(z, ign, f, ignore_index=99, return_terms=True)
+    torch.testing.assert_close(a.kd, b.kd)
+    torch.testing.assert_close(a.feat, b.feat)
+
+
+def test_fused_kernels_decline_these_options_with_a_note_or_an_error(monkeypatch):
+    from msd_fast import _ext
+    from msd_fast.loss import backends
+
+    if not _ext.available():
+        pytest.skip("needs the C++ extension")
+    monkeypatch.setattr(backends, "_NOTED", set())
+    z = torch.randn(N, B, C)
+    y = torch.randint(0, C, (B,))
+    with warnings.catch_warnings(record=True) as w:
+        warnings.simplefilter("always")
+        got = msd_loss(z, y, label_smoothing=0.1)
+    assert any("class-index targets without soft targets, label smoothing or ignore_index" in str(x.message) for x in w)
+    torch.testing.assert_close(got, msd_loss(z, y, label_smoothing=0.1, backend="reference"))
+    with pytest.raises(ValueError, match="backend='cpp' cannot run this call: it takes class-index targets"):
+        msd_loss(z, y, ignore_index=3, backend="cpp")
+    assert MSDLoss(label_smoothing=0.2)(z, y).isfinite()
+
+
+def test_a_changing_beta_tensor_compiles_once():
+    import torch._dynamo
+
+    torch._dynamo.reset()
+    z, y = torch.randn(N, B, C, requires_grad=True), torch.randint(0, C, (B,))
+    f = torch.randn(N, B, 4, requires_grad=True)
+    sched = CosineBeta(0.05, 0.0, total_epochs=10)
+    beta = sched.tensor(0.0)
+    crit = MSDLoss(validate=False)
+    fn = torch.compile(lambda z_, f_, b: crit(z_, y, f_, beta=b), fullgraph=True, backend="aot_eager")
+    torch._dynamo.utils.counters.clear()
+    values = []
+    for e in range(6):
+        sched.fill_(beta, e * 2.0)
+        values.append(fn(z, f, beta))
+        torch.testing.assert_close(values[-1], msd_loss(z, y, f, beta=sched(e * 2.0)))
+    assert torch._dynamo.utils.counters["stats"]["unique_graphs"] == 1
+    assert len({round(v.item(), 6) for v in values}) > 1  # beta did change the loss
+
+
+def test_validate_true_under_fullgraph_says_what_to_do():
+    import torch._dynamo
+
+    torch._dynamo.reset()
+    z, y = torch.randn(N, B, C), torch.randint(0, C, (B,))
+    with pytest.raises(Exception, match="pass validate=False in compiled code"):
+        torch.compile(lambda z_: msd_loss(z_, y, validate=True), fullgraph=True, backend="aot_eager")(z)
