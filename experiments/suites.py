@@ -1,0 +1,157 @@
+"""Paired comparisons of training methods on Fashion-MNIST, one command per table.
+
+    python -m experiments.suites --suite hint-width     # ResNet-18 width 0.5: joint vs MSD, hint mean vs sum
+    python -m experiments.suites --suite lowdata        # 10% of the training set: plain / joint / BYOT / MSD
+    python -m experiments.suites --suite msdnet         # MSDNet-1 (exits of very different depth): joint / BYOT / MSD
+    python -m experiments.suites --suite resnet         # multi-exit ResNet-18, the widest a CPU affords
+    python -m experiments.suites --suite lowdata --seeds 5 --device cuda
+
+Every run is `python -m msd_fast.train` into runs/suites/<suite>/<method>-s<seed> and is skipped when its
+results.json exists, so a stopped suite resumes where it stopped. Every method sees the same seeds (same
+data order, augmentation and initialisation per seed). The suite writes experiments/results/suite_<name>.json
+(per-exit test accuracy at the best-validation epoch: per seed, mean, and the paired difference to joint and
+to BYOT with a 95% t-interval over seeds), the anytime / budgeted-batch curves of seed 0 with real early exit
+timed (experiments/results/<name>/), and its README table (between `<!-- BEGIN suite-<name> -->` markers).
+"""
+import argparse
+import json
+import math
+import pathlib
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from typing import Dict, List
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+OUT = ROOT / "experiments" / "results"
+RUNS = ROOT / "runs" / "suites"
+
+COMMON = ["--dataset", "fashion-mnist", "--model", "resnet18", "--no-progress", "--tensorboard", "false"]
+# name -> (what it tests, shared flags, {label: method flags}); labels "joint" and "byot" are the references
+SUITES: Dict[str, tuple] = {
+    "hint-width": (
+        "Does the default MSD recipe lose to joint training when the features are wide? ResNet-18 at width 0.5 "
+        "(feature width D = 256) on 10,000 training images, 3 epochs: MSD with the hint as a mean over D (the "
+        "default) and with the former default, the sum over D with weight 0.05 (4x stronger at D = 256).",
+        COMMON + ["--width", "0.5", "--train-subset", "10000", "--epochs", "3"],
+        {"joint": ["--method", "joint"], "msd": ["--method", "msd"],
+         "msd-hint-sum": ["--method", "msd", "--feature-reduction", "sum", "--beta-begin", "0.05"]}),
+    "lowdata": (
+        "A low-data regime, where distillation is expected to matter: 10% of the training set (5,500 images), "
+        "ResNet-18 at width 0.125, 10 epochs.",
+        COMMON + ["--width", "0.125", "--train-subset", "5500", "--epochs", "10"],
+        {"plain": ["--method", "plain"], "joint": ["--method", "joint"], "byot": ["--method", "byot"],
+         "msd": ["--method", "msd"]}),
+    "msdnet": (
+        "The paper's Table-1 comparison on data we have: MSDNet-1 (five exits of very different depth) at width "
+        "0.5 on 20,000 training images, 4 epochs.",
+        ["--dataset", "fashion-mnist", "--model", "msdnet1", "--width", "0.5", "--train-subset", "20000",
+         "--epochs", "4", "--batch-size", "64", "--no-progress", "--tensorboard", "false"],
+        {"joint": ["--method", "joint"], "byot": ["--method", "byot"], "msd": ["--method", "msd"]}),
+    "resnet": (
+        "The paper's Table-2 comparison on data we have: multi-exit ResNet-18 at width 0.25 (the widest a 2-core "
+        "CPU affords in the time budget; full width on a GPU with --width 1), all of Fashion-MNIST, 5 epochs.",
+        COMMON + ["--width", "0.25", "--epochs", "5"],
+        {"plain": ["--method", "plain"], "joint": ["--method", "joint"], "byot": ["--method", "byot"],
+         "msd": ["--method", "msd"]}),
+}
+T975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262}
+
+
+def run(suite: str, label: str, seed: int, flags: List[str], extra: List[str]) -> dict:
+    d = RUNS / suite
+    name = f"{label}-s{seed}"
+    if not (d / name / "results.json").exists():
+        if (d / name).exists():  # stopped before it finished: continue it (or start it again if no checkpoint)
+            cmd = [sys.executable, "-m", "msd_fast.train", "--resume", str(d / name)]
+        else:
+            cmd = [sys.executable, "-m", "msd_fast.train", *flags, "--seed", str(seed), "--out-dir", str(d),
+                   "--run-name", name, *extra]
+        print("$", " ".join(cmd[1:]), flush=True)
+        subprocess.run(cmd, check=True, cwd=ROOT, stdout=subprocess.DEVNULL)
+    return json.loads((d / name / "results.json").read_text())
+
+
+def paired(a: List[List[float]], b: List[List[float]]) -> dict:
+    """Per exit: mean of a - b over seeds and its 95% t-interval (half-width; None with one seed)."""
+    diffs = [[x - y for x, y in zip(ra, rb)] for ra, rb in zip(a, b)]
+    n = len(diffs)
+    out = {"mean": [], "ci95": []}
+    for k in range(len(diffs[0])):
+        v = [d[k] for d in diffs]
+        out["mean"].append(statistics.mean(v))
+        out["ci95"].append(T975.get(n - 1, 1.96) * statistics.stdev(v) / math.sqrt(n) if n > 1 else None)
+    return out
+
+
+def table(name: str, res: dict) -> str:
+    n = len(res["exit_flops"])
+    lines = [f"**{name}** — {res['what']} {res['seeds']} seeds; per-exit **test** top-1 (%) at the best-validation "
+             f"epoch, mean over seeds; differences are paired by seed, mean ± 95% t-interval. Measured on "
+             f"{res['machine']}, {res['train_min']:.0f} min of training; `python -m experiments.suites --suite {name}`.", "",
+             "| method | " + " | ".join(f"exit {k + 1}" for k in range(n)) + " |", "|---" * (n + 1) + "|"]
+    for m, r in res["methods"].items():
+        lines.append(f"| {m} | " + " | ".join(f"{a:.2f}" for a in r["mean"]) + " |")
+    for key, d in res["differences"].items():
+        cells = [f"{m:+.2f}" + (f" ± {c:.2f}" if c is not None else "") for m, c in zip(d["mean"], d["ci95"])]
+        lines.append(f"| {key.replace('_', ' ')} | " + " | ".join(cells) + " |")
+    if res.get("early_exit"):
+        e = res["early_exit"]
+        lines += ["", f"Early exit measured (seed 0, {e['method']}, budget {e['budget_mflops']:.2f} MFLOPs): batch-1 "
+                  f"latency {e['batch1_ms']['early_exit']:.2f} ms vs {e['batch1_ms']['full']:.2f} ms full; curves in "
+                  f"`experiments/results/{name}/`."]
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--suite", choices=sorted(SUITES), required=True)
+    ap.add_argument("--seeds", type=int, default=3)
+    ap.add_argument("--device", default=None, help="cpu or cuda (default: the trainer's auto)")
+    ap.add_argument("--no-readme", action="store_true", help="write the JSON and plots, leave the README alone")
+    a = ap.parse_args(argv)
+    what, flags, methods = SUITES[a.suite]
+    extra = ["--device", a.device] if a.device else []
+    t0 = time.time()
+    per = {m: [run(a.suite, m, s, flags + mf, extra) for s in range(a.seeds)] for m, mf in methods.items()}
+    acc = {m: [r["best_val"]["test_acc"] for r in rs] for m, rs in per.items()}
+    res = {"suite": a.suite, "what": what, "flags": flags, "methods_flags": methods, "seeds": a.seeds,
+           "methods": {m: {"mean": [statistics.mean(v[k] for v in acc[m]) for k in range(len(acc[m][0]))],
+                           "per_seed": acc[m], "wall_s": [r["wall_time_s"] for r in per[m]]} for m in acc},
+           "differences": {}, "exit_flops": next(iter(per.values()))[0]["exit_flops"]}
+    for ref in ("joint", "byot"):
+        for m in acc:
+            if ref in acc and m not in (ref, "plain", "joint") and not (ref == "byot" and m == "byot"):
+                res["differences"][f"{m}_minus_{ref}"] = paired(acc[m], acc[ref])
+    from msd_fast.evaluate.report import write_reports
+    from msd_fast.evaluate.run import evaluate_checkpoints
+
+    evals = evaluate_checkpoints([str(RUNS / a.suite / f"{m}-s0") for m in methods], n_budgets=8,
+                                 measure=True, log=lambda msg: None)
+    write_reports(evals, OUT / a.suite)
+    best = evals[-1]
+    res["early_exit"] = {"method": best["label"], "budget_mflops": best["speed"]["budget"] / 1e6,
+                         "batch1_ms": best["speed"]["batch1_latency_ms"]}
+    import torch
+
+    from bench.machine import describe, machine_info
+
+    res["machine"] = describe(machine_info(torch.device("cpu")))
+    res["python"] = platform.python_version()
+    res["train_min"] = sum(sum(r["wall_s"]) for r in res["methods"].values()) / 60  # over resumes too
+    res["session_min"] = (time.time() - t0) / 60
+    OUT.mkdir(parents=True, exist_ok=True)
+    (OUT / f"suite_{a.suite}.json").write_text(json.dumps(res, indent=1))
+    text = table(a.suite, res)
+    print(text)
+    if not a.no_readme:
+        from bench.readme_sections import update_readme_section
+
+        update_readme_section(f"suite-{a.suite}", text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
