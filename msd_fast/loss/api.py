@@ -35,9 +35,10 @@ def _weights(alpha: float, beta, device: torch.device) -> Tensor:
     """(w_ce, w_kd, w_feat) as a float32 [3] tensor on the logits' device; a tensor beta stays traced.
     Eager calls with a float beta reuse one tensor per (alpha, beta, device): building it costs about as
     much as a tenth of the fused CPU loss at training shapes. Nothing writes to it."""
-    if isinstance(beta, Tensor):
-        head = torch.tensor([1.0 - alpha, alpha], dtype=torch.float32, device=device)
-        return torch.cat([head, beta.detach().to(device=device, dtype=torch.float32).reshape(1)])
+    if isinstance(beta, Tensor):  # built with fills on the device: no host-to-device copy (CUDA-graph capture)
+        b = beta.detach().to(device=device, dtype=torch.float32).reshape(1)
+        return torch.cat([torch.full((1,), 1.0 - alpha, dtype=torch.float32, device=device),
+                          torch.full((1,), float(alpha), dtype=torch.float32, device=device), b])
     if torch.compiler.is_compiling():
         return torch.tensor([1.0 - alpha, alpha, float(beta)], dtype=torch.float32, device=device)
     key = (float(alpha), float(beta), device)

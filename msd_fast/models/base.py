@@ -68,3 +68,12 @@ class MultiExitNet(nn.Module):
 
     def cost(self, input_size) -> Dict[str, object]:
         return {"params": self.num_parameters(), "exit_flops": self.exit_flops(input_size)}
+
+
+def check_multi_exit(model):
+    """Returns model when it follows the MultiExitNet protocol (num_exits, stage, head, cost), else raises."""
+    for attr in ("num_exits", "stage", "head", "cost"):
+        if not hasattr(model, attr):
+            raise TypeError(f"model: expected a multi-exit model with {attr} (the MultiExitNet protocol, "
+                            f"msd_fast.models), got {type(model).__name__}")
+    return model

@@ -4,7 +4,10 @@ optimizer and LR-schedule step. No host sync anywhere: metrics accumulate on the
 import contextlib
 
 import torch
+from torch.nn.parallel import DistributedDataParallel
 
+from ..loss import CosineBeta
+from .optim import build_optimizer, build_scheduler
 from .sums import accumulate
 
 
@@ -15,6 +18,21 @@ class TrainStep:
         self.opt, self.sched, self.scaler = opt, sched, scaler
         self.device, self.amp_dtype, self.dist, self.accum = device, amp_dtype, dist, accum_steps
         self.forward_loss = torch.compile(self._forward_loss) if compile else self._forward_loss
+
+    @classmethod
+    def build(cls, cfg, model, method, device, dist, speed, amp_dtype, steps_per_epoch: int) -> "TrainStep":
+        """The step of a config: the method's criterion, SGD and its schedule, the grad scaler (fp16), the beta
+        schedule with beta as a device scalar (changes without recompiles or host syncs), DDP when distributed."""
+        opt = build_optimizer(model.parameters(), cfg)
+        step = cls(model, DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+                   if dist.enabled else model, method.build(cfg, model.num_exits), opt,
+                   build_scheduler(opt, cfg, steps_per_epoch),
+                   torch.amp.GradScaler(device.type, enabled=speed["amp"] == "fp16"), method, device, amp_dtype, dist,
+                   cfg["accum_steps"], speed["compile"])
+        hint = method.uses_hint
+        step.beta_sched = CosineBeta(cfg["beta_begin"] if hint else 0.0, cfg["beta_end"] if hint else 0.0, cfg["epochs"])
+        step.beta_t = torch.zeros((), device=device)
+        return step
 
     def _forward_loss(self, x: torch.Tensor, y: torch.Tensor, beta: torch.Tensor):
         """Forward, loss and per-exit correct counts: (loss, terms [3N-1], correct [N])."""

@@ -9,6 +9,19 @@ from ..distributed import DistInfo, all_reduce_sum
 Sums = Dict[str, torch.Tensor]
 
 
+class TrainingDiverged(RuntimeError):
+    """The training loss became non-finite; the last good checkpoint is kept."""
+
+
+def check_finite(sums: Sums, epoch: int, step: int, last_checkpoint) -> None:
+    """Raises TrainingDiverged when a non-finite loss was summed (one host sync: call at log points)."""
+    if sums["nonfinite"].item() > 0:
+        raise TrainingDiverged(
+            f"the loss became non-finite (NaN/inf) in epoch {epoch + 1} before step {step}; stopping. The last good "
+            f"checkpoint is kept at {last_checkpoint if last_checkpoint.exists() else '(none yet)'}. "
+            f"Try a lower --lr, --amp none, or a smaller --beta-begin.")
+
+
 def new_sums(num_exits: int, device: torch.device) -> Sums:
     z = lambda *s: torch.zeros(*s, device=device, dtype=torch.float64)  # noqa: E731
     return {"loss": z(()), "terms": z(3 * num_exits - 1), "correct": z(num_exits), "count": z(()), "nonfinite": z(())}

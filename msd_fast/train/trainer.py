@@ -12,28 +12,21 @@ import time
 from typing import Any, Dict, Optional
 
 import torch
-from torch.nn.parallel import DistributedDataParallel
 
 from .. import checkpoint as ckpt_format
 from ..data import load_dataset
 from ..distributed import DistInfo, barrier, init_distributed
 from ..evaluate.predict import evaluate_split
-from ..loss import CosineBeta
-from ..models import create_model
+from ..models import check_multi_exit, create_model
 from .batches import BatchSource
 from .config import DEFAULTS, ConfigError, validate_config
 from .methods import get_method
-from .optim import build_optimizer, build_scheduler
 from .run_dir import check_output_dir, new_run_dir, reconcile_best, resumed_run_dir
 from .run_log import RunLogger, format_results_table, results_dict, write_results
 from .speed import AMP_DTYPES, resolve_speed
 from .state import restore_training_state, training_state
 from .step import TrainStep
-from .sums import epoch_means, new_sums
-
-
-class TrainingDiverged(RuntimeError):
-    pass
+from .sums import TrainingDiverged, check_finite, epoch_means, new_sums  # noqa: F401 (TrainingDiverged re-exported)
 
 
 class Trainer:
@@ -75,29 +68,16 @@ class Trainer:
         self.batches = BatchSource(self.data, self.device, self.dist, cfg, self.speed["channels_last"])
 
         torch.manual_seed(cfg["seed"])
-        if model is not None:
-            for attr in ("num_exits", "stage", "head", "cost"):
-                if not hasattr(model, attr):
-                    raise TypeError(f"model: expected a multi-exit model with {attr} (the MultiExitNet protocol, "
-                                    f"msd_fast.models), got {type(model).__name__}")
-            self.model = model
-        else:
-            self.model = create_model(cfg["model"], self.data.num_classes, self.data.in_channels, cfg["width"])
+        self.model = check_multi_exit(model) if model is not None else create_model(
+            cfg["model"], self.data.num_classes, self.data.in_channels, cfg["width"])
         self.input_size = (self.data.in_channels, *self.data.image_size)
         self.cost = self.model.cost(self.input_size)
         mf = torch.channels_last if self.speed["channels_last"] else torch.contiguous_format
         self.model = self.model.to(self.device, memory_format=mf)
-        self.criterion = self.method.build(cfg, self.model.num_exits)
-        self.opt = build_optimizer(self.model.parameters(), cfg)
-        self.sched = build_scheduler(self.opt, cfg, self.steps_per_epoch)
-        self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.speed["amp"] == "fp16")
-        hint = self.method.uses_hint
-        self.beta_sched = CosineBeta(cfg["beta_begin"] if hint else 0.0, cfg["beta_end"] if hint else 0.0, cfg["epochs"])
-        self.beta_t = torch.zeros((), device=self.device)
-        ddp = (DistributedDataParallel(self.model, device_ids=[self.device.index] if self.device.type == "cuda"
-                                       else None) if self.dist.enabled else self.model)
-        self.step = TrainStep(self.model, ddp, self.criterion, self.opt, self.sched, self.scaler, self.method,
-                              self.device, self.amp_dtype, self.dist, cfg["accum_steps"], self.speed["compile"])
+        self.step = TrainStep.build(cfg, self.model, self.method, self.device, self.dist, self.speed,
+                                    self.amp_dtype, self.steps_per_epoch)
+        self.opt, self.sched, self.scaler = self.step.opt, self.step.sched, self.step.scaler
+        self.beta_sched, self.beta_t = self.step.beta_sched, self.step.beta_t
         self._fwd = self.step.forward_loss  # (loss, terms, correct) = _fwd(x, y, beta); tests may wrap it
 
         self.epoch, self.step_in_epoch, self.global_step = 0, 0, 0
@@ -130,12 +110,7 @@ class Trainer:
         self.step(x, y, self.beta_t, self.sums, self._fwd)
 
     def _check_finite(self) -> None:
-        if self.sums["nonfinite"].item() > 0:  # host sync only at logging points
-            last = self.run_dir / "last.pt"
-            raise TrainingDiverged(
-                f"the loss became non-finite (NaN/inf) in epoch {self.epoch + 1} before step {self.global_step}; "
-                f"stopping. The last good checkpoint is kept at {last if last.exists() else '(none yet)'}. "
-                f"Try a lower --lr, --amp none, or a smaller --beta-begin.")
+        check_finite(self.sums, self.epoch, self.global_step, self.run_dir / "last.pt")  # host sync: log points only
 
     def _step_at(self, perm: torch.Tensor, aug_gen: torch.Generator) -> None:
         """One optimizer step on global batch number `step_in_epoch` of this epoch's permutation."""
