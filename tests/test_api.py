@@ -35,8 +35,10 @@ def test_from_tensors_trains_with_a_torchvision_backbone(tmp_path, float_images)
     assert max(res["last"]["test_acc"]) > 60  # learns (3 classes: chance is 33%)
     loaded = load_model(tmp_path / "r", model=attach_exits(torchvision.models.resnet18(num_classes=3),
                                                            exit_after=("layer2", "layer3")), which="last")
+    # bitwise equal, NaN included: a BatchNorm-normalised conv weight can drift far under bf16 on such a toy
+    # problem (the loss is scale invariant in it); load_model must reproduce whatever was trained
     for a, b in zip(loaded.state_dict().values(), net.state_dict().values()):
-        assert torch.equal(a.cpu(), b.cpu())
+        torch.testing.assert_close(a.cpu(), b.cpu(), rtol=0, atol=0, equal_nan=True)
 
 
 def test_from_torch_reads_tensor_datasets_and_image_folders(tmp_path):
@@ -99,7 +101,7 @@ def test_registered_model_loads_by_name_and_exports_without_pickle(tmp_path):
     sa, sb = again.state_dict(), model.state_dict()
     assert list(sa) == list(sb)
     for k in sa:
-        assert torch.equal(sa[k], sb[k]), (k, (sa[k].float() - sb[k].float()).abs().max())
+        torch.testing.assert_close(sa[k], sb[k], rtol=0, atol=0, equal_nan=True, msg=k)
     with pytest.raises(ValueError, match="not registered here"):
         meta["model"]["name"] = "nobody"
         pathlib.Path(paths["config"]).write_text(json.dumps(meta))
