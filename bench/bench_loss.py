@@ -3,17 +3,21 @@
 Backends: naive eager all-pairs PyTorch (a Python loop over exit pairs), the reference backend,
 torch.compile of the reference (compile time reported separately), the fused C++ op (CPU) and the fused
 Triton kernel (CUDA), plus a plain memory copy of the same bytes (inputs read + gradients written) as the
-machine's floor. Timed round-robin (windows of a few calls, each backend in turn, so drift in the
+machine's floor. Inputs as a model hands them over: N separate tensors per exit ("_list" rows, and the naive
+loop) and, for comparison, one stacked [N, B, C] tensor. Timed round-robin (windows of a few calls, each backend in turn, so drift in the
 machine's speed hits all alike); medians per call after warm-up; peak memory on CUDA; JSON under bench/results/.
 
     python -m bench.bench_loss            # the grid for this device (full on CUDA, reduced on CPU)
     python -m bench.bench_loss --quick    # N in {2, 4, 8}, B = 128, C = 100, D = 512, fp32
     python -m bench.bench_loss --grid gpu-check   # four CUDA shapes for scripts/gpu_check.sh's time budget
+    python -m bench.bench_loss --grid cpu-target --between-work   # N=4 B=128 C=100 D=512 fp32, each call
+                                          # after 64 MB of other memory traffic (caches cold, as in a step)
 Results go to bench/results/ (or --out); --update-readme also regenerates the README's tables.
 """
 import argparse
 import itertools
 import json
+import os
 import pathlib
 import time
 
@@ -27,6 +31,7 @@ from bench.timing import time_interleaved
 from msd_fast import _ext, msd_loss
 from msd_fast.loss.backends import triton_usable
 
+SPLIT_ENV = "MSD_FAST_TRITON_SPLIT"  # read by the Triton launcher per call
 RESULTS = pathlib.Path(__file__).resolve().parent / "results"
 ALPHA, TAU, BETA = 0.5, 3.0, 0.05
 MAX_CPU_ELEMENTS = 1 << 25  # N*B*C above this (128 MiB of fp32 logits) is skipped on CPU: minutes per case
@@ -40,6 +45,8 @@ GPU_CHECK_GRID = [  # the shapes the GPU-speed targets name, plus the CPU headli
 def grid(device: torch.device, quick: bool, name: str = "full"):
     if name == "gpu-check":
         return list(GPU_CHECK_GRID)
+    if name == "cpu-target":
+        return [(4, 128, 100, 512, torch.float32)]
     if quick:
         return [(n, 128, 100, 512, torch.float32) for n in (2, 4, 8)]
     cases = itertools.product((2, 4, 8), (128, 1024), (100, 1000, 32000), (512,), (torch.float32, torch.bfloat16))
@@ -56,38 +63,63 @@ def make_inputs(N, B, C, D, dtype, device):
 
 def backends(device: torch.device):
     """name -> (builder or None, reason when unavailable)."""
-    out = {"naive_eager": None, "reference": None, "compiled_reference": None, "cpp": None, "triton": None}
+    out = {"naive_eager": None, "reference": None, "compiled_reference": None, "compiled_reference_list": None,
+           "cpp": None, "cpp_list": None, "triton": None, "triton_list": None, "triton_list_nosplit": None}
     if not _ext.available():
-        out["cpp"] = f"extension not built: {_ext.why_missing()}"
+        out["cpp"] = out["cpp_list"] = f"extension not built: {_ext.why_missing()}"
     elif device.type != "cpu":
-        out["cpp"] = "the C++ fused op is the CPU backend"
+        out["cpp"] = out["cpp_list"] = "the C++ fused op is the CPU backend"
     why = triton_usable(device)
     if device.type != "cuda":
         why = "no GPU on this machine: the Triton kernel runs on CUDA (the interpreter is for tests, not timing)"
     if why:
-        out["triton"] = why
+        out["triton"] = out["triton_list"] = out["triton_list_nosplit"] = why
     return out
 
 
-def run_case(N, B, C, D, dtype, device, skip_reasons):
+def _without_split(fn):
+    def call():
+        old = os.environ.get(SPLIT_ENV)
+        os.environ[SPLIT_ENV] = "1"
+        try:
+            fn()
+        finally:
+            if old is None:
+                del os.environ[SPLIT_ENV]
+            else:
+                os.environ[SPLIT_ENV] = old
+    return call
+
+
+def run_case(N, B, C, D, dtype, device, skip_reasons, between=None):
     z, f, y = make_inputs(N, B, C, D, dtype, device)
     zl = [t.detach().clone().requires_grad_() for t in z.unbind(0)]
     fl = [t.detach().clone().requires_grad_() for t in f.unbind(0)]
     leaves = {"stacked": [z, f], "list": zl + fl}
 
-    def ours(backend):
-        return lambda: msd_loss(z, y, f, alpha=ALPHA, temperature=TAU, beta=BETA, backend=backend,
+    def ours(backend, kind):
+        zz, ff = (z, f) if kind == "stacked" else (zl, fl)
+        return lambda: msd_loss(zz, y, ff, alpha=ALPHA, temperature=TAU, beta=BETA, backend=backend,
                                 validate=False).backward()
 
     torch._dynamo.reset()  # a fresh compile per shape (dynamo's recompile limit would fall back to eager)
-    compiled = torch.compile(lambda z_, f_: msd_loss(z_, y, f_, alpha=ALPHA, temperature=TAU, beta=BETA,
-                                                     backend="reference", validate=False), dynamic=False)
+
+    def reference(z_, f_):
+        return msd_loss(z_, y, f_, alpha=ALPHA, temperature=TAU, beta=BETA, backend="reference", validate=False)
+
+    compiled = torch.compile(reference, dynamic=False)
+    compiled_list = torch.compile(reference, dynamic=False)
     fns = {
         "naive_eager": (lambda: naive_msd_loss(zl, y, fl, ALPHA, TAU, BETA).backward(), "list"),
-        "reference": (ours("reference"), "stacked"),
+        "reference": (ours("reference", "stacked"), "stacked"),
         "compiled_reference": (lambda: compiled(z, f).backward(), "stacked"),
-        "cpp": (ours("cpp"), "stacked"),
-        "triton": (ours("triton"), "stacked"),
+        "compiled_reference_list": (lambda: compiled_list(zl, fl).backward(), "list"),
+        "cpp": (ours("cpp", "stacked"), "stacked"),
+        "cpp_list": (ours("cpp", "list"), "list"),
+        "triton": (ours("triton", "stacked"), "stacked"),
+        "triton_list": (ours("triton", "list"), "list"),
+        # the one-program-per-sample kernel even where the launcher would split C (small B, large C)
+        "triton_list_nosplit": (_without_split(ours("triton", "list")), "list"),
     }
     # The floor: stream the same bytes once (read logits + features, write their gradients).
     dz, df = torch.empty_like(z), torch.empty_like(f)
@@ -105,7 +137,7 @@ def run_case(N, B, C, D, dtype, device, skip_reasons):
             fn()
 
         extra[name] = {}
-        if name == "compiled_reference":
+        if name.startswith("compiled_reference"):
             t0 = time.perf_counter()
             step()
             extra[name]["compile_s"] = time.perf_counter() - t0
@@ -116,7 +148,7 @@ def run_case(N, B, C, D, dtype, device, skip_reasons):
             torch.cuda.synchronize(device)
             extra[name]["peak_mem_mb"] = torch.cuda.max_memory_allocated(device) / 2**20
         steps[name] = step
-    timed = time_interleaved(steps, device)  # round-robin: machine drift hits every backend alike
+    timed = time_interleaved(steps, device, between=between)  # round-robin: drift hits every backend alike
     rows = []
     for name in ["memcpy_floor", *fns]:
         if name not in steps:
@@ -126,9 +158,13 @@ def run_case(N, B, C, D, dtype, device, skip_reasons):
         rows.append({**base, "backend": name, **r, **extra[name], "bytes": nbytes,
                      "gb_per_s": nbytes / r["median_ms"] / 1e6})
     naive = next(r for r in rows if r["backend"] == "naive_eager")
+    comp = {r["backend"]: r for r in rows if r["backend"].startswith("compiled_reference") and "median_ms" in r}
     for r in rows:
         if "median_ms" in r:
             r["speedup_vs_naive"] = naive["median_ms"] / r["median_ms"]
+            ref = comp.get("compiled_reference_list" if r["backend"].endswith("_list") else "compiled_reference")
+            if ref is not None:  # against torch.compile of the reference given the same kind of input
+                r["speedup_vs_compiled_reference"] = ref["median_ms"] / r["median_ms"]
     return rows
 
 
@@ -137,13 +173,22 @@ def main(argv=None):
     ap.add_argument("--quick", action="store_true", help="the small grid (N in {2,4,8}, B=128, C=100, fp32)")
     ap.add_argument("--device", default="auto")
     ap.add_argument("--out", default=None, help="JSON path (default: bench/results/loss_<cpu|cuda>[_quick].json)")
-    ap.add_argument("--grid", choices=("full", "gpu-check"), default="full", help="which shapes (default: full)")
+    ap.add_argument("--grid", choices=("full", "gpu-check", "cpu-target"), default="full",
+                    help="which shapes (default: full)")
+    ap.add_argument("--between-work", action="store_true",
+                    help="before every timed call, untimed traffic over 64 MB (caches cold, as inside a training step)")
     ap.add_argument("--update-readme", action="store_true", help="regenerate the README tables afterwards")
     args = ap.parse_args(argv)
     device = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device)
     info = machine_info(device)
     print(f"# bench_loss on {describe(info)}", flush=True)
     skips = backends(device)
+    between = None
+    if args.between_work:
+        scratch = torch.zeros(16 << 20, device=device)  # 64 MB of fp32: more than this machine's caches
+
+        def between():
+            scratch.add_(1.0)
     rows = []
     t_start = time.time()
     for N, B, C, D, dtype in grid(device, args.quick, args.grid):
@@ -151,17 +196,20 @@ def main(argv=None):
             rows.append(dict(N=N, B=B, C=C, D=D, dtype=str(dtype).replace("torch.", ""), backend="all",
                              skipped=f"N*B*C = {N * B * C} > {MAX_CPU_ELEMENTS}: too large for a CPU run"))
             continue
-        case = run_case(N, B, C, D, dtype, device, skips)
+        case = run_case(N, B, C, D, dtype, device, skips, between)
         rows.extend(case)
         msg = "  ".join(f"{r['backend']}={r['median_ms']:.3f}ms" for r in case if "median_ms" in r)
         print(f"N={N} B={B} C={C} D={D} {dtype}: {msg}", flush=True)
-    suffix = "_quick" if args.quick else ("_gpu_check" if args.grid == "gpu-check" else "")
+    suffix = "_quick" if args.quick else ("" if args.grid == "full" else "_" + args.grid.replace("-", "_"))
+    suffix += "_between_work" if args.between_work else ""
     out = pathlib.Path(args.out) if args.out else RESULTS / f"loss_{device.type}{suffix}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({"machine": info, "alpha": ALPHA, "temperature": TAU, "beta": BETA,
                                "grid": "quick" if args.quick else args.grid, "wall_s": time.time() - t_start,
+                               "between_work": args.between_work,
                                "command": "python -m bench.bench_loss" + (" --quick" if args.quick else "")
-                               + (" --grid gpu-check" if args.grid == "gpu-check" else ""),
+                               + ("" if args.grid == "full" else f" --grid {args.grid}")
+                               + (" --between-work" if args.between_work else ""),
                                "rows": rows}, indent=1))
     print(f"wrote {out}")
     if args.update_readme:

@@ -78,6 +78,29 @@ def gpu_check_section() -> str:
     return "\n\n".join(table(json.loads(p.read_text())) for p in runs)
 
 
+def cpu_target_section() -> str:
+    """The CPU loss at the training shape, from lists and stacked, in a tight loop and between other work."""
+    runs = [(label, _load(f"loss_cpu_cpu_target{suffix}.json"))
+            for label, suffix in (("tight loop", ""), ("between other work", "_between_work"))]
+    runs = [(label, d) for label, d in runs if d]
+    if not runs:
+        return "_Not measured yet: `python -m bench.bench_loss --grid cpu-target [--between-work]`._"
+    names = ["naive_eager", "compiled_reference", "compiled_reference_list", "cpp", "cpp_list", "memcpy_floor"]
+    lines = [f"Measured on {describe(runs[0][1]['machine'])}. N=4 B=128 C=100 D=512 fp32, forward+backward, "
+             "median µs per call, backends round-robin in one run; `_list`: the N exits as separate tensors (as a "
+             "model returns them), else one stacked [N, B, C] tensor. \"between other work\": 64 MB of untimed "
+             "memory traffic before every call, so the loss starts with cold caches as it does inside a training step.",
+             "", "| timing | `command` | " + " | ".join(names) + " | cpp_list vs compiled_reference_list |",
+             "|---|---|" + "---|" * (len(names) + 1)]
+    for label, d in runs:
+        by = {r["backend"]: r for r in d["rows"] if "median_ms" in r}
+        cells = [f"{by[n]['median_ms'] * 1e3:.0f}" if n in by else "—" for n in names]
+        ratio = (f"{by['compiled_reference_list']['median_ms'] / by['cpp_list']['median_ms']:.2f}x"
+                 if "cpp_list" in by and "compiled_reference_list" in by else "—")
+        lines.append(f"| {label} | `{d['command']}` | " + " | ".join(cells) + f" | {ratio} |")
+    return "\n".join(lines)
+
+
 def compile_gate_section() -> str:
     """Registers per configuration from the committed ahead-of-time compile gate run."""
     data = _load("triton_compile_gate.json")
@@ -117,6 +140,7 @@ def train_table(data: dict) -> str:
 def update_readme() -> None:
     update_readme_section("gpu-check", gpu_check_section())
     update_readme_section("compile-gate", compile_gate_section())
+    update_readme_section("loss-target-cpu", cpu_target_section())
     for dev in ("cpu", "cuda"):
         data = _load(f"loss_{dev}.json") or _load(f"loss_{dev}_quick.json")
         update_readme_section(f"loss-bench-{dev}", loss_table(data))

@@ -12,20 +12,20 @@
 #include <torch/autograd.h>
 #include <torch/library.h>
 
+#include "msd_ops.h"
+
 namespace msd_fast {
 namespace {
 
 using torch::autograd::AutogradContext;
 using torch::autograd::variable_list;
-using FusedOut = std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor>;
 
-FusedOut call_fused_below_autograd(const at::Tensor& logits, const at::Tensor& target,
-                                   const std::optional<at::Tensor>& features, const at::Tensor& weights,
-                                   double temperature, bool teacher_last) {
+FusedOut call_fused_below_autograd(at::TensorList logits, const at::Tensor& target, at::TensorList features,
+                                   const at::Tensor& weights, double temperature, bool teacher_last) {
   static auto op = c10::Dispatcher::singleton()
                        .findSchemaOrThrow("msd_fast::fused_msd_loss", "")
-                       .typed<FusedOut(const at::Tensor&, const at::Tensor&, const std::optional<at::Tensor>&,
-                                       const at::Tensor&, double, bool)>();
+                       .typed<FusedOut(at::TensorList, const at::Tensor&, at::TensorList, const at::Tensor&, double,
+                                       bool)>();
   at::AutoDispatchBelowADInplaceOrView guard;
   return op.call(logits, target, features, weights, temperature, teacher_last);
 }
@@ -38,42 +38,48 @@ bool is_plain_cpu_one(const at::Tensor& g) {
          !at::isTensorSubclassLike(g) && g.layout() == at::kStrided && g.item<float>() == 1.0f;
 }
 
+// Outputs, flattened for autograd: total, per_exit, then the N logits gradients, then the features' (N or 0).
 class FusedMSDLossFunction : public torch::autograd::Function<FusedMSDLossFunction> {
  public:
-  static variable_list forward(AutogradContext* ctx, const at::Tensor& logits, const at::Tensor& target,
-                               const std::optional<at::Tensor>& features, const at::Tensor& weights,
-                               double temperature, bool teacher_last) {
+  static variable_list forward(AutogradContext* ctx, at::TensorList logits, const at::Tensor& target,
+                               at::TensorList features, const at::Tensor& weights, double temperature,
+                               bool teacher_last) {
     auto [total, per_exit, grad_logits, grad_features] =
         call_fused_below_autograd(logits, target, features, weights, temperature, teacher_last);
-    ctx->saved_data["has_features"] = features.has_value();
-    ctx->save_for_backward({grad_logits, grad_features});
-    ctx->mark_non_differentiable({per_exit, grad_logits, grad_features});
-    ctx->set_materialize_grads(false);  // no zero-filled [N, B, C] grads for the logging outputs
-    return {total, per_exit, grad_logits, grad_features};
+    ctx->saved_data["N"] = static_cast<int64_t>(logits.size());
+    ctx->saved_data["F"] = static_cast<int64_t>(features.size());
+    variable_list saved(grad_logits);
+    saved.insert(saved.end(), grad_features.begin(), grad_features.end());
+    ctx->save_for_backward(saved);
+    variable_list outs{total, per_exit};
+    outs.insert(outs.end(), saved.begin(), saved.end());
+    ctx->mark_non_differentiable(variable_list(outs.begin() + 1, outs.end()));
+    ctx->set_materialize_grads(false);  // no zero-filled [B, C] grads for the logging outputs
+    return outs;
   }
 
   static variable_list backward(AutogradContext* ctx, variable_list grad_outputs) {
+    const int64_t N = ctx->saved_data["N"].toInt(), F = ctx->saved_data["F"].toInt();
+    // One slot per forward input as autograd counts them: N logits, target, F features, weights,
+    // temperature, teacher_last.
+    variable_list out(N + F + 4);
     const at::Tensor& g = grad_outputs[0];
-    variable_list out(6);  // one slot per forward input: logits, target, features, weights, temperature, teacher_last
     if (!g.defined()) return out;
     auto saved = ctx->get_saved_variables();
-    const bool has_features = ctx->saved_data["has_features"].toBool();
-    if (is_plain_cpu_one(g)) {  // loss.backward(): the saved gradients are the answer, no pass over them
-      out[0] = saved[0];
-      if (has_features) out[2] = saved[1];
-      return out;
-    }
-    out[0] = g.mul(saved[0]);
-    if (has_features) out[2] = g.mul(saved[1]);
+    // loss.backward(): the saved gradients are the answer; no pass over them.
+    const bool one = is_plain_cpu_one(g);
+    for (int64_t n = 0; n < N; ++n) out[n] = one ? saved[n] : g.mul(saved[n]);
+    for (int64_t n = 0; n < F; ++n) out[N + 1 + n] = one ? saved[N + n] : g.mul(saved[N + n]);
     return out;
   }
 };
 
-FusedOut fused_msd_loss_autograd(const at::Tensor& logits, const at::Tensor& target,
-                                 const std::optional<at::Tensor>& features, const at::Tensor& weights,
-                                 double temperature, bool teacher_last) {
+FusedOut fused_msd_loss_autograd(at::TensorList logits, const at::Tensor& target, at::TensorList features,
+                                 const at::Tensor& weights, double temperature, bool teacher_last) {
   auto outs = FusedMSDLossFunction::apply(logits, target, features, weights, temperature, teacher_last);
-  return {outs[0], outs[1], outs[2], outs[3]};
+  const size_t N = logits.size(), F = features.size();
+  return {outs[0], outs[1], std::vector<at::Tensor>(outs.begin() + 2, outs.begin() + 2 + N),
+          std::vector<at::Tensor>(outs.begin() + 2 + N, outs.begin() + 2 + N + F)};
 }
 
 }  // namespace

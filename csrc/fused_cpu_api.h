@@ -9,12 +9,14 @@ namespace cpu {
 enum class DType { F32, BF16, F16 };
 
 struct KernelArgs {
-  const void* z;          // [N, B, C] logits
-  const int64_t* y;       // [B] targets
-  const void* feats;      // [N, B, D] features or nullptr
-  float* partials;        // [3, N, B] out: per-sample CE, KD, FEAT
-  void* grad_z;           // [N, B, C] out
-  void* grad_f;           // [N, B, D] out (when feats)
+  // One pointer per exit (the model's N tensors as they are: no stacking copy); each row block is a
+  // contiguous [B, C] (logits) or [B, D] (features).
+  const void* const* z;       // N x [B, C] logits
+  const int64_t* y;           // [B] targets
+  const void* const* feats;   // N x [B, D] features, or nullptr
+  float* partials;            // [3, N, B] out: per-sample CE, KD, FEAT
+  void* const* grad_z;        // N x [B, C] out
+  void* const* grad_f;        // N x [B, D] out (when feats)
   int64_t N, B, C, D;
   float inv_tau, g_ce, g_kd, kd_scale, g_feat;
   bool teacher_last;

@@ -143,8 +143,17 @@ struct LossScalars {
 
 // One sample b: all N rows of logits -> partial CE/KD per exit and d total / d logits.
 // Scratch per thread: dz [N, Cp] = z - max (padded), et [N, Cp] = exp(dz / tau), P [Cp], row stats [N].
+template <typename scalar_t>
+inline const scalar_t* row(const void* const* exits, int64_t n, int64_t b, int64_t width) {
+  return static_cast<const scalar_t*>(exits[n]) + b * width;
+}
+template <typename scalar_t>
+inline scalar_t* row(void* const* exits, int64_t n, int64_t b, int64_t width) {
+  return static_cast<scalar_t*>(exits[n]) + b * width;
+}
+
 template <typename scalar_t, int K>
-void logits_one_sample(const scalar_t* z, int64_t yb, scalar_t* grad_z, float* part_ce, float* part_kd,
+void logits_one_sample(const void* const* z, int64_t yb, void* const* grad_z, float* part_ce, float* part_kd,
                        int64_t N, int64_t B, int64_t b, int64_t C, int64_t Cp, const LossScalars& s,
                        float* dz, float* et, float* P, float* inv_st, float* inv_s1, float* lse_t, float* qlq) {
   const int64_t nb = Cp / kLanes;
@@ -154,7 +163,8 @@ void logits_one_sample(const scalar_t* z, int64_t yb, scalar_t* grad_z, float* p
   for (int64_t n = 0; n < N; ++n) {
     float* d = dz + n * Cp;
     float* e = et + n * Cp;
-    load_row_padded(z + (n * B + b) * C, d, C, Cp);
+    const scalar_t* zn = row<scalar_t>(z, n, b, C);
+    load_row_padded(zn, d, C, Cp);
     vf16 mv = simd::splat(-__builtin_inff());
     simd::vi16 nan_lanes{};
     for (int64_t i = 0; i < nb; ++i) {
@@ -181,7 +191,7 @@ void logits_one_sample(const scalar_t* z, int64_t yb, scalar_t* grad_z, float* p
     lse_t[n] = __builtin_logf(sst);                                          // l_n = dz_n / tau - lse_t[n]
     qlq[n] = inv_st[n] * simd::hsum(ed) * inv_tau - lse_t[n];         // <q_n, l_n> (sum_c q_n = 1)
     R += qlq[n];
-    part_ce[n * B] = __builtin_logf(ss1) - (to_float(z[(n * B + b) * C + yb]) - m);  // lse(z_n) - z_n[y]
+    part_ce[n * B] = __builtin_logf(ss1) - (to_float(zn[yb]) - m);  // lse(z_n) - z_n[y]
   }
   const float Nf = static_cast<float>(N);
   float sP = 0.f;
@@ -201,7 +211,7 @@ void logits_one_sample(const scalar_t* z, int64_t yb, scalar_t* grad_z, float* p
   for (int64_t n = 0; n < N; ++n) {
     const float* d = dz + n * Cp;
     const float* e = et + n * Cp;
-    scalar_t* g = grad_z + (n * B + b) * C;
+    scalar_t* g = row<scalar_t>(grad_z, n, b, C);
     const float a = s.g_ce * inv_s1[n];
     vf16 dot{};
     float gy;
@@ -245,13 +255,13 @@ void logits_one_sample(const scalar_t* z, int64_t yb, scalar_t* grad_z, float* p
 
 // Feature hint of sample b: FEAT_n = ||F_n - F_N||^2 and its gradient g_feat (F_n - F_N); F_N's is 0.
 template <typename scalar_t>
-void features_one_sample(const scalar_t* feats, scalar_t* grad_f, float* part_ft, int64_t N, int64_t B, int64_t b,
-                         int64_t D, float g_feat) {
-  const scalar_t* fN = feats + ((N - 1) * B + b) * D;
+void features_one_sample(const void* const* feats, void* const* grad_f, float* part_ft, int64_t N, int64_t B,
+                         int64_t b, int64_t D, float g_feat) {
+  const scalar_t* fN = row<scalar_t>(feats, N - 1, b, D);
   const int64_t Dv = D - D % kLanes;
   for (int64_t n = 0; n < N - 1; ++n) {
-    const scalar_t* fn = feats + (n * B + b) * D;
-    scalar_t* gf = grad_f + (n * B + b) * D;
+    const scalar_t* fn = row<scalar_t>(feats, n, b, D);
+    scalar_t* gf = row<scalar_t>(grad_f, n, b, D);
     vf16 ssv{};
     for (int64_t d = 0; d < Dv; d += kLanes) {
       const vf16 diff = load_as_float(fn + d) - load_as_float(fN + d);
@@ -266,7 +276,7 @@ void features_one_sample(const scalar_t* feats, scalar_t* grad_f, float* part_ft
     }
     part_ft[n * B] = ss;
   }
-  __builtin_memset(grad_f + ((N - 1) * B + b) * D, 0, D * sizeof(scalar_t));  // all-zero bits = +0 in every float type
+  __builtin_memset(row<scalar_t>(grad_f, N - 1, b, D), 0, D * sizeof(scalar_t));  // all-zero bits = +0 in every float type
   part_ft[(N - 1) * B] = 0.f;
 }
 
@@ -274,10 +284,6 @@ void features_one_sample(const scalar_t* feats, scalar_t* grad_f, float* part_ft
 template <typename scalar_t, int K>
 void samples(const cpu::KernelArgs& a, int64_t b0, int64_t b1, float* scratch) {
   const int64_t N = a.N, B = a.B, C = a.C, D = a.D, Cp = cpu::padded(C);
-  const scalar_t* z = static_cast<const scalar_t*>(a.z);
-  const scalar_t* feats = static_cast<const scalar_t*>(a.feats);
-  scalar_t* grad_z = static_cast<scalar_t*>(a.grad_z);
-  scalar_t* grad_f = static_cast<scalar_t*>(a.grad_f);
   float* partials = a.partials;
   const LossScalars s{a.inv_tau, a.g_ce, a.g_kd, a.kd_scale, a.g_feat, a.teacher_last};
   float* dz = scratch;
@@ -285,10 +291,10 @@ void samples(const cpu::KernelArgs& a, int64_t b0, int64_t b1, float* scratch) {
   float* P = et + N * Cp;
   float* stats = P + Cp;
   for (int64_t b = b0; b < b1; ++b) {
-    logits_one_sample<scalar_t, K>(z, a.y[b], grad_z, partials + b, partials + N * B + b, N, B, b, C, Cp, s,
+    logits_one_sample<scalar_t, K>(a.z, a.y[b], a.grad_z, partials + b, partials + N * B + b, N, B, b, C, Cp, s,
                                    dz, et, P, stats, stats + N, stats + 2 * N, stats + 3 * N);
-    if (feats != nullptr) {
-      features_one_sample(feats, grad_f, partials + 2 * N * B + b, N, B, b, D, s.g_feat);
+    if (a.feats != nullptr) {
+      features_one_sample<scalar_t>(a.feats, a.grad_f, partials + 2 * N * B + b, N, B, b, D, s.g_feat);
     } else {
       for (int64_t n = 0; n < N; ++n) partials[(2 * N + n) * B + b] = 0.f;
     }

@@ -121,17 +121,46 @@ bool is_supported_float(at::ScalarType t) {
 
 const char* cpu_isa_name() { return isa().name; }
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> fused_msd_loss_cpu(
-    const at::Tensor& logits, const at::Tensor& target, const c10::optional<at::Tensor>& features,
-    const at::Tensor& weights, double temperature, bool teacher_last) {
-  TORCH_CHECK(logits.device().is_cpu(), "fused_msd_loss: logits must be a CPU tensor (use the Triton backend on CUDA)");
-  TORCH_CHECK(logits.dim() == 3, "fused_msd_loss: logits must have shape [N, B, C], got ", logits.sizes());
-  const int64_t N = logits.size(0), B = logits.size(1), C = logits.size(2);
+namespace {
+
+// Checks the N exits of one input (logits or features): CPU, 2-D [B, width], one dtype, contiguous.
+void check_exits(at::TensorList xs, const char* name, int64_t N, int64_t B, at::ScalarType dtype) {
+  TORCH_CHECK(static_cast<int64_t>(xs.size()) == N, "fused_msd_loss: ", name, " has ", xs.size(),
+              " exits, logits have N = ", N);
+  for (size_t n = 0; n < xs.size(); ++n) {
+    const auto& x = xs[n];
+    TORCH_CHECK(x.defined(), "fused_msd_loss: ", name, "[", n, "] is undefined");
+    TORCH_CHECK(x.device().is_cpu(), "fused_msd_loss: ", name, "[", n, "] must be a CPU tensor, got one on ",
+                x.device(), " (use the Triton kernel on CUDA)");
+    TORCH_CHECK(x.dim() == 2 && x.size(0) == B && x.size(1) == xs[0].size(1), "fused_msd_loss: ", name, "[", n,
+                "] must have shape [B=", B, ", ", xs[0].size(1), "] like ", name, "[0], got ", x.sizes());
+    TORCH_CHECK(x.scalar_type() == dtype, "fused_msd_loss: ", name, "[", n, "] has dtype ", x.scalar_type(),
+                ", expected ", dtype, " (the dtype of logits[0])");
+    TORCH_CHECK(x.is_contiguous(), "fused_msd_loss: ", name, "[", n, "] must be contiguous");
+  }
+}
+
+std::vector<at::Tensor> empty_like_each(at::TensorList xs) {
+  std::vector<at::Tensor> out;
+  out.reserve(xs.size());
+  for (const auto& x : xs) out.push_back(at::empty_like(x));
+  return out;
+}
+
+}  // namespace
+
+FusedOut fused_msd_loss_cpu(at::TensorList logits, const at::Tensor& target, at::TensorList features,
+                            const at::Tensor& weights, double temperature, bool teacher_last) {
+  const int64_t N = static_cast<int64_t>(logits.size());
   TORCH_CHECK(N >= 2, "fused_msd_loss: need at least 2 exits, got N = ", N);
-  TORCH_CHECK(B >= 1 && C >= 2, "fused_msd_loss: need B >= 1 samples and C >= 2 classes, got ", logits.sizes());
-  TORCH_CHECK(is_supported_float(logits.scalar_type()), "fused_msd_loss: logits must be float32, float16 or bfloat16, got ",
-              logits.scalar_type());
-  TORCH_CHECK(logits.is_contiguous(), "fused_msd_loss: logits must be contiguous");
+  TORCH_CHECK(logits[0].defined() && logits[0].dim() == 2, "fused_msd_loss: logits[0] must have shape [B, C], got ",
+              logits[0].defined() ? logits[0].sizes() : at::IntArrayRef{});
+  const int64_t B = logits[0].size(0), C = logits[0].size(1);
+  TORCH_CHECK(B >= 1 && C >= 2, "fused_msd_loss: need B >= 1 samples and C >= 2 classes, got [B, C] = ",
+              logits[0].sizes());
+  const auto dtype = logits[0].scalar_type();
+  TORCH_CHECK(is_supported_float(dtype), "fused_msd_loss: logits must be float32, float16 or bfloat16, got ", dtype);
+  check_exits(logits, "logits", N, B, dtype);
   TORCH_CHECK(target.device().is_cpu() && target.scalar_type() == at::kLong && target.dim() == 1 && target.size(0) == B,
               "fused_msd_loss: target must be a CPU int64 tensor of shape [", B, "], got ", target.scalar_type(), " ",
               target.sizes(), " on ", target.device());
@@ -143,29 +172,36 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> fused_msd_loss_cpu(
   for (int64_t b = 0; b < B; ++b) {
     TORCH_CHECK(yp[b] >= 0 && yp[b] < C, "fused_msd_loss: target[", b, "] = ", yp[b], " is outside [0, ", C, ")");
   }
+  const bool has_features = !features.empty();
   int64_t D = 0;
-  if (features.has_value()) {
-    const auto& f = *features;
-    TORCH_CHECK(f.device().is_cpu(), "fused_msd_loss: features must be a CPU tensor");
-    TORCH_CHECK(f.dim() == 3 && f.size(0) == N && f.size(1) == B,
-                "fused_msd_loss: features must have shape [N=", N, ", B=", B, ", D], got ", f.sizes());
-    TORCH_CHECK(f.scalar_type() == logits.scalar_type(), "fused_msd_loss: features dtype ", f.scalar_type(),
-                " differs from logits dtype ", logits.scalar_type());
-    TORCH_CHECK(f.is_contiguous(), "fused_msd_loss: features must be contiguous");
-    D = f.size(2);
+  if (has_features) {
+    TORCH_CHECK(features[0].defined() && features[0].dim() == 2, "fused_msd_loss: features[0] must have shape [B, D]");
+    check_exits(features, "features", N, B, dtype);
+    D = features[0].size(1);
   }
   const auto w = weights.contiguous();
   const float* wp = w.data_ptr<float>();
-  auto partials = at::empty({3, N, B}, logits.options().dtype(at::kFloat));
-  auto grad_logits = at::empty_like(logits);
-  auto grad_features = features.has_value() ? at::empty_like(*features) : at::empty({0}, logits.options());
+  auto partials = at::empty({3, N, B}, logits[0].options().dtype(at::kFloat));
+  std::vector<at::Tensor> grad_logits = empty_like_each(logits);
+  std::vector<at::Tensor> grad_features = empty_like_each(features);
+  // One pointer per exit: the kernel reads the model's tensors where they are.
+  std::vector<const void*> z(N), f(has_features ? N : 0);
+  std::vector<void*> gz(N), gf(has_features ? N : 0);
+  for (int64_t n = 0; n < N; ++n) {
+    z[n] = logits[n].data_ptr();
+    gz[n] = grad_logits[n].data_ptr();
+    if (has_features) {
+      f[n] = features[n].data_ptr();
+      gf[n] = grad_features[n].data_ptr();
+    }
+  }
   cpu::KernelArgs a{};
-  a.z = logits.data_ptr();
+  a.z = z.data();
   a.y = yp;
-  a.feats = features.has_value() ? features->data_ptr() : nullptr;
+  a.feats = has_features ? f.data() : nullptr;
   a.partials = partials.data_ptr<float>();
-  a.grad_z = grad_logits.data_ptr();
-  a.grad_f = features.has_value() ? grad_features.data_ptr() : nullptr;
+  a.grad_z = gz.data();
+  a.grad_f = has_features ? gf.data() : nullptr;
   a.N = N, a.B = B, a.C = C, a.D = D;
   const float tau = static_cast<float>(temperature), invB = 1.0f / static_cast<float>(B);
   a.inv_tau = 1.0f / tau;
@@ -175,21 +211,20 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> fused_msd_loss_cpu(
   a.g_feat = 2.0f * wp[2] * invB;
   a.teacher_last = teacher_last;
   a.tau_int = (tau == std::nearbyint(tau) && tau >= 1.f && tau <= 4.f) ? static_cast<int>(tau) : 0;
-  a.dtype = logits.scalar_type() == at::kFloat ? cpu::DType::F32
-            : logits.scalar_type() == at::kBFloat16 ? cpu::DType::BF16 : cpu::DType::F16;
+  a.dtype = dtype == at::kFloat ? cpu::DType::F32 : dtype == at::kBFloat16 ? cpu::DType::BF16 : cpu::DType::F16;
   launch_fused_msd_loss(a);
   auto [per_exit, total] = reduce_exit_losses_cpu(partials, w);
-  return {total, per_exit, grad_logits, grad_features};
+  return {total, per_exit, std::move(grad_logits), std::move(grad_features)};
 }
 
 TORCH_LIBRARY(msd_fast, m) {
   // partials [3, N, B] float32 (CE, KD, FEAT per exit and sample), weights [3] = (w_ce, w_kd, w_feat)
   // -> (per-exit means [3, N], weighted total []).
   m.def("reduce_exit_losses(Tensor partials, Tensor weights) -> (Tensor, Tensor)");
-  // logits [N, B, C], target [B] int64, features [N, B, D] or None, weights [3]
-  // -> (total [], per-exit means [3, N], d total / d logits [N, B, C], d total / d features [N, B, D] or [0]).
-  m.def("fused_msd_loss(Tensor logits, Tensor target, Tensor? features, Tensor weights, float temperature, "
-        "bool teacher_last) -> (Tensor, Tensor, Tensor, Tensor)");
+  // logits: N tensors [B, C], target [B] int64, features: N tensors [B, D] or none (empty list), weights [3]
+  // -> (total [], per-exit means [3, N], d total / d logits: N x [B, C], d total / d features: N x [B, D] or []).
+  m.def("fused_msd_loss(Tensor[] logits, Tensor target, Tensor[] features, Tensor weights, float temperature, "
+        "bool teacher_last) -> (Tensor, Tensor, Tensor[], Tensor[])");
 }
 
 TORCH_LIBRARY_IMPL(msd_fast, CPU, m) {

@@ -54,6 +54,15 @@ def problem_grid(full: bool) -> List[Dict]:
                     for C in sorted({bc, max(2, bc - 1)}):
                         out.append(dict(N=N, B=7, C=C, D=(40 if has_feat else 0), dtype=dtype,
                                         teacher_last=teacher_last))
+    # The split-C kernels (small B, large C): each of the three, at the largest tile, with and without
+    # features, both teachers, every dtype; S = 3 slices of a C past the cap.
+    for NP, N in n_for_np.items():
+        for dtype, teacher_last, has_feat in itertools.product(DTYPES, (False, True), (False, True)):
+            for kernel in ("split_stats", "split_main", "split_finish"):
+                if kernel != "split_main" and has_feat:
+                    continue  # only the main kernel reads features
+                out.append(dict(N=N, B=5, C=131072 + 1, D=(1536 if has_feat else 0), dtype=dtype,
+                                teacher_last=teacher_last, kernel=kernel))
     uniq, seen = [], set()
     for p in out:
         k = tuple(sorted(p.items()))
@@ -64,23 +73,35 @@ def problem_grid(full: bool) -> List[Dict]:
 
 
 def _kernel_args(p: Dict):
-    """The positional and keyword arguments msd_loss_partials passes to the kernel for problem p, with tiny
-    real CPU tensors standing in for the device buffers (only their dtype and 16-byte alignment matter)."""
+    """The kernel, positional and keyword arguments the launcher passes for problem p (through its own
+    `kernel_args` / `split_kernel_args`), with tiny real CPU tensors standing in for the device buffers
+    (only their dtype and 16-byte alignment matter)."""
     import torch
 
-    from .msd_loss_kernel import launch_plan
+    from . import msd_loss_kernel as k
 
     dt = getattr(torch, p["dtype"])
-    z = torch.empty(64, dtype=dt)
-    f = torch.empty(64, dtype=dt) if p["D"] else z
+    N = p["N"]
+    z = [torch.empty(4, 16, dtype=dt) for _ in range(N)]
+    f = [torch.empty(4, 16, dtype=dt) for _ in range(N)] if p["D"] else []
     y = torch.empty(8, dtype=torch.int64)
     w = torch.empty(3, dtype=torch.float32)
     part = torch.empty(16, dtype=torch.float32)
-    plan = launch_plan(p["N"], p["C"], p["D"])
-    args = (z, y, f, w, part, torch.empty_like(z), torch.empty_like(f),
-            p["N"], p["B"], p["C"], p["D"], 3.0, 1.0 / 3.0, 1.0 / p["B"])
-    kwargs = dict(TEACHER_LAST=p["teacher_last"], HAS_FEAT=p["D"] > 0, **plan)
-    return args, kwargs, plan
+    gz, gf = [torch.empty_like(t) for t in z], [torch.empty_like(t) for t in f]
+    kernel = p.get("kernel", "fused")
+    if kernel == "fused":
+        args, kwargs = k.kernel_args(z, y, f, w, part, gz, gf, 3.0, p["teacher_last"], p["B"], p["C"], p["D"])
+        fn = k._msd_loss_kernel
+    else:
+        plan = k.launch_plan(N, p["C"], p["D"])
+        _, CS = k.split_plan(p["B"], p["C"], plan["BLOCK_C"], sms=132, forced=3)
+        ws = torch.empty(16, dtype=torch.float32)
+        args, kwargs = k.split_kernel_args(z, y, f, w, part, gz, gf, ws, torch.empty_like(ws), 3.0,
+                                           p["teacher_last"], p["B"], p["C"], p["D"], CS)[kernel]
+        fn = {"split_stats": k._msd_split_stats_kernel, "split_main": k._msd_split_main_kernel,
+              "split_finish": k._msd_split_finish_kernel}[kernel]
+    plan = {key: kwargs[key] for key in ("NP", "BLOCK_C", "BLOCK_D", "num_warps") if key in kwargs}
+    return fn, args, kwargs, plan
 
 
 def _tools() -> Tuple[str, str]:
@@ -189,11 +210,9 @@ def check_compile(fn, args, kwargs, arch: int) -> Dict:
 
 
 def compile_one(p: Dict, arch: int) -> Dict:
-    """The gate's check of `_msd_loss_kernel` for problem p on sm_<arch>: a result row."""
-    from .msd_loss_kernel import _msd_loss_kernel
-
-    args, kwargs, plan = _kernel_args(p)
-    return dict(p, arch=arch, **plan, **check_compile(_msd_loss_kernel, args, kwargs, arch))
+    """The gate's check of problem p's kernel (`_msd_loss_kernel`, or a split-C one) on sm_<arch>: a row."""
+    fn, args, kwargs, plan = _kernel_args(p)
+    return dict(p, arch=arch, **plan, **check_compile(fn, args, kwargs, arch))
 
 
 def _worker(job):
@@ -243,7 +262,7 @@ def main(argv=None) -> int:
         with open(a.json, "w") as fh:
             json.dump({"summary": summary, "results": rows}, fh, indent=1)
     for r in bad[:20]:
-        print(f"FAIL sm_{r['arch']} N={r['N']} B={r['B']} C={r['C']} D={r['D']} {r['dtype']} "
+        print(f"FAIL sm_{r['arch']} {r.get('kernel', 'fused')} N={r['N']} B={r['B']} C={r['C']} D={r['D']} {r['dtype']} "
               f"teacher_last={r['teacher_last']}: {r['error']}", file=sys.stderr)
     print(json.dumps(summary))
     return 1 if bad else 0

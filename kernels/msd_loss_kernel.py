@@ -1,7 +1,10 @@
 """Fused Triton kernel of the MSD loss: CE + all-pairs KL + feature hint, values and gradients in one pass.
 
 One program per sample b. It views the N exits' logits of that sample as an [NP, BLOCK_C] tile (NP = N
-rounded up to a power of two, padded rows masked) and walks C in chunks:
+rounded up to a power of two, padded rows masked) and walks C in chunks. The exits arrive as N separate
+tensors (the model's list, never stacked into one): the kernel takes one pointer per exit (8 slots) and
+builds the tile's row pointers from them once per program, so a chunk's addresses cost what a strided
+[N, B, C] tensor's would.
   pass 1: online max and the two softmax normalisers per exit (T = 1 for CE, T = tau for KD);
   pass 2: p_n, q_n, l_n per chunk; P = sum_n q_n over the rows of the tile; the KD sums; and the
           gradient of the weighted total, written straight to grad_logits.
@@ -12,92 +15,146 @@ Maths (docs/maths.md §3), detached teachers:
   FEAT_n = ||F_n - F_N||^2,  dL/dF_n = 2 w_feat / B (F_n - F_N)  (n < N; 0 for F_N)
 Nothing of size N x B x C is written besides the gradients; all math is float32.
 """
+import os
+from typing import Optional, Tuple
+
 import torch
 import triton
 import triton.language as tl
 
 
 @triton.jit
+def _exit_rows(rows, off, p0, p1, p2, p3, p4, p5, p6, p7, NP: tl.constexpr):
+    """[NP] pointers: row n is p_n + off (the slots past N repeat p0; the caller masks those rows)."""
+    ptr = p0 + off + rows * 0
+    ptr = tl.where(rows == 1, p1 + off, ptr)
+    if NP > 2:
+        ptr = tl.where(rows == 2, p2 + off, ptr)
+        ptr = tl.where(rows == 3, p3 + off, ptr)
+    if NP > 4:
+        ptr = tl.where(rows == 4, p4 + off, ptr)
+        ptr = tl.where(rows == 5, p5 + off, ptr)
+        ptr = tl.where(rows == 6, p6 + off, ptr)
+        ptr = tl.where(rows == 7, p7 + off, ptr)
+    return ptr
+
+
+@triton.jit
+def _stats_chunk(z_row, c, col_ok, row_ok, m, s1, st, inv_tau):
+    """Pass 1 on one [NP, BLOCK_C] chunk: the running max m and the normalisers s1 = sum exp(z - m),
+    st = sum exp((z - m) / tau) per row, updated online."""
+    mask = row_ok[:, None] & col_ok[None, :]
+    x = tl.load(z_row[:, None] + c[None, :], mask=mask, other=0.0).to(tl.float32)
+    x = tl.where(col_ok[None, :], x, float("-inf"))          # padded rows stay finite (0), columns -inf
+    m_new = tl.maximum(m, tl.max(x, axis=1))
+    d_old = m - m_new
+    s1 = s1 * tl.exp(d_old) + tl.sum(tl.exp(x - m_new[:, None]), axis=1)
+    st = st * tl.exp(d_old * inv_tau) + tl.sum(tl.exp((x - m_new[:, None]) * inv_tau), axis=1)
+    return m_new, s1, st
+
+
+@triton.jit
+def _grad_chunk(z_row, g_row, c, col_ok, row_ok, is_last, y, lse, shift, kd_acc, r_acc, g_kd, g_ce, n_f, inv_tau,
+                TEACHER_LAST: tl.constexpr):
+    """Pass 2 on one chunk: p_n, q_n, l_n, the KD sums and d total / d z_n, stored."""
+    mask = row_ok[:, None] & col_ok[None, :]
+    x = tl.load(z_row[:, None] + c[None, :], mask=mask, other=0.0).to(tl.float32)
+    l = tl.where(mask, x * inv_tau - shift[:, None], 0.0)
+    q = tl.where(mask, tl.exp(x * inv_tau - shift[:, None]), 0.0)
+    p = tl.where(mask, tl.exp(x - lse[:, None]), 0.0)
+    if TEACHER_LAST:
+        q_last = tl.sum(tl.where(is_last[:, None], q, 0.0), axis=0)      # [BLOCK_C]
+        l_last = tl.sum(tl.where(is_last[:, None], l, 0.0), axis=0)
+        kd_acc += tl.sum(q_last[None, :] * (l_last[None, :] - l), axis=1)
+        g = g_kd * (q - q_last[None, :])
+        g = tl.where(is_last[:, None], 0.0, g)
+    else:
+        P = tl.sum(q, axis=0)                                              # [BLOCK_C]
+        r_acc += tl.sum(q * l, axis=1)
+        kd_acc += tl.sum(P[None, :] * l, axis=1)
+        g = g_kd * (n_f * q - P[None, :])
+    onehot = tl.where(c[None, :] == y, 1.0, 0.0)
+    g += g_ce * (p - onehot)
+    tl.store(g_row[:, None] + c[None, :], g.to(g_row.dtype.element_ty), mask=mask)
+    return kd_acc, r_acc
+
+
+@triton.jit
+def _hint(f_row, h_row, rows, row_ok, is_last, D, g_feat, NP: tl.constexpr, BLOCK_D: tl.constexpr):
+    """FEAT_n = ||F_n - F_N||^2 per row [NP], and its gradient g_feat (F_n - F_N) stored (0 for F_N)."""
+    feat = tl.zeros([NP], tl.float32)
+    dcols = tl.arange(0, BLOCK_D)
+    for d0 in range(0, D, BLOCK_D):
+        d = d0 + dcols
+        fmask = row_ok[:, None] & (d < D)[None, :]                           # [NP, BLOCK_D]
+        fv = tl.load(f_row[:, None] + d[None, :], mask=fmask, other=0.0).to(tl.float32)
+        f_last = tl.sum(tl.where(is_last[:, None], fv, 0.0), axis=0)      # [BLOCK_D]
+        diff = tl.where(is_last[:, None], 0.0, fv - f_last[None, :])
+        feat += tl.sum(diff * diff, axis=1)
+        tl.store(h_row[:, None] + d[None, :], (g_feat * diff).to(h_row.dtype.element_ty), mask=fmask)
+    return feat
+
+
+@triton.jit
+def _kd_grad_scale(w_ptr, tau, inv_b, n_f, TEACHER_LAST: tl.constexpr):
+    w_kd = tl.load(w_ptr + 1)
+    if TEACHER_LAST:
+        g_kd = w_kd * tau * inv_b
+    else:
+        g_kd = w_kd * tau * inv_b / (n_f - 1.0)
+    return g_kd
+
+
+@triton.jit
 def _msd_loss_kernel(
-    z_ptr,       # [N, B, C] logits (fp32 / fp16 / bf16)
-    y_ptr,       # [B] int64 targets
-    f_ptr,       # [N, B, D] features (unused when HAS_FEAT is False)
-    w_ptr,       # [3] fp32: w_ce, w_kd, w_feat
-    part_ptr,    # [3, N, B] fp32 out: per-sample CE, KD, FEAT
-    gz_ptr,      # [N, B, C] out: d total / d logits, logits' dtype
-    gf_ptr,      # [N, B, D] out: d total / d features, features' dtype
+    z0, z1, z2, z3, z4, z5, z6, z7,           # per exit: [B, C] logits (fp32 / fp16 / bf16); slots >= N = z0
+    y_ptr,                                    # [B] int64 targets
+    f0, f1, f2, f3, f4, f5, f6, f7,           # per exit: [B, D] features (unused when HAS_FEAT is False)
+    w_ptr,                                    # [3] fp32: w_ce, w_kd, w_feat
+    part_ptr,                                 # [3, N, B] fp32 out: per-sample CE, KD, FEAT
+    g0, g1, g2, g3, g4, g5, g6, g7,           # per exit: [B, C] out, d total / d logits, logits' dtype
+    h0, h1, h2, h3, h4, h5, h6, h7,           # per exit: [B, D] out, d total / d features, features' dtype
     N, B, C, D,  # int32 sizes; the launcher turns any equal to 1 into a constexpr (Triton's specialisation)
     tau, inv_tau, inv_b,  # fp32 scalars: tau, 1 / tau, 1 / B (from the host: B may be a constexpr 1)
     TEACHER_LAST: tl.constexpr, HAS_FEAT: tl.constexpr,
     NP: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_D: tl.constexpr,
 ):
+    """One program per sample b: both passes over all of C, the hint, partials [3, N, b]."""
     b = tl.program_id(0).to(tl.int64)
     rows = tl.arange(0, NP)                                  # [NP]
     row_ok = rows < N
     is_last = rows == N - 1
-    row_base = rows.to(tl.int64) * B * C + b * C             # [NP] offset of z[n, b, 0]
+    z_row = _exit_rows(rows, b * C, z0, z1, z2, z3, z4, z5, z6, z7, NP)   # [NP] -> z_n[b, 0]
+    g_row = _exit_rows(rows, b * C, g0, g1, g2, g3, g4, g5, g6, g7, NP)   # [NP] -> grad z_n[b, 0]
     cols = tl.arange(0, BLOCK_C)                             # [BLOCK_C]
-    neg_inf = float("-inf")
 
     # ---- pass 1: running max m and normalisers s1 = sum exp(z - m), st = sum exp((z - m) / tau) ----
-    m = tl.full([NP], neg_inf, tl.float32)
+    m = tl.full([NP], float("-inf"), tl.float32)
     s1 = tl.zeros([NP], tl.float32)
     st = tl.zeros([NP], tl.float32)
     for c0 in range(0, C, BLOCK_C):
         c = c0 + cols
-        col_ok = c < C
-        mask = row_ok[:, None] & col_ok[None, :]
-        x = tl.load(z_ptr + row_base[:, None] + c[None, :], mask=mask, other=0.0).to(tl.float32)
-        x = tl.where(col_ok[None, :], x, neg_inf)            # padded rows stay finite (0), columns -inf
-        m_new = tl.maximum(m, tl.max(x, axis=1))
-        d_old = m - m_new
-        s1 = s1 * tl.exp(d_old) + tl.sum(tl.exp(x - m_new[:, None]), axis=1)
-        st = st * tl.exp(d_old * inv_tau) + tl.sum(tl.exp((x - m_new[:, None]) * inv_tau), axis=1)
-        m = m_new
+        m, s1, st = _stats_chunk(z_row, c, c < C, row_ok, m, s1, st, inv_tau)
     lse = m + tl.log(s1)                                     # [NP] log-sum-exp of z_n
     shift = m * inv_tau + tl.log(st)                         # l_n = z_n / tau - shift_n
 
     y = tl.load(y_ptr + b)
-    z_y = tl.load(z_ptr + row_base + y, mask=row_ok, other=0.0).to(tl.float32)
-    ce = lse - z_y
+    z_y = tl.load(z_row + y, mask=row_ok, other=0.0).to(tl.float32)
     # Stored now, not at the end: ptxas parks values that wait across pass 2 in local memory (compile gate).
     part_off = rows.to(tl.int64) * B + b
-    tl.store(part_ptr + part_off, ce, mask=row_ok)
+    tl.store(part_ptr + part_off, lse - z_y, mask=row_ok)   # CE_n
 
-    w_ce = tl.load(w_ptr)
-    w_kd = tl.load(w_ptr + 1)
-    w_feat = tl.load(w_ptr + 2)
     n_f = N * 1.0                                            # fp32 whether N is a runtime int or a constexpr
-    if TEACHER_LAST:
-        g_kd = w_kd * tau * inv_b
-    else:
-        g_kd = w_kd * tau * inv_b / (n_f - 1.0)
+    g_kd = _kd_grad_scale(w_ptr, tau, inv_b, n_f, TEACHER_LAST)
+    g_ce = tl.load(w_ptr) * inv_b
 
     # ---- pass 2: probabilities, KD sums and the logits' gradient, chunk by chunk ----
     kd_acc = tl.zeros([NP], tl.float32)                      # "all": <P, l_n>;  "last": <q_N, l_N - l_n>
     r_acc = tl.zeros([NP], tl.float32)                       # "all": per-row <q_n, l_n>, summed to R
     for c0 in range(0, C, BLOCK_C):
         c = c0 + cols
-        col_ok = c < C
-        mask = row_ok[:, None] & col_ok[None, :]
-        x = tl.load(z_ptr + row_base[:, None] + c[None, :], mask=mask, other=0.0).to(tl.float32)
-        l = tl.where(mask, x * inv_tau - shift[:, None], 0.0)
-        q = tl.where(mask, tl.exp(x * inv_tau - shift[:, None]), 0.0)
-        p = tl.where(mask, tl.exp(x - lse[:, None]), 0.0)
-        if TEACHER_LAST:
-            q_last = tl.sum(tl.where(is_last[:, None], q, 0.0), axis=0)      # [BLOCK_C]
-            l_last = tl.sum(tl.where(is_last[:, None], l, 0.0), axis=0)
-            kd_acc += tl.sum(q_last[None, :] * (l_last[None, :] - l), axis=1)
-            g = g_kd * (q - q_last[None, :])
-            g = tl.where(is_last[:, None], 0.0, g)
-        else:
-            P = tl.sum(q, axis=0)                                              # [BLOCK_C]
-            r_acc += tl.sum(q * l, axis=1)
-            kd_acc += tl.sum(P[None, :] * l, axis=1)
-            g = g_kd * (n_f * q - P[None, :])
-        onehot = tl.where(c[None, :] == y, 1.0, 0.0)
-        g += w_ce * inv_b * (p - onehot)
-        tl.store(gz_ptr + row_base[:, None] + c[None, :], g.to(gz_ptr.dtype.element_ty), mask=mask)
+        kd_acc, r_acc = _grad_chunk(z_row, g_row, c, c < C, row_ok, is_last, y, lse, shift, kd_acc, r_acc,
+                                    g_kd, g_ce, n_f, inv_tau, TEACHER_LAST)
     if TEACHER_LAST:
         kd = tau * tau * kd_acc
     else:
@@ -105,22 +162,142 @@ def _msd_loss_kernel(
     tl.store(part_ptr + N * B + part_off, kd, mask=row_ok)
 
     # ---- feature hint towards the deepest exit ----
-    feat = tl.zeros([NP], tl.float32)
     if HAS_FEAT:
-        f_base = rows.to(tl.int64) * B * D + b * D
-        dcols = tl.arange(0, BLOCK_D)
-        for d0 in range(0, D, BLOCK_D):
-            d = d0 + dcols
-            f_off = f_base[:, None] + d[None, :]                                 # [NP, BLOCK_D]
-            fmask = row_ok[:, None] & (d < D)[None, :]
-            fv = tl.load(f_ptr + f_off, mask=fmask, other=0.0).to(tl.float32)
-            f_last = tl.sum(tl.where(is_last[:, None], fv, 0.0), axis=0)      # [BLOCK_D]
-            diff = tl.where(is_last[:, None], 0.0, fv - f_last[None, :])
-            feat += tl.sum(diff * diff, axis=1)
-            gfv = 2.0 * w_feat * inv_b * diff
-            tl.store(gf_ptr + f_off, gfv.to(gf_ptr.dtype.element_ty), mask=fmask)
-
+        f_row = _exit_rows(rows, b * D, f0, f1, f2, f3, f4, f5, f6, f7, NP)   # [NP] -> F_n[b, 0]
+        h_row = _exit_rows(rows, b * D, h0, h1, h2, h3, h4, h5, h6, h7, NP)   # [NP] -> grad F_n[b, 0]
+        feat = _hint(f_row, h_row, rows, row_ok, is_last, D, 2.0 * tl.load(w_ptr + 2) * inv_b, NP, BLOCK_D)
+    else:
+        feat = tl.zeros([NP], tl.float32)
     tl.store(part_ptr + 2 * N * B + part_off, feat, mask=row_ok)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Split-C: when the batch is small (few programs for the GPU's SMs) and C large, each sample's columns are
+# cut into S slices of CS columns, one program per (sample, slice), in three launches:
+#   1. stats:  per slice, m, s1, st per row                                   -> ws_stats [B, S, 3, NP]
+#   2. main:   combine the S slices' stats (fixed order), pass 2 on the own slice (gradients stored), its
+#              KD sums per row -> ws_kd [B, S, 2, NP]; slice 0 also writes CE and the hint
+#   3. finish: per sample, KD_n from the S slices' sums (fixed order)          -> partials [1, :, b]
+# Deterministic: every sum runs in a fixed order; no atomics.
+# ---------------------------------------------------------------------------------------------------
+@triton.jit
+def _msd_split_stats_kernel(
+    z0, z1, z2, z3, z4, z5, z6, z7,           # per exit: [B, C] logits
+    ws_ptr,                                   # [B, S, 3, NP] fp32 out: m, s1, st of each slice
+    N, C, CS,                                 # CS: columns per slice (a multiple of BLOCK_C)
+    inv_tau,
+    NP: tl.constexpr, BLOCK_C: tl.constexpr,
+):
+    b = tl.program_id(0).to(tl.int64)
+    s = tl.program_id(1)
+    S = tl.num_programs(1)
+    rows = tl.arange(0, NP)
+    row_ok = rows < N
+    z_row = _exit_rows(rows, b * C, z0, z1, z2, z3, z4, z5, z6, z7, NP)
+    cols = tl.arange(0, BLOCK_C)
+    c_lo = s * CS
+    c_hi = tl.minimum(c_lo + CS, C)
+    m = tl.full([NP], float("-inf"), tl.float32)
+    s1 = tl.zeros([NP], tl.float32)
+    st = tl.zeros([NP], tl.float32)
+    for c0 in range(c_lo, c_hi, BLOCK_C):
+        c = c0 + cols
+        m, s1, st = _stats_chunk(z_row, c, c < c_hi, row_ok, m, s1, st, inv_tau)
+    base = ws_ptr + (b * S + s) * 3 * NP + rows
+    tl.store(base, m)
+    tl.store(base + NP, s1)
+    tl.store(base + 2 * NP, st)
+
+
+@triton.jit
+def _msd_split_main_kernel(
+    z0, z1, z2, z3, z4, z5, z6, z7,           # per exit: [B, C] logits
+    y_ptr,                                    # [B] int64 targets
+    f0, f1, f2, f3, f4, f5, f6, f7,           # per exit: [B, D] features (slice 0 only; unused without)
+    w_ptr,                                    # [3] fp32: w_ce, w_kd, w_feat
+    part_ptr,                                 # [3, N, B] fp32 out: CE and FEAT here, KD in the finish kernel
+    g0, g1, g2, g3, g4, g5, g6, g7,           # per exit: [B, C] out, d total / d logits
+    h0, h1, h2, h3, h4, h5, h6, h7,           # per exit: [B, D] out, d total / d features
+    ws_ptr,                                   # [B, S, 3, NP] fp32: the stats kernel's m, s1, st
+    wk_ptr,                                   # [B, S, 2, NP] fp32 out: KD sums of this slice (kd_acc, r_acc)
+    N, B, C, D, CS,
+    tau, inv_tau, inv_b,
+    TEACHER_LAST: tl.constexpr, HAS_FEAT: tl.constexpr,
+    NP: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_D: tl.constexpr,
+):
+    b = tl.program_id(0).to(tl.int64)
+    s = tl.program_id(1)
+    S = tl.num_programs(1)
+    rows = tl.arange(0, NP)
+    row_ok = rows < N
+    is_last = rows == N - 1
+    z_row = _exit_rows(rows, b * C, z0, z1, z2, z3, z4, z5, z6, z7, NP)
+    g_row = _exit_rows(rows, b * C, g0, g1, g2, g3, g4, g5, g6, g7, NP)
+    # Combine the slices' stats in slice order: m = max m_k, s1 = sum s1_k exp(m_k - m), st likewise.
+    m = tl.full([NP], float("-inf"), tl.float32)
+    s1 = tl.zeros([NP], tl.float32)
+    st = tl.zeros([NP], tl.float32)
+    for k in range(0, S):
+        base = ws_ptr + (b * S + k) * 3 * NP + rows
+        m_k = tl.load(base)
+        m_new = tl.maximum(m, m_k)
+        s1 = s1 * tl.exp(m - m_new) + tl.load(base + NP) * tl.exp(m_k - m_new)
+        st = st * tl.exp((m - m_new) * inv_tau) + tl.load(base + 2 * NP) * tl.exp((m_k - m_new) * inv_tau)
+        m = m_new
+    lse = m + tl.log(s1)
+    shift = m * inv_tau + tl.log(st)
+    y = tl.load(y_ptr + b)
+    part_off = rows.to(tl.int64) * B + b
+    n_f = N * 1.0
+    if s == 0:
+        z_y = tl.load(z_row + y, mask=row_ok, other=0.0).to(tl.float32)
+        tl.store(part_ptr + part_off, lse - z_y, mask=row_ok)   # CE_n
+        if HAS_FEAT:
+            f_row = _exit_rows(rows, b * D, f0, f1, f2, f3, f4, f5, f6, f7, NP)
+            h_row = _exit_rows(rows, b * D, h0, h1, h2, h3, h4, h5, h6, h7, NP)
+            feat = _hint(f_row, h_row, rows, row_ok, is_last, D, 2.0 * tl.load(w_ptr + 2) * inv_b, NP, BLOCK_D)
+        else:
+            feat = tl.zeros([NP], tl.float32)
+        tl.store(part_ptr + 2 * N * B + part_off, feat, mask=row_ok)
+    g_kd = _kd_grad_scale(w_ptr, tau, inv_b, n_f, TEACHER_LAST)
+    g_ce = tl.load(w_ptr) * inv_b
+    kd_acc = tl.zeros([NP], tl.float32)
+    r_acc = tl.zeros([NP], tl.float32)
+    cols = tl.arange(0, BLOCK_C)
+    c_lo = s * CS
+    c_hi = tl.minimum(c_lo + CS, C)
+    for c0 in range(c_lo, c_hi, BLOCK_C):
+        c = c0 + cols
+        kd_acc, r_acc = _grad_chunk(z_row, g_row, c, c < c_hi, row_ok, is_last, y, lse, shift, kd_acc, r_acc,
+                                    g_kd, g_ce, n_f, inv_tau, TEACHER_LAST)
+    out = wk_ptr + (b * S + s) * 2 * NP + rows
+    tl.store(out, kd_acc)
+    tl.store(out + NP, r_acc)
+
+
+@triton.jit
+def _msd_split_finish_kernel(
+    wk_ptr,                                   # [B, S, 2, NP] fp32: KD sums per slice
+    part_ptr,                                 # [3, N, B] fp32 out: KD row
+    N, B, S,
+    tau,
+    TEACHER_LAST: tl.constexpr, NP: tl.constexpr,
+):
+    b = tl.program_id(0).to(tl.int64)
+    rows = tl.arange(0, NP)
+    row_ok = rows < N
+    kd_acc = tl.zeros([NP], tl.float32)
+    r_acc = tl.zeros([NP], tl.float32)
+    for k in range(0, S):
+        base = wk_ptr + (b * S + k) * 2 * NP + rows
+        kd_acc += tl.load(base)
+        r_acc += tl.load(base + NP)
+    n_f = N * 1.0
+    if TEACHER_LAST:
+        kd = tau * tau * kd_acc
+    else:
+        kd = tau * tau / (n_f - 1.0) * (tl.sum(tl.where(row_ok, r_acc, 0.0), axis=0) - kd_acc)
+    tl.store(part_ptr + N * B + rows.to(tl.int64) * B + b, kd, mask=row_ok)
 
 
 MAX_TILE = 2048  # elements of one [NP, BLOCK] tile: bounds the registers a program needs
@@ -138,28 +315,111 @@ def launch_plan(N: int, C: int, D: int) -> dict:
     # At most 8 tile elements per thread: pass 2 keeps about ten tile-shaped values live (x, l, q, p, g, P,
     # ...), and at 8 warps ptxas caps a thread at 128 registers; 16 or 32 elements each spilled registers on
     # sm_80/sm_90 (found by the compile gate, msd_fast.kernels.compile_gate).
+    # Small tiles take fewer warps (1 up to 128 elements, 2 up to 256): with more threads than elements ptxas
+    # held sm_80 at exactly 32 registers and spilled one inside pass 2 (compile gate, NP = 2, C <= 16).
     tile = NP * max(BLOCK_C, BLOCK_D)
-    return dict(NP=NP, BLOCK_C=BLOCK_C, BLOCK_D=BLOCK_D, num_warps=8 if tile > 1024 else 4)
+    num_warps = 8 if tile > 1024 else 4 if tile > 256 else 2 if tile > 128 else 1
+    return dict(NP=NP, BLOCK_C=BLOCK_C, BLOCK_D=BLOCK_D, num_warps=num_warps)
 
 
-def msd_loss_partials(logits: torch.Tensor, target: torch.Tensor, features, weights: torch.Tensor,
-                      temperature: float, teacher_last: bool):
-    """Launches the kernel. logits [N, B, C] contiguous, target [B] int64, features [N, B, D] or None,
-    weights [3] fp32 -> (partials [3, N, B] fp32, grad_logits like logits, grad_features like features or [0])."""
-    N, B, C = logits.shape
-    D = features.shape[2] if features is not None else 0
-    plan = launch_plan(N, C, D)
-    partials = torch.empty((3, N, B), dtype=torch.float32, device=logits.device)
-    grad_logits = torch.empty_like(logits)
-    if features is not None:
-        grad_features = torch.empty_like(features)
-        f_arg, gf_arg = features, grad_features
+SLOTS = 8  # pointer slots per per-exit argument of the kernel (the largest N it takes)
+
+
+def _slots(xs):
+    """The kernel's 8 pointer slots for one per-exit argument: the N tensors, then the first repeated."""
+    return list(xs) + [xs[0]] * (SLOTS - len(xs))
+
+
+def kernel_args(logits, target, features, weights, partials, grad_logits, grad_features, temperature: float,
+                teacher_last: bool, B: int, C: int, D: int):
+    """(args, kwargs) of one launch: logits / grad_logits N tensors [B, C], features / grad_features N
+    tensors [B, D] or empty lists (D = 0). The ahead-of-time compile gate binds exactly these."""
+    N = len(logits)
+    feats, grads_f = (features, grad_features) if features else (logits, grad_logits)  # never read: HAS_FEAT off
+    args = (*_slots(logits), target, *_slots(feats), weights, partials, *_slots(grad_logits), *_slots(grads_f),
+            N, B, C, D, float(temperature), 1.0 / float(temperature), 1.0 / B)
+    return args, dict(TEACHER_LAST=bool(teacher_last), HAS_FEAT=bool(features), **launch_plan(N, C, D))
+
+
+SPLIT_ENV = "MSD_FAST_TRITON_SPLIT"  # force S slices per sample (tests, benchmarks); 1 turns the split off
+PROGRAMS_PER_SM = 4                 # the split aims at this many programs per SM in all
+
+
+def split_plan(B: int, C: int, BLOCK_C: int, sms: int, forced: Optional[int] = None) -> Tuple[int, int]:
+    """(S, CS): slices per sample and columns per slice (a multiple of BLOCK_C, S = cdiv(C, CS), so no
+    slice is empty). S = 1 unless the B programs of one-per-sample would leave SMs idle and C spans
+    several chunks; `forced` (MSD_FAST_TRITON_SPLIT) overrides the heuristic."""
+    chunks = triton.cdiv(C, BLOCK_C)
+    if forced is not None:
+        want = max(1, forced)
+    elif B >= sms * PROGRAMS_PER_SM // 2 or chunks < 4:
+        want = 1
     else:
-        grad_features = logits.new_empty((0,))
-        f_arg, gf_arg = logits, grad_logits  # never read or written: HAS_FEAT is False
-    _msd_loss_kernel[(B,)](
-        logits, target, f_arg, weights, partials, grad_logits, gf_arg,
-        N, B, C, D, float(temperature), 1.0 / float(temperature), 1.0 / B,
-        TEACHER_LAST=bool(teacher_last), HAS_FEAT=features is not None, **plan,
-    )
+        want = triton.cdiv(sms * PROGRAMS_PER_SM, B)
+    want = min(want, chunks)
+    if want <= 1:
+        return 1, C
+    CS = triton.cdiv(chunks, want) * BLOCK_C
+    return triton.cdiv(C, CS), CS
+
+
+_SMS: dict = {}
+
+
+def _sm_count(device: torch.device) -> int:
+    if device.type != "cuda":
+        return 1 << 30  # the interpreter: never split unless forced
+    if device.index not in _SMS:
+        _SMS[device.index] = torch.cuda.get_device_properties(device).multi_processor_count
+    return _SMS[device.index]
+
+
+def split_kernel_args(logits, target, features, weights, partials, grad_logits, grad_features, ws_stats, ws_kd,
+                      temperature: float, teacher_last: bool, B: int, C: int, D: int, CS: int):
+    """{kernel name: (args, kwargs)} of the three split-C launches (the compile gate binds exactly these)."""
+    N = len(logits)
+    plan = launch_plan(N, C, D)
+    feats, grads_f = (features, grad_features) if features else (logits, grad_logits)
+    tau, inv_tau = float(temperature), 1.0 / float(temperature)
+    common = dict(NP=plan["NP"], num_warps=plan["num_warps"])
+    S = triton.cdiv(C, CS)
+    return {
+        "split_stats": ((*_slots(logits), ws_stats, N, C, CS, inv_tau), dict(BLOCK_C=plan["BLOCK_C"], **common)),
+        "split_main": ((*_slots(logits), target, *_slots(feats), weights, partials, *_slots(grad_logits),
+                        *_slots(grads_f), ws_stats, ws_kd, N, B, C, D, CS, tau, inv_tau, 1.0 / B),
+                       dict(TEACHER_LAST=bool(teacher_last), HAS_FEAT=bool(features), BLOCK_C=plan["BLOCK_C"],
+                            BLOCK_D=plan["BLOCK_D"], **common)),
+        "split_finish": ((ws_kd, partials, N, B, S, tau), dict(TEACHER_LAST=bool(teacher_last), NP=plan["NP"],
+                                                              num_warps=1)),
+    }
+
+
+def msd_loss_partials(logits, target: torch.Tensor, features, weights: torch.Tensor, temperature: float,
+                      teacher_last: bool):
+    """Launches the kernel(s). logits: N contiguous tensors [B, C]; target [B] int64; features: N contiguous
+    tensors [B, D] or an empty list; weights [3] fp32 -> (partials [3, N, B] fp32, grad_logits: N tensors
+    like logits, grad_features: N tensors like features or [])."""
+    N, (B, C) = len(logits), logits[0].shape
+    D = features[0].shape[1] if features else 0
+    dev = logits[0].device
+    partials = torch.empty((3, N, B), dtype=torch.float32, device=dev)
+    grad_logits = [torch.empty_like(z) for z in logits]
+    grad_features = [torch.empty_like(f) for f in features]
+    plan = launch_plan(N, C, D)
+    forced = os.environ.get(SPLIT_ENV)
+    S, CS = split_plan(B, C, plan["BLOCK_C"], _sm_count(dev), int(forced) if forced else None)
+    if S == 1:
+        args, kwargs = kernel_args(logits, target, features, weights, partials, grad_logits, grad_features,
+                                   temperature, teacher_last, B, C, D)
+        _msd_loss_kernel[(B,)](*args, **kwargs)
+        return partials, grad_logits, grad_features
+    ws_stats = torch.empty((B, S, 3, plan["NP"]), dtype=torch.float32, device=dev)
+    ws_kd = torch.empty((B, S, 2, plan["NP"]), dtype=torch.float32, device=dev)
+    launches = split_kernel_args(logits, target, features, weights, partials, grad_logits, grad_features,
+                                 ws_stats, ws_kd, temperature, teacher_last, B, C, D, CS)
+    for name, kernel, grid in (("split_stats", _msd_split_stats_kernel, (B, S)),
+                               ("split_main", _msd_split_main_kernel, (B, S)),
+                               ("split_finish", _msd_split_finish_kernel, (B,))):
+        args, kwargs = launches[name]
+        kernel[grid](*args, **kwargs)
     return partials, grad_logits, grad_features

@@ -40,3 +40,10 @@ def make_inputs(N, B, C, D, dtype=torch.float32, requires_grad=True, scale=3.0):
     f = torch.randn(N, B, D, dtype=torch.float64).to(dtype).requires_grad_(requires_grad) if D else None
     y = torch.randint(0, C, (B,))
     return z, y, f
+
+
+def exits_of(x):
+    """[N, B, X] -> the N exits as separate leaf tensors [B, X] (the fused operator's list inputs); None -> []."""
+    if x is None:
+        return []
+    return [t.detach().clone().requires_grad_(x.requires_grad) for t in x.unbind(0)]

@@ -7,7 +7,7 @@ import torch
 
 from msd_fast import _ext, msd_loss
 from msd_fast.loss.fused import reduce_partials_torch
-from bruteforce import make_inputs
+from bruteforce import exits_of, make_inputs
 
 pytestmark = pytest.mark.skipif(not _ext.available(), reason=f"extension not built: {_ext.why_missing()}")
 
@@ -106,7 +106,7 @@ def test_auto_picks_cpp_on_cpu(monkeypatch):
 
     seen = []
     orig = loss_mod.run_fused
-    monkeypatch.setattr(loss_mod, "run_fused", lambda z, *a: seen.append(z.device.type) or orig(z, *a))
+    monkeypatch.setattr(loss_mod, "run_fused", lambda z, *a: seen.append(z[0].device.type) or orig(z, *a))
     z, y, f = make_inputs(3, 4, 6, 2)
     msd_loss(z, y, f)
     assert seen == ["cpu"]  # the fused operator, whose CPU kernel is the C++ one
@@ -142,22 +142,31 @@ def test_reduction_autograd():
 def test_opcheck():
     z, y, f = make_inputs(3, 5, 11, 4, requires_grad=True)
     w = torch.tensor([0.5, 0.5, 0.1])
-    torch.library.opcheck(torch.ops.msd_fast.fused_msd_loss.default, (z, y, f, w, 2.0, False))
-    torch.library.opcheck(torch.ops.msd_fast.fused_msd_loss.default, (z, y, None, w, 2.0, True))
+    torch.library.opcheck(torch.ops.msd_fast.fused_msd_loss.default, (exits_of(z), y, exits_of(f), w, 2.0, False))
+    torch.library.opcheck(torch.ops.msd_fast.fused_msd_loss.default, (exits_of(z), y, [], w, 2.0, True))
     torch.library.opcheck(torch.ops.msd_fast.reduce_exit_losses.default,
                           (torch.randn(3, 4, 9, requires_grad=True), w))
 
 
+def _swap(xs, i, t):
+    out = list(xs)
+    out[i] = t
+    return out
+
+
 @pytest.mark.parametrize("args,match", [
-    (lambda z, y, f, w: (z[0], y, f, w, 2.0, False), r"logits must have shape \[N, B, C\]"),
     (lambda z, y, f, w: (z[:1], y, f[:1], w, 2.0, False), "at least 2 exits"),
-    (lambda z, y, f, w: (z.double(), y, f, w, 2.0, False), "float32, float16 or bfloat16"),
-    (lambda z, y, f, w: (z.transpose(1, 2), y, f, w, 2.0, False), "must have shape|contiguous"),
+    (lambda z, y, f, w: ([t.unsqueeze(0) for t in z], y, f, w, 2.0, False), r"logits\[0\] must have shape \[B, C\]"),
+    (lambda z, y, f, w: ([t.double() for t in z], y, f, w, 2.0, False), "float32, float16 or bfloat16"),
+    (lambda z, y, f, w: (_swap(z, 1, z[1].half()), y, f, w, 2.0, False), r"logits\[1\] has dtype"),
+    (lambda z, y, f, w: (_swap(z, 2, z[2][:3]), y, f, w, 2.0, False), r"logits\[2\] must have shape \[B=5, 11\]"),
+    (lambda z, y, f, w: (_swap(z, 1, z[1].t().contiguous().t()), y, f, w, 2.0, False), r"logits\[1\] must be contiguous"),
     (lambda z, y, f, w: (z, y[:3], f, w, 2.0, False), "target must be a CPU int64 tensor of shape"),
     (lambda z, y, f, w: (z, y.int(), f, w, 2.0, False), "target must be a CPU int64"),
     (lambda z, y, f, w: (z, y + 100, f, w, 2.0, False), r"is outside \[0, 11\)"),
-    (lambda z, y, f, w: (z, y, f[:, :2], w, 2.0, False), "features must have shape"),
-    (lambda z, y, f, w: (z, y, f.half(), w, 2.0, False), "features dtype"),
+    (lambda z, y, f, w: (z, y, f[:2], w, 2.0, False), "features has 2 exits, logits have N = 3"),
+    (lambda z, y, f, w: (z, y, _swap(f, 0, f[0][:2]), w, 2.0, False), r"features\[1\] must have shape|features\[0\]"),
+    (lambda z, y, f, w: (z, y, [t.half() for t in f], w, 2.0, False), r"features\[0\] has dtype"),
     (lambda z, y, f, w: (z, y, f, w[:2], 2.0, False), "weights must be a CPU float32 tensor of shape"),
     (lambda z, y, f, w: (z, y, f, w, 0.0, False), "temperature must be > 0"),
 ])
@@ -165,7 +174,7 @@ def test_fused_op_bad_inputs_raise(args, match):
     z, y, f = make_inputs(3, 5, 11, 4, requires_grad=False)
     w = torch.tensor([0.5, 0.5, 0.1])
     with pytest.raises(RuntimeError, match=match):
-        torch.ops.msd_fast.fused_msd_loss(*args(z, y, f, w))
+        torch.ops.msd_fast.fused_msd_loss(*args(list(z.unbind(0)), y, list(f.unbind(0)), w))
 
 
 @pytest.mark.parametrize("partials,weights,match", [
@@ -246,3 +255,36 @@ def test_a_bad_isa_override_is_a_clear_error():
     r = subprocess.run([sys.executable, "-c", code], env={**os.environ, "MSD_FAST_CPU_ISA": "sse9"},
                        capture_output=True, text=True, timeout=120)
     assert r.returncode != 0 and "MSD_FAST_CPU_ISA must be avx512, avx2 or baseline, got 'sse9'" in r.stderr
+
+
+@pytest.mark.parametrize("backend", ["cpp", "fused"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_list_inputs_go_to_the_kernel_without_stacking(backend, dtype, monkeypatch):
+    """The model's N exit tensors reach the C++ kernel as they are: no [N, B, C] copy is made (the
+    reference's stacking hook raises), and values and gradients equal those of the stacked call."""
+    from msd_fast.loss.validation import Exits
+
+    z, y, f = make_inputs(4, 6, 37, 9, dtype=dtype)
+    zl, fl = exits_of(z), exits_of(f)
+    want = msd_loss(z, y, f, backend=backend, beta=0.2)
+    want_g = torch.autograd.grad(want, [z, f])
+    monkeypatch.setattr(Exits, "stacked", lambda self: (_ for _ in ()).throw(AssertionError("stacked a copy")))
+    got = msd_loss(zl, y, fl, backend=backend, beta=0.2)
+    got_g = torch.autograd.grad(got, zl + fl)
+    torch.testing.assert_close(got, want, rtol=0, atol=0)
+    torch.testing.assert_close(torch.stack(got_g[:4]), want_g[0], rtol=0, atol=0)
+    torch.testing.assert_close(torch.stack(got_g[4:]), want_g[1], rtol=0, atol=0)
+
+
+def test_list_inputs_from_separate_allocations_with_views():
+    """Exits that are views into larger buffers (row-sliced, contiguous) and live in separate allocations."""
+    torch.manual_seed(0)
+    big = [torch.randn(20, 11) for _ in range(3)]
+    zl = [b[3:8].detach().requires_grad_() for b in big]  # [5, 11] rows 3..7 of each buffer
+    y = torch.randint(0, 11, (5,))
+    got = msd_loss(zl, y, backend="cpp")
+    gz = torch.autograd.grad(got, zl)
+    zr = torch.stack([t.detach() for t in zl]).requires_grad_()
+    want = msd_loss(zr, y, backend="reference")
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(torch.stack(gz), torch.autograd.grad(want, zr)[0], rtol=1e-5, atol=1e-6)

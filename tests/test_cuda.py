@@ -17,6 +17,7 @@ import torch
 from msd_fast import _ext, msd_loss
 from msd_fast.loss.fused import reduce_partials
 from msd_fast.models import create_model
+from bruteforce import exits_of
 
 HAS_CUDA = torch.cuda.is_available()
 pytestmark = [
@@ -89,8 +90,8 @@ def test_opcheck_triton_op_and_cuda_reduction():
     z, y, f = _inputs(3, 5, 37, 11, torch.float32)
     w = torch.tensor([0.4, 0.6, 0.1], device=DEV)
     op = torch.ops.msd_fast.fused_msd_loss.default
-    torch.library.opcheck(op, (z, y, f, w, 2.0, False))
-    torch.library.opcheck(op, (z, y, None, w, 2.0, True))
+    torch.library.opcheck(op, (exits_of(z), y, exits_of(f), w, 2.0, False))
+    torch.library.opcheck(op, (exits_of(z), y, [], w, 2.0, True))
     if _ext.available() and _ext.has_cuda():
         parts = torch.rand(3, 4, 33, device=DEV)
         torch.library.opcheck(torch.ops.msd_fast.reduce_exit_losses.default, (parts, w))

@@ -7,7 +7,7 @@ import torch
 from msd_fast import _ext, msd_loss
 from msd_fast.loss.backends import triton_usable
 from msd_fast.loss.fused import triton_kernel_on_cpu
-from bruteforce import make_inputs
+from bruteforce import exits_of, make_inputs
 
 pytestmark = [pytest.mark.skipif(bool(triton_usable(torch.device("cpu"))),
                                  reason="Triton interpreter not active (TRITON_INTERPRET=1 must precede import)"),
@@ -63,8 +63,8 @@ def test_triton_half_types(dtype, tol):
 def test_triton_opcheck():
     z, y, f = make_inputs(3, 2, 11, 4)
     w = torch.tensor([0.5, 0.5, 0.1])
-    torch.library.opcheck(torch.ops.msd_fast.fused_msd_loss.default, (z, y, f, w, 2.0, False))
-    torch.library.opcheck(torch.ops.msd_fast.fused_msd_loss.default, (z, y, None, w, 2.0, True))
+    torch.library.opcheck(torch.ops.msd_fast.fused_msd_loss.default, (exits_of(z), y, exits_of(f), w, 2.0, False))
+    torch.library.opcheck(torch.ops.msd_fast.fused_msd_loss.default, (exits_of(z), y, [], w, 2.0, True))
 
 
 def test_triton_compile_fullgraph_with_model():
@@ -111,8 +111,8 @@ def test_without_the_extension_the_operator_and_its_python_autograd_rule_still_w
         torch.testing.assert_close(auto, ref)
         w = torch.tensor([0.7, 0.3, 0.05])
         with triton_kernel_on_cpu():
-            total = torch.ops.msd_fast.fused_msd_loss(z, y, f, w, 3.0, False)[0]
-            torch.library.opcheck(torch.ops.msd_fast.fused_msd_loss.default, (z.detach(), y, f.detach(), w, 3.0, False))
+            total = torch.ops.msd_fast.fused_msd_loss(list(z.unbind(0)), y, list(f.unbind(0)), w, 3.0, False)[0]
+            torch.library.opcheck(torch.ops.msd_fast.fused_msd_loss.default, ([t.detach().clone() for t in z], y, [t.detach().clone() for t in f], w, 3.0, False))
         a, b = torch.autograd.grad(total, [z, f])
         torch.testing.assert_close(total, ref, rtol=1e-5, atol=1e-5)
         torch.testing.assert_close(a, gz, rtol=1e-5, atol=1e-6)
@@ -122,3 +122,51 @@ def test_without_the_extension_the_operator_and_its_python_autograd_rule_still_w
     env = {**os.environ, "MSD_FAST_DISABLE_EXT": "1", "TRITON_INTERPRET": "1"}
     r = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
     assert r.returncode == 0 and r.stdout.strip().endswith("ok"), r.stderr[-3000:]
+
+
+@pytest.mark.parametrize("N", [2, 5, 8])
+def test_triton_takes_the_exits_as_separate_tensors(N):
+    """Every pointer slot of the kernel (8 per per-exit argument) carries its own exit: separate allocations,
+    values and gradients equal to the reference on the stacked tensors."""
+    z, y, f = make_inputs(N, 3, 29, 7)
+    zl, fl = exits_of(z), exits_of(f)
+    got = msd_loss(zl, y, fl, backend="fused", beta=0.3, teacher="all")
+    g = torch.autograd.grad(got, zl + fl)
+    ref = msd_loss(z, y, f, backend="reference", beta=0.3, teacher="all")
+    gz, gf = torch.autograd.grad(ref, [z, f])
+    torch.testing.assert_close(got, ref, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(torch.stack(g[:N]), gz, rtol=1e-5, atol=1e-7)
+    torch.testing.assert_close(torch.stack(g[N:]), gf, rtol=1e-5, atol=1e-7)
+
+
+@pytest.mark.parametrize("N,C,split", [(2, 2 * 1024 + 37, 3), (5, 3 * 256 + 1, 2), (8, 3 * 256 - 5, 7)])
+@pytest.mark.parametrize("teacher", ["all", "last"])
+@pytest.mark.parametrize("with_features", [True, False])
+def test_triton_split_c_matches_reference(N, C, split, teacher, with_features, monkeypatch):
+    """Split-C (several programs per sample, three launches; forced here, picked on a GPU when B is small):
+    values and gradients equal the reference; a forced S beyond the chunk count is clipped."""
+    monkeypatch.setenv("MSD_FAST_TRITON_SPLIT", str(split))
+    z, y, f = make_inputs(N, 3, C, 13 if with_features else 0)
+    _assert_match(_run("fused", z, y, f, teacher), _run("reference", z, y, f, teacher), 1e-5, 1e-5, 1e-7)
+
+
+def test_triton_split_c_half_types_and_repeatable(monkeypatch):
+    monkeypatch.setenv("MSD_FAST_TRITON_SPLIT", "3")
+    z, y, f = make_inputs(4, 2, 3 * 512 + 9, 13, dtype=torch.bfloat16)
+    a, b = _run("fused", z, y, f, "all"), _run("fused", z, y, f, "all")
+    assert torch.equal(a[0], b[0]) and all(torch.equal(u, v) for u, v in zip(a[2], b[2]))
+    _assert_match(a, _run("reference", z, y, f, "all"), 2e-2, 2e-2, 4e-4)
+
+
+@pytest.mark.parametrize("B,C,block_c,sms", [(32, 128256, 512, 132), (1, 100, 128, 132), (4096, 1000, 256, 132),
+                                             (7, 5000, 256, 108), (256, 32000, 512, 132), (3, 2048, 512, 132)])
+def test_split_plan_covers_c_without_empty_slices(B, C, block_c, sms):
+    from msd_fast.kernels.msd_loss_kernel import PROGRAMS_PER_SM, split_plan
+
+    S, CS = split_plan(B, C, block_c, sms)
+    assert S >= 1 and (S == 1 and CS == C or CS % block_c == 0)
+    assert S * CS >= C and (S - 1) * CS < C  # every column in one slice, no empty slice
+    if B >= sms * PROGRAMS_PER_SM // 2 or C <= 3 * block_c:
+        assert S == 1  # enough programs already, or too few chunks to split
+    else:
+        assert S > 1 and B * S >= min(sms, B * -(-C // block_c))  # fills the GPU, or one chunk per program

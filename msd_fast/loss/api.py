@@ -89,26 +89,28 @@ def msd_loss(logits: Union[Tensor, Sequence[Tensor]], target: Tensor,
     check_hparams(alpha, temperature, beta, teacher, validate, label_smoothing, ignore_index)
     if feature_reduction not in ("mean", "sum"):
         raise ValueError(f"feature_reduction must be 'mean' or 'sum', got {feature_reduction!r}")
-    z, y, f = normalize_inputs(logits, target, features, validate, ignore_index)
-    N = z.shape[0]
+    zx, y, fx = normalize_inputs(logits, target, features, validate, ignore_index)
+    z0 = zx.ref
+    N = len(zx.parts)
+    D = fx.ref.shape[1] if fx is not None else 0
     # "mean" is "sum" with the hint weighted by 1/D: the kernels compute the sum over D.
-    feat_scale = 1.0 / f.shape[2] if (f is not None and feature_reduction == "mean" and f.shape[2] > 0) else 1.0
+    feat_scale = 1.0 / D if (feature_reduction == "mean" and D > 0) else 1.0
     plain = not y.is_floating_point() and not label_smoothing and ignore_index is None
-    name = resolve_backend(backend, z.device, z.dtype, detach_teacher, N, teacher, plain)
+    name = resolve_backend(backend, z0.device, z0.dtype, detach_teacher, N, teacher, plain)
     if name == "reference":
-        with torch.autocast(device_type=z.device.type, enabled=False):
-            ce, kd, feat = reference_msd_terms(z, y, f, temperature, teacher, detach_teacher, label_smoothing,
-                                               ignore_index)
+        with torch.autocast(device_type=z0.device.type, enabled=False):
+            ce, kd, feat = reference_msd_terms(zx.stacked(), y, fx.stacked() if fx is not None else None,
+                                               temperature, teacher, detach_teacher, label_smoothing, ignore_index)
             feat = feat * feat_scale
             total = combine_terms(ce, kd, feat, alpha, beta)
         terms = MSDTerms(ce, kd, feat)
     else:
-        z = z.contiguous()
-        if f is not None:
-            f = f.to(z.dtype).contiguous()
-        total, per_exit = run_fused(z, y.contiguous(), f, _weights(alpha, beta * feat_scale if feat_scale != 1.0 else beta,
-                                                                   z.device),
-                                    float(temperature), teacher == "last")
+        # The exits go to the operator as they are (N tensors, no stacking copy); .contiguous() is a no-op
+        # for the usual outputs of a Linear layer.
+        zs = [t.contiguous() for t in zx.parts]
+        fs = [t.to(z0.dtype).contiguous() for t in fx.parts] if fx is not None else []
+        w = _weights(alpha, beta * feat_scale if feat_scale != 1.0 else beta, z0.device)
+        total, per_exit = run_fused(zs, y.contiguous(), fs, w, float(temperature), teacher == "last")
         if not return_terms:
             return total
         terms = MSDTerms(per_exit[0], per_exit[1], per_exit[2, : N - 1] * feat_scale)

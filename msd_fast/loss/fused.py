@@ -1,8 +1,11 @@
 """The fused MSD loss operator: one schema, a kernel per device, one fake and one autograd rule.
 
-    msd_fast::fused_msd_loss(logits [N,B,C], target [B] int64, features [N,B,D] | None, weights [3] f32,
+    msd_fast::fused_msd_loss(logits: N x [B,C], target [B] int64, features: N x [B,D] | [], weights [3] f32,
                              temperature, teacher_last)
-      -> total [] f32, per_exit [3, N] f32, grad_logits [N,B,C], grad_features [N,B,D] | [0]
+      -> total [] f32, per_exit [3, N] f32, grad_logits: N x [B,C], grad_features: N x [B,D] | []
+
+The exits come in as the model's N tensors (Tensor[]): no kernel ever needs them stacked into one
+[N, B, C] tensor, so no call copies the logits first; a stacked tensor is passed as its N views.
 
 grad_* are d total / d input, computed during the forward; backward only scales them by the incoming
 gradient (per_exit and the grads are non-differentiable outputs, for logging).
@@ -17,7 +20,7 @@ gradient (per_exit and the grads are non-differentiable outputs, for logging).
   Triton kernel through the very operator and autograd rule under TRITON_INTERPRET=1).
 """
 import contextlib
-from typing import Optional, Tuple
+from typing import List, Sequence, Tuple
 
 import torch
 from torch import Tensor
@@ -25,9 +28,9 @@ from torch import Tensor
 from .. import _ext
 
 OP = "msd_fast::fused_msd_loss"
-SCHEMA = ("fused_msd_loss(Tensor logits, Tensor target, Tensor? features, Tensor weights, float temperature, "
-          "bool teacher_last) -> (Tensor, Tensor, Tensor, Tensor)")  # the same string as csrc/msd_ops.cpp
-FusedOut = Tuple[Tensor, Tensor, Tensor, Tensor]
+SCHEMA = ("fused_msd_loss(Tensor[] logits, Tensor target, Tensor[] features, Tensor weights, float temperature, "
+          "bool teacher_last) -> (Tensor, Tensor, Tensor[], Tensor[])")  # the same string as csrc/msd_ops.cpp
+FusedOut = Tuple[Tensor, Tensor, List[Tensor], List[Tensor]]
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -71,16 +74,15 @@ def reduce_partials(partials: Tensor, weights: Tensor) -> Tuple[Tensor, Tensor]:
 # ---------------------------------------------------------------------------------------------------
 # The fused loss operator.
 # ---------------------------------------------------------------------------------------------------
-def _fused_fake(logits: Tensor, target: Tensor, features: Optional[Tensor], weights: Tensor,
+def _fused_fake(logits: List[Tensor], target: Tensor, features: List[Tensor], weights: Tensor,
                 temperature: float, teacher_last: bool) -> FusedOut:
-    N = logits.shape[0]
-    total = logits.new_empty((), dtype=torch.float32)
-    per_exit = logits.new_empty((3, N), dtype=torch.float32)
-    gf = torch.empty_like(features) if features is not None else logits.new_empty((0,))
-    return total, per_exit, torch.empty_like(logits), gf
+    N = len(logits)
+    total = logits[0].new_empty((), dtype=torch.float32)
+    per_exit = logits[0].new_empty((3, N), dtype=torch.float32)
+    return total, per_exit, [torch.empty_like(z) for z in logits], [torch.empty_like(f) for f in features]
 
 
-def _fused_triton(logits: Tensor, target: Tensor, features: Optional[Tensor], weights: Tensor,
+def _fused_triton(logits: List[Tensor], target: Tensor, features: List[Tensor], weights: Tensor,
                   temperature: float, teacher_last: bool) -> FusedOut:
     """The CUDA kernel of the operator: the Triton kernel writes partials and gradients, the deterministic
     reduction (C++/CUDA op, or torch) turns partials into per-exit means and the total."""
@@ -93,19 +95,20 @@ def _fused_triton(logits: Tensor, target: Tensor, features: Optional[Tensor], we
 
 def _fused_setup_context(ctx, inputs, output) -> None:
     _total, per_exit, gl, gf = output
-    ctx.has_features = inputs[2] is not None
-    ctx.save_for_backward(gl, gf)
-    ctx.mark_non_differentiable(per_exit, gl, gf)
-    ctx.set_materialize_grads(False)  # no zero-filled [N, B, C] grads for the outputs nobody differentiates
+    ctx.n_features = len(inputs[2])
+    ctx.save_for_backward(*gl, *gf)
+    ctx.mark_non_differentiable(per_exit, *gl, *gf)
+    ctx.set_materialize_grads(False)  # no zero-filled [B, C] grads for the outputs nobody differentiates
 
 
 def _fused_backward(ctx, grad_total, grad_per_exit, grad_gl, grad_gf):
     """The autograd rule when the extension is not built (the extension's is the same formula, in C++)."""
-    gl, gf = ctx.saved_tensors
+    saved = ctx.saved_tensors
     if grad_total is None:
         return None, None, None, None, None, None
-    g_logits = grad_total * gl
-    g_feats = grad_total * gf if ctx.has_features else None
+    n_logits = len(saved) - ctx.n_features
+    g_logits = [grad_total * g for g in saved[:n_logits]]
+    g_feats = [grad_total * g for g in saved[n_logits:]] if ctx.n_features else None
     return g_logits, None, g_feats, None, None, None
 
 
@@ -132,9 +135,10 @@ def triton_kernel_on_cpu():
         yield
 
 
-def run_fused(logits: Tensor, target: Tensor, features: Optional[Tensor], weights: Tensor,
+def run_fused(logits: Sequence[Tensor], target: Tensor, features: Sequence[Tensor], weights: Tensor,
               temperature: float, teacher_last: bool) -> Tuple[Tensor, Tensor]:
-    """Returns (total, per_exit [3, N]) from the fused operator (its kernel is picked by the device)."""
+    """Returns (total, per_exit [3, N]) from the fused operator (its kernel is picked by the device).
+    logits / features: the N exits' tensors [B, C] / [B, D] (features: empty for no hint)."""
     total, per_exit, _, _ = torch.ops.msd_fast.fused_msd_loss.default(logits, target, features, weights,
                                                                      temperature, teacher_last)
     return total, per_exit

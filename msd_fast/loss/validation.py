@@ -12,12 +12,31 @@ FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
 TEACHERS = ("all", "last")
 
 
-def _stack_exits(x: TensorOrSeq, name: str, feature_dim: str) -> Tensor:
-    """A sequence of N tensors [B, X] or one tensor [N, B, X] -> [N, B, X]."""
+class Exits:
+    """The N exits of one input: `parts`, N tensors [B, X] (views when a stacked tensor was given), and
+    `stacked()`, the [N, B, X] tensor (the given one, or stacked on first use: the fused kernels never need
+    it, only the reference does)."""
+    __slots__ = ("parts", "_stacked")
+
+    def __init__(self, parts, stacked: Optional[Tensor]):
+        self.parts, self._stacked = parts, stacked
+
+    def stacked(self) -> Tensor:
+        if self._stacked is None:
+            self._stacked = torch.stack(self.parts)
+        return self._stacked
+
+    @property
+    def ref(self) -> Tensor:
+        return self.parts[0]
+
+
+def _exits(x: TensorOrSeq, name: str, feature_dim: str) -> Exits:
+    """A sequence of N tensors [B, X] or one tensor [N, B, X] -> Exits (no copy either way)."""
     if isinstance(x, Tensor):
         if x.dim() != 3:
             raise ValueError(f"{name}: a single tensor must have shape [N, B, {feature_dim}], got {tuple(x.shape)}")
-        stacked = x
+        out = Exits(x.unbind(0), x)
     elif isinstance(x, (list, tuple)):
         if not all(isinstance(t, Tensor) for t in x):
             raise TypeError(f"{name}: expected a sequence of tensors, got element types "
@@ -36,15 +55,15 @@ def _stack_exits(x: TensorOrSeq, name: str, feature_dim: str) -> Tensor:
             if t.device != ref.device:
                 raise ValueError(f"{name}: exits disagree in device: {name}[0] is on {ref.device}, "
                                  f"{name}[{i}] is on {t.device}")
-        stacked = torch.stack(list(x))
+        out = Exits(tuple(x), None)
     else:
         raise TypeError(f"{name}: expected a tensor [N, B, {feature_dim}] or a sequence of N tensors "
                         f"[B, {feature_dim}], got {type(x).__name__}")
-    if stacked.dtype not in FLOAT_DTYPES:
-        raise TypeError(f"{name}: expected a floating dtype (float32, float16, bfloat16, float64), got {stacked.dtype}")
-    if stacked.shape[0] < 2:
-        raise ValueError(f"{name}: need at least 2 exits, got N = {stacked.shape[0]}")
-    return stacked
+    if out.ref.dtype not in FLOAT_DTYPES:
+        raise TypeError(f"{name}: expected a floating dtype (float32, float16, bfloat16, float64), got {out.ref.dtype}")
+    if len(out.parts) < 2:
+        raise ValueError(f"{name}: need at least 2 exits, got N = {len(out.parts)}")
+    return out
 
 
 def _is_number(v) -> bool:
@@ -82,9 +101,9 @@ def check_hparams(alpha, temperature, beta, teacher: str, validate: bool, label_
 
 def normalize_inputs(logits: TensorOrSeq, target: Tensor, features: Optional[TensorOrSeq], validate: bool,
                      ignore_index: Optional[int] = None):
-    """Returns (logits [N, B, C], target [B], features [N, B, D] or None)."""
-    z = _stack_exits(logits, "logits", "C")
-    N, B, C = z.shape
+    """Returns (logits: Exits of N [B, C], target [B], features: Exits of N [B, D] or None)."""
+    z = _exits(logits, "logits", "C")
+    N, (B, C) = len(z.parts), z.ref.shape
     if C < 2:
         raise ValueError(f"logits: need at least 2 classes, got C = {C}")
     if B < 1:
@@ -100,8 +119,8 @@ def normalize_inputs(logits: TensorOrSeq, target: Tensor, features: Optional[Ten
     if target.shape != want:
         raise ValueError(f"target: expected shape {list(want)} to match the logits ({'soft targets' if soft else 'class indices'}), "
                          f"got {tuple(target.shape)}")
-    if target.device != z.device:
-        raise ValueError(f"target is on {target.device} but logits are on {z.device}")
+    if target.device != z.ref.device:
+        raise ValueError(f"target is on {target.device} but logits are on {z.ref.device}")
     if validate and torch.compiler.is_compiling():
         raise ValueError("msd_loss(validate=True) inside torch.compile: its target-range check needs a host sync, "
                          "which fullgraph compilation and CUDA graphs cannot have; pass validate=False in compiled "
@@ -116,11 +135,11 @@ def normalize_inputs(logits: TensorOrSeq, target: Tensor, features: Optional[Ten
             raise ValueError(f"target: class indices must lie in [0, C={C}), got min {int(lo)}, max {int(hi)}")
     f = None
     if features is not None:
-        f = _stack_exits(features, "features", "D")
-        if f.shape[0] != N:
-            raise ValueError(f"features: {f.shape[0]} exits, but logits have N = {N}")
-        if f.shape[1] != B:
-            raise ValueError(f"features: batch size {f.shape[1]}, but logits have B = {B}")
-        if f.device != z.device:
-            raise ValueError(f"features are on {f.device} but logits are on {z.device}")
+        f = _exits(features, "features", "D")
+        if len(f.parts) != N:
+            raise ValueError(f"features: {len(f.parts)} exits, but logits have N = {N}")
+        if f.ref.shape[0] != B:
+            raise ValueError(f"features: batch size {f.ref.shape[0]}, but logits have B = {B}")
+        if f.ref.device != z.ref.device:
+            raise ValueError(f"features are on {f.ref.device} but logits are on {z.ref.device}")
     return z, target, f

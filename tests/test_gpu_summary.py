@@ -1,0 +1,25 @@
+"""bench.gpu_summary turns a gpu_check.sh output folder into the README's GPU table: the headline loss row
+is the list-input Triton call, with the stacked and the one-program-per-sample variants beside it."""
+import json
+
+from bench.gpu_summary import summarize, table
+
+
+def _row(backend, ms, **kw):
+    return dict(N=4, B=32, C=128256, D=512, dtype="bfloat16", backend=backend, median_ms=ms, **kw)
+
+
+def test_summary_reads_list_split_and_stacked_rows(tmp_path):
+    rows = [_row("memcpy_floor", 0.010), _row("compiled_reference_list", 0.400), _row("compiled_reference", 0.380),
+            _row("triton_list", 0.020), _row("triton", 0.030), _row("triton_list_nosplit", 0.080),
+            dict(N=4, B=32, C=128256, D=512, dtype="bfloat16", backend="cpp", skipped="CPU only")]
+    machine = {"gpu": "NVIDIA H200", "torch": "2.11.0", "triton": "3.6.0", "python": "3.12"}
+    (tmp_path / "loss_cuda_gpu_check.json").write_text(json.dumps({"machine": machine, "rows": rows}))
+    (tmp_path / "steps.txt").write_text("build: ok\nloss bench: ok\n")
+    s = summarize(tmp_path)
+    (r,) = s["loss"]
+    assert r["triton_us"] == 20.0 and r["triton_stacked_us"] == 30.0 and r["triton_nosplit_us"] == 80.0
+    assert abs(r["vs_compiled"] - 20.0) < 1e-9 and abs(r["share_of_copy_bandwidth"] - 0.5) < 1e-9
+    text = table(s)
+    assert "NVIDIA H200" in text and "| N=4 B=32 C=128256 D=512 bfloat16 | 20 | 30 | 80 | 400 | 20.00x | 50% |" in text
+    assert "| build | ok |" in text
