@@ -10,8 +10,9 @@ machine's speed hits all alike); medians per call after warm-up; peak memory on 
     python -m bench.bench_loss            # the grid for this device (full on CUDA, reduced on CPU)
     python -m bench.bench_loss --quick    # N in {2, 4, 8}, B = 128, C = 100, D = 512, fp32
     python -m bench.bench_loss --grid gpu-check   # four CUDA shapes for scripts/gpu_check.sh's time budget
-    python -m bench.bench_loss --grid cpu-target --between-work   # N=4 B=128 C=100 D=512 fp32, each call
-                                          # after 64 MB of other memory traffic (caches cold, as in a step)
+    python -m bench.bench_loss --grid cpu-target --between-work heads   # N=4 B=128 C=100 D=512 fp32, each
+        # call right after the exits' heads wrote its inputs (as in a training step); `flush`: after 64 MB
+        # of other memory traffic instead (every cache cold, the worst case)
 Results go to bench/results/ (or --out); --update-readme also regenerates the README's tables.
 """
 import argparse
@@ -91,11 +92,37 @@ def _without_split(fn):
     return call
 
 
+def between_work(mode, z, f, zl, fl):
+    """Untimed work before every timed call. "heads": what precedes the loss in a training step, each
+    exit's linear head writing its logits (and the features rewritten), so the inputs arrive fresh from their
+    producer; "flush": 64 MB of unrelated memory traffic, every cache cold (the worst case)."""
+    if mode is None:
+        return None
+    if mode == "flush":
+        scratch = torch.zeros(16 << 20, device=z.device)  # 64 MB of fp32: more than this machine's caches
+        return lambda: scratch.add_(1.0)
+    N, B, C = z.shape
+    g = torch.Generator(device="cpu").manual_seed(1)
+    x = torch.randn(B, f.shape[2], generator=g).to(z.device, z.dtype)
+    heads = [(torch.randn(f.shape[2], C, generator=g) * 0.05).to(z.device, z.dtype) for _ in range(N)]
+    f_src = f.detach().clone()
+
+    @torch.no_grad()
+    def heads_forward():
+        for n in range(N):
+            torch.mm(x, heads[n], out=zl[n])
+            z[n].copy_(zl[n])
+            fl[n].copy_(f_src[n])
+            f[n].copy_(f_src[n])
+    return heads_forward
+
+
 def run_case(N, B, C, D, dtype, device, skip_reasons, between=None):
     z, f, y = make_inputs(N, B, C, D, dtype, device)
     zl = [t.detach().clone().requires_grad_() for t in z.unbind(0)]
     fl = [t.detach().clone().requires_grad_() for t in f.unbind(0)]
     leaves = {"stacked": [z, f], "list": zl + fl}
+    between = between_work(between, z, f, zl, fl)
 
     def ours(backend, kind):
         zz, ff = (z, f) if kind == "stacked" else (zl, fl)
@@ -175,20 +202,15 @@ def main(argv=None):
     ap.add_argument("--out", default=None, help="JSON path (default: bench/results/loss_<cpu|cuda>[_quick].json)")
     ap.add_argument("--grid", choices=("full", "gpu-check", "cpu-target"), default="full",
                     help="which shapes (default: full)")
-    ap.add_argument("--between-work", action="store_true",
-                    help="before every timed call, untimed traffic over 64 MB (caches cold, as inside a training step)")
+    ap.add_argument("--between-work", choices=("heads", "flush"), default=None,
+                    help="untimed work before every timed call: 'heads' (the exits' linear heads write the inputs, "
+                         "as in a training step) or 'flush' (64 MB of other memory traffic: every cache cold)")
     ap.add_argument("--update-readme", action="store_true", help="regenerate the README tables afterwards")
     args = ap.parse_args(argv)
     device = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device)
     info = machine_info(device)
     print(f"# bench_loss on {describe(info)}", flush=True)
     skips = backends(device)
-    between = None
-    if args.between_work:
-        scratch = torch.zeros(16 << 20, device=device)  # 64 MB of fp32: more than this machine's caches
-
-        def between():
-            scratch.add_(1.0)
     rows = []
     t_start = time.time()
     for N, B, C, D, dtype in grid(device, args.quick, args.grid):
@@ -196,12 +218,12 @@ def main(argv=None):
             rows.append(dict(N=N, B=B, C=C, D=D, dtype=str(dtype).replace("torch.", ""), backend="all",
                              skipped=f"N*B*C = {N * B * C} > {MAX_CPU_ELEMENTS}: too large for a CPU run"))
             continue
-        case = run_case(N, B, C, D, dtype, device, skips, between)
+        case = run_case(N, B, C, D, dtype, device, skips, args.between_work)
         rows.extend(case)
         msg = "  ".join(f"{r['backend']}={r['median_ms']:.3f}ms" for r in case if "median_ms" in r)
         print(f"N={N} B={B} C={C} D={D} {dtype}: {msg}", flush=True)
     suffix = "_quick" if args.quick else ("" if args.grid == "full" else "_" + args.grid.replace("-", "_"))
-    suffix += "_between_work" if args.between_work else ""
+    suffix += f"_after_{args.between_work}" if args.between_work else ""
     out = pathlib.Path(args.out) if args.out else RESULTS / f"loss_{device.type}{suffix}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({"machine": info, "alpha": ALPHA, "temperature": TAU, "beta": BETA,
@@ -209,7 +231,7 @@ def main(argv=None):
                                "between_work": args.between_work,
                                "command": "python -m bench.bench_loss" + (" --quick" if args.quick else "")
                                + ("" if args.grid == "full" else f" --grid {args.grid}")
-                               + (" --between-work" if args.between_work else ""),
+                               + (f" --between-work {args.between_work}" if args.between_work else ""),
                                "rows": rows}, indent=1))
     print(f"wrote {out}")
     if args.update_readme:

@@ -123,27 +123,58 @@ const char* cpu_isa_name() { return isa().name; }
 
 namespace {
 
-// Checks the N exits of one input (logits or features): CPU, 2-D [B, width], one dtype, contiguous.
-void check_exits(at::TensorList xs, const char* name, int64_t N, int64_t B, at::ScalarType dtype) {
-  TORCH_CHECK(static_cast<int64_t>(xs.size()) == N, "fused_msd_loss: ", name, " has ", xs.size(),
-              " exits, logits have N = ", N);
+// One input's exits as the kernel sees them: N, B, width and one pointer per exit. The schema's Tensor[]
+// holds either the N exits ([B, width] each, as a model returns them) or one stacked [N, B, width] tensor;
+// neither is copied.
+struct Exits {
+  int64_t N = 0, B = 0, W = 0;
+  at::ScalarType dtype = at::kFloat;
+  bool stacked = false;
+};
+
+Exits describe_exits(at::TensorList xs, const char* name) {
+  TORCH_CHECK(!xs.empty(), "fused_msd_loss: ", name, " is empty");
+  const auto& x0 = xs[0];
+  TORCH_CHECK(x0.defined(), "fused_msd_loss: ", name, "[0] is undefined");
+  Exits e;
+  e.dtype = x0.scalar_type();
+  if (xs.size() == 1) {
+    TORCH_CHECK(x0.dim() == 3, "fused_msd_loss: ", name, " must be N tensors [B, width] or one tensor [N, B, width], "
+                "got one tensor of shape ", x0.sizes());
+    e.stacked = true;
+    e.N = x0.size(0), e.B = x0.size(1), e.W = x0.size(2);
+  } else {
+    TORCH_CHECK(x0.dim() == 2, "fused_msd_loss: ", name, "[0] must have shape [B, width], got ", x0.sizes());
+    e.N = static_cast<int64_t>(xs.size()), e.B = x0.size(0), e.W = x0.size(1);
+  }
   for (size_t n = 0; n < xs.size(); ++n) {
     const auto& x = xs[n];
     TORCH_CHECK(x.defined(), "fused_msd_loss: ", name, "[", n, "] is undefined");
     TORCH_CHECK(x.device().is_cpu(), "fused_msd_loss: ", name, "[", n, "] must be a CPU tensor, got one on ",
                 x.device(), " (use the Triton kernel on CUDA)");
-    TORCH_CHECK(x.dim() == 2 && x.size(0) == B && x.size(1) == xs[0].size(1), "fused_msd_loss: ", name, "[", n,
-                "] must have shape [B=", B, ", ", xs[0].size(1), "] like ", name, "[0], got ", x.sizes());
-    TORCH_CHECK(x.scalar_type() == dtype, "fused_msd_loss: ", name, "[", n, "] has dtype ", x.scalar_type(),
-                ", expected ", dtype, " (the dtype of logits[0])");
+    if (!e.stacked) {
+      TORCH_CHECK(x.dim() == 2 && x.size(0) == e.B && x.size(1) == e.W, "fused_msd_loss: ", name, "[", n,
+                  "] must have shape [B=", e.B, ", ", e.W, "] like ", name, "[0], got ", x.sizes());
+    }
+    TORCH_CHECK(x.scalar_type() == e.dtype, "fused_msd_loss: ", name, "[", n, "] has dtype ", x.scalar_type(),
+                ", expected ", e.dtype, " (the dtype of ", name, "[0])");
     TORCH_CHECK(x.is_contiguous(), "fused_msd_loss: ", name, "[", n, "] must be contiguous");
   }
+  return e;
+}
+
+// Pointer to exit n's [B, width] block.
+template <typename Ptr>
+Ptr exit_ptr(at::TensorList xs, const Exits& e, int64_t n, Ptr) {
+  if (!e.stacked) return static_cast<Ptr>(xs[n].data_ptr());
+  char* base = static_cast<char*>(xs[0].data_ptr());
+  return static_cast<Ptr>(base + n * e.B * e.W * static_cast<int64_t>(xs[0].element_size()));
 }
 
 std::vector<at::Tensor> empty_like_each(at::TensorList xs) {
   std::vector<at::Tensor> out;
   out.reserve(xs.size());
-  for (const auto& x : xs) out.push_back(at::empty_like(x));
+  for (const auto& x : xs) out.push_back(at::empty_like(x, at::MemoryFormat::Contiguous));
   return out;
 }
 
@@ -151,16 +182,12 @@ std::vector<at::Tensor> empty_like_each(at::TensorList xs) {
 
 FusedOut fused_msd_loss_cpu(at::TensorList logits, const at::Tensor& target, at::TensorList features,
                             const at::Tensor& weights, double temperature, bool teacher_last) {
-  const int64_t N = static_cast<int64_t>(logits.size());
+  const Exits ze = describe_exits(logits, "logits");
+  const int64_t N = ze.N, B = ze.B, C = ze.W;
   TORCH_CHECK(N >= 2, "fused_msd_loss: need at least 2 exits, got N = ", N);
-  TORCH_CHECK(logits[0].defined() && logits[0].dim() == 2, "fused_msd_loss: logits[0] must have shape [B, C], got ",
-              logits[0].defined() ? logits[0].sizes() : at::IntArrayRef{});
-  const int64_t B = logits[0].size(0), C = logits[0].size(1);
-  TORCH_CHECK(B >= 1 && C >= 2, "fused_msd_loss: need B >= 1 samples and C >= 2 classes, got [B, C] = ",
-              logits[0].sizes());
-  const auto dtype = logits[0].scalar_type();
+  TORCH_CHECK(B >= 1 && C >= 2, "fused_msd_loss: need B >= 1 samples and C >= 2 classes, got B = ", B, ", C = ", C);
+  const auto dtype = ze.dtype;
   TORCH_CHECK(is_supported_float(dtype), "fused_msd_loss: logits must be float32, float16 or bfloat16, got ", dtype);
-  check_exits(logits, "logits", N, B, dtype);
   TORCH_CHECK(target.device().is_cpu() && target.scalar_type() == at::kLong && target.dim() == 1 && target.size(0) == B,
               "fused_msd_loss: target must be a CPU int64 tensor of shape [", B, "], got ", target.scalar_type(), " ",
               target.sizes(), " on ", target.device());
@@ -173,12 +200,15 @@ FusedOut fused_msd_loss_cpu(at::TensorList logits, const at::Tensor& target, at:
     TORCH_CHECK(yp[b] >= 0 && yp[b] < C, "fused_msd_loss: target[", b, "] = ", yp[b], " is outside [0, ", C, ")");
   }
   const bool has_features = !features.empty();
-  int64_t D = 0;
+  Exits fe;
   if (has_features) {
-    TORCH_CHECK(features[0].defined() && features[0].dim() == 2, "fused_msd_loss: features[0] must have shape [B, D]");
-    check_exits(features, "features", N, B, dtype);
-    D = features[0].size(1);
+    fe = describe_exits(features, "features");
+    TORCH_CHECK(fe.N == N, "fused_msd_loss: features has ", fe.N, " exits, logits have N = ", N);
+    TORCH_CHECK(fe.B == B, "fused_msd_loss: features have batch size ", fe.B, ", logits have B = ", B);
+    TORCH_CHECK(fe.dtype == dtype, "fused_msd_loss: features[0] has dtype ", fe.dtype, ", expected ", dtype,
+                " (the dtype of logits[0])");
   }
+  const int64_t D = has_features ? fe.W : 0;
   const auto w = weights.contiguous();
   const float* wp = w.data_ptr<float>();
   auto partials = at::empty({3, N, B}, logits[0].options().dtype(at::kFloat));
@@ -188,11 +218,11 @@ FusedOut fused_msd_loss_cpu(at::TensorList logits, const at::Tensor& target, at:
   std::vector<const void*> z(N), f(has_features ? N : 0);
   std::vector<void*> gz(N), gf(has_features ? N : 0);
   for (int64_t n = 0; n < N; ++n) {
-    z[n] = logits[n].data_ptr();
-    gz[n] = grad_logits[n].data_ptr();
+    z[n] = exit_ptr(logits, ze, n, static_cast<const void*>(nullptr));
+    gz[n] = exit_ptr(grad_logits, ze, n, static_cast<void*>(nullptr));
     if (has_features) {
-      f[n] = features[n].data_ptr();
-      gf[n] = grad_features[n].data_ptr();
+      f[n] = exit_ptr(features, fe, n, static_cast<const void*>(nullptr));
+      gf[n] = exit_ptr(grad_features, fe, n, static_cast<void*>(nullptr));
     }
   }
   cpu::KernelArgs a{};
@@ -221,8 +251,9 @@ TORCH_LIBRARY(msd_fast, m) {
   // partials [3, N, B] float32 (CE, KD, FEAT per exit and sample), weights [3] = (w_ce, w_kd, w_feat)
   // -> (per-exit means [3, N], weighted total []).
   m.def("reduce_exit_losses(Tensor partials, Tensor weights) -> (Tensor, Tensor)");
-  // logits: N tensors [B, C], target [B] int64, features: N tensors [B, D] or none (empty list), weights [3]
-  // -> (total [], per-exit means [3, N], d total / d logits: N x [B, C], d total / d features: N x [B, D] or []).
+  // logits: N tensors [B, C] or one [N, B, C]; target [B] int64; features: N tensors [B, D], one [N, B, D] or
+  // none (empty list); weights [3] -> (total [], per-exit means [3, N], d total / d logits and d total /
+  // d features, each shaped like its input list).
   m.def("fused_msd_loss(Tensor[] logits, Tensor target, Tensor[] features, Tensor weights, float temperature, "
         "bool teacher_last) -> (Tensor, Tensor, Tensor[], Tensor[])");
 }

@@ -394,17 +394,25 @@ def split_kernel_args(logits, target, features, weights, partials, grad_logits, 
     }
 
 
+def _exit_views(xs):
+    """The N exits of one input as [B, W] tensors: the list itself, or the views of one stacked [N, B, W]."""
+    return list(xs[0].unbind(0)) if len(xs) == 1 and xs[0].dim() == 3 else list(xs)
+
+
 def msd_loss_partials(logits, target: torch.Tensor, features, weights: torch.Tensor, temperature: float,
                       teacher_last: bool):
-    """Launches the kernel(s). logits: N contiguous tensors [B, C]; target [B] int64; features: N contiguous
-    tensors [B, D] or an empty list; weights [3] fp32 -> (partials [3, N, B] fp32, grad_logits: N tensors
-    like logits, grad_features: N tensors like features or [])."""
+    """Launches the kernel(s). logits: N contiguous tensors [B, C] or one [N, B, C]; target [B] int64;
+    features: likewise [B, D] / [N, B, D], or an empty list; weights [3] fp32 -> (partials [3, N, B] fp32,
+    grad_logits and grad_features shaped like their input lists)."""
+    grad_logits = [torch.empty_like(z) for z in logits]        # shaped like the inputs (list or stacked)
+    grad_features = [torch.empty_like(f) for f in features]
+    out_logits, out_features = grad_logits, grad_features
+    logits, grad_logits = _exit_views(logits), _exit_views(grad_logits)
+    features, grad_features = _exit_views(features), _exit_views(grad_features)
     N, (B, C) = len(logits), logits[0].shape
     D = features[0].shape[1] if features else 0
     dev = logits[0].device
     partials = torch.empty((3, N, B), dtype=torch.float32, device=dev)
-    grad_logits = [torch.empty_like(z) for z in logits]
-    grad_features = [torch.empty_like(f) for f in features]
     plan = launch_plan(N, C, D)
     forced = os.environ.get(SPLIT_ENV)
     S, CS = split_plan(B, C, plan["BLOCK_C"], _sm_count(dev), int(forced) if forced else None)
@@ -412,7 +420,7 @@ def msd_loss_partials(logits, target: torch.Tensor, features, weights: torch.Ten
         args, kwargs = kernel_args(logits, target, features, weights, partials, grad_logits, grad_features,
                                    temperature, teacher_last, B, C, D)
         _msd_loss_kernel[(B,)](*args, **kwargs)
-        return partials, grad_logits, grad_features
+        return partials, out_logits, out_features
     ws_stats = torch.empty((B, S, 3, plan["NP"]), dtype=torch.float32, device=dev)
     ws_kd = torch.empty((B, S, 2, plan["NP"]), dtype=torch.float32, device=dev)
     launches = split_kernel_args(logits, target, features, weights, partials, grad_logits, grad_features,
@@ -422,4 +430,4 @@ def msd_loss_partials(logits, target: torch.Tensor, features, weights: torch.Ten
                                ("split_finish", _msd_split_finish_kernel, (B,))):
         args, kwargs = launches[name]
         kernel[grid](*args, **kwargs)
-    return partials, grad_logits, grad_features
+    return partials, out_logits, out_features

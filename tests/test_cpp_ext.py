@@ -155,8 +155,12 @@ def _swap(xs, i, t):
 
 
 @pytest.mark.parametrize("args,match", [
-    (lambda z, y, f, w: (z[:1], y, f[:1], w, 2.0, False), "at least 2 exits"),
-    (lambda z, y, f, w: ([t.unsqueeze(0) for t in z], y, f, w, 2.0, False), r"logits\[0\] must have shape \[B, C\]"),
+    (lambda z, y, f, w: (z[:1], y, f[:1], w, 2.0, False), r"N tensors \[B, width\] or one tensor \[N, B, width\]"),
+    (lambda z, y, f, w: ([torch.stack(z[:1])], y, f, w, 2.0, False), "at least 2 exits"),
+    (lambda z, y, f, w: ([], y, f, w, 2.0, False), "logits is empty"),
+    (lambda z, y, f, w: ([t.unsqueeze(0) for t in z], y, f, w, 2.0, False), r"logits\[0\] must have shape \[B, width\]"),
+    (lambda z, y, f, w: ([torch.stack(z).transpose(1, 2)], y, f, w, 2.0, False), r"logits\[0\] must be contiguous"),
+    (lambda z, y, f, w: (z, y, [torch.stack(f)[:, :4].contiguous()], w, 2.0, False), "features have batch size 4, logits have B = 5"),
     (lambda z, y, f, w: ([t.double() for t in z], y, f, w, 2.0, False), "float32, float16 or bfloat16"),
     (lambda z, y, f, w: (_swap(z, 1, z[1].half()), y, f, w, 2.0, False), r"logits\[1\] has dtype"),
     (lambda z, y, f, w: (_swap(z, 2, z[2][:3]), y, f, w, 2.0, False), r"logits\[2\] must have shape \[B=5, 11\]"),
@@ -167,6 +171,7 @@ def _swap(xs, i, t):
     (lambda z, y, f, w: (z, y, f[:2], w, 2.0, False), "features has 2 exits, logits have N = 3"),
     (lambda z, y, f, w: (z, y, _swap(f, 0, f[0][:2]), w, 2.0, False), r"features\[1\] must have shape|features\[0\]"),
     (lambda z, y, f, w: (z, y, [t.half() for t in f], w, 2.0, False), r"features\[0\] has dtype"),
+    (lambda z, y, f, w: (z, y, [torch.stack(f).half()], w, 2.0, False), r"features\[0\] has dtype"),
     (lambda z, y, f, w: (z, y, f, w[:2], 2.0, False), "weights must be a CPU float32 tensor of shape"),
     (lambda z, y, f, w: (z, y, f, w, 0.0, False), "temperature must be > 0"),
 ])
@@ -288,3 +293,18 @@ def test_list_inputs_from_separate_allocations_with_views():
     want = msd_loss(zr, y, backend="reference")
     torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(torch.stack(gz), torch.autograd.grad(want, zr)[0], rtol=1e-5, atol=1e-6)
+
+
+def test_op_takes_one_stacked_tensor_and_returns_one_stacked_gradient():
+    """[z] with z [N, B, C] is the stacked form: no unbind/stack around the kernel, one gradient [N, B, C]."""
+    z, y, f = make_inputs(3, 5, 11, 4)
+    w = torch.tensor([0.5, 0.5, 0.1])
+    op = torch.ops.msd_fast.fused_msd_loss.default
+    tot_s, pe_s, gl_s, gf_s = op([z.detach()], y, [f.detach()], w, 2.0, False)
+    tot_l, pe_l, gl_l, gf_l = op(list(z.detach().unbind(0)), y, list(f.detach().unbind(0)), w, 2.0, False)
+    assert len(gl_s) == 1 and gl_s[0].shape == z.shape and len(gf_s) == 1 and gf_s[0].shape == f.shape
+    assert torch.equal(tot_s, tot_l) and torch.equal(pe_s, pe_l)
+    assert torch.equal(gl_s[0], torch.stack(gl_l)) and torch.equal(gf_s[0], torch.stack(gf_l))
+    torch.library.opcheck(op, ([z.detach().clone().requires_grad_()], y, [f.detach().clone().requires_grad_()], w,
+                               2.0, False))
+    torch.library.opcheck(op, ([z.detach().clone().requires_grad_()], y, exits_of(f), w, 2.0, True))

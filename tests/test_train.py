@@ -2,6 +2,7 @@
 config handling, and 2-process DDP against one process on the same global batch."""
 import json
 import os
+import socket
 import subprocess
 import sys
 
@@ -125,7 +126,10 @@ def test_ddp_two_gloo_processes_match_one_process(tmp_path):
     """2 ranks x 32 images == 1 process with 2 micro-batches of 32 (same samples, crops, BN batches)."""
     common = BASE + ["--out-dir", str(tmp_path), "--max-steps", "3", "--device", "cpu", "--num-threads", "1"]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29531",
+    with socket.socket() as sock:  # a free port: a fixed one collides with any leftover or parallel run
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={port}",
                     "-m", "msd_fast.train", *common, "--run-name", "ddp"], check=True, env=env, timeout=300,
                    capture_output=True)
     assert main(common + ["--run-name", "single", "--accum-steps", "2"]) == 0

@@ -170,3 +170,15 @@ def test_split_plan_covers_c_without_empty_slices(B, C, block_c, sms):
         assert S == 1  # enough programs already, or too few chunks to split
     else:
         assert S > 1 and B * S >= min(sms, B * -(-C // block_c))  # fills the GPU, or one chunk per program
+
+
+def test_triton_op_takes_one_stacked_tensor():
+    z, y, f = make_inputs(3, 2, 11, 4)
+    w = torch.tensor([0.5, 0.5, 0.1])
+    op = torch.ops.msd_fast.fused_msd_loss.default
+    s_out = op([z.detach()], y, [f.detach()], w, 2.0, False)
+    l_out = op(list(z.detach().unbind(0)), y, list(f.detach().unbind(0)), w, 2.0, False)
+    assert torch.equal(s_out[0], l_out[0]) and s_out[2][0].shape == z.shape
+    assert torch.equal(s_out[2][0], torch.stack(l_out[2])) and torch.equal(s_out[3][0], torch.stack(l_out[3]))
+    torch.library.opcheck(op, ([z.detach().clone().requires_grad_()], y, [f.detach().clone().requires_grad_()], w,
+                               2.0, False))

@@ -105,10 +105,10 @@ def msd_loss(logits: Union[Tensor, Sequence[Tensor]], target: Tensor,
             total = combine_terms(ce, kd, feat, alpha, beta)
         terms = MSDTerms(ce, kd, feat)
     else:
-        # The exits go to the operator as they are (N tensors, no stacking copy); .contiguous() is a no-op
-        # for the usual outputs of a Linear layer.
-        zs = [t.contiguous() for t in zx.parts]
-        fs = [t.to(z0.dtype).contiguous() for t in fx.parts] if fx is not None else []
+        # The exits go to the operator as given (N tensors, or the one stacked tensor): no stacking copy;
+        # .to / .contiguous() are no-ops for the usual outputs of a Linear layer.
+        zs = zx.op_list(z0.dtype)
+        fs = fx.op_list(z0.dtype) if fx is not None else []
         w = _weights(alpha, beta * feat_scale if feat_scale != 1.0 else beta, z0.device)
         total, per_exit = run_fused(zs, y.contiguous(), fs, w, float(temperature), teacher == "last")
         if not return_terms:

@@ -1,11 +1,12 @@
 """The fused MSD loss operator: one schema, a kernel per device, one fake and one autograd rule.
 
-    msd_fast::fused_msd_loss(logits: N x [B,C], target [B] int64, features: N x [B,D] | [], weights [3] f32,
-                             temperature, teacher_last)
-      -> total [] f32, per_exit [3, N] f32, grad_logits: N x [B,C], grad_features: N x [B,D] | []
+    msd_fast::fused_msd_loss(logits: N x [B,C] | [[N,B,C]], target [B] int64, features: N x [B,D] | [[N,B,D]] | [],
+                             weights [3] f32, temperature, teacher_last)
+      -> total [] f32, per_exit [3, N] f32, grad_logits, grad_features (each shaped like its input list)
 
-The exits come in as the model's N tensors (Tensor[]): no kernel ever needs them stacked into one
-[N, B, C] tensor, so no call copies the logits first; a stacked tensor is passed as its N views.
+The exits come in as the model hands them over (Tensor[]): N tensors, or a list holding one stacked
+[N, B, C] tensor. The kernels take one pointer per exit either way, so no call copies the logits into a
+stacked tensor first, and a stacked input gets one stacked gradient back (no unbind/stack in autograd).
 
 grad_* are d total / d input, computed during the forward; backward only scales them by the incoming
 gradient (per_exit and the grads are non-differentiable outputs, for logging).
@@ -76,7 +77,7 @@ def reduce_partials(partials: Tensor, weights: Tensor) -> Tuple[Tensor, Tensor]:
 # ---------------------------------------------------------------------------------------------------
 def _fused_fake(logits: List[Tensor], target: Tensor, features: List[Tensor], weights: Tensor,
                 temperature: float, teacher_last: bool) -> FusedOut:
-    N = len(logits)
+    N = logits[0].shape[0] if len(logits) == 1 else len(logits)
     total = logits[0].new_empty((), dtype=torch.float32)
     per_exit = logits[0].new_empty((3, N), dtype=torch.float32)
     return total, per_exit, [torch.empty_like(z) for z in logits], [torch.empty_like(f) for f in features]
@@ -138,7 +139,7 @@ def triton_kernel_on_cpu():
 def run_fused(logits: Sequence[Tensor], target: Tensor, features: Sequence[Tensor], weights: Tensor,
               temperature: float, teacher_last: bool) -> Tuple[Tensor, Tensor]:
     """Returns (total, per_exit [3, N]) from the fused operator (its kernel is picked by the device).
-    logits / features: the N exits' tensors [B, C] / [B, D] (features: empty for no hint)."""
+    logits / features: the N exits' tensors [B, C] / [B, D], or [one stacked tensor]; features [] for no hint."""
     total, per_exit, _, _ = torch.ops.msd_fast.fused_msd_loss.default(logits, target, features, weights,
                                                                      temperature, teacher_last)
     return total, per_exit

@@ -16,19 +16,26 @@ class Exits:
     """The N exits of one input: `parts`, N tensors [B, X] (views when a stacked tensor was given), and
     `stacked()`, the [N, B, X] tensor (the given one, or stacked on first use: the fused kernels never need
     it, only the reference does)."""
-    __slots__ = ("parts", "_stacked")
+    __slots__ = ("parts", "_stacked", "_stacked_here")
 
     def __init__(self, parts, stacked: Optional[Tensor]):
-        self.parts, self._stacked = parts, stacked
+        self.parts, self._stacked, self._stacked_here = parts, stacked, False
 
     def stacked(self) -> Tensor:
         if self._stacked is None:
-            self._stacked = torch.stack(self.parts)
+            self._stacked, self._stacked_here = torch.stack(self.parts), True
         return self._stacked
 
     @property
     def ref(self) -> Tensor:
         return self.parts[0]
+
+    def op_list(self, dtype: torch.dtype):
+        """The fused operator's Tensor[] for these exits in `dtype`, contiguous, never stacked here: the
+        given stacked tensor as a list of one, else the N tensors."""
+        if self._stacked is not None and not self._stacked_here:
+            return [self._stacked.to(dtype).contiguous()]
+        return [t.to(dtype).contiguous() for t in self.parts]
 
 
 def _exits(x: TensorOrSeq, name: str, feature_dim: str) -> Exits:
