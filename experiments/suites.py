@@ -47,9 +47,9 @@ SUITES: Dict[str, tuple] = {
          "msd": ["--method", "msd"], "msd-no-hint": ["--method", "msd", "--beta-begin", "0"]}),
     "msdnet": (
         "The paper's Table-1 comparison on data we have: MSDNet-1 (five exits of very different depth) at width "
-        "0.5 on 15,000 training images, 4 epochs.",
-        ["--dataset", "fashion-mnist", "--model", "msdnet1", "--width", "0.5", "--train-subset", "15000",
-         "--epochs", "4", "--batch-size", "64", "--no-progress", "--tensorboard", "false"],
+        "0.5 on 10,000 training images, 3 epochs.",
+        ["--dataset", "fashion-mnist", "--model", "msdnet1", "--width", "0.5", "--train-subset", "10000",
+         "--epochs", "3", "--batch-size", "64", "--no-progress", "--tensorboard", "false"],
         {"joint": ["--method", "joint"], "byot": ["--method", "byot"], "msd": ["--method", "msd"]}),
     "resnet": (
         "The paper's Table-2 comparison on data we have: multi-exit ResNet-18 at width 0.25 (the widest a 2-core "
