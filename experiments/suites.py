@@ -172,6 +172,8 @@ def main(argv=None) -> int:
 
     evals = evaluate_checkpoints([str(RUNS / a.suite / f"{m}-s0") for m in methods], n_budgets=8,
                                  measure=True, log=lambda msg: None)
+    for m, e in zip(methods, evals):  # the suite's labels: several rows may share a --method
+        e["label"] = f"{m} (seed 0)"
     write_reports(evals, OUT / a.suite)
     best = evals[-1]
     res["early_exit"] = {"method": best["label"], "budget_mflops": best["speed"]["budget"] / 1e6,
