@@ -32,6 +32,11 @@ RUNS = ROOT / "runs" / "suites"
 BYOT = ["--method", "byot", "--beta-begin", "3.2"]
 COMMON = ["--dataset", "fashion-mnist", "--model", "resnet18", "--no-progress", "--tensorboard", "false"]
 # name -> (what it tests, shared flags, {label: method flags}); labels "joint" and "byot" are the references
+# plain / joint / BYOT / the default MSD recipe (no hint) / MSD with the hint at 0.8 and 3.2
+WITH_HINT_VARIANTS = {"plain": ["--method", "plain"], "joint": ["--method", "joint"], "byot": BYOT,
+                      "msd": ["--method", "msd"], "msd-beta-0.8": ["--method", "msd", "--beta-begin", "0.8"],
+                      "msd-beta-3.2": ["--method", "msd", "--beta-begin", "3.2"]}
+RESNET_QUARTER = COMMON + ["--width", "0.25", "--train-subset", "10000", "--epochs", "4"]  # resnet and precision
 SUITES: Dict[str, tuple] = {
     "hint-width": (
         "Does the default MSD recipe lose to joint training when the features are wide? ResNet-18 at width 0.5 "
@@ -46,9 +51,7 @@ SUITES: Dict[str, tuple] = {
         "ResNet-18 at width 0.125, 10 epochs; msd is the default recipe (no hint), msd-beta-0.8 / msd-beta-3.2 add "
         "the hint at weight 0.8 / 3.2.",
         COMMON + ["--width", "0.125", "--train-subset", "5500", "--epochs", "10"],
-        {"plain": ["--method", "plain"], "joint": ["--method", "joint"], "byot": BYOT,
-         "msd": ["--method", "msd"], "msd-beta-0.8": ["--method", "msd", "--beta-begin", "0.8"],
-         "msd-beta-3.2": ["--method", "msd", "--beta-begin", "3.2"]}),
+        WITH_HINT_VARIANTS),
     "msdnet": (
         "The paper's Table-1 comparison on data we have: MSDNet-1 (five exits of very different depth) at width "
         "0.25 on 10,000 training images, 3 epochs (the 2-core CPU budget; --width 1 on a GPU).",
@@ -59,15 +62,14 @@ SUITES: Dict[str, tuple] = {
         "The paper's Table-2 comparison on data we have: multi-exit ResNet-18 at width 0.25 (the widest a 2-core "
         "CPU affords in the 90-minute budget; full width on a GPU with --width 1), 10,000 training images, 4 epochs; "
         "msd-beta-0.8 / msd-beta-3.2: the default recipe plus the hint at weight 0.8 / 3.2.",
-        COMMON + ["--width", "0.25", "--train-subset", "10000", "--epochs", "4"],
-        {"plain": ["--method", "plain"], "joint": ["--method", "joint"], "byot": BYOT,
-         "msd": ["--method", "msd"], "msd-beta-0.8": ["--method", "msd", "--beta-begin", "0.8"],
-         "msd-beta-3.2": ["--method", "msd", "--beta-begin", "3.2"]}),
+        RESNET_QUARTER,
+        WITH_HINT_VARIANTS),
     "precision": (
         "Does bf16 autocast hurt MSD? The resnet suite's setting (ResNet-18 width 0.25, D = 128, 10,000 training "
         "images, 4 epochs): the default MSD recipe in bf16 autocast and in fp32, and joint training in bf16, same "
-        "seeds (joint in fp32 is left out: the 2-core CPU budget).",
-        COMMON + ["--width", "0.25", "--train-subset", "10000", "--epochs", "4"],
+        "seeds (joint in fp32 is left out: the 2-core CPU budget). The bf16 rows are the resnet suite's runs "
+        "(copied: same flags, amp auto resolved to bf16 on this CPU).",
+        RESNET_QUARTER,
         {"joint": ["--method", "joint", "--amp", "bf16"], "msd": ["--method", "msd", "--amp", "bf16"],
          "msd-fp32": ["--method", "msd", "--amp", "none"]}),
 }
