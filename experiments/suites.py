@@ -28,8 +28,9 @@ ROOT = pathlib.Path(__file__).resolve().parent.parent
 OUT = ROOT / "experiments" / "results"
 RUNS = ROOT / "runs" / "suites"
 
-# BYOT as published: KD from the deepest exit plus the feature hint (weight 3.2 on the mean over D).
-BYOT = ["--method", "byot", "--beta-begin", "3.2"]
+# BYOT as published: KD from the deepest exit (alpha 0.3, tau 3, as its public code) plus the feature hint
+# (weight 3.2 on the mean over D); pinned, so a change of the MSD defaults does not change the BYOT rows.
+BYOT = ["--method", "byot", "--alpha", "0.3", "--temperature", "3", "--beta-begin", "3.2"]
 COMMON = ["--dataset", "fashion-mnist", "--model", "resnet18", "--no-progress", "--tensorboard", "false"]
 # name -> (what it tests, shared flags, {label: method flags}); labels "joint" and "byot" are the references
 # plain / joint / BYOT / the default MSD recipe (no hint) / MSD with the hint at 0.8 and 3.2
@@ -78,15 +79,56 @@ PAIRS = {"precision": [("msd", "joint"), ("msd", "msd-fp32"), ("msd-fp32", "join
 T975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262}
 
 
+# Keys that do not change what a run computes (where it is written, how fast, how it logs): a finished run
+# is reused whatever they say. Every other resolved key must match what the suite asks for now.
+NOT_RECIPE = {"out_dir", "run_name", "device", "channels_last", "compile", "data_on_device", "loss_backend",
+              "num_threads", "progress", "tensorboard", "log_interval", "eval_batch_size", "data_dir"}
+
+
+def recipe_mismatch(run_dir: pathlib.Path, argv: List[str]) -> List[str]:
+    """What differs between the finished run in run_dir and the run `python -m msd_fast.train *argv` would
+    train now (a changed code default, a changed suite flag): ["alpha: run 0.3, now 0.1", ...]; [] if none.
+    amp "auto" is compared as the precision the run resolved it to (results.json's speed.amp)."""
+    import yaml
+
+    from msd_fast.train.config import resolve_config
+    from msd_fast.train.methods import get_method
+
+    now = resolve_config(argv)
+    unused = NOT_RECIPE | set(get_method(now["method"]).unused_keys)
+    had = yaml.safe_load((run_dir / "config.yaml").read_text())
+    resolved_amp = json.loads((run_dir / "results.json").read_text()).get("speed", {}).get("amp")
+    out = []
+    for key in sorted(set(now) & set(had)):
+        if key in unused or key.startswith("_") or now[key] == had[key]:
+            continue
+        if key == "amp" and "auto" in (now[key], had[key]) and now[key] in ("auto", resolved_amp):
+            continue
+        out.append(f"{key}: run {had[key]!r}, now {now[key]!r}")
+    return out
+
+
 def run(suite: str, label: str, seed: int, flags: List[str], extra: List[str]) -> dict:
+    """Trains one run of the suite (or finishes a stopped one) and returns its results.json. A finished run
+    trained with another recipe (a code default changed since) is moved aside to <name>.stale-<k> and
+    trained again, so a table never mixes recipes."""
     d = RUNS / suite
     name = f"{label}-s{seed}"
+    argv = [*flags, "--seed", str(seed), "--out-dir", str(d), "--run-name", name, *extra]
+    if (d / name / "results.json").exists():
+        diff = recipe_mismatch(d / name, argv)
+        if diff:
+            k = 1
+            while (d / f"{name}.stale-{k}").exists():
+                k += 1
+            (d / name).rename(d / f"{name}.stale-{k}")
+            print(f"{d / name}: trained with another recipe ({'; '.join(diff)}); moved to {name}.stale-{k}, "
+                  "training it again", flush=True)
     if not (d / name / "results.json").exists():
         if (d / name).exists():  # stopped before it finished: continue it (or start it again if no checkpoint)
             cmd = [sys.executable, "-m", "msd_fast.train", "--resume", str(d / name)]
         else:
-            cmd = [sys.executable, "-m", "msd_fast.train", *flags, "--seed", str(seed), "--out-dir", str(d),
-                   "--run-name", name, *extra]
+            cmd = [sys.executable, "-m", "msd_fast.train", *argv]
         print("$", " ".join(cmd[1:]), flush=True)
         subprocess.run(cmd, check=True, cwd=ROOT, stdout=subprocess.DEVNULL)
     return json.loads((d / name / "results.json").read_text())

@@ -28,10 +28,13 @@ class Method:
     forward_exits: "all" (the model computes every exit) or "last" (only the final exit is computed, e.g.
         single-exit training; the trainer then calls the model with last_only=True).
     uses_hint: whether the config's beta schedule applies (False: beta stays 0).
+    unused_keys: config keys the method's training does not depend on (a run is the same whatever they say;
+        the experiment suites use this to decide whether a finished run still matches its recipe).
     """
     name: str = ""
     forward_exits: str = "all"
     uses_hint: bool = True
+    unused_keys: tuple = ()
     help: str = ""
 
     def build(self, cfg: Dict[str, Any], num_exits: int) -> nn.Module:
@@ -107,6 +110,7 @@ class BYOT(Method):
 @register_method
 class Joint(Method):
     name, help, uses_hint = "joint", "the sum of the exits' cross-entropies (alpha = 0, no hint)", False
+    unused_keys = ("alpha", "temperature", "beta_begin", "beta_end", "feature_reduction")
 
     def build(self, cfg, num_exits):
         return _msd_loss(cfg, alpha=0.0, teacher="all")
@@ -115,6 +119,7 @@ class Joint(Method):
 @register_method
 class Plain(Method):
     name, help, uses_hint, forward_exits = "plain", "only the final exit is trained (single-exit training)", False, "last"
+    unused_keys = Joint.unused_keys
 
     def build(self, cfg, num_exits):
         return FinalExitCE(num_exits, cfg["label_smoothing"])

@@ -1,0 +1,78 @@
+"""The experiment suites' bookkeeping: a finished run is reused only while its recipe is what the suite asks
+for (a changed default retrains it, the old run kept aside), paired intervals, the validation choice."""
+import json
+
+import pytest
+
+from experiments import select_defaults, suites
+from msd_fast.train.config import resolve_config, save_config
+
+FLAGS = ["--dataset", "synthetic", "--model", "resnet18", "--width", "0.125", "--epochs", "1"]
+
+
+def _fake_run(run_dir, argv, amp="bf16", val=(80.0, 82.0)):
+    """A finished run as the trainer leaves it: config.yaml (resolved) and results.json."""
+    run_dir.mkdir(parents=True)
+    save_config(resolve_config(argv), run_dir / "config.yaml")
+    (run_dir / "results.json").write_text(json.dumps({"speed": {"amp": amp},
+                                                       "best_val": {"val_acc": list(val), "test_acc": list(val)}}))
+
+
+def test_recipe_mismatch_names_the_changed_keys(tmp_path):
+    argv = FLAGS + ["--method", "msd", "--alpha", "0.3"]
+    _fake_run(tmp_path / "r", argv)
+    assert suites.recipe_mismatch(tmp_path / "r", argv) == []
+    assert suites.recipe_mismatch(tmp_path / "r", argv + ["--device", "cpu", "--num-threads", "1"]) == []
+    assert suites.recipe_mismatch(tmp_path / "r", argv + ["--alpha", "0.1"]) == ["alpha: run 0.3, now 0.1"]
+    # amp auto is compared as what the run resolved it to
+    assert suites.recipe_mismatch(tmp_path / "r", argv + ["--amp", "bf16"]) == []
+    assert suites.recipe_mismatch(tmp_path / "r", argv + ["--amp", "none"]) == ["amp: run 'auto', now 'none'"]
+
+
+def test_joint_runs_ignore_the_distillation_keys(tmp_path):
+    argv = FLAGS + ["--method", "joint"]
+    _fake_run(tmp_path / "j", argv + ["--alpha", "0.5", "--beta-begin", "3.2", "--temperature", "4"])
+    assert suites.recipe_mismatch(tmp_path / "j", argv) == []
+    assert suites.recipe_mismatch(tmp_path / "j", argv + ["--lr", "0.2"]) == ["lr: run 0.1, now 0.2"]
+
+
+def test_run_retrains_a_stale_run_and_keeps_the_old_one(tmp_path, monkeypatch):
+    monkeypatch.setattr(suites, "RUNS", tmp_path)
+    calls = []
+
+    def fake_train(cmd, **kw):  # stands in for `python -m msd_fast.train ...`
+        calls.append(cmd)
+        argv = cmd[3:]
+        _fake_run(tmp_path / "s" / argv[argv.index("--run-name") + 1], argv)
+
+    monkeypatch.setattr(suites.subprocess, "run", fake_train)
+    flags = FLAGS + ["--method", "msd", "--alpha", "0.3"]
+    suites.run("s", "msd", 0, flags, [])
+    suites.run("s", "msd", 0, flags, [])  # finished, same recipe: reused
+    assert len(calls) == 1
+    suites.run("s", "msd", 0, FLAGS + ["--method", "msd", "--alpha", "0.2"], [])
+    assert len(calls) == 2
+    assert (tmp_path / "s" / "msd-s0.stale-1" / "results.json").exists()
+    assert "alpha: 0.2" in (tmp_path / "s" / "msd-s0" / "config.yaml").read_text()
+
+
+def test_paired_interval():
+    d = suites.paired([[1.0, 2.0], [3.0, 2.0], [2.0, 2.0]], [[0.0, 2.0], [1.0, 2.0], [2.0, 2.0]])
+    assert d["mean"] == pytest.approx([1.0, 0.0])
+    assert d["ci95"][0] == pytest.approx(4.303 * 1.0 / 3 ** 0.5) and d["ci95"][1] == 0.0
+
+
+def test_select_picks_the_best_validation_candidate(monkeypatch):
+    val = {"msd-alpha-0.1": 85.0, "msd-alpha-0.2": 86.0, "msd": 84.0, "joint": 90.0}
+
+    def fake_run(setting, label, seed, flags, extra):
+        return {"best_val": {"val_acc": [val[label] - 1, val[label] + 1]}}
+
+    monkeypatch.setattr(select_defaults, "run", fake_run)
+    monkeypatch.setattr(select_defaults.defaults, "ALPHA", 0.3)
+    res = select_defaults.select("alpha", 2, [])
+    assert res["selected"] == 0.2  # joint scores higher but is not a candidate
+    assert res["mean"] == {"0.1": 85.0, "0.2": 86.0, "0.3": 84.0, "joint": 90.0}
+    assert "| **0.2** |" in select_defaults.table(res)
+    assert select_defaults.candidate("alpha", 0.3) == ("msd", ["--method", "msd"])
+    assert select_defaults.candidate("beta", 0.8) == ("msd-beta-0.8", ["--method", "msd", "--beta-begin", "0.8"])
