@@ -5,6 +5,7 @@
     python -m experiments.suites --suite msdnet         # MSDNet-1 (exits of very different depth): joint / BYOT / MSD
     python -m experiments.suites --suite resnet         # multi-exit ResNet-18, the widest a CPU affords
     python -m experiments.suites --suite precision      # bf16 autocast vs fp32, joint and MSD, same seeds
+    python -m experiments.suites --suite overfit        # 1,000 training images, 30 epochs: joint / BYOT / MSD
     python -m experiments.suites --suite lowdata --seeds 5 --device cuda
 
 Every run is `python -m msd_fast.train` into runs/suites/<suite>/<method>-s<seed> and is skipped when its
@@ -65,6 +66,12 @@ SUITES: Dict[str, tuple] = {
         "msd-beta-0.8 / msd-beta-3.2: the default recipe plus the hint at weight 0.8 / 3.2.",
         RESNET_QUARTER,
         WITH_HINT_VARIANTS),
+    "overfit": (
+        "Does distillation help once the network overfits? ResNet-18 at width 0.125 on 1,000 training images for "
+        "30 epochs (the other suites stop while training and validation accuracy are still close, where the "
+        "distillation terms can only compete with fitting); the best-validation epoch is reported, as everywhere.",
+        COMMON + ["--width", "0.125", "--train-subset", "1000", "--epochs", "30"],
+        {"joint": ["--method", "joint"], "byot": BYOT, "msd": ["--method", "msd"]}),
     "precision": (
         "Does bf16 autocast hurt MSD? The resnet suite's setting (ResNet-18 width 0.25, D = 128, 10,000 training "
         "images, 4 epochs): the default MSD recipe in bf16 autocast and in fp32, and joint training in bf16, same "
