@@ -42,12 +42,12 @@ RESNET_QUARTER = COMMON + ["--width", "0.25", "--train-subset", "10000", "--epoc
 SUITES: Dict[str, tuple] = {
     "hint-width": (
         "Does the default MSD recipe lose to joint training when the features are wide? ResNet-18 at width 0.5 "
-        "(feature width D = 256) on 10,000 training images, 3 epochs: MSD with the hint as a mean over D at weight "
+        "(feature width D = 256) on 10,000 training images, 3 epochs: MSD (alpha 0.3) with the hint as a mean over D at weight "
         "3.2 (the default before the validation choice of beta) and the sum over D at weight 0.05 (the same loss "
         "at D = 64, 4x stronger at D = 256).",
         COMMON + ["--width", "0.5", "--train-subset", "10000", "--epochs", "3"],
-        {"joint": ["--method", "joint"], "msd-beta-3.2": ["--method", "msd", "--beta-begin", "3.2"],
-         "msd-hint-sum": ["--method", "msd", "--feature-reduction", "sum", "--beta-begin", "0.05"]}),
+        {"joint": ["--method", "joint"], "msd-beta-3.2": ["--method", "msd", "--alpha", "0.3", "--beta-begin", "3.2"],
+         "msd-hint-sum": ["--method", "msd", "--alpha", "0.3", "--feature-reduction", "sum", "--beta-begin", "0.05"]}),
     "lowdata": (
         "A low-data regime, where distillation is expected to matter: 10% of the training set (5,500 images), "
         "ResNet-18 at width 0.125, 10 epochs; msd is the default recipe (no hint), msd-beta-0.8 / msd-beta-3.2 add "
