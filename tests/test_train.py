@@ -155,3 +155,26 @@ def test_speed_defaults_per_device_and_model(monkeypatch):
     monkeypatch.setattr(tr, "cpu_has_native_bf16", lambda: False)
     assert tr.resolve_speed(dict(cpu, model="resnet18"))["amp"] == "none"  # emulated bf16 would be slower
     assert tr.resolve_speed(dict(cpu, model="resnet18", amp="bf16"))["amp"] == "bf16"
+
+
+@pytest.mark.parametrize("backend", ["reference", "cpp"])
+def test_a_zero_hint_schedule_leaves_the_features_out_with_the_same_loss_and_gradients(tmp_path, backend):
+    from msd_fast.models import create_model
+    from msd_fast.train.methods import get_method
+
+    torch.manual_seed(0)
+    model = create_model("resnet18", num_classes=10, in_channels=1, width=0.125)
+    x, y = torch.randn(8, 1, 16, 16), torch.randint(0, 10, (8,))
+    cfg = _cfg(tmp_path, "h", "--loss-backend", backend)
+    off = get_method("msd").build(cfg, model.num_exits)  # beta 0 -> 0 (the default): no hint
+    on = get_method("msd").build(_cfg(tmp_path, "h", "--loss-backend", backend, "--beta-end", "1e-9"), model.num_exits)
+    assert not off.hint and on.hint and not get_method("joint").build(cfg, model.num_exits).hint
+    grads = []
+    for crit in (off, on):
+        model.zero_grad()
+        loss, terms = crit(model(x), y, torch.zeros(()))
+        loss.backward()
+        grads.append((loss.detach(), terms.feat, [p.grad.clone() for p in model.parameters()]))
+    assert torch.equal(grads[0][0], grads[1][0]) and torch.equal(grads[0][1], torch.zeros(model.num_exits - 1))
+    for a, b in zip(grads[0][2], grads[1][2]):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-7)

@@ -42,14 +42,18 @@ class Method:
 
 
 class MultiExitCriterion(nn.Module):
-    """Wraps MSDLoss for the trainer: (out, target, beta) -> (loss, MSDTerms); no host sync."""
+    """Wraps MSDLoss for the trainer: (out, target, beta) -> (loss, MSDTerms); no host sync.
 
-    def __init__(self, loss: MSDLoss):
+    hint=False: the beta schedule is zero for the whole run, so the features are not handed to the loss at
+    all (the hint term is 0 * FEAT; its gradient is exactly zero for finite features): the fused loss then
+    neither reads the N x B x D features nor writes their gradients. terms.feat is zeros, as before."""
+
+    def __init__(self, loss: MSDLoss, hint: bool = True):
         super().__init__()
-        self.loss = loss
+        self.loss, self.hint = loss, hint
 
     def forward(self, out, target: torch.Tensor, beta: torch.Tensor):
-        return self.loss(out.logits, target, out.features, beta=beta, return_terms=True)
+        return self.loss(out.logits, target, out.features if self.hint else None, beta=beta, return_terms=True)
 
 
 class FinalExitCE(nn.Module):
@@ -84,11 +88,12 @@ def get_method(name: str) -> Method:
     return METHODS[name]
 
 
-def _msd_loss(cfg: Dict[str, Any], **kw) -> MultiExitCriterion:
+def _msd_loss(cfg: Dict[str, Any], hint: bool = True, **kw) -> MultiExitCriterion:
     kw.setdefault("alpha", cfg["alpha"])
+    hint = hint and (cfg["beta_begin"] != 0.0 or cfg["beta_end"] != 0.0)  # the schedule is not 0 throughout
     return MultiExitCriterion(MSDLoss(temperature=cfg["temperature"], backend=cfg["loss_backend"], validate=False,
                                       feature_reduction=cfg["feature_reduction"], label_smoothing=cfg["label_smoothing"],
-                                      **kw))
+                                      **kw), hint=hint)
 
 
 @register_method
@@ -113,7 +118,7 @@ class Joint(Method):
     unused_keys = ("alpha", "temperature", "beta_begin", "beta_end", "feature_reduction")
 
     def build(self, cfg, num_exits):
-        return _msd_loss(cfg, alpha=0.0, teacher="all")
+        return _msd_loss(cfg, hint=False, alpha=0.0, teacher="all")
 
 
 @register_method
