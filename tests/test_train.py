@@ -178,3 +178,24 @@ def test_a_zero_hint_schedule_leaves_the_features_out_with_the_same_loss_and_gra
     assert torch.equal(grads[0][0], grads[1][0]) and torch.equal(grads[0][1], torch.zeros(model.num_exits - 1))
     for a, b in zip(grads[0][2], grads[1][2]):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-7)
+
+
+def test_sgd_is_fused_on_cpu_and_takes_the_same_steps_as_the_for_loop(tmp_path):
+    from msd_fast.train.optim import build_optimizer
+
+    cfg = _cfg(tmp_path, "o")
+    torch.manual_seed(0)
+    a = [torch.randn(5, 3, requires_grad=True), torch.randn(7, requires_grad=True)]
+    b = [p.detach().clone().requires_grad_() for p in a]
+    fused = build_optimizer(a, cfg)
+    loop = torch.optim.SGD(b, lr=cfg["lr"], momentum=cfg["momentum"], nesterov=True, weight_decay=cfg["weight_decay"],
+                           foreach=False)
+    assert fused.param_groups[0]["fused"] is True
+    for _ in range(4):
+        g = [torch.randn_like(p) for p in a]
+        for ps, opt in ((a, fused), (b, loop)):
+            for p, gp in zip(ps, g):
+                p.grad = gp.clone()
+            opt.step()
+    for x, y in zip(a, b):
+        torch.testing.assert_close(x, y, rtol=1e-6, atol=1e-6)
