@@ -34,9 +34,9 @@ RUNS = ROOT / "runs" / "suites"
 BYOT = ["--method", "byot", "--alpha", "0.3", "--temperature", "3", "--beta-begin", "3.2"]
 COMMON = ["--dataset", "fashion-mnist", "--model", "resnet18", "--no-progress", "--tensorboard", "false"]
 # name -> (what it tests, shared flags, {label: method flags}); labels "joint" and "byot" are the references
-# plain / joint / BYOT / the default MSD recipe (no hint) / MSD with the hint at 0.8 and 3.2
+# plain / joint / BYOT / the default MSD recipe (hint 0.8) / MSD without the hint and with it at 3.2
 WITH_HINT_VARIANTS = {"plain": ["--method", "plain"], "joint": ["--method", "joint"], "byot": BYOT,
-                      "msd": ["--method", "msd"], "msd-beta-0.8": ["--method", "msd", "--beta-begin", "0.8"],
+                      "msd": ["--method", "msd"], "msd-beta-0": ["--method", "msd", "--beta-begin", "0"],
                       "msd-beta-3.2": ["--method", "msd", "--beta-begin", "3.2"]}
 RESNET_QUARTER = COMMON + ["--width", "0.25", "--train-subset", "10000", "--epochs", "4"]  # resnet and precision
 SUITES: Dict[str, tuple] = {
@@ -50,8 +50,8 @@ SUITES: Dict[str, tuple] = {
          "msd-hint-sum": ["--method", "msd", "--alpha", "0.3", "--feature-reduction", "sum", "--beta-begin", "0.05"]}),
     "lowdata": (
         "A low-data regime, where distillation is expected to matter: 10% of the training set (5,500 images), "
-        "ResNet-18 at width 0.125, 10 epochs; msd is the default recipe (no hint), msd-beta-0.8 / msd-beta-3.2 add "
-        "the hint at weight 0.8 / 3.2.",
+        "ResNet-18 at width 0.125, 10 epochs; msd is the default recipe (hint weight 0.8), msd-beta-0 / msd-beta-3.2 "
+        "the same without the hint / with it at 3.2.",
         COMMON + ["--width", "0.125", "--train-subset", "5500", "--epochs", "10"],
         WITH_HINT_VARIANTS),
     "msdnet": (
@@ -63,7 +63,7 @@ SUITES: Dict[str, tuple] = {
     "resnet": (
         "The paper's Table-2 comparison on data we have: multi-exit ResNet-18 at width 0.25 (the widest a 2-core "
         "CPU affords in the 90-minute budget; full width on a GPU with --width 1), 10,000 training images, 4 epochs; "
-        "msd-beta-0.8 / msd-beta-3.2: the default recipe plus the hint at weight 0.8 / 3.2.",
+        "msd is the default recipe (hint weight 0.8), msd-beta-0 / msd-beta-3.2 the same without the hint / with it at 3.2.",
         RESNET_QUARTER,
         WITH_HINT_VARIANTS),
     "overfit": (

@@ -75,4 +75,5 @@ def test_select_picks_the_best_validation_candidate(monkeypatch):
     assert res["mean"] == {"0.1": 85.0, "0.2": 86.0, "0.3": 84.0, "joint": 90.0}
     assert "| **0.2** |" in select_defaults.table(res)
     assert select_defaults.candidate("alpha", 0.3) == ("msd", ["--method", "msd"])
-    assert select_defaults.candidate("beta", 0.8) == ("msd-beta-0.8", ["--method", "msd", "--beta-begin", "0.8"])
+    monkeypatch.setattr(select_defaults.defaults, "BETA_BEGIN", 0.8)
+    assert select_defaults.candidate("beta", 0.0) == ("msd-beta-0", ["--method", "msd", "--beta-begin", "0"])
