@@ -34,9 +34,9 @@ RUNS = ROOT / "runs" / "suites"
 BYOT = ["--method", "byot", "--alpha", "0.3", "--temperature", "3", "--beta-begin", "3.2"]
 COMMON = ["--dataset", "fashion-mnist", "--model", "resnet18", "--no-progress", "--tensorboard", "false"]
 # name -> (what it tests, shared flags, {label: method flags}); labels "joint" and "byot" are the references
-# plain / joint / BYOT / the default MSD recipe (hint 0.8) / MSD without the hint and with it at 3.2
+# plain / joint / BYOT / the default MSD recipe (no hint) / MSD with the hint at 0.8 and 3.2
 WITH_HINT_VARIANTS = {"plain": ["--method", "plain"], "joint": ["--method", "joint"], "byot": BYOT,
-                      "msd": ["--method", "msd"], "msd-beta-0": ["--method", "msd", "--beta-begin", "0"],
+                      "msd": ["--method", "msd"], "msd-beta-0.8": ["--method", "msd", "--beta-begin", "0.8"],
                       "msd-beta-3.2": ["--method", "msd", "--beta-begin", "3.2"]}
 RESNET_QUARTER = COMMON + ["--width", "0.25", "--train-subset", "10000", "--epochs", "4"]  # resnet and precision
 SUITES: Dict[str, tuple] = {
@@ -50,8 +50,8 @@ SUITES: Dict[str, tuple] = {
          "msd-hint-sum": ["--method", "msd", "--alpha", "0.3", "--feature-reduction", "sum", "--beta-begin", "0.05"]}),
     "lowdata": (
         "A low-data regime, where distillation is expected to matter: 10% of the training set (5,500 images), "
-        "ResNet-18 at width 0.125, 10 epochs; msd is the default recipe (hint weight 0.8), msd-beta-0 / msd-beta-3.2 "
-        "the same without the hint / with it at 3.2.",
+        "ResNet-18 at width 0.125, 10 epochs; msd is the default recipe (no hint), msd-beta-0.8 / msd-beta-3.2 add "
+        "the hint at weight 0.8 / 3.2.",
         COMMON + ["--width", "0.125", "--train-subset", "5500", "--epochs", "10"],
         WITH_HINT_VARIANTS),
     "msdnet": (
@@ -63,7 +63,7 @@ SUITES: Dict[str, tuple] = {
     "resnet": (
         "The paper's Table-2 comparison on data we have: multi-exit ResNet-18 at width 0.25 (the widest a 2-core "
         "CPU affords in the 90-minute budget; full width on a GPU with --width 1), 10,000 training images, 4 epochs; "
-        "msd is the default recipe (hint weight 0.8), msd-beta-0 / msd-beta-3.2 the same without the hint / with it at 3.2.",
+        "msd is the default recipe (no hint), msd-beta-0.8 / msd-beta-3.2 the same plus the hint at weight 0.8 / 3.2.",
         RESNET_QUARTER,
         WITH_HINT_VARIANTS),
     "overfit": (
@@ -104,7 +104,8 @@ def recipe_mismatch(run_dir: pathlib.Path, argv: List[str]) -> List[str]:
     now = resolve_config(argv)
     unused = NOT_RECIPE | set(get_method(now["method"]).unused_keys)
     had = yaml.safe_load((run_dir / "config.yaml").read_text())
-    resolved_amp = json.loads((run_dir / "results.json").read_text()).get("speed", {}).get("amp")
+    results = run_dir / "results.json"  # absent for a stopped run: its amp "auto" matches any request
+    resolved_amp = json.loads(results.read_text()).get("speed", {}).get("amp") if results.exists() else now["amp"]
     out = []
     for key in sorted(set(now) & set(had)):
         if key in unused or key.startswith("_") or now[key] == had[key]:
@@ -117,12 +118,12 @@ def recipe_mismatch(run_dir: pathlib.Path, argv: List[str]) -> List[str]:
 
 def run(suite: str, label: str, seed: int, flags: List[str], extra: List[str]) -> dict:
     """Trains one run of the suite (or finishes a stopped one) and returns its results.json. A finished run
-    trained with another recipe (a code default changed since) is moved aside to <name>.stale-<k> and
-    trained again, so a table never mixes recipes."""
+    trained with another recipe (a code default changed since), or a stopped one that would resume with it,
+    is moved aside to <name>.stale-<k> and trained again, so a table never mixes recipes."""
     d = RUNS / suite
     name = f"{label}-s{seed}"
     argv = [*flags, "--seed", str(seed), "--out-dir", str(d), "--run-name", name, *extra]
-    if (d / name / "results.json").exists():
+    if (d / name / "config.yaml").exists():  # finished, or stopped part-way (it would be resumed as it was)
         diff = recipe_mismatch(d / name, argv)
         if diff:
             k = 1

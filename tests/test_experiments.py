@@ -54,6 +54,11 @@ def test_run_retrains_a_stale_run_and_keeps_the_old_one(tmp_path, monkeypatch):
     assert len(calls) == 2
     assert (tmp_path / "s" / "msd-s0.stale-1" / "results.json").exists()
     assert "alpha: 0.2" in (tmp_path / "s" / "msd-s0" / "config.yaml").read_text()
+    # a run stopped part-way (config, no results) under an old recipe is not resumed with it
+    (tmp_path / "s" / "msd-s0" / "results.json").unlink()
+    suites.run("s", "msd", 0, FLAGS + ["--method", "msd", "--alpha", "0.1"], [])
+    assert len(calls) == 3 and (tmp_path / "s" / "msd-s0.stale-2" / "config.yaml").exists()
+    assert calls[-1][3] != "--resume"
 
 
 def test_paired_interval():
@@ -62,18 +67,27 @@ def test_paired_interval():
     assert d["ci95"][0] == pytest.approx(4.303 * 1.0 / 3 ** 0.5) and d["ci95"][1] == 0.0
 
 
-def test_select_picks_the_best_validation_candidate(monkeypatch):
-    val = {"msd-alpha-0.1": 85.0, "msd-alpha-0.2": 86.0, "msd": 84.0, "joint": 90.0}
-
-    def fake_run(setting, label, seed, flags, extra):
-        return {"best_val": {"val_acc": [val[label] - 1, val[label] + 1]}}
-
-    monkeypatch.setattr(select_defaults, "run", fake_run)
+def test_select_changes_a_default_only_beyond_the_noise(monkeypatch):
     monkeypatch.setattr(select_defaults.defaults, "ALPHA", 0.3)
-    res = select_defaults.select("alpha", 2, [])
-    assert res["selected"] == 0.2  # joint scores higher but is not a candidate
-    assert res["mean"] == {"0.1": 85.0, "0.2": 86.0, "0.3": 84.0, "joint": 90.0}
+    monkeypatch.setattr(select_defaults.defaults, "BETA_BEGIN", 0.0)
+
+    def scores(val):
+        def fake_run(setting, label, seed, flags, extra):  # a per-seed wobble shared by every label (paired)
+            wobble = (seed - 1) * 0.5 + (0.3 if setting == "lowdata" else -0.3)
+            return {"best_val": {"val_acc": [val[label][seed] + wobble - 1, val[label][seed] + wobble + 1]}}
+        return fake_run
+
+    clear = {"msd-alpha-0.1": [85.0] * 3, "msd-alpha-0.2": [86.0, 86.1, 85.9], "msd": [84.0] * 3, "joint": [90.0] * 3}
+    monkeypatch.setattr(select_defaults, "run", scores(clear))
+    res = select_defaults.select("alpha", 3, [])
+    assert res["selected"] == 0.2 and res["best_by_mean"] == 0.2  # joint scores higher but is not a candidate
+    assert res["mean"]["0.2"] == pytest.approx(86.0) and res["minus_default"]["0.2"]["mean"] == pytest.approx(2.0)
     assert "| **0.2** |" in select_defaults.table(res)
+    noisy = {"msd-alpha-0.1": [85.0, 83.0, 84.0], "msd-alpha-0.2": [85.5, 83.0, 84.0], "msd": [84.0, 84.5, 83.5],
+             "joint": [84.0] * 3}
+    monkeypatch.setattr(select_defaults, "run", scores(noisy))
+    res = select_defaults.select("alpha", 3, [])
+    assert res["best_by_mean"] == 0.2 and res["selected"] == 0.3  # 0.2's mean is higher, inside the noise
+    assert "| **0.3** |" in select_defaults.table(res) and "the default stays" in select_defaults.table(res)
     assert select_defaults.candidate("alpha", 0.3) == ("msd", ["--method", "msd"])
-    monkeypatch.setattr(select_defaults.defaults, "BETA_BEGIN", 0.8)
-    assert select_defaults.candidate("beta", 0.0) == ("msd-beta-0", ["--method", "msd", "--beta-begin", "0"])
+    assert select_defaults.candidate("beta", 0.8) == ("msd-beta-0.8", ["--method", "msd", "--beta-begin", "0.8"])

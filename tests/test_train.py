@@ -166,7 +166,7 @@ def test_a_zero_hint_schedule_leaves_the_features_out_with_the_same_loss_and_gra
     model = create_model("resnet18", num_classes=10, in_channels=1, width=0.125)
     x, y = torch.randn(8, 1, 16, 16), torch.randint(0, 10, (8,))
     cfg = _cfg(tmp_path, "h", "--loss-backend", backend, "--beta-begin", "0")
-    off = get_method("msd").build(cfg, model.num_exits)  # beta 0 -> 0: no hint
+    off = get_method("msd").build(cfg, model.num_exits)  # beta 0 -> 0 (the default): no hint
     on = get_method("msd").build(_cfg(tmp_path, "h", "--loss-backend", backend, "--beta-begin", "0", "--beta-end", "1e-9"),
                                  model.num_exits)
     assert not off.hint and on.hint and not get_method("joint").build(cfg, model.num_exits).hint
