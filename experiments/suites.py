@@ -6,7 +6,6 @@
     python -m experiments.suites --suite resnet         # multi-exit ResNet-18, the widest a CPU affords
     python -m experiments.suites --suite precision      # bf16 autocast vs fp32, joint and MSD, same seeds
     python -m experiments.suites --suite overfit        # 1,000 training images, 30 epochs: joint / BYOT / MSD
-    python -m experiments.suites --suite precision-full # bf16 vs fp32 MSD at full width (2,000 images)
     python -m experiments.suites --suite lowdata --seeds 5 --device cuda
 
 Every run is `python -m msd_fast.train` into runs/suites/<suite>/<method>-s<seed> and is skipped when its
@@ -81,16 +80,9 @@ SUITES: Dict[str, tuple] = {
         RESNET_QUARTER,
         {"joint": ["--method", "joint", "--amp", "bf16"], "msd": ["--method", "msd", "--amp", "bf16"],
          "msd-fp32": ["--method", "msd", "--amp", "none"]}),
-    "precision-full": (
-        "Does bf16 autocast hurt MSD at full width? ResNet-18 at width 1 (D = 512) on 2,000 training images, "
-        "2 epochs, 1,000 validation images (what a 2-core CPU affords at full width): the default MSD recipe in "
-        "bf16 autocast and in fp32, same seeds, eager (torch.compile is not covered here).",
-        COMMON + ["--width", "1", "--train-subset", "2000", "--epochs", "2", "--val-size", "1000"],
-        {"msd": ["--method", "msd", "--amp", "bf16"], "msd-fp32": ["--method", "msd", "--amp", "none"]}),
 }
 # Paired differences reported per suite (default: every distilling method minus joint and minus BYOT).
-PAIRS = {"precision": [("msd", "joint"), ("msd", "msd-fp32"), ("msd-fp32", "joint")],
-         "precision-full": [("msd", "msd-fp32")]}
+PAIRS = {"precision": [("msd", "joint"), ("msd", "msd-fp32"), ("msd-fp32", "joint")]}
 T975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262}
 
 
