@@ -3,6 +3,7 @@ the choice.
 
     python -m experiments.select_defaults --param alpha   # alpha in {0.1, 0.2, 0.3}, hint off
     python -m experiments.select_defaults --param beta    # beta_begin in {0, 0.8, 3.2}
+    python -m experiments.select_defaults --param temperature   # tau in {1, 3, 5}
     python -m experiments.select_defaults --param alpha --readme-only   # rewrite the README table from the JSON
 
 Each candidate is the MSD recipe with every other key at its current default (the current value of the parameter
@@ -27,7 +28,8 @@ from msd_fast.loss import defaults
 
 # param -> (the train flag, the defaults module's name, candidates)
 PARAMS = {"alpha": ("--alpha", "ALPHA", [0.1, 0.2, 0.3]),
-          "beta": ("--beta-begin", "BETA_BEGIN", [0.0, 0.8, 3.2])}
+          "beta": ("--beta-begin", "BETA_BEGIN", [0.0, 0.8, 3.2]),
+          "temperature": ("--temperature", "TEMPERATURE", [1.0, 3.0, 5.0])}
 SETTINGS = ("lowdata", "resnet")
 
 
@@ -82,7 +84,7 @@ def select(param: str, seeds: int, extra: List[str]) -> dict:
 
 def table(res: dict) -> str:
     p = res["param"]
-    name = {"beta": "beta_begin (hint weight)", "alpha": "alpha (KD weight)"}.get(p, p)
+    name = {"beta": "beta_begin (hint weight)", "alpha": "alpha (KD weight)", "temperature": "tau (temperature)"}.get(p, p)
     fixed = ", ".join(f"{k.lower()} {v}" for k, v in res["fixed"].items())
     default = f"{res['default_before']:g}"
     lines = [f"{name} on the **validation** split (mean top-1 over exits and {res['seeds']} seeds, "
