@@ -16,7 +16,9 @@ the default, over the 6 (setting, seed) pairs, is above zero:
 - beta_begin in {0, 0.8, 3.2} at alpha 0.3: 0 beat the former default 3.2 (= 0.05 on the sum at D = 64) by
   2.0 points, so the hint is off unless asked for (`beta=`, `--beta-begin`); 0.8 scored 0.15 below 0;
 - alpha in {0.1, 0.2, 0.3} with the hint off: 0.2 scored 0.31 above 0.3, inside the noise (± 0.54), so alpha
-  stays 0.3 (experiments/results/alpha_selection.json).
+  stays 0.3 (experiments/results/alpha_selection.json);
+- tau in {1, 3, 5} at alpha 0.3, hint off: 3 scored best (85.04 / 85.66 / 85.45) and stays
+  (experiments/results/temperature_selection.json).
 Taking the best mean regardless of the noise would have moved alpha to 0.2, then beta to 0.8 (by 0.06), then
 alpha to 0.1 (by 0.06): choices inside the seed noise, which is why the rule asks for the interval. Joint
 training (alpha 0, no hint; not a candidate) scores within those margins too.
