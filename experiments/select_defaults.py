@@ -23,7 +23,7 @@ import statistics
 import sys
 from typing import Dict, List
 
-from experiments.suites import OUT, SUITES, paired, run
+from experiments.suites import OUT, SUITES, add_run_options, device_flags, paired, run
 from msd_fast.loss import defaults
 
 # param -> (the train flag, the defaults module's name, candidates)
@@ -50,7 +50,7 @@ def select(param: str, seeds: int, extra: List[str]) -> dict:
     """Scores every candidate; the best replaces the current default only if it beats it beyond the noise: the
     paired difference over the (setting, seed) pairs has a 95% t-interval above zero. Otherwise the default
     stays (a best-by-mean that is inside the seed noise is not evidence; choosing it anyway made the choice
-    wander between neighbours by a few hundredths of a point from one round to the next)."""
+    wander between neighbours from one round to the next)."""
     _, attr, values = PARAMS[param]
     default = getattr(defaults, attr)
     if default not in values:
@@ -108,15 +108,13 @@ def table(res: dict) -> str:
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--param", choices=sorted(PARAMS), required=True)
-    ap.add_argument("--seeds", type=int, default=3)
-    ap.add_argument("--device", default=None, help="cpu or cuda (default: the trainer's auto)")
-    ap.add_argument("--readme-only", action="store_true", help="rewrite the README table from the committed JSON")
+    add_run_options(ap)
     a = ap.parse_args(argv)
     path = OUT / f"{a.param}_selection.json"
     if a.readme_only:
         res = json.loads(path.read_text())
     else:
-        res = select(a.param, a.seeds, ["--device", a.device] if a.device else [])
+        res = select(a.param, a.seeds, device_flags(a))
         OUT.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(res, indent=1))
     text = table(res)

@@ -18,6 +18,7 @@ timed (experiments/results/<name>/), and its README table (between `<!-- BEGIN s
 import argparse
 import json
 import math
+import os
 import pathlib
 import platform
 import statistics
@@ -191,14 +192,23 @@ def table(name: str, res: dict) -> str:
     return "\n".join(lines)
 
 
+def add_run_options(ap: argparse.ArgumentParser) -> None:
+    """The options every experiment command shares: seeds, device, and rewriting the README from the JSON."""
+    ap.add_argument("--seeds", type=int, default=3)
+    ap.add_argument("--device", default=None, help="cpu or cuda (default: the trainer's auto)")
+    ap.add_argument("--readme-only", action="store_true",
+                    help="rewrite the README table from the committed JSON; train and evaluate nothing")
+
+
+def device_flags(a: argparse.Namespace) -> List[str]:
+    return ["--device", a.device] if a.device else []
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--suite", choices=sorted(SUITES), required=True)
-    ap.add_argument("--seeds", type=int, default=3)
-    ap.add_argument("--device", default=None, help="cpu or cuda (default: the trainer's auto)")
     ap.add_argument("--no-readme", action="store_true", help="write the JSON and plots, leave the README alone")
-    ap.add_argument("--readme-only", action="store_true",
-                    help="rewrite the suite's README table from its committed JSON; train and evaluate nothing")
+    add_run_options(ap)
     a = ap.parse_args(argv)
     if a.readme_only:
         from bench.readme_sections import update_readme_section
@@ -206,7 +216,7 @@ def main(argv=None) -> int:
         update_readme_section(f"suite-{a.suite}", table(a.suite, json.loads((OUT / f"suite_{a.suite}.json").read_text())))
         return 0
     what, flags, methods = SUITES[a.suite]
-    extra = ["--device", a.device] if a.device else []
+    extra = device_flags(a)
     per = {m: [run(a.suite, m, s, flags + mf, extra) for s in range(a.seeds)] for m, mf in methods.items()}
     acc = {m: [r["best_val"]["test_acc"] for r in rs] for m, rs in per.items()}
     res = {"suite": a.suite, "what": what, "flags": flags, "methods_flags": methods, "seeds": a.seeds,
@@ -226,6 +236,7 @@ def main(argv=None) -> int:
                                  measure=True, log=lambda msg: None)
     for m, e in zip(methods, evals):  # the suite's labels: several rows may share a --method
         e["label"] = f"{m} (seed 0)"
+        e["checkpoint"] = os.path.relpath(e["checkpoint"], ROOT)  # committed reports hold no machine's paths
     write_reports(evals, OUT / a.suite)
     best = evals[-1]
     res["early_exit"] = {"method": best["label"], "budget_mflops": best["speed"]["budget"] / 1e6,

@@ -148,7 +148,8 @@ def test_evaluate_budget_fractions_strict_json_and_progress(tmp_path, capsys):
     assert [b["budget"] for b in r["budgeted"]] == pytest.approx([0.6 * flops[-1], 0.8 * flops[-1], flops[-1]])
     write_reports([r], tmp_path / "ev")
     text = (tmp_path / "ev" / "results.json").read_text()
-    json.loads(text, parse_constant=lambda c: pytest.fail(f"non-standard JSON constant {c}"))
+    saved = json.loads(text, parse_constant=lambda c: pytest.fail(f"non-standard JSON constant {c}"))
+    assert saved["plots"] == ["anytime.png", "budgeted.png"]  # beside results.json: no machine's paths
     with pytest.raises(EvalError, match="outside"):
         budgets_from_fractions([0.01], flops)
     assert evaluate_main(["--checkpoint", str(tmp_path / "r"), "--out-dir", str(tmp_path / "ev2"),

@@ -36,8 +36,11 @@ def write_reports(results: List[Dict[str, Any]], out: pathlib.Path) -> List[str]
                 w.writerow([r["checkpoint"], r["label"], b["budget"], b["val_avg_flops"], b["test_avg_flops"],
                             b["test_top1"], " ".join(f"{t:.6g}" for t in b["thresholds"])])
     plots = _plot(results, out)
-    (out / "results.json").write_text(json.dumps(strict_json({"results": results, "plots": plots}), indent=1,
-                                                 allow_nan=False))
+    # results.json names its plots relative to itself (they sit beside it), so a committed copy holds no
+    # machine's paths; the caller gets the full paths.
+    (out / "results.json").write_text(json.dumps(strict_json({"results": results,
+                                                              "plots": [pathlib.Path(q).name for q in plots]}),
+                                                 indent=1, allow_nan=False))
     return plots
 
 

@@ -19,8 +19,8 @@ the default, over the 6 (setting, seed) pairs, is above zero:
   stays 0.3 (experiments/results/alpha_selection.json);
 - tau in {1, 3, 5} at alpha 0.3, hint off: 3 scored best (85.04 / 85.66 / 85.45) and stays
   (experiments/results/temperature_selection.json).
-Taking the best mean regardless of the noise would have moved alpha to 0.2, then beta to 0.8 (by 0.06), then
-alpha to 0.1 (by 0.06): choices inside the seed noise, which is why the rule asks for the interval. Joint
+An earlier round that took the best mean regardless moved the choice from neighbour to neighbour (alpha 0.2,
+then beta 0.8, then alpha 0.1) by margins inside the seed noise, which is why the rule asks for the interval. Joint
 training (alpha 0, no hint; not a candidate) scores within those margins too.
 """
 ALPHA = 0.3

@@ -88,9 +88,10 @@ def get_method(name: str) -> Method:
     return METHODS[name]
 
 
-def _msd_loss(cfg: Dict[str, Any], hint: bool = True, **kw) -> MultiExitCriterion:
+def _msd_loss(cfg: Dict[str, Any], uses_hint: bool, **kw) -> MultiExitCriterion:
+    """The MSD loss of a method; uses_hint is the method's flag (the one that sets its beta schedule)."""
     kw.setdefault("alpha", cfg["alpha"])
-    hint = hint and (cfg["beta_begin"] != 0.0 or cfg["beta_end"] != 0.0)  # the schedule is not 0 throughout
+    hint = uses_hint and (cfg["beta_begin"] != 0.0 or cfg["beta_end"] != 0.0)  # the schedule is not 0 throughout
     return MultiExitCriterion(MSDLoss(temperature=cfg["temperature"], backend=cfg["loss_backend"], validate=False,
                                       feature_reduction=cfg["feature_reduction"], label_smoothing=cfg["label_smoothing"],
                                       **kw), hint=hint)
@@ -101,7 +102,7 @@ class MSD(Method):
     name, help = "msd", "all-pairs KD: every exit learns from every other exit, plus the feature hint"
 
     def build(self, cfg, num_exits):
-        return _msd_loss(cfg, teacher="all")
+        return _msd_loss(cfg, self.uses_hint, teacher="all")
 
 
 @register_method
@@ -109,7 +110,7 @@ class BYOT(Method):
     name, help = "byot", "one-way KD from the deepest exit (Be Your Own Teacher), plus the feature hint"
 
     def build(self, cfg, num_exits):
-        return _msd_loss(cfg, teacher="last")
+        return _msd_loss(cfg, self.uses_hint, teacher="last")
 
 
 @register_method
@@ -118,7 +119,7 @@ class Joint(Method):
     unused_keys = ("alpha", "temperature", "beta_begin", "beta_end", "feature_reduction")
 
     def build(self, cfg, num_exits):
-        return _msd_loss(cfg, hint=False, alpha=0.0, teacher="all")
+        return _msd_loss(cfg, self.uses_hint, alpha=0.0, teacher="all")
 
 
 @register_method
