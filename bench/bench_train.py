@@ -27,7 +27,7 @@ import torchvision.transforms.v2 as T
 from bench.machine import describe, machine_info
 from bench.naive_loss import naive_msd_loss
 from bench.report import train_table, update_readme
-from bench.timing import sync
+from bench.timing import gpu_busy_share, sync
 
 from msd_fast.train.config import DEFAULTS
 from msd_fast.data import DATASET_TABLE, Dataset, Split
@@ -121,9 +121,15 @@ def setup_engine(model_name, width, data, batch, device, warmup, overrides):
                                                                          "loss_backend": cfg["loss_backend"]}
 
 
-def variants(device: torch.device, model: str):
+def variants(device: torch.device, model: str, which: str = "all"):
+    """(row name, config overrides): the defaults, then each speed feature toggled on its own. which="gpu-check":
+    the defaults, the step without its CUDA graph and the compile toggle only (the GPU check's time budget)."""
     d = resolve_speed(dict(DEFAULTS, device=device.type, model=model))
     rows = [("msd_fast (defaults)", {})]
+    if device.type == "cuda":
+        rows.append(("  without the whole-step CUDA graph", {"cuda_graph": False}))
+    if which == "gpu-check":  # compiling MSDNet takes minutes: its compile row is left to the full table
+        return rows + ([("  without torch.compile", {"compile": False})] if d["compile"] else [])
     if d["channels_last"]:
         rows.append(("  without channels-last", {"channels_last": False}))
     else:
@@ -147,8 +153,11 @@ def main(argv=None):
     ap.add_argument("--batch", type=int, default=64)
     ap.add_argument("--width", type=float, default=None, help="default: 1.0 (0.25 with --quick)")
     ap.add_argument("--workers", type=int, default=None, help="baseline DataLoader workers (default: min(4, cores))")
-    ap.add_argument("--variants", choices=("all", "defaults"), default="all",
-                    help="all: defaults and each feature toggled; defaults: only baseline vs msd_fast defaults")
+    ap.add_argument("--variants", choices=("all", "defaults", "gpu-check"), default="all",
+                    help="all: defaults and each feature toggled; defaults: only baseline vs msd_fast defaults; "
+                         "gpu-check: defaults, without the CUDA graph, the compile toggle")
+    ap.add_argument("--busy-calls", type=int, default=10,
+                    help="on CUDA, steps profiled per configuration for the GPU's busy share (0: skip)")
     ap.add_argument("--out", default=None, help="JSON path (default: bench/results/train_<cpu|cuda>[_quick].json)")
     ap.add_argument("--update-readme", action="store_true", help="regenerate the README tables afterwards")
     args = ap.parse_args(argv)
@@ -169,13 +178,22 @@ def main(argv=None):
     for m in args.models:
         setups = {BASELINE: setup_baseline(m, width, data, args.batch, device, warmup, workers)}
         print(f"{m} baseline: warmed up in {setups[BASELINE][1]:.1f} s", flush=True)
-        for name, ov in variants(device, m)[:1 if args.variants == "defaults" else None]:
+        for name, ov in variants(device, m, args.variants)[:1 if args.variants == "defaults" else None]:
             setups[name.strip()] = setup_engine(m, width, data, args.batch, device, warmup, ov)
             print(f"{m} {name.strip()}: warmed up in {setups[name.strip()][1]:.1f} s", flush=True)
         timed = _windows_interleaved({k: v[0] for k, v in setups.items()}, spw, windows, args.batch, device)
         rows = {k: {**timed[k], "warmup_s": v[1], **v[2]} for k, v in setups.items()}
+        if device.type == "cuda" and args.busy_calls > 0:
+            for k, v in setups.items():
+                try:
+                    rows[k].update(gpu_busy_share(v[0], device, args.busy_calls))
+                except Exception as e:  # the profiler is optional evidence: say why it is missing
+                    rows[k]["gpu_busy_error"] = f"{type(e).__name__}: {e}"
         for k, r in rows.items():
-            print(f"{m} {k}: {r['images_per_s']:.1f} img/s", flush=True)
+            busy = f", GPU busy {100 * r['gpu_busy_share']:.0f}%" if "gpu_busy_share" in r else ""
+            print(f"{m} {k}: {r['images_per_s']:.1f} img/s{busy}", flush=True)
+            for name, us, n in r.get("top_kernels", [])[:8]:
+                print(f"    {us:9.1f} us/step  x{n:<6g} {name}")
         del setups, timed
         out["models"][m] = rows
     path = pathlib.Path(args.out) if args.out else RESULTS / f"train_{device.type}{'_quick' if args.quick else ''}.json"

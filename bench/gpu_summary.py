@@ -15,7 +15,8 @@ import sys
 import xml.etree.ElementTree as ET
 
 RESULTS = pathlib.Path(__file__).resolve().parent / "results" / "gpu"
-FILES = ("summary.json", "loss_cuda_gpu_check.json", "train_cuda_gpu_check.json", "cuda_tests.xml", "steps.txt")
+FILES = ("summary.json", "loss_cuda_gpu_check.json", "cuda_tests.xml", "steps.txt")
+TRAIN_GLOB = "train_cuda_*.json"  # one per (model, batch) the check runs
 
 
 def _json(path: pathlib.Path):
@@ -40,8 +41,9 @@ def summarize(out: pathlib.Path) -> dict:
         for line in (out / "steps.txt").read_text().splitlines():
             k, _, v = line.partition(":")
             steps[k.strip()] = v.strip()
-    loss, train = _json(out / "loss_cuda_gpu_check.json"), _json(out / "train_cuda_gpu_check.json")
-    machine = (loss or train or {}).get("machine", {})
+    loss = _json(out / "loss_cuda_gpu_check.json")
+    trains = [_json(p) for p in sorted(out.glob(TRAIN_GLOB))]
+    machine = (loss or (trains[0] if trains else {})).get("machine", {})
     s = {"gpu": machine.get("gpu"), "torch": machine.get("torch"), "triton": machine.get("triton"),
          "python": machine.get("python"), "steps": steps, "tests": _tests(out / "cuda_tests.xml"),
          "loss": [], "train": []}
@@ -65,11 +67,15 @@ def summarize(out: pathlib.Path) -> dict:
                           "compiled_reference_us": comp.get("median_ms", float("nan")) * 1e3,
                           "vs_compiled": comp.get("median_ms", float("nan")) / r["median_ms"],
                           "share_of_copy_bandwidth": floor.get("median_ms", float("nan")) / r["median_ms"]})
-    for model, rows in (train or {}).get("models", {}).items():
-        base = next(v for k, v in rows.items() if k.startswith("baseline"))["images_per_s"]
-        ours = rows.get("msd_fast (defaults)", {}).get("images_per_s", float("nan"))
-        s["train"].append({"model": model, "batch": train["batch"], "baseline_images_per_s": base,
-                           "msd_fast_images_per_s": ours, "ratio": ours / base})
+    for train in trains:
+        for model, rows in train.get("models", {}).items():
+            base = next(v for k, v in rows.items() if k.startswith("baseline"))
+            for name, r in rows.items():
+                s["train"].append({"model": model, "batch": train["batch"], "config": name,
+                                   "images_per_s": r["images_per_s"], "ratio": r["images_per_s"] / base["images_per_s"],
+                                   "warmup_s": r.get("warmup_s"), "gpu_busy_share": r.get("gpu_busy_share"),
+                                   "gpu_activities_per_step": r.get("gpu_activities_per_call"),
+                                   "loss_share_of_step": r.get("loss_kernels_share_of_step")})
     return s
 
 
@@ -88,9 +94,13 @@ def table(s: dict) -> str:
                   f"| {r.get('triton_nosplit_us', float('nan')):.0f} | {r['compiled_reference_us']:.0f} "
                   f"| {r['vs_compiled']:.2f}x | {100 * r['share_of_copy_bandwidth']:.0f}% |" for r in s["loss"]]
     if s["train"]:
-        lines += ["", "| training step | batch | baseline img/s | msd_fast defaults img/s | ratio |", "|---|---|---|---|---|"]
-        lines += [f"| {r['model']} | {r['batch']} | {r['baseline_images_per_s']:.0f} | {r['msd_fast_images_per_s']:.0f} "
-                  f"| {r['ratio']:.2f}x |" for r in s["train"]]
+        lines += ["", "| training step | batch | configuration | img/s | vs baseline | warm-up s | GPU busy | GPU "
+                  "kernels+copies per step | loss kernels' share of the step |", "|---|---|---|---|---|---|---|---|---|"]
+        fmt = lambda v, f: "-" if v is None else format(v, f)  # noqa: E731
+        pct = lambda v: "-" if v is None else f"{100 * v:.0f}%"  # noqa: E731
+        lines += [f"| {r['model']} | {r['batch']} | {r['config'].strip()} | {r['images_per_s']:.0f} | {r['ratio']:.2f}x "
+                  f"| {fmt(r['warmup_s'], '.1f')} | {pct(r['gpu_busy_share'])} | {fmt(r['gpu_activities_per_step'], '.0f')} "
+                  f"| {pct(r.get('loss_share_of_step'))} |" for r in s["train"]]
     return "\n".join(lines)
 
 
@@ -112,9 +122,9 @@ def main(argv=None) -> int:
             return 2
         dest = RESULTS / re.sub(r"[^A-Za-z0-9]+", "-", s["gpu"]).strip("-").lower()
         dest.mkdir(parents=True, exist_ok=True)
-        for name in FILES:
-            if (out / name).exists():
-                shutil.copy2(out / name, dest / name)
+        for path in [out / n for n in FILES] + sorted(out.glob(TRAIN_GLOB)):
+            if path.exists():
+                shutil.copy2(path, dest / path.name)
         print(f"copied to {dest}")
     return 0
 

@@ -6,8 +6,9 @@
 #   bash scripts/gpu_check.sh [OUTDIR]          # default OUTDIR: gpu_check_out/
 #   PYTHON=python3.12 bash scripts/gpu_check.sh  # another interpreter
 #
-# Budget: about 9 minutes on one H100/H200 with the build (each step has its own timeout, so one slow step
-# cannot eat the others' time). Nothing is downloaded. Commit OUTDIR's JSON as bench/results/gpu/ with
+# Budget: under 10 minutes on one H100/H200 with the build (each step has its own timeout, T_* variables
+# override them, so one slow step cannot eat the others' time). At most 8 files land in OUTDIR (the device
+# tool's limit): the log, steps.txt, cuda_tests.xml, three train_cuda_*.json, the loss JSON, summary.json. Nothing is downloaded. Commit OUTDIR's JSON as bench/results/gpu/ with
 # `python -m bench.gpu_summary OUTDIR --commit` (it names the GPU) and regenerate the README with
 # `python -m bench.report`.
 set -uo pipefail
@@ -35,17 +36,24 @@ if timeout 300 "$PY" -m pip install -q --no-build-isolation --no-deps -e . ; the
 echo "build: ${STATUS[build]} in $(( $(date +%s) - t0 )) s"
 "$PY" -c "import msd_fast, msd_fast._ext as e; print('extension:', e.available(), '| CUDA sources:', e.has_cuda())" || STATUS[build]=FAILED
 
-step "CUDA tests (tests/test_cuda.py, then the loss and C++ suites on this machine)"
-if timeout 240 "$PY" -m pytest -q -p no:cacheprovider -rs tests/test_cuda.py --junitxml="$OUT/cuda_tests.xml"; then
-  STATUS[cuda_tests]=ok; else STATUS[cuda_tests]=FAILED; fi
+step "CUDA tests (tests/test_cuda.py)"
+if timeout "${T_TESTS:-200}" "$PY" -m pytest -q -p no:cacheprovider -rs --durations=8 tests/test_cuda.py \
+     --junitxml="$OUT/cuda_tests.xml"; then STATUS[cuda_tests]=ok; else STATUS[cuda_tests]=FAILED; fi
+
+# Training throughput (bench/bench_train.py): baseline vs msd_fast defaults, without the CUDA graph, without
+# compile (resnet18), the GPU's busy share per configuration; one JSON per (model, batch).
+train() {  # model batch timeout
+  step "training throughput: $1, batch $2"
+  if timeout "$3" "$PY" -m bench.bench_train --models "$1" --batch "$2" --variants gpu-check \
+       --out "$OUT/train_cuda_$1_b$2.json"; then STATUS[train_$1_b$2]=ok; else STATUS[train_$1_b$2]=FAILED; fi
+}
+train resnet18 128 "${T_R128:-150}"
+train msdnet1 64 "${T_MSD:-100}"
+train resnet18 512 "${T_R512:-120}"
 
 step "loss benchmark (bench/bench_loss.py --grid gpu-check)"
-if timeout 200 "$PY" -m bench.bench_loss --grid gpu-check --out "$OUT/loss_cuda_gpu_check.json"; then
+if timeout "${T_LOSS:-120}" "$PY" -m bench.bench_loss --grid gpu-check --out "$OUT/loss_cuda_gpu_check.json"; then
   STATUS[bench_loss]=ok; else STATUS[bench_loss]=FAILED; fi
-
-step "training throughput (bench/bench_train.py, resnet18 full width, batch 128: baseline vs defaults)"
-if timeout 150 "$PY" -m bench.bench_train --models resnet18 --batch 128 --variants defaults \
-     --out "$OUT/train_cuda_gpu_check.json"; then STATUS[bench_train]=ok; else STATUS[bench_train]=FAILED; fi
 
 step "summary"
 printf '%s\n' "${!STATUS[@]}" | sort | while read -r k; do echo "$k: ${STATUS[$k]}"; done > "$OUT/steps.txt"

@@ -203,7 +203,7 @@ def test_trainer_with_gpu_defaults_checkpoint_resume_and_evaluate(tmp_path):
     base = ["--dataset", "synthetic", "--model", "resnet18", "--width", "0.125", "--batch-size", "64", "--epochs", "2",
             "--no-progress", "--tensorboard", "false", "--out-dir", str(tmp_path), "--device", "cuda"]
     full = Trainer(resolve_config(base + ["--run-name", "full"]))
-    assert full.speed == {"device": "cuda", "amp": "bf16", "channels_last": True, "compile": True}
+    assert full.speed == {"device": "cuda", "amp": "bf16", "channels_last": True, "compile": True, "cuda_graph": True}
     assert full.batches.images.is_cuda  # the data live on the GPU
     res = full.fit()
     assert res["last"]["test_acc"][-1] > 30
@@ -252,3 +252,46 @@ def test_list_inputs_from_separate_allocations_on_the_gpu():
     assert _rel_err(got, ref) < TOL[torch.bfloat16]
     assert _rel_err(torch.stack(g[:5]), ref_grads[0]) < TOL[torch.bfloat16]
     assert _rel_err(torch.stack(g[5:]), ref_grads[1]) < TOL[torch.bfloat16]
+
+
+def _graph_trainer(tmp_path, name, *extra):
+    from msd_fast.train.config import resolve_config
+    from msd_fast.train.trainer import Trainer
+
+    return Trainer(resolve_config(["--dataset", "synthetic", "--model", "resnet18", "--width", "0.125", "--batch-size",
+                                   "64", "--epochs", "1", "--no-progress", "--tensorboard", "false", "--device", "cuda",
+                                   "--out-dir", str(tmp_path), "--run-name", name, *extra]))
+
+
+def test_whole_step_cuda_graph_trains_like_the_eager_step(tmp_path):
+    """fp32, deterministic cuDNN, no compile: the replayed graph and the eager step give the same weights
+    after warm-up, capture and several replays (learning rate changing every step)."""
+    torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = True, False
+    try:
+        ts = [_graph_trainer(tmp_path, n, "--amp", "none", "--compile", "false", "--cuda-graph", g)
+              for n, g in (("eager", "false"), ("graph", "true"))]
+        for t in ts:
+            t.run_steps(8)
+        assert ts[1].step.graph.runner.graph is not None and ts[0].step.graph is None
+        for a, b in zip(ts[0].model.parameters(), ts[1].model.parameters()):
+            torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+        for k in ts[0].sums:
+            torch.testing.assert_close(ts[0].sums[k], ts[1].sums[k], rtol=1e-5, atol=1e-4)
+    finally:
+        torch.backends.cudnn.deterministic = False
+
+
+@pytest.mark.parametrize("graph", ["true", "false"])
+def test_training_step_makes_no_host_sync(tmp_path, graph):
+    """After warm-up, a step (batch draw and assembly, forward, fused loss, backward, SGD, metrics) never
+    waits for the GPU: torch's sync debug mode turns any synchronising call into an error."""
+    t = _graph_trainer(tmp_path, "sync" + graph, "--cuda-graph", graph)
+    t.run_steps(5)
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        t.run_steps(3)
+    finally:
+        torch.cuda.set_sync_debug_mode(0)
+    torch.cuda.synchronize()
+    assert float(t.sums["count"]) == 8 * 64

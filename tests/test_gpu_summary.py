@@ -23,3 +23,28 @@ def test_summary_reads_list_split_and_stacked_rows(tmp_path):
     text = table(s)
     assert "NVIDIA H200" in text and "| N=4 B=32 C=128256 D=512 bfloat16 | 20 | 30 | 80 | 400 | 20.00x | 50% |" in text
     assert "| build | ok |" in text
+
+
+def test_summary_reads_every_training_file_with_ratios_and_busy_share(tmp_path):
+    machine = {"gpu": "NVIDIA H200", "torch": "2.11.0", "triton": "3.6.0", "python": "3.12"}
+    for batch, (base, ours) in {128: (1000.0, 3000.0), 512: (2000.0, 5000.0)}.items():
+        rows = {"baseline (eager)": {"images_per_s": base, "warmup_s": 1.0},
+                "msd_fast (defaults)": {"images_per_s": ours, "warmup_s": 20.0, "gpu_busy_share": 0.9,
+                                        "gpu_activities_per_call": 3.0}}
+        (tmp_path / f"train_cuda_resnet18_b{batch}.json").write_text(
+            json.dumps({"machine": machine, "batch": batch, "models": {"resnet18": rows}}))
+    s = summarize(tmp_path)
+    assert s["gpu"] == "NVIDIA H200"
+    ours = [r for r in s["train"] if r["config"] == "msd_fast (defaults)"]
+    assert [(r["batch"], r["ratio"]) for r in ours] == [(128, 3.0), (512, 2.5)]
+    text = table(s)
+    assert "| resnet18 | 128 | msd_fast (defaults) | 3000 | 3.00x | 20.0 | 90% | 3 | - |" in text
+    assert "| resnet18 | 512 | baseline (eager) | 2000 | 1.00x | 1.0 | - | - | - |" in text
+
+
+def test_busy_time_is_the_union_of_the_gpu_intervals():
+    from bench.timing import union_length
+
+    assert union_length([]) == 0.0
+    assert union_length([(0, 5), (1, 2), (6, 8), (7, 9)]) == 8.0  # nested and overlapping spans count once
+    assert union_length([(3, 4), (0, 1)]) == 2.0  # any order

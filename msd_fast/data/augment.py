@@ -1,7 +1,5 @@
 """Batched augmentation and normalisation on whatever device the batch lives on (no per-sample Python):
 random crop with zero padding and horizontal flip, the standard CIFAR / Fashion-MNIST recipe."""
-from typing import Sequence
-
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -31,9 +29,11 @@ def augment(images: Tensor, off: Tensor, flip: Tensor, padding: int) -> Tensor:
     return torch.where(flip.view(B, 1, 1, 1), images.flip(3), images)
 
 
-def normalize(images: Tensor, mean: Sequence[float], std: Sequence[float], dtype=torch.float32) -> Tensor:
-    """uint8 images (0..255) or float images (0..1) -> (x - mean) / std in `dtype`."""
+def normalize(images: Tensor, mean, std, dtype=torch.float32) -> Tensor:
+    """uint8 images (0..255) or float images (0..1) -> (x - mean) / std in `dtype`. mean / std: per-channel
+    sequences, or tensors already on the images' device (no host-to-device copy, so no sync: the training
+    step passes those)."""
     x = images.to(dtype).div_(255.0) if images.dtype == torch.uint8 else images.to(dtype)
-    m = torch.tensor(mean, device=x.device, dtype=dtype).view(1, -1, 1, 1)
-    s = torch.tensor(std, device=x.device, dtype=dtype).view(1, -1, 1, 1)
+    m = torch.as_tensor(mean, device=x.device, dtype=dtype).view(1, -1, 1, 1)
+    s = torch.as_tensor(std, device=x.device, dtype=dtype).view(1, -1, 1, 1)
     return (x - m) / s

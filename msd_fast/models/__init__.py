@@ -34,6 +34,18 @@ def channels_last_on_cpu(name: str) -> bool:
     return name not in _NCHW_ON_CPU
 
 
+# Models that torch.compile does not pay for on CUDA once the step is a CUDA graph: MSDNet is hundreds of
+# small layers, so compiling the whole network took 101 s on an H200 (over the 45 s a run may spend on
+# warm-up), while its gain, fewer launches, is what the graph already gives (bench/bench_train.py on CUDA
+# measures both).
+_EAGER_ON_CUDA = {"msdnet1", "msdnet2"}
+
+
+def compile_on_cuda(name: str) -> bool:
+    """Whether `--compile auto` compiles this model on CUDA."""
+    return name not in _EAGER_ON_CUDA
+
+
 def register_model(name: str, factory: Callable[..., MultiExitNet], overwrite: bool = False) -> None:
     """Registers `factory(num_classes=, in_channels=, width=, **kw)` under `name`."""
     if not isinstance(name, str) or not name:
@@ -62,4 +74,4 @@ def create_model(name: str, num_classes: int, in_channels: int = 3, width: float
 from .loading import export_weights, load_exported, load_model  # noqa: E402 (uses the registry above)
 
 __all__ = ["check_multi_exit", "create_model", "list_models", "register_model", "attach_exits", "AttachedExits", "load_model",
-           "export_weights", "load_exported", "channels_last_on_cpu", "MultiExitNet", "MultiExitOutput", "MultiExitResNet", "MSDNet"]
+           "export_weights", "load_exported", "channels_last_on_cpu", "compile_on_cuda", "MultiExitNet", "MultiExitOutput", "MultiExitResNet", "MSDNet"]

@@ -20,7 +20,8 @@ DEFAULTS: Dict[str, Any] = {
     "epochs": 3, "batch_size": 128, "accum_steps": 1, "lr": 0.1, "momentum": 0.9, "nesterov": True,
     "weight_decay": 5e-4, "lr_schedule": "cosine", "milestones": [], "gamma": 0.1, "warmup_epochs": 0.0,
     # speed (auto: per device)
-    "device": "auto", "amp": "auto", "channels_last": "auto", "compile": "auto", "data_on_device": "auto",
+    "device": "auto", "amp": "auto", "channels_last": "auto", "compile": "auto", "cuda_graph": "auto",
+    "data_on_device": "auto",
     "num_threads": 0,
     "eval_batch_size": 1000,
     # bookkeeping
@@ -31,7 +32,7 @@ DEFAULTS: Dict[str, Any] = {
 CHOICES = {"feature_reduction": ("mean", "sum"), "loss_backend": ("auto", "reference", "cpp", "triton"),
            "amp": ("auto", "none", "bf16", "fp16"), "lr_schedule": ("cosine", "multistep"),
            "best_metric": ("mean", "last"), "dataset": DATASETS}
-TRISTATE = ("channels_last", "compile", "data_on_device")  # auto | true | false
+TRISTATE = ("channels_last", "compile", "cuda_graph", "data_on_device")  # auto | true | false
 
 HELP = {
     "feature_reduction": "the feature hint: mean or sum of the squared difference over the feature dimension",
@@ -39,6 +40,8 @@ HELP = {
     "best_metric": "which validation accuracy picks the 'best' checkpoint: mean over exits, or the last exit",
     "train_subset": "keep only this many training images (0 = all), for quick runs",
     "accum_steps": "split each global batch into this many micro-batches (gradients averaged)",
+    "cuda_graph": "on CUDA, replay the whole training step (batch, forward, loss, backward, SGD) from one CUDA "
+                  "graph (auto: where it can be: bf16/fp32, one process, no accumulation, data on the GPU)",
     "data_on_device": "on CUDA, hold the training set on the GPU and augment there (auto: when it fits)",
     "max_steps": "stop after this many optimizer steps in total (0 = no limit; for smoke tests)",
     "val_size": "images held out of the training set for validation (default 5000; synthetic 512)",

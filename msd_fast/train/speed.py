@@ -4,7 +4,7 @@ from typing import Any, Dict
 
 import torch
 
-from ..models import channels_last_on_cpu
+from ..models import channels_last_on_cpu, compile_on_cuda
 from .config import ConfigError
 
 
@@ -19,7 +19,8 @@ def cpu_has_native_bf16() -> bool:
 
 
 def resolve_speed(cfg: Dict[str, Any]) -> Dict[str, Any]:
-    """Per-device defaults: CUDA -> bf16, channels-last, compile; CPU -> bf16 where the CPU has native bf16
+    """Per-device defaults: CUDA -> bf16, channels-last, compile (not MSDNet: models.compile_on_cuda), the
+    step as one CUDA graph (decided by the Trainer, which knows where the data live); CPU -> bf16 where the CPU has native bf16
     (else fp32), channels-last except for MSDNet (models.channels_last_on_cpu), eager (torch.compile is
     slow to compile on CPU and measured no faster for the ResNets)."""
     dev = cfg["device"]
@@ -30,7 +31,7 @@ def resolve_speed(cfg: Dict[str, Any]) -> Dict[str, Any]:
     on_cuda = dev.startswith("cuda")
     amp = cfg["amp"] if cfg["amp"] != "auto" else ("bf16" if on_cuda or cpu_has_native_bf16() else "none")
     cl = cfg["channels_last"] if cfg["channels_last"] != "auto" else (on_cuda or channels_last_on_cpu(cfg["model"]))
-    comp = cfg["compile"] if cfg["compile"] != "auto" else on_cuda
+    comp = cfg["compile"] if cfg["compile"] != "auto" else (on_cuda and compile_on_cuda(cfg["model"]))
     return {"device": dev, "amp": amp, "channels_last": bool(cl), "compile": bool(comp)}
 
 

@@ -1,37 +1,45 @@
-"""One optimizer step: forward of the multi-exit model and the method's criterion under autocast (compiled
-as one graph with compile=True), backward with gradient scaling, micro-batches under accumulation / DDP,
-optimizer and LR-schedule step. No host sync anywhere: metrics accumulate on the device."""
+"""One optimizer step: the batch assembled on the device, forward of the multi-exit model and the method's
+criterion under autocast (compiled as one graph with compile=True), backward with gradient scaling,
+micro-batches under accumulation / DDP, optimizer and LR-schedule step. No host sync anywhere: metrics
+accumulate on the device. With cuda_graph on, the whole step is replayed from one CUDA graph (graph.py)."""
 import contextlib
 
 import torch
 from torch.nn.parallel import DistributedDataParallel
 
 from ..loss import CosineBeta
+from .graph import GraphedStep
 from .optim import build_optimizer, build_scheduler
 from .sums import accumulate
 
 
 class TrainStep:
     def __init__(self, model, ddp, criterion, opt, sched, scaler, method, device, amp_dtype, dist, accum_steps,
-                 compile: bool):
+                 compile: bool, make_batch=None):
         self.model, self.ddp, self.criterion, self.method = model, ddp, criterion, method
+        self.make_batch = make_batch  # (idx, aug) -> (x, y): BatchSource.make
+        self.graph = None
         self.opt, self.sched, self.scaler = opt, sched, scaler
         self.device, self.amp_dtype, self.dist, self.accum = device, amp_dtype, dist, accum_steps
         self.forward_loss = torch.compile(self._forward_loss) if compile else self._forward_loss
 
     @classmethod
-    def build(cls, cfg, model, method, device, dist, speed, amp_dtype, steps_per_epoch: int) -> "TrainStep":
+    def build(cls, cfg, model, method, device, dist, speed, amp_dtype, steps_per_epoch: int,
+              make_batch=None) -> "TrainStep":
         """The step of a config: the method's criterion, SGD and its schedule, the grad scaler (fp16), the beta
-        schedule with beta as a device scalar (changes without recompiles or host syncs), DDP when distributed."""
+        schedule with beta as a device scalar (changes without recompiles or host syncs), DDP when distributed,
+        the CUDA graph of the whole step when speed["cuda_graph"]."""
         opt = build_optimizer(model.parameters(), cfg)
         step = cls(model, DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
                    if dist.enabled else model, method.build(cfg, model.num_exits), opt,
                    build_scheduler(opt, cfg, steps_per_epoch),
                    torch.amp.GradScaler(device.type, enabled=speed["amp"] == "fp16"), method, device, amp_dtype, dist,
-                   cfg["accum_steps"], speed["compile"])
+                   cfg["accum_steps"], speed["compile"], make_batch)
         hint = method.uses_hint
         step.beta_sched = CosineBeta(cfg["beta_begin"] if hint else 0.0, cfg["beta_end"] if hint else 0.0, cfg["epochs"])
         step.beta_t = torch.zeros((), device=device)
+        if speed.get("cuda_graph"):
+            step.graph = GraphedStep(step, make_batch)
         return step
 
     def _forward_loss(self, x: torch.Tensor, y: torch.Tensor, beta: torch.Tensor):
@@ -45,7 +53,13 @@ class TrainStep:
             correct = torch.cat([correct.new_zeros(missing), correct])
         return loss, torch.cat([terms.ce.detach(), terms.kd.detach(), terms.feat.detach()]), correct
 
-    def __call__(self, x: torch.Tensor, y: torch.Tensor, beta: torch.Tensor, sums, forward_loss=None) -> None:
+    def __call__(self, idx: torch.Tensor, aug: torch.Tensor, beta: torch.Tensor, sums, forward_loss=None) -> None:
+        """One step on the batch `make_batch(idx, aug)`. forward_loss: a replacement of self.forward_loss
+        (tests wrap it; the step then runs eagerly)."""
+        if self.graph is not None and forward_loss in (None, self.forward_loss):
+            self.graph(idx, aug, beta, sums)
+            return
+        x, y = self.make_batch(idx, aug)
         fwd = forward_loss or self.forward_loss
         accum = self.accum
         for j in range(accum):

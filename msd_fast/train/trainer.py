@@ -25,6 +25,7 @@ from .run_dir import check_output_dir, new_run_dir, reconcile_best, resumed_run_
 from .run_log import RunLogger, format_results_table, results_dict, write_results
 from .speed import AMP_DTYPES, resolve_speed
 from .state import restore_training_state, training_state
+from .graph import graph_unsupported
 from .step import TrainStep
 from .sums import TrainingDiverged, check_finite, epoch_means, new_sums  # noqa: F401 (TrainingDiverged re-exported)
 
@@ -74,11 +75,13 @@ class Trainer:
         self.cost = self.model.cost(self.input_size)
         mf = torch.channels_last if self.speed["channels_last"] else torch.contiguous_format
         self.model = self.model.to(self.device, memory_format=mf)
+        self.speed["cuda_graph"] = self._graph_policy(cfg["cuda_graph"])
         self.step = TrainStep.build(cfg, self.model, self.method, self.device, self.dist, self.speed,
-                                    self.amp_dtype, self.steps_per_epoch)
+                                    self.amp_dtype, self.steps_per_epoch, self.batches.make)
         self.opt, self.sched, self.scaler = self.step.opt, self.step.sched, self.step.scaler
         self.beta_sched, self.beta_t = self.step.beta_sched, self.step.beta_t
         self._fwd = self.step.forward_loss  # (loss, terms, correct) = _fwd(x, y, beta); tests may wrap it
+        self._bench_order = None
 
         self.epoch, self.step_in_epoch, self.global_step = 0, 0, 0
         self.aug_state: Optional[torch.Tensor] = None
@@ -105,18 +108,28 @@ class Trainer:
             self._lock.release()
             self._lock = None
 
+    def _graph_policy(self, wanted) -> bool:
+        """Whether the step is one CUDA graph: cuda_graph auto -> where it can be; true -> or a ConfigError."""
+        why = graph_unsupported(self.device, self.speed["amp"], self.dist.enabled, self.cfg["accum_steps"])
+        if not why and not self.batches.images.is_cuda:
+            why = "the training set is not held on the GPU (data_on_device false, or it did not fit)"
+        if wanted is True and why:
+            raise ConfigError(f"--cuda-graph true: {why}")
+        return wanted in ("auto", True) and not why
+
     # ------------------------------------------------------------------------------------- the step
-    def _train_step(self, x: torch.Tensor, y: torch.Tensor) -> None:
-        self.step(x, y, self.beta_t, self.sums, self._fwd)
+    def _train_step(self, idx: torch.Tensor, aug: torch.Tensor) -> None:
+        """One optimizer step on the batch drawn as (idx, aug) (BatchSource.draw)."""
+        self.step(idx, aug, self.beta_t, self.sums, self._fwd)
 
     def _check_finite(self) -> None:
         check_finite(self.sums, self.epoch, self.global_step, self.run_dir / "last.pt")  # host sync: log points only
 
     def _step_at(self, perm: torch.Tensor, aug_gen: torch.Generator) -> None:
         """One optimizer step on global batch number `step_in_epoch` of this epoch's permutation."""
-        x, y = self.batches.batch(perm, self.step_in_epoch, aug_gen)
+        idx, aug = self.batches.draw(perm, self.step_in_epoch, aug_gen)
         self.beta_t.fill_(self.beta_sched(self.epoch + self.step_in_epoch / self.steps_per_epoch))
-        self._train_step(x, y)
+        self._train_step(idx, aug)
         self.step_in_epoch += 1
         self.global_step += 1
 
@@ -125,8 +138,11 @@ class Trainer:
         if self.sums is None:
             self.sums = new_sums(self.model.num_exits, self.device)
         self.model.train()
-        perm = torch.randperm(len(self.data.train), generator=torch.Generator().manual_seed(self.epoch))
-        aug_gen = torch.Generator().manual_seed(self.global_step)
+        if self._bench_order is None or self._bench_order[0] != self.epoch:  # one order per epoch: no copy per call
+            self._bench_order = (self.epoch, torch.randperm(len(self.data.train),
+                                                            generator=torch.Generator().manual_seed(self.epoch)),
+                                 torch.Generator().manual_seed(self.epoch))
+        _, perm, aug_gen = self._bench_order
         for _ in range(n):
             if self.step_in_epoch >= self.steps_per_epoch:
                 self.step_in_epoch = 0
