@@ -15,7 +15,7 @@ import sys
 import xml.etree.ElementTree as ET
 
 RESULTS = pathlib.Path(__file__).resolve().parent / "results" / "gpu"
-FILES = ("summary.json", "loss_cuda_gpu_check.json", "cuda_tests.xml", "steps.txt")
+FILES = ("summary.json", "loss_cuda_gpu_check.json", "kernel_cuda_gpu_check.json", "cuda_tests.xml", "steps.txt")
 TRAIN_GLOB = "train_cuda_*.json"  # one per (model, batch) the check runs
 
 
@@ -41,12 +41,12 @@ def summarize(out: pathlib.Path) -> dict:
         for line in (out / "steps.txt").read_text().splitlines():
             k, _, v = line.partition(":")
             steps[k.strip()] = v.strip()
-    loss = _json(out / "loss_cuda_gpu_check.json")
+    loss, kernel = _json(out / "loss_cuda_gpu_check.json"), _json(out / "kernel_cuda_gpu_check.json")
     trains = [_json(p) for p in sorted(out.glob(TRAIN_GLOB))]
-    machine = (loss or (trains[0] if trains else {})).get("machine", {})
+    machine = (loss or kernel or (trains[0] if trains else {})).get("machine", {})
     s = {"gpu": machine.get("gpu"), "torch": machine.get("torch"), "triton": machine.get("triton"),
          "python": machine.get("python"), "steps": steps, "tests": _tests(out / "cuda_tests.xml"),
-         "loss": [], "train": []}
+         "loss": [], "train": [], "kernel": (kernel or {}).get("rows", []), "host": (kernel or {}).get("host")}
     rows = (loss or {}).get("rows", [])
     shapes = []
     for r in rows:
@@ -93,6 +93,18 @@ def table(s: dict) -> str:
         lines += [f"| {r['shape']} | {r['triton_us']:.0f} | {r.get('triton_stacked_us', float('nan')):.0f} "
                   f"| {r.get('triton_nosplit_us', float('nan')):.0f} | {r['compiled_reference_us']:.0f} "
                   f"| {r['vs_compiled']:.2f}x | {100 * r['share_of_copy_bandwidth']:.0f}% |" for r in s["loss"]]
+    if s.get("kernel"):
+        lines += ["", "| loss on the device (CUDA graph replays) | copy of the same bytes µs | kernel µs | share of "
+                  "copy bandwidth | one program per sample µs | msd_loss fwd+bwd µs | host: msd_loss fwd µs | host: fwd+bwd µs |",
+                  "|---|---|---|---|---|---|---|---|"]
+        lines += [f"| N={r['N']} B={r['B']} C={r['C']} D={r['D']} {r['dtype']} | {r['copy_us']:.1f} | {r['kernel_us']:.1f} "
+                  f"| {100 * r['kernel_share_of_copy_bandwidth']:.0f}% | {r['kernel_nosplit_us']:.1f} "
+                  f"| {r['loss_fwd_bwd_device_us']:.1f} | {r['host_loss_fwd_us']:.0f} | {r['host_loss_fwd_bwd_us']:.0f} |"
+                  for r in s["kernel"]]
+    if s.get("host"):
+        h = s["host"]
+        lines += ["", f"Host cost of one launch on this machine (eager, wall): a one-element PyTorch op "
+                  f"{h['torch_op_launch_us']:.1f} µs, a one-argument Triton kernel {h['triton_one_arg_launch_us']:.1f} µs."]
     if s["train"]:
         lines += ["", "| training step | batch | configuration | img/s | vs baseline | warm-up s | GPU busy | GPU "
                   "kernels+copies per step | loss kernels' share of the step |", "|---|---|---|---|---|---|---|---|---|"]
@@ -108,13 +120,15 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("outdir")
     ap.add_argument("--commit", action="store_true", help="copy the results to bench/results/gpu/<gpu>/")
+    ap.add_argument("--no-json", action="store_true", help="print only (the device run keeps its 8 files)")
     a = ap.parse_args(argv)
     out = pathlib.Path(a.outdir)
     if not out.is_dir():
         print(f"gpu_summary: {out} is not a directory", file=sys.stderr)
         return 2
     s = summarize(out)
-    (out / "summary.json").write_text(json.dumps(s, indent=1))
+    if not a.no_json:
+        (out / "summary.json").write_text(json.dumps(s, indent=1))
     print(table(s))
     if a.commit:
         if not s["gpu"]:

@@ -7,6 +7,7 @@
 // is a C++ autograd::Function registered at the Autograd key, so an eager call never enters Python after
 // the dispatcher. Tracing (torch.compile, opcheck) sees the same rule: the forward redispatches below
 // autograd (to the CPU kernel, or to the Python fake kernel under FakeTensorMode).
+#include <ATen/Functions.h>
 #include <ATen/TensorSubclassLikeUtils.h>
 #include <ATen/core/dispatch/Dispatcher.h>
 #include <torch/autograd.h>
@@ -66,10 +67,16 @@ class FusedMSDLossFunction : public torch::autograd::Function<FusedMSDLossFuncti
     const at::Tensor& g = grad_outputs[0];
     if (!g.defined()) return out;
     auto saved = ctx->get_saved_variables();
-    // loss.backward(): the saved gradients are the answer; no pass over them.
-    const bool one = is_plain_cpu_one(g);
-    for (int64_t n = 0; n < N; ++n) out[n] = one ? saved[n] : g.mul(saved[n]);
-    for (int64_t n = 0; n < F; ++n) out[N + 1 + n] = one ? saved[N + n] : g.mul(saved[N + n]);
+    // loss.backward() on the CPU: the saved gradients are the answer; no pass over them. Otherwise one
+    // multi-tensor multiply scales all 2N saved gradients (one launch on CUDA instead of 2N).
+    std::vector<at::Tensor> scaled;
+    if (is_plain_cpu_one(g)) {
+      scaled = std::vector<at::Tensor>(saved.begin(), saved.end());
+    } else {
+      scaled = at::_foreach_mul(saved, g);
+    }
+    for (int64_t n = 0; n < N; ++n) out[n] = scaled[n];
+    for (int64_t n = 0; n < F; ++n) out[N + 1 + n] = scaled[N + n];
     return out;
   }
 };

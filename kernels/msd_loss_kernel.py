@@ -15,6 +15,7 @@ Maths (docs/maths.md §3), detached teachers:
   FEAT_n = ||F_n - F_N||^2,  dL/dF_n = 2 w_feat / B (F_n - F_N)  (n < N; 0 for F_N)
 Nothing of size N x B x C is written besides the gradients; all math is float32.
 """
+import functools
 import os
 from typing import Optional, Tuple
 
@@ -303,15 +304,26 @@ def _msd_split_finish_kernel(
 MAX_TILE = 2048  # elements of one [NP, BLOCK] tile: bounds the registers a program needs
 
 
+def _pow2(n: int) -> int:
+    """The smallest power of two >= n, in plain integers (triton.next_power_of_2 is a JIT function in recent
+    Triton: calling it from the host cost about 10 us a call)."""
+    return 1 << max(0, int(n) - 1).bit_length()
+
+
+def _cdiv(a: int, b: int) -> int:
+    return -(-a // b)
+
+
+@functools.lru_cache(maxsize=256)
 def launch_plan(N: int, C: int, D: int) -> dict:
     """The compile-time choices the launcher makes for a problem of N exits, C classes and D feature dims
     (D = 0: no features): NP, BLOCK_C, BLOCK_D and num_warps. The ahead-of-time compile gate
     (msd_fast.kernels.compile_gate) enumerates exactly these."""
     if not 2 <= N <= 8:
         raise ValueError(f"logits: the Triton kernel takes 2 to 8 exits, got N = {N}")
-    NP = triton.next_power_of_2(N)
-    BLOCK_C = min(triton.next_power_of_2(C), max(64, MAX_TILE // NP))
-    BLOCK_D = min(triton.next_power_of_2(D), max(64, MAX_TILE // NP)) if D > 0 else 16
+    NP = _pow2(N)
+    BLOCK_C = min(_pow2(C), max(64, MAX_TILE // NP))
+    BLOCK_D = min(_pow2(D), max(64, MAX_TILE // NP)) if D > 0 else 16
     # At most 8 tile elements per thread: pass 2 keeps about ten tile-shaped values live (x, l, q, p, g, P,
     # ...), and at 8 warps ptxas caps a thread at 128 registers; 16 or 32 elements each spilled registers on
     # sm_80/sm_90 (found by the compile gate, msd_fast.kernels.compile_gate).
@@ -349,18 +361,18 @@ def split_plan(B: int, C: int, BLOCK_C: int, sms: int, forced: Optional[int] = N
     """(S, CS): slices per sample and columns per slice (a multiple of BLOCK_C, S = cdiv(C, CS), so no
     slice is empty). S = 1 unless the B programs of one-per-sample would leave SMs idle and C spans
     several chunks; `forced` (MSD_FAST_TRITON_SPLIT) overrides the heuristic."""
-    chunks = triton.cdiv(C, BLOCK_C)
+    chunks = _cdiv(C, BLOCK_C)
     if forced is not None:
         want = max(1, forced)
     elif B >= sms * PROGRAMS_PER_SM // 2 or chunks < 4:
         want = 1
     else:
-        want = triton.cdiv(sms * PROGRAMS_PER_SM, B)
+        want = _cdiv(sms * PROGRAMS_PER_SM, B)
     want = min(want, chunks)
     if want <= 1:
         return 1, C
-    CS = triton.cdiv(chunks, want) * BLOCK_C
-    return triton.cdiv(C, CS), CS
+    CS = _cdiv(chunks, want) * BLOCK_C
+    return _cdiv(C, CS), CS
 
 
 _SMS: dict = {}
@@ -382,7 +394,7 @@ def split_kernel_args(logits, target, features, weights, partials, grad_logits, 
     feats, grads_f = (features, grad_features) if features else (logits, grad_logits)
     tau, inv_tau = float(temperature), 1.0 / float(temperature)
     common = dict(NP=plan["NP"], num_warps=plan["num_warps"])
-    S = triton.cdiv(C, CS)
+    S = _cdiv(C, CS)
     return {
         "split_stats": ((*_slots(logits), ws_stats, N, C, CS, inv_tau), dict(BLOCK_C=plan["BLOCK_C"], **common)),
         "split_main": ((*_slots(logits), target, *_slots(feats), weights, partials, *_slots(grad_logits),

@@ -5,10 +5,13 @@
 #
 #   bash scripts/gpu_check.sh [OUTDIR]          # default OUTDIR: gpu_check_out/
 #   PYTHON=python3.12 bash scripts/gpu_check.sh  # another interpreter
+#   STEPS="build tests kernel" bash scripts/gpu_check.sh OUT   # a subset (default: build tests train kernel loss)
+#   TESTS_K="graph or sync" ...                  # only the CUDA tests matching this pytest -k expression
 #
 # Budget: under 10 minutes on one H100/H200 with the build (each step has its own timeout, T_* variables
 # override them, so one slow step cannot eat the others' time). At most 8 files land in OUTDIR (the device
-# tool's limit): the log, steps.txt, cuda_tests.xml, three train_cuda_*.json, the loss JSON, summary.json. Nothing is downloaded. Commit OUTDIR's JSON as bench/results/gpu/ with
+# tool's limit): the log, steps.txt, cuda_tests.xml, three train_cuda_*.json, the kernel and the loss JSON
+# (summary.json is written where the results are committed: python -m bench.gpu_summary OUT --commit). Nothing is downloaded. Commit OUTDIR's JSON as bench/results/gpu/ with
 # `python -m bench.gpu_summary OUTDIR --commit` (it names the GPU) and regenerate the README with
 # `python -m bench.report`.
 set -uo pipefail
@@ -22,6 +25,8 @@ exec > >(tee -a "$LOG") 2>&1
 export TRITON_INTERPRET=0        # compile the Triton kernels for the GPU (the CPU tests interpret them)
 export PYTHONUNBUFFERED=1
 step() { echo; echo "=== [$(date +%H:%M:%S)] $*"; }
+STEPS=" ${STEPS:-build tests train kernel loss} "
+want() { [[ "$STEPS" == *" $1 "* ]]; }
 declare -A STATUS
 
 step "machine"
@@ -30,15 +35,19 @@ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>
   || { echo "python/torch/triton not importable with $PY"; exit 2; }
 "$PY" -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)" || { echo "no CUDA device visible to torch"; exit 2; }
 
-step "build (pip install --no-build-isolation --no-deps -e .)"
-t0=$(date +%s)
-if timeout 300 "$PY" -m pip install -q --no-build-isolation --no-deps -e . ; then STATUS[build]=ok; else STATUS[build]=FAILED; fi
-echo "build: ${STATUS[build]} in $(( $(date +%s) - t0 )) s"
-"$PY" -c "import msd_fast, msd_fast._ext as e; print('extension:', e.available(), '| CUDA sources:', e.has_cuda())" || STATUS[build]=FAILED
+if want build; then
+  step "build (pip install --no-build-isolation --no-deps -e .)"
+  t0=$(date +%s)
+  if timeout 300 "$PY" -m pip install -q --no-build-isolation --no-deps -e . ; then STATUS[build]=ok; else STATUS[build]=FAILED; fi
+  echo "build: ${STATUS[build]} in $(( $(date +%s) - t0 )) s"
+  "$PY" -c "import msd_fast, msd_fast._ext as e; print('extension:', e.available(), '| CUDA sources:', e.has_cuda())" || STATUS[build]=FAILED
+fi
 
-step "CUDA tests (tests/test_cuda.py)"
-if timeout "${T_TESTS:-200}" "$PY" -m pytest -q -p no:cacheprovider -rs --durations=8 tests/test_cuda.py \
-     --junitxml="$OUT/cuda_tests.xml"; then STATUS[cuda_tests]=ok; else STATUS[cuda_tests]=FAILED; fi
+if want tests; then
+  step "CUDA tests (tests/test_cuda.py${TESTS_K:+ -k \"$TESTS_K\"})"
+  if timeout "${T_TESTS:-200}" "$PY" -m pytest -q -p no:cacheprovider -rs --durations=8 tests/test_cuda.py \
+       ${TESTS_K:+-k "$TESTS_K"} --junitxml="$OUT/cuda_tests.xml"; then STATUS[cuda_tests]=ok; else STATUS[cuda_tests]=FAILED; fi
+fi
 
 # Training throughput (bench/bench_train.py): baseline vs msd_fast defaults, without the CUDA graph, without
 # compile (resnet18), the GPU's busy share per configuration; one JSON per (model, batch).
@@ -47,17 +56,27 @@ train() {  # model batch timeout
   if timeout "$3" "$PY" -m bench.bench_train --models "$1" --batch "$2" --variants gpu-check \
        --out "$OUT/train_cuda_$1_b$2.json"; then STATUS[train_$1_b$2]=ok; else STATUS[train_$1_b$2]=FAILED; fi
 }
-train resnet18 128 "${T_R128:-150}"
-train msdnet1 64 "${T_MSD:-100}"
-train resnet18 512 "${T_R512:-120}"
+if want train; then
+  train resnet18 128 "${T_R128:-150}"
+  train msdnet1 64 "${T_MSD:-100}"
+  train resnet18 512 "${T_R512:-120}"
+fi
 
-step "loss benchmark (bench/bench_loss.py --grid gpu-check)"
-if timeout "${T_LOSS:-120}" "$PY" -m bench.bench_loss --grid gpu-check --out "$OUT/loss_cuda_gpu_check.json"; then
-  STATUS[bench_loss]=ok; else STATUS[bench_loss]=FAILED; fi
+if want kernel; then
+  step "the loss's device time from CUDA graphs, and the host's costs (bench/bench_kernel.py)"
+  if timeout "${T_KERNEL:-90}" "$PY" -m bench.bench_kernel --out "$OUT/kernel_cuda_gpu_check.json"; then
+    STATUS[bench_kernel]=ok; else STATUS[bench_kernel]=FAILED; fi
+fi
+
+if want loss; then
+  step "loss benchmark, eager calls (bench/bench_loss.py --grid gpu-check)"
+  if timeout "${T_LOSS:-120}" "$PY" -m bench.bench_loss --grid gpu-check --out "$OUT/loss_cuda_gpu_check.json"; then
+    STATUS[bench_loss]=ok; else STATUS[bench_loss]=FAILED; fi
+fi
 
 step "summary"
 printf '%s\n' "${!STATUS[@]}" | sort | while read -r k; do echo "$k: ${STATUS[$k]}"; done > "$OUT/steps.txt"
 cat "$OUT/steps.txt"
-"$PY" -m bench.gpu_summary "$OUT" || true
+"$PY" -m bench.gpu_summary "$OUT" --no-json || true
 grep -q FAILED "$OUT/steps.txt" && exit 1
 exit 0

@@ -308,3 +308,25 @@ def test_op_takes_one_stacked_tensor_and_returns_one_stacked_gradient():
     torch.library.opcheck(op, ([z.detach().clone().requires_grad_()], y, [f.detach().clone().requires_grad_()], w,
                                2.0, False))
     torch.library.opcheck(op, ([z.detach().clone().requires_grad_()], y, exits_of(f), w, 2.0, True))
+
+
+@pytest.mark.parametrize("stacked", [True, False])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_backward_scales_every_saved_gradient_by_the_upstream_gradient(stacked, dtype):
+    """An upstream gradient other than 1 (a weighted loss, a GradScaler) takes the multi-tensor multiply:
+    every logits and feature gradient is scaled, in the input dtype, and equals the reference's."""
+    z, y, f = make_inputs(4, 6, 37, 9)
+    z, f = z.to(dtype), f.to(dtype)
+    zs = [z.detach().clone().requires_grad_()] if stacked else [t.clone().requires_grad_() for t in z.unbind(0)]
+    fs = [f.detach().clone().requires_grad_()] if stacked else [t.clone().requires_grad_() for t in f.unbind(0)]
+    zr, fr = z.detach().clone().requires_grad_(), f.detach().clone().requires_grad_()
+    got = torch.autograd.grad(msd_loss(zs if not stacked else zs[0], y, fs if not stacked else fs[0],
+                                       backend="cpp", beta=0.3), zs + fs, grad_outputs=torch.tensor(-2.5))
+    ref = torch.autograd.grad(msd_loss(zr, y, fr, backend="reference", beta=0.3), [zr, fr],
+                              grad_outputs=torch.tensor(-2.5))
+    got_z = got[0] if stacked else torch.stack(got[:4])
+    got_f = got[1] if stacked else torch.stack(got[4:])
+    assert got_z.dtype == dtype and got_f.dtype == dtype
+    tol = dict(rtol=1e-5, atol=1e-6) if dtype == torch.float32 else dict(rtol=2e-2, atol=2e-3)
+    torch.testing.assert_close(got_z.float(), ref[0].float(), **tol)
+    torch.testing.assert_close(got_f.float(), ref[1].float(), **tol)

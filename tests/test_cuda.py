@@ -69,7 +69,9 @@ def test_compiled_triton_matches_float64_reference_over_a_random_grid(dtype, tea
         loss, grads = _loss_and_grads("triton", z, y, f, teacher)
         ref, ref_grads = _loss_and_grads("reference", z, y, f, teacher, dtype=torch.float64)
         assert loss.dtype == torch.float32 and torch.isfinite(loss)
-        err = max([_rel_err(loss, ref)] + [_rel_err(g, r) for g, r in zip(grads, ref_grads)])
+        # gradients against the exact ones rounded to the input dtype: the best answer that dtype holds (at
+        # B = 4096 the hint's fp16 gradients, ~1e-6, are subnormal: rounding alone costs 1e-2 there)
+        err = max([_rel_err(loss, ref)] + [_rel_err(g, r.to(dtype)) for g, r in zip(grads, ref_grads)])
         worst = max(worst, err)
         assert err < TOL[dtype], f"N={N} B={B} C={C} D={D} {dtype} {teacher}: relative error {err:.3g}"
     print(f"worst relative error {dtype} {teacher}: {worst:.3g}")
@@ -180,11 +182,16 @@ def test_models_and_early_exit_on_cuda(name):
     torch.manual_seed(0)
     model = create_model(name, 10, 3, 0.25).to(DEV).eval()
     x = torch.randn(64, 3, 32, 32, device=DEV)
-    with torch.no_grad():
-        out = model(x)
-        cpu_model = create_model(name, 10, 3, 0.25)
-        cpu_model.load_state_dict({k: v.cpu() for k, v in model.state_dict().items()})
-        cpu_out = cpu_model.eval()(x.cpu())
+    tf32 = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False  # fp32 maths on both devices
+    try:
+        with torch.no_grad():
+            out = model(x)
+            cpu_model = create_model(name, 10, 3, 0.25)
+            cpu_model.load_state_dict({k: v.cpu() for k, v in model.state_dict().items()})
+            cpu_out = cpu_model.eval()(x.cpu())
+    finally:
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = tf32
     for a, b in zip(out.logits, cpu_out.logits):
         torch.testing.assert_close(a.cpu(), b, rtol=1e-3, atol=1e-3)
     probs = torch.stack([z.float().softmax(-1) for z in out.logits]).cpu()
@@ -208,7 +215,8 @@ def test_trainer_with_gpu_defaults_checkpoint_resume_and_evaluate(tmp_path):
     res = full.fit()
     assert res["last"]["test_acc"][-1] > 30
     spe = full.steps_per_epoch
-    Trainer(resolve_config(base + ["--run-name", "cut", "--max-steps", str(spe + 3)])).fit()
+    # cut at the epoch's end (--max-steps inside an epoch ends that epoch there: see its help)
+    Trainer(resolve_config(base + ["--run-name", "cut", "--max-steps", str(spe)])).fit()
     resumed = Trainer(resolve_config(["--resume", str(tmp_path / "cut"), "--max-steps", "0"]))
     resumed.fit()
     a, b = load_checkpoint(tmp_path / "full" / "last.pt"), load_checkpoint(tmp_path / "cut" / "last.pt")

@@ -43,7 +43,8 @@ HELP = {
     "cuda_graph": "on CUDA, replay the whole training step (batch, forward, loss, backward, SGD) from one CUDA "
                   "graph (auto: where it can be: bf16/fp32, one process, no accumulation, data on the GPU)",
     "data_on_device": "on CUDA, hold the training set on the GPU and augment there (auto: when it fits)",
-    "max_steps": "stop after this many optimizer steps in total (0 = no limit; for smoke tests)",
+    "max_steps": "stop after this many optimizer steps in total (0 = no limit; for smoke tests). A stop inside an "
+                 "epoch ends that epoch there (evaluated and checkpointed as done; a resume goes on with the next)",
     "val_size": "images held out of the training set for validation (default 5000; synthetic 512)",
 }
 

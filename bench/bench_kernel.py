@@ -1,0 +1,155 @@
+"""The fused loss at its kernel's pace, and what the host adds (CUDA only).
+
+Device time: each measured call is captured REPS times in one CUDA graph; the graph is replayed and timed
+with CUDA events, so no launch overhead or host work is in the figure (µs per call = replay time / REPS,
+median of several replays). Rows per shape:
+- copy: a device copy of the same bytes (logits and features read, their gradients written): the floor.
+- kernel: the Triton launcher alone (msd_fast.kernels.msd_loss_partials: partials and gradients), as the
+  launcher plans it (split C over several programs per sample when B is small), and with one program per
+  sample (`kernel_nosplit`).
+- loss_fwd_bwd: `msd_loss(...)` and its backward (torch.autograd.grad) as a training step runs them: the
+  kernel, the deterministic reduction and the backward's scaling of the saved gradients.
+Host time (wall, eager, median): a one-element PyTorch op (the cost of any launch on this host), a bare
+one-argument Triton kernel, `msd_loss` forward, and forward + backward.
+
+    python -m bench.bench_kernel --out OUT.json      # the gpu-check shapes
+"""
+import argparse
+import json
+import os
+import pathlib
+import statistics
+import time
+
+import torch
+
+from bench.bench_loss import GPU_CHECK_GRID, SPLIT_ENV, make_inputs
+from bench.machine import describe, machine_info
+
+REPS = 20
+ALPHA, TAU, BETA = 0.5, 3.0, 0.05
+
+
+def device_us(fn, reps: int = REPS, replays: int = 7) -> float:
+    """Median device time of one call of fn (µs), from a CUDA graph holding `reps` calls."""
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):  # compile / allocate outside the capture
+        fn()
+    torch.cuda.current_stream().wait_stream(side)
+    g = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(g):
+        for _ in range(reps):
+            fn()
+    g.replay()
+    times = []
+    for _ in range(replays):
+        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        a.record()
+        g.replay()
+        b.record()
+        b.synchronize()
+        times.append(a.elapsed_time(b) * 1e3 / reps)
+    del g
+    return statistics.median(times)
+
+
+def host_us(fn, calls: int = 200, windows: int = 7) -> float:
+    """Median wall time of one eager call (µs), synchronised per window."""
+    for _ in range(10):
+        fn()
+    torch.cuda.synchronize()
+    out = []
+    for _ in range(windows):
+        t0 = time.perf_counter()
+        for _ in range(calls):
+            fn()
+        torch.cuda.synchronize()
+        out.append((time.perf_counter() - t0) * 1e6 / calls)
+    return statistics.median(out)
+
+
+def _nosplit(fn):
+    def call():
+        old = os.environ.get(SPLIT_ENV)
+        os.environ[SPLIT_ENV] = "1"
+        try:
+            fn()
+        finally:
+            os.environ.pop(SPLIT_ENV) if old is None else os.environ.__setitem__(SPLIT_ENV, old)
+    return call
+
+
+def run_shape(N, B, C, D, dtype, dev):
+    from msd_fast import msd_loss
+    from msd_fast.kernels import msd_loss_partials
+
+    z, f, y = make_inputs(N, B, C, D, dtype, dev)
+    zl = [t.detach().clone().requires_grad_() for t in z.unbind(0)]
+    fl = [t.detach().clone().requires_grad_() for t in f.unbind(0)]
+    w = torch.tensor([1 - ALPHA, ALPHA, BETA / D], device=dev)
+    dz, df = torch.empty_like(z), torch.empty_like(f)
+    nbytes = 2 * (z.numel() + f.numel()) * z.element_size()
+
+    def kernel():
+        msd_loss_partials(zl, y, fl, w, TAU, False)
+
+    def loss_fwd_bwd():
+        torch.autograd.grad(msd_loss(zl, y, fl, alpha=ALPHA, temperature=TAU, beta=BETA, backend="triton",
+                                     validate=False), zl + fl)
+
+    row = {"N": N, "B": B, "C": C, "D": D, "dtype": str(dtype).replace("torch.", ""), "bytes": nbytes}
+    row["copy_us"] = device_us(lambda: (dz.copy_(z.detach()), df.copy_(f.detach())))
+    row["kernel_us"] = device_us(kernel)
+    row["kernel_nosplit_us"] = device_us(_nosplit(kernel))
+    row["loss_fwd_bwd_device_us"] = device_us(loss_fwd_bwd)
+    for k in ("kernel", "kernel_nosplit", "loss_fwd_bwd_device"):
+        row[f"{k}_share_of_copy_bandwidth"] = row["copy_us"] / row[f"{k}_us"]
+    row["kernel_gb_per_s"] = nbytes / row["kernel_us"] / 1e3
+    row["host_loss_fwd_us"] = host_us(lambda: msd_loss(zl, y, fl, alpha=ALPHA, temperature=TAU, beta=BETA,
+                                                       backend="triton", validate=False))
+    row["host_loss_fwd_bwd_us"] = host_us(loss_fwd_bwd)
+    return row
+
+
+def host_floor(dev) -> dict:
+    import triton
+    import triton.language as tl
+
+    @triton.jit
+    def _one_arg_kernel(x_ptr):
+        tl.store(x_ptr, tl.load(x_ptr) + 1)
+
+    x = torch.zeros(1, device=dev)
+    return {"torch_op_launch_us": host_us(lambda: x.add_(1)),
+            "triton_one_arg_launch_us": host_us(lambda: _one_arg_kernel[(1,)](x))}
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--out", default=None)
+    args = ap.parse_args(argv)
+    if not torch.cuda.is_available():
+        raise SystemExit("bench_kernel: needs a CUDA device (device time comes from CUDA graphs and events)")
+    dev = torch.device("cuda")
+    info = machine_info(dev)
+    print(f"# bench_kernel on {describe(info)}", flush=True)
+    out = {"machine": info, "command": "python -m bench.bench_kernel", "reps_per_graph": REPS,
+           "host": host_floor(dev), "rows": []}
+    print("host:", {k: round(v, 1) for k, v in out["host"].items()}, flush=True)
+    for N, B, C, D, dtype in GPU_CHECK_GRID:
+        r = run_shape(N, B, C, D, dtype, dev)
+        out["rows"].append(r)
+        print(f"N={N} B={B} C={C} D={D} {dtype}: copy {r['copy_us']:.1f} us | kernel {r['kernel_us']:.1f} us "
+              f"({100 * r['kernel_share_of_copy_bandwidth']:.0f}% of copy bandwidth, {r['kernel_gb_per_s']:.0f} GB/s) "
+              f"| one program per sample {r['kernel_nosplit_us']:.1f} us | msd_loss fwd+bwd on the device "
+              f"{r['loss_fwd_bwd_device_us']:.1f} us | host: fwd {r['host_loss_fwd_us']:.0f} us, fwd+bwd "
+              f"{r['host_loss_fwd_bwd_us']:.0f} us", flush=True)
+    path = pathlib.Path(args.out) if args.out else pathlib.Path(__file__).resolve().parent / "results" / "kernel_cuda.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(out, indent=1))
+    print(f"wrote {path}")
+
+
+if __name__ == "__main__":
+    main()
