@@ -85,7 +85,9 @@ def table(s: dict) -> str:
     lines += [f"| {k} | {v} |" for k, v in sorted(s["steps"].items())]
     t = s["tests"]
     if t:
-        lines.append(f"| CUDA tests | {t['passed']} passed, {t['failures'] + t['errors']} failed, {t['skipped']} skipped |")
+        failed = f" ({', '.join(t['failed_names'])})" if t.get("failed_names") else ""
+        lines.append(f"| CUDA tests (cuda_tests.xml) | {t['passed']} passed, {t['failures'] + t['errors']} failed"
+                     f"{failed}, {t['skipped']} skipped |")
     if s["loss"]:
         lines += ["", "| loss fwd+bwd (msd_loss, eager, exits as a list) | triton µs | stacked input µs | one program "
                   "per sample µs | torch.compile(reference) µs | vs compiled | share of copy bandwidth |",
@@ -112,7 +114,8 @@ def table(s: dict) -> str:
         pct = lambda v: "-" if v is None else f"{100 * v:.0f}%"  # noqa: E731
         lines += [f"| {r['model']} | {r['batch']} | {r['config'].strip()} | {r['images_per_s']:.0f} | {r['ratio']:.2f}x "
                   f"| {fmt(r['warmup_s'], '.1f')} | {pct(r['gpu_busy_share'])} | {fmt(r['gpu_activities_per_step'], '.0f')} "
-                  f"| {pct(r.get('loss_share_of_step'))} |" for r in s["train"]]
+                  f"| {'-' if r.get('loss_share_of_step') is None else format(100 * r['loss_share_of_step'], '.2f') + '%'} |"
+                  for r in s["train"]]
     return "\n".join(lines)
 
 

@@ -143,13 +143,19 @@ def update_readme() -> None:
     update_readme_section("gpu-check", gpu_check_section())
     update_readme_section("compile-gate", compile_gate_section())
     update_readme_section("loss-target-cpu", cpu_target_section())
+    gpu_runs = sorted(p.parent.name for p in (RESULTS / "gpu").glob("*/summary.json"))
+    see_gpu = ("_The GPU check's tables (section \"GPU: what is checked, where, and how to check it\"), from "
+               + ", ".join(f"`bench/results/gpu/{g}/`" for g in gpu_runs) + "._") if gpu_runs else None
     for dev in ("cpu", "cuda"):
         data = _load(f"loss_{dev}.json") or _load(f"loss_{dev}_quick.json")
-        update_readme_section(f"loss-bench-{dev}", loss_table(data))
+        update_readme_section(f"loss-bench-{dev}", see_gpu if data is None and dev == "cuda" and see_gpu
+                              else loss_table(data))
     for dev in ("cpu", "cuda"):
         tables = [train_table(t) for t in (_load(f"train_{dev}.json"), _load(f"train_{dev}_quick.json")) if t]
         if tables:
             update_readme_section(f"train-bench-{dev}", "\n".join(tables))
+        elif dev == "cuda" and see_gpu:
+            update_readme_section("train-bench-cuda", see_gpu)
 
 
 if __name__ == "__main__":
