@@ -215,8 +215,7 @@ def test_trainer_with_gpu_defaults_checkpoint_resume_and_evaluate(tmp_path):
     res = full.fit()
     assert res["last"]["test_acc"][-1] > 30
     spe = full.steps_per_epoch
-    # cut at the epoch's end (--max-steps inside an epoch ends that epoch there: see its help)
-    Trainer(resolve_config(base + ["--run-name", "cut", "--max-steps", str(spe)])).fit()
+    Trainer(resolve_config(base + ["--run-name", "cut", "--max-steps", str(spe + 3)])).fit()  # inside epoch 2
     resumed = Trainer(resolve_config(["--resume", str(tmp_path / "cut"), "--max-steps", "0"]))
     resumed.fit()
     a, b = load_checkpoint(tmp_path / "full" / "last.pt"), load_checkpoint(tmp_path / "cut" / "last.pt")

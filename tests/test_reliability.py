@@ -149,7 +149,8 @@ def test_resume_before_the_first_checkpoint_starts_cleanly(tmp_path, capsys):
         (tmp_path / "r" / f).unlink(missing_ok=True)  # as if it crashed in epoch 1
     assert main(["--resume", str(tmp_path / "r")]) == 0
     assert "has no checkpoint yet" in capsys.readouterr().out
-    assert load_checkpoint(tmp_path / "r")["epoch"] == 1
+    ck = load_checkpoint(tmp_path / "r")
+    assert (ck["epoch"], ck["step_in_epoch"]) == (0, 1)  # the run's --max-steps 1 again, position kept
 
 
 def test_resume_of_a_missing_directory_is_one_line(tmp_path, capsys):

@@ -66,6 +66,24 @@ def test_resume_after_epoch_one_is_exact(tmp_path):
     assert full["last"] == cut["last"] and full["best_val"] == cut["best_val"]
 
 
+def test_max_steps_inside_an_epoch_keeps_the_position_and_resumes_exactly(tmp_path, capsys):
+    full = Trainer(_cfg(tmp_path, "full"))
+    full.fit()
+    spe = full.steps_per_epoch
+    cut = Trainer(_cfg(tmp_path, "cut", "--max-steps", str(spe + 3)))
+    res = cut.fit()
+    assert "stopped at --max-steps" in capsys.readouterr().out
+    ck = load_checkpoint(tmp_path / "cut")
+    assert (ck["epoch"], ck["step_in_epoch"], ck["global_step"]) == (1, 3, spe + 3)
+    assert res["steps"] == spe + 3 and len(res["last"]["test_acc"]) == full.model.num_exits
+    Trainer(resolve_config(["--resume", str(tmp_path / "cut"), "--max-steps", "0"])).fit()
+    _assert_same_state(_weights(tmp_path / "full"), _weights(tmp_path / "cut"))
+    a = json.loads((tmp_path / "full" / "results.json").read_text())
+    b = json.loads((tmp_path / "cut" / "results.json").read_text())
+    assert a["last"] == b["last"] and [h["train_loss"] for h in load_checkpoint(tmp_path / "full")["history"]] == \
+        [h["train_loss"] for h in load_checkpoint(tmp_path / "cut")["history"]]
+
+
 def test_ctrl_c_mid_epoch_saves_clean_checkpoint_and_resumes_exactly(tmp_path):
     Trainer(_cfg(tmp_path, "full", "--epochs", "1")).fit()
     t = Trainer(_cfg(tmp_path, "intr", "--epochs", "1"))

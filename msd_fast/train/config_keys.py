@@ -44,7 +44,7 @@ HELP = {
                   "graph (auto: where it can be: bf16/fp32, one process, no accumulation, data on the GPU)",
     "data_on_device": "on CUDA, hold the training set on the GPU and augment there (auto: when it fits)",
     "max_steps": "stop after this many optimizer steps in total (0 = no limit; for smoke tests). A stop inside an "
-                 "epoch ends that epoch there (evaluated and checkpointed as done; a resume goes on with the next)",
+                 "epoch checkpoints that position: --resume with a larger --max-steps (or 0) trains on from there",
     "val_size": "images held out of the training set for validation (default 5000; synthetic 512)",
 }
 

@@ -205,6 +205,14 @@ class Trainer:
             self._close_session()
             self.close()
             return True
+        if self.step_in_epoch < self.steps_per_epoch:  # --max-steps inside the epoch: keep the position
+            self.aug_state = aug_gen.get_state()
+            self._save("last.pt")
+            if self.dist.is_main:
+                print(f"[msd_fast] stopped at --max-steps {cfg['max_steps']} in epoch {self.epoch + 1}, step "
+                      f"{self.step_in_epoch} of {self.steps_per_epoch}; the checkpoint keeps this position "
+                      f"(--resume {self.run_dir} --max-steps 0 trains on from here)")
+            return False
         epoch_time = time.time() - t0
         self._end_epoch((self.step_in_epoch * G - imgs0) / max(epoch_time, 1e-9), epoch_time)
         return False
