@@ -84,3 +84,27 @@ def test_cuda_graph_true_on_a_cpu_is_a_config_error(tmp_path):
         _trainer(tmp_path, "cpu", False, "--device", "cpu", "--cuda-graph", "true")
     t = _trainer(tmp_path, "auto", False, "--device", "cpu")
     assert t.speed["cuda_graph"] is False and t.step.graph is None
+
+
+class _CaptureFails(EagerRunner):
+    def capture(self, fn):
+        raise RuntimeError("CUDA error: operation not permitted when stream is capturing\nmore detail")
+
+
+def test_a_step_that_cannot_be_captured_runs_eagerly_under_auto(tmp_path):
+    eager = _trainer(tmp_path, "eager", False)
+    t = _trainer(tmp_path, "fails", False)
+    t.speed["cuda_graph"] = True
+    t.step.graph = GraphedStep(t.step, t.batches.make, runner=_CaptureFails(), warmup=2)
+    with pytest.warns(RuntimeWarning, match=r"could not be captured as a CUDA graph \(CUDA error: operation not permitted"):
+        t.fit()
+    eager.fit()
+    assert t.step.graph is None and t.speed["cuda_graph"] is False  # recorded in results.json's speed
+    _same(load_checkpoint(tmp_path / "eager")["model"], load_checkpoint(tmp_path / "fails")["model"])
+
+
+def test_a_capture_failure_under_cuda_graph_true_is_an_error(tmp_path):
+    t = _trainer(tmp_path, "required", False)
+    t.step.graph = GraphedStep(t.step, t.batches.make, runner=_CaptureFails(), warmup=1, required=True)
+    with pytest.raises(RuntimeError, match="--cuda-graph true: the training step could not be captured"):
+        t.run_steps(3)

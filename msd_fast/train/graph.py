@@ -12,7 +12,11 @@ the device. What must hold, and how it is kept:
 - Warm-up before capture: the first steps run eagerly on a side stream (torch.compile compiles, cuDNN picks
   its algorithms, the momentum buffers are created); they are real training steps on real batches.
 Used when speed["cuda_graph"] is on (CUDA, no fp16 grad scaler, no DDP, no accumulation: `graph_unsupported`).
+A model that cannot be captured (a host sync or a data-dependent branch in its forward, say) fails at capture:
+under cuda_graph auto the step then runs eagerly from that step on, with a warning saying why; under
+cuda_graph true the failure is an error.
 """
+import warnings
 from typing import Callable, Dict, Optional
 
 import torch
@@ -77,10 +81,10 @@ class GraphedStep:
     """step(idx, aug, beta, sums): one optimizer step of TrainStep `step` on the batch that `make_batch(idx,
     aug)` assembles, replayed from a CUDA graph after WARMUP_STEPS eager steps."""
 
-    def __init__(self, step, make_batch: Callable, runner=None, warmup: int = WARMUP_STEPS):
+    def __init__(self, step, make_batch: Callable, runner=None, warmup: int = WARMUP_STEPS, required: bool = False):
         self.step, self.make_batch = step, make_batch
         self.runner = runner if runner is not None else CudaGraphRunner()
-        self.warmup, self.calls = warmup, 0
+        self.warmup, self.calls, self.required = warmup, 0, required
         self.idx: Optional[torch.Tensor] = None
         self.aug: Optional[torch.Tensor] = None
         self.sums: Optional[Dict[str, torch.Tensor]] = None
@@ -124,13 +128,24 @@ class GraphedStep:
             for g, f in zip(groups, floats):
                 g["lr"] = f
 
-    def __call__(self, idx: torch.Tensor, aug: torch.Tensor, beta: torch.Tensor, sums) -> None:
+    def __call__(self, idx: torch.Tensor, aug: torch.Tensor, beta: torch.Tensor, sums) -> bool:
+        """Runs the step; False (nothing run) when the capture failed and the caller must run it eagerly."""
         self._bind(idx, aug, beta, sums)
         if self.calls < self.warmup:
             self.runner.warm(self._body)
         else:
             if self.calls == self.warmup:
-                self.runner.capture(self._body)
+                try:
+                    self.runner.capture(self._body)
+                except RuntimeError as e:
+                    why = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+                    if self.required:
+                        raise RuntimeError(f"--cuda-graph true: the training step could not be captured as a CUDA "
+                                           f"graph: {why}") from e
+                    warnings.warn(f"msd_fast: the training step could not be captured as a CUDA graph ({why}); it "
+                                  f"runs eagerly from now on (--cuda-graph false skips the attempt)", RuntimeWarning)
+                    return False
             self.runner.replay()
         self.calls += 1
         self.step.sched.step()
+        return True

@@ -18,7 +18,7 @@ class TrainStep:
                  compile: bool, make_batch=None):
         self.model, self.ddp, self.criterion, self.method = model, ddp, criterion, method
         self.make_batch = make_batch  # (idx, aug) -> (x, y): BatchSource.make
-        self.graph = None
+        self.graph, self.speed = None, {}
         self.opt, self.sched, self.scaler = opt, sched, scaler
         self.device, self.amp_dtype, self.dist, self.accum = device, amp_dtype, dist, accum_steps
         self.forward_loss = torch.compile(self._forward_loss) if compile else self._forward_loss
@@ -38,8 +38,9 @@ class TrainStep:
         hint = method.uses_hint
         step.beta_sched = CosineBeta(cfg["beta_begin"] if hint else 0.0, cfg["beta_end"] if hint else 0.0, cfg["epochs"])
         step.beta_t = torch.zeros((), device=device)
+        step.speed = speed
         if speed.get("cuda_graph"):
-            step.graph = GraphedStep(step, make_batch)
+            step.graph = GraphedStep(step, make_batch, required=cfg["cuda_graph"] is True)
         return step
 
     def _forward_loss(self, x: torch.Tensor, y: torch.Tensor, beta: torch.Tensor):
@@ -57,8 +58,11 @@ class TrainStep:
         """One step on the batch `make_batch(idx, aug)`. forward_loss: a replacement of self.forward_loss
         (tests wrap it; the step then runs eagerly)."""
         if self.graph is not None and forward_loss in (None, self.forward_loss):
-            self.graph(idx, aug, beta, sums)
-            return
+            if self.graph(idx, aug, beta, sums):
+                return
+            self.graph = None  # capture failed (cuda_graph auto): this step and the next run eagerly
+            self.speed["cuda_graph"] = False
+            self.opt.zero_grad(set_to_none=True)  # the graphed steps leave their last gradients in place
         x, y = self.make_batch(idx, aug)
         fwd = forward_loss or self.forward_loss
         accum = self.accum
