@@ -108,3 +108,7 @@ def test_a_capture_failure_under_cuda_graph_true_is_an_error(tmp_path):
     t.step.graph = GraphedStep(t.step, t.batches.make, runner=_CaptureFails(), warmup=1, required=True)
     with pytest.raises(RuntimeError, match="--cuda-graph true: the training step could not be captured"):
         t.run_steps(3)
+
+
+def test_graph_needs_the_data_on_the_gpu():
+    assert "not held on the GPU" in graph_unsupported(torch.device("cuda"), "bf16", False, 1, data_on_gpu=False)

@@ -26,10 +26,13 @@ from .sums import accumulate
 WARMUP_STEPS = 3
 
 
-def graph_unsupported(device: torch.device, amp: str, distributed: bool, accum_steps: int) -> str:
+def graph_unsupported(device: torch.device, amp: str, distributed: bool, accum_steps: int,
+                      data_on_gpu: bool = True) -> str:
     """'' when the training step can be one CUDA graph, else why not."""
     if device.type != "cuda":
         return "CUDA graphs need a CUDA device"
+    if not data_on_gpu:
+        return "the training set is not held on the GPU (data_on_device false, or it did not fit)"
     if amp == "fp16":
         return "fp16's dynamic grad scaler checks for inf on the host every step (use bf16)"
     if distributed:

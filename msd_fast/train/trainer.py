@@ -20,12 +20,12 @@ from ..evaluate.predict import evaluate_split
 from ..models import check_multi_exit, create_model
 from .batches import BatchSource
 from .config import DEFAULTS, ConfigError, validate_config
+from .graph import graph_unsupported
 from .methods import get_method
 from .run_dir import check_output_dir, new_run_dir, reconcile_best, resumed_run_dir
 from .run_log import RunLogger, format_results_table, results_dict, write_results
 from .speed import AMP_DTYPES, resolve_speed
 from .state import restore_training_state, training_state
-from .graph import graph_unsupported
 from .step import TrainStep
 from .sums import TrainingDiverged, check_finite, epoch_means, new_sums  # noqa: F401 (TrainingDiverged re-exported)
 
@@ -75,7 +75,11 @@ class Trainer:
         self.cost = self.model.cost(self.input_size)
         mf = torch.channels_last if self.speed["channels_last"] else torch.contiguous_format
         self.model = self.model.to(self.device, memory_format=mf)
-        self.speed["cuda_graph"] = self._graph_policy(cfg["cuda_graph"])
+        why_not = graph_unsupported(self.device, self.speed["amp"], self.dist.enabled, cfg["accum_steps"],
+                                    self.batches.images.is_cuda)
+        if cfg["cuda_graph"] is True and why_not:
+            raise ConfigError(f"--cuda-graph true: {why_not}")
+        self.speed["cuda_graph"] = cfg["cuda_graph"] in ("auto", True) and not why_not
         self.step = TrainStep.build(cfg, self.model, self.method, self.device, self.dist, self.speed,
                                     self.amp_dtype, self.steps_per_epoch, self.batches.make)
         self.opt, self.sched, self.scaler = self.step.opt, self.step.sched, self.step.scaler
@@ -107,15 +111,6 @@ class Trainer:
         if self._lock is not None:
             self._lock.release()
             self._lock = None
-
-    def _graph_policy(self, wanted) -> bool:
-        """Whether the step is one CUDA graph: cuda_graph auto -> where it can be; true -> or a ConfigError."""
-        why = graph_unsupported(self.device, self.speed["amp"], self.dist.enabled, self.cfg["accum_steps"])
-        if not why and not self.batches.images.is_cuda:
-            why = "the training set is not held on the GPU (data_on_device false, or it did not fit)"
-        if wanted is True and why:
-            raise ConfigError(f"--cuda-graph true: {why}")
-        return wanted in ("auto", True) and not why
 
     # ------------------------------------------------------------------------------------- the step
     def _train_step(self, idx: torch.Tensor, aug: torch.Tensor) -> None:
