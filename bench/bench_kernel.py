@@ -13,6 +13,9 @@ Host time (wall, eager, median): a one-element PyTorch op (the cost of any launc
 one-argument Triton kernel, `msd_loss` forward, and forward + backward.
 
     python -m bench.bench_kernel --out OUT.json      # the gpu-check shapes
+    python -m bench.bench_kernel --sweep             # also other tilings of the same kernel on the two shapes
+        # whose bandwidth the GPU targets name (MSD_FAST_TRITON_PLAN per candidate: BLOCK_C, num_warps,
+        # num_stages), so one GPU run says which tiling to make the launcher's plan
 """
 import argparse
 import json
@@ -112,6 +115,37 @@ def run_shape(N, B, C, D, dtype, dev):
     return row
 
 
+SWEEP_SHAPES = [(8, 4096, 1000, 512, torch.bfloat16), (4, 32, 128256, 512, torch.bfloat16)]
+SWEEP = ([f"BLOCK_C={bc},num_warps={w}" for bc in (64, 128, 256, 512) for w in (2, 4, 8)]
+         + [f"BLOCK_C={bc},num_warps=4,num_stages=3" for bc in (64, 128, 256, 512)])
+
+
+def sweep_shape(N, B, C, D, dtype, dev, candidates=SWEEP) -> list:
+    """Device time of the launcher's kernel(s) under each MSD_FAST_TRITON_PLAN candidate (and the default)."""
+    from msd_fast.kernels import msd_loss_partials
+    from msd_fast.kernels.msd_loss_kernel import PLAN_ENV, launch_plan
+
+    z, f, y = make_inputs(N, B, C, D, dtype, dev)
+    zl, fl = [t.detach() for t in z.unbind(0)], [t.detach() for t in f.unbind(0)]
+    w = torch.tensor([1 - ALPHA, ALPHA, BETA / D], device=dev)
+    dz, df = torch.empty_like(z), torch.empty_like(f)
+    copy = device_us(lambda: (dz.copy_(z.detach()), df.copy_(f.detach())))
+    rows = []
+    for cand in ["(launcher's plan: " + ",".join(f"{k}={v}" for k, v in launch_plan(N, C, D).items()) + ")",
+                 *candidates]:
+        if not cand.startswith("("):
+            os.environ[PLAN_ENV] = cand
+        try:
+            us = device_us(lambda: msd_loss_partials(zl, y, fl, w, TAU, False), reps=10, replays=5)
+            rows.append({"plan": cand, "kernel_us": us, "share_of_copy_bandwidth": copy / us})
+        except Exception as e:  # a tiling that does not compile (registers, shared memory) is a result too
+            rows.append({"plan": cand, "error": f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"})
+        finally:
+            os.environ.pop(PLAN_ENV, None)
+    return [{"N": N, "B": B, "C": C, "D": D, "dtype": str(dtype).replace("torch.", ""), "copy_us": copy, **r}
+            for r in rows]
+
+
 def host_floor(dev) -> dict:
     import triton
     import triton.language as tl
@@ -128,6 +162,8 @@ def host_floor(dev) -> dict:
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", default=None)
+    ap.add_argument("--sweep", action="store_true", help="also time other tilings (MSD_FAST_TRITON_PLAN) on the "
+                                                         "two bandwidth-target shapes")
     args = ap.parse_args(argv)
     if not torch.cuda.is_available():
         raise SystemExit("bench_kernel: needs a CUDA device (device time comes from CUDA graphs and events)")
@@ -145,6 +181,15 @@ def main(argv=None):
               f"| one program per sample {r['kernel_nosplit_us']:.1f} us | msd_loss fwd+bwd on the device "
               f"{r['loss_fwd_bwd_device_us']:.1f} us | host: fwd {r['host_loss_fwd_us']:.0f} us, fwd+bwd "
               f"{r['host_loss_fwd_bwd_us']:.0f} us", flush=True)
+    if args.sweep:
+        out["sweep"] = []
+        for shape in SWEEP_SHAPES:
+            rows = sweep_shape(*shape, dev)
+            out["sweep"] += rows
+            ok = sorted((r for r in rows if "kernel_us" in r), key=lambda r: r["kernel_us"])
+            print(f"sweep N={shape[0]} B={shape[1]} C={shape[2]}: default {rows[0].get('kernel_us', float('nan')):.1f} us; "
+                  + "; ".join(f"{r['plan']} {r['kernel_us']:.1f} us ({100 * r['share_of_copy_bandwidth']:.0f}%)"
+                              for r in ok[:5]), flush=True)
     path = pathlib.Path(args.out) if args.out else pathlib.Path(__file__).resolve().parent / "results" / "kernel_cuda.json"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(out, indent=1))

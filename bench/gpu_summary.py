@@ -35,6 +35,22 @@ def _tests(xml_path: pathlib.Path):
     return n
 
 
+def _sweep_best(rows):
+    """Per swept shape: the launcher's own plan and the fastest candidate (bench_kernel --sweep)."""
+    best = {}
+    for r in rows:
+        key = f"N={r['N']} B={r['B']} C={r['C']} D={r['D']} {r['dtype']}"
+        b = best.setdefault(key, {"shape": key, "default": None, "best": None, "tried": 0})
+        b["tried"] += 1
+        if "kernel_us" not in r:
+            continue
+        if r["plan"].startswith("("):
+            b["default"] = r
+        if b["best"] is None or r["kernel_us"] < b["best"]["kernel_us"]:
+            b["best"] = r
+    return list(best.values())
+
+
 def summarize(out: pathlib.Path) -> dict:
     steps = {}
     if (out / "steps.txt").exists():
@@ -46,7 +62,8 @@ def summarize(out: pathlib.Path) -> dict:
     machine = (loss or kernel or (trains[0] if trains else {})).get("machine", {})
     s = {"gpu": machine.get("gpu"), "torch": machine.get("torch"), "triton": machine.get("triton"),
          "python": machine.get("python"), "steps": steps, "tests": _tests(out / "cuda_tests.xml"),
-         "loss": [], "train": [], "kernel": (kernel or {}).get("rows", []), "host": (kernel or {}).get("host")}
+         "loss": [], "train": [], "kernel": (kernel or {}).get("rows", []), "host": (kernel or {}).get("host"),
+         "sweep": _sweep_best((kernel or {}).get("sweep", []))}
     rows = (loss or {}).get("rows", [])
     shapes = []
     for r in rows:
@@ -103,6 +120,12 @@ def table(s: dict) -> str:
                   f"| {100 * r['kernel_share_of_copy_bandwidth']:.0f}% | {r['kernel_nosplit_us']:.1f} "
                   f"| {r['loss_fwd_bwd_device_us']:.1f} | {r['host_loss_fwd_us']:.0f} | {r['host_loss_fwd_bwd_us']:.0f} |"
                   for r in s["kernel"]]
+    for b in s.get("sweep") or []:
+        d, w = b["default"], b["best"]
+        if d and w:
+            lines += ["", f"Tiling sweep at {b['shape']} ({b['tried']} plans): the launcher's plan {d['kernel_us']:.1f} µs "
+                      f"({100 * d['share_of_copy_bandwidth']:.0f}% of copy bandwidth); fastest `{w['plan']}` "
+                      f"{w['kernel_us']:.1f} µs ({100 * w['share_of_copy_bandwidth']:.0f}%)."]
     if s.get("host"):
         h = s["host"]
         lines += ["", f"Host cost of one launch on this machine (eager, wall): a one-element PyTorch op "

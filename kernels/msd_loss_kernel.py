@@ -334,6 +334,39 @@ def launch_plan(N: int, C: int, D: int) -> dict:
     return dict(NP=NP, BLOCK_C=BLOCK_C, BLOCK_D=BLOCK_D, num_warps=num_warps)
 
 
+PLAN_ENV = "MSD_FAST_TRITON_PLAN"  # e.g. "num_warps=4,BLOCK_C=128,num_stages=2": tuning sweeps only
+PLAN_KEYS = ("num_warps", "BLOCK_C", "BLOCK_D", "num_stages")
+
+
+@functools.lru_cache(maxsize=64)
+def parse_plan_override(text: str) -> dict:
+    """MSD_FAST_TRITON_PLAN's "key=value,..." -> {key: int}; a bad entry raises a ValueError naming it."""
+    out = {}
+    for item in filter(None, (t.strip() for t in text.split(","))):
+        key, _, value = item.partition("=")
+        key = key.strip()
+        if key not in PLAN_KEYS:
+            raise ValueError(f"{PLAN_ENV}: unknown key {key!r} in {text!r}; expected some of {', '.join(PLAN_KEYS)}")
+        try:
+            v = int(value)
+        except ValueError:
+            raise ValueError(f"{PLAN_ENV}: {key} must be an integer, got {value!r}") from None
+        if v < 1 or (key != "num_stages" and v & (v - 1)):
+            raise ValueError(f"{PLAN_ENV}: {key} must be {'>= 1' if key == 'num_stages' else 'a power of two'}, "
+                             f"got {v}")
+        out[key] = v
+    return out
+
+
+def current_plan(N: int, C: int, D: int) -> dict:
+    """launch_plan(N, C, D), with the entries MSD_FAST_TRITON_PLAN overrides (unset in normal use: the
+    benchmark's sweep sets it to time other tilings of the same kernel; the compile gate checks only the
+    launcher's own plans)."""
+    text = os.environ.get(PLAN_ENV)
+    plan = launch_plan(N, C, D)
+    return {**plan, **parse_plan_override(text)} if text else plan
+
+
 SLOTS = 8  # pointer slots per per-exit argument of the kernel (the largest N it takes)
 
 
@@ -350,7 +383,7 @@ def kernel_args(logits, target, features, weights, partials, grad_logits, grad_f
     feats, grads_f = (features, grad_features) if features else (logits, grad_logits)  # never read: HAS_FEAT off
     args = (*_slots(logits), target, *_slots(feats), weights, partials, *_slots(grad_logits), *_slots(grads_f),
             N, B, C, D, float(temperature), 1.0 / float(temperature), 1.0 / B)
-    return args, dict(TEACHER_LAST=bool(teacher_last), HAS_FEAT=bool(features), **launch_plan(N, C, D))
+    return args, dict(TEACHER_LAST=bool(teacher_last), HAS_FEAT=bool(features), **current_plan(N, C, D))
 
 
 SPLIT_ENV = "MSD_FAST_TRITON_SPLIT"  # force S slices per sample (tests, benchmarks); 1 turns the split off
@@ -390,10 +423,11 @@ def split_kernel_args(logits, target, features, weights, partials, grad_logits, 
                       temperature: float, teacher_last: bool, B: int, C: int, D: int, CS: int):
     """{kernel name: (args, kwargs)} of the three split-C launches (the compile gate binds exactly these)."""
     N = len(logits)
-    plan = launch_plan(N, C, D)
+    plan = current_plan(N, C, D)
     feats, grads_f = (features, grad_features) if features else (logits, grad_logits)
     tau, inv_tau = float(temperature), 1.0 / float(temperature)
-    common = dict(NP=plan["NP"], num_warps=plan["num_warps"])
+    common = dict(NP=plan["NP"], num_warps=plan["num_warps"],
+                  **({"num_stages": plan["num_stages"]} if "num_stages" in plan else {}))
     S = _cdiv(C, CS)
     return {
         "split_stats": ((*_slots(logits), ws_stats, N, C, CS, inv_tau), dict(BLOCK_C=plan["BLOCK_C"], **common)),
@@ -425,7 +459,7 @@ def msd_loss_partials(logits, target: torch.Tensor, features, weights: torch.Ten
     D = features[0].shape[1] if features else 0
     dev = logits[0].device
     partials = torch.empty((3, N, B), dtype=torch.float32, device=dev)
-    plan = launch_plan(N, C, D)
+    plan = current_plan(N, C, D)
     forced = os.environ.get(SPLIT_ENV)
     S, CS = split_plan(B, C, plan["BLOCK_C"], _sm_count(dev), int(forced) if forced else None)
     if S == 1:

@@ -62,3 +62,15 @@ def test_summary_reads_the_kernel_benchmark(tmp_path):
     assert s["gpu"] == "NVIDIA H200"
     assert "| N=8 B=4096 C=1000 D=512 bfloat16 | 60.0 | 100.0 | 60% | 100.0 | 180.0 | 300 | 700 |" in text
     assert "PyTorch op 12.5 µs, a one-argument Triton kernel 30.0 µs" in text
+
+
+def test_summary_names_the_fastest_swept_tiling(tmp_path):
+    base = dict(N=8, B=4096, C=1000, D=512, dtype="bfloat16", copy_us=50.0)
+    sweep = [dict(base, plan="(launcher's plan: NP=8)", kernel_us=500.0, share_of_copy_bandwidth=0.1),
+             dict(base, plan="BLOCK_C=64,num_warps=2", kernel_us=100.0, share_of_copy_bandwidth=0.5),
+             dict(base, plan="BLOCK_C=512,num_warps=8", error="OutOfResources: shared memory")]
+    (tmp_path / "kernel_cuda_gpu_check.json").write_text(json.dumps({"machine": {"gpu": "X"}, "rows": [],
+                                                                     "sweep": sweep}))
+    text = table(summarize(tmp_path))
+    assert ("Tiling sweep at N=8 B=4096 C=1000 D=512 bfloat16 (3 plans): the launcher's plan 500.0 µs (10% of copy "
+            "bandwidth); fastest `BLOCK_C=64,num_warps=2` 100.0 µs (50%)." in text)

@@ -182,3 +182,27 @@ def test_triton_op_takes_one_stacked_tensor():
     assert torch.equal(s_out[2][0], torch.stack(l_out[2])) and torch.equal(s_out[3][0], torch.stack(l_out[3]))
     torch.library.opcheck(op, ([z.detach().clone().requires_grad_()], y, [f.detach().clone().requires_grad_()], w,
                                2.0, False))
+
+
+@pytest.mark.parametrize("plan,split", [("BLOCK_C=64,BLOCK_D=16,num_warps=2", "1"), ("BLOCK_C=128,num_stages=3", "1"),
+                                        ("BLOCK_C=64,num_warps=1", "2")])
+def test_a_plan_override_tiles_differently_and_keeps_the_values(plan, split, monkeypatch):
+    """MSD_FAST_TRITON_PLAN (the benchmark's tiling sweep) changes how the kernels tile C and D, not what they
+    compute: several chunks per row here, one and several programs per sample."""
+    monkeypatch.setenv("MSD_FAST_TRITON_PLAN", plan)
+    monkeypatch.setenv("MSD_FAST_TRITON_SPLIT", split)
+    z, y, f = make_inputs(5, 3, 300, 40)
+    _assert_match(_run("fused", z, y, f, "all"), _run("reference", z, y, f, "all"), 1e-5, 1e-5, 1e-7)
+
+
+def test_a_bad_plan_override_names_the_entry():
+    from msd_fast.kernels.msd_loss_kernel import current_plan, parse_plan_override
+
+    assert parse_plan_override("num_warps=4, BLOCK_C=128") == {"num_warps": 4, "BLOCK_C": 128}
+    with pytest.raises(ValueError, match="unknown key 'warps'"):
+        parse_plan_override("warps=4")
+    with pytest.raises(ValueError, match="BLOCK_C must be a power of two, got 96"):
+        parse_plan_override("BLOCK_C=96")
+    with pytest.raises(ValueError, match="num_warps must be an integer, got 'x'"):
+        parse_plan_override("num_warps=x")
+    assert current_plan(4, 100, 0) == current_plan(4, 100, 0) and "num_stages" not in current_plan(4, 100, 0)
