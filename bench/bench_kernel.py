@@ -19,15 +19,15 @@ one-argument Triton kernel, `msd_loss` forward, and forward + backward.
 """
 import argparse
 import json
-import os
 import pathlib
 import statistics
 import time
 
 import torch
 
-from bench.bench_loss import GPU_CHECK_GRID, SPLIT_ENV, make_inputs
+from bench.bench_loss import GPU_CHECK_GRID, make_inputs, without_split
 from bench.machine import describe, machine_info
+from bench.timing import env_var
 
 REPS = 20
 ALPHA, TAU, BETA = 0.5, 3.0, 0.05
@@ -72,17 +72,6 @@ def host_us(fn, calls: int = 200, windows: int = 7) -> float:
     return statistics.median(out)
 
 
-def _nosplit(fn):
-    def call():
-        old = os.environ.get(SPLIT_ENV)
-        os.environ[SPLIT_ENV] = "1"
-        try:
-            fn()
-        finally:
-            os.environ.pop(SPLIT_ENV) if old is None else os.environ.__setitem__(SPLIT_ENV, old)
-    return call
-
-
 def run_shape(N, B, C, D, dtype, dev):
     from msd_fast import msd_loss
     from msd_fast.kernels import msd_loss_partials
@@ -104,7 +93,7 @@ def run_shape(N, B, C, D, dtype, dev):
     row = {"N": N, "B": B, "C": C, "D": D, "dtype": str(dtype).replace("torch.", ""), "bytes": nbytes}
     row["copy_us"] = device_us(lambda: (dz.copy_(z.detach()), df.copy_(f.detach())))
     row["kernel_us"] = device_us(kernel)
-    row["kernel_nosplit_us"] = device_us(_nosplit(kernel))
+    row["kernel_nosplit_us"] = device_us(without_split(kernel))
     row["loss_fwd_bwd_device_us"] = device_us(loss_fwd_bwd)
     for k in ("kernel", "kernel_nosplit", "loss_fwd_bwd_device"):
         row[f"{k}_share_of_copy_bandwidth"] = row["copy_us"] / row[f"{k}_us"]
@@ -131,17 +120,14 @@ def sweep_shape(N, B, C, D, dtype, dev, candidates=SWEEP) -> list:
     dz, df = torch.empty_like(z), torch.empty_like(f)
     copy = device_us(lambda: (dz.copy_(z.detach()), df.copy_(f.detach())))
     rows = []
-    for cand in ["(launcher's plan: " + ",".join(f"{k}={v}" for k, v in launch_plan(N, C, D).items()) + ")",
-                 *candidates]:
-        if not cand.startswith("("):
-            os.environ[PLAN_ENV] = cand
+    default = "(launcher's plan: " + ",".join(f"{k}={v}" for k, v in launch_plan(N, C, D).items()) + ")"
+    for cand in [default, *candidates]:
         try:
-            us = device_us(lambda: msd_loss_partials(zl, y, fl, w, TAU, False), reps=10, replays=5)
+            with env_var(PLAN_ENV, "" if cand == default else cand):  # "": no override
+                us = device_us(lambda: msd_loss_partials(zl, y, fl, w, TAU, False), reps=10, replays=5)
             rows.append({"plan": cand, "kernel_us": us, "share_of_copy_bandwidth": copy / us})
         except Exception as e:  # a tiling that does not compile (registers, shared memory) is a result too
             rows.append({"plan": cand, "error": f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"})
-        finally:
-            os.environ.pop(PLAN_ENV, None)
     return [{"N": N, "B": B, "C": C, "D": D, "dtype": str(dtype).replace("torch.", ""), "copy_us": copy, **r}
             for r in rows]
 

@@ -18,7 +18,6 @@ Results go to bench/results/ (or --out); --update-readme also regenerates the RE
 import argparse
 import itertools
 import json
-import os
 import pathlib
 import time
 
@@ -27,7 +26,7 @@ import torch
 from bench.machine import describe, machine_info
 from bench.naive_loss import naive_msd_loss
 from bench.report import update_readme
-from bench.timing import time_interleaved
+from bench.timing import env_var, time_interleaved
 
 from msd_fast import _ext, msd_loss
 from msd_fast.loss.backends import triton_usable
@@ -78,17 +77,11 @@ def backends(device: torch.device):
     return out
 
 
-def _without_split(fn):
+def without_split(fn):
+    """fn with the launcher forced to one program per sample."""
     def call():
-        old = os.environ.get(SPLIT_ENV)
-        os.environ[SPLIT_ENV] = "1"
-        try:
+        with env_var(SPLIT_ENV, "1"):
             fn()
-        finally:
-            if old is None:
-                del os.environ[SPLIT_ENV]
-            else:
-                os.environ[SPLIT_ENV] = old
     return call
 
 
@@ -146,7 +139,7 @@ def run_case(N, B, C, D, dtype, device, skip_reasons, between=None):
         "triton": (ours("triton", "stacked"), "stacked"),
         "triton_list": (ours("triton", "list"), "list"),
         # the one-program-per-sample kernel even where the launcher would split C (small B, large C)
-        "triton_list_nosplit": (_without_split(ours("triton", "list")), "list"),
+        "triton_list_nosplit": (without_split(ours("triton", "list")), "list"),
     }
     # The floor: stream the same bytes once (read logits + features, write their gradients).
     dz, df = torch.empty_like(z), torch.empty_like(f)

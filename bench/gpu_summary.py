@@ -134,10 +134,10 @@ def table(s: dict) -> str:
         lines += ["", "| training step | batch | configuration | img/s | vs baseline | warm-up s | GPU busy | GPU "
                   "kernels+copies per step | loss kernels' share of the step |", "|---|---|---|---|---|---|---|---|---|"]
         fmt = lambda v, f: "-" if v is None else format(v, f)  # noqa: E731
-        pct = lambda v: "-" if v is None else f"{100 * v:.0f}%"  # noqa: E731
+        pct = lambda v, digits=0: "-" if v is None else f"{100 * v:.{digits}f}%"  # noqa: E731
         lines += [f"| {r['model']} | {r['batch']} | {r['config'].strip()} | {r['images_per_s']:.0f} | {r['ratio']:.2f}x "
                   f"| {fmt(r['warmup_s'], '.1f')} | {pct(r['gpu_busy_share'])} | {fmt(r['gpu_activities_per_step'], '.0f')} "
-                  f"| {'-' if r.get('loss_share_of_step') is None else format(100 * r['loss_share_of_step'], '.2f') + '%'} |"
+                  f"| {pct(r.get('loss_share_of_step'), 2)} |"
                   for r in s["train"]]
     return "\n".join(lines)
 

@@ -1,9 +1,25 @@
 """Wall-clock timing for benchmarks: warm-up excluded, backends interleaved, median over windows, CUDA synchronised."""
+import contextlib
+import os
 import statistics
 import time
 from typing import Callable, Dict, Optional
 
 import torch
+
+
+@contextlib.contextmanager
+def env_var(name: str, value: str):
+    """Sets an environment variable inside the block (the Triton launcher reads its overrides per call)."""
+    old = os.environ.get(name)
+    os.environ[name] = value
+    try:
+        yield
+    finally:
+        if old is None:
+            del os.environ[name]
+        else:
+            os.environ[name] = old
 
 
 def sync(device: torch.device) -> None:

@@ -205,4 +205,9 @@ def test_a_bad_plan_override_names_the_entry():
         parse_plan_override("BLOCK_C=96")
     with pytest.raises(ValueError, match="num_warps must be an integer, got 'x'"):
         parse_plan_override("num_warps=x")
-    assert current_plan(4, 100, 0) == current_plan(4, 100, 0) and "num_stages" not in current_plan(4, 100, 0)
+    import os
+
+    from msd_fast.kernels.msd_loss_kernel import PLAN_ENV, launch_plan
+
+    assert PLAN_ENV not in os.environ
+    assert current_plan(4, 100, 0) == launch_plan(4, 100, 0) and "num_stages" not in current_plan(4, 100, 0)

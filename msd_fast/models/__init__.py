@@ -35,9 +35,9 @@ def channels_last_on_cpu(name: str) -> bool:
 
 
 # Models that torch.compile does not pay for on CUDA once the step is a CUDA graph: MSDNet is hundreds of
-# small layers, so compiling the whole network took 101 s on an H200 (over the 45 s a run may spend on
-# warm-up), while its gain, fewer launches, is what the graph already gives (bench/bench_train.py on CUDA
-# measures both).
+# small layers, so compiling the whole network is slow (101 s on an H200 as reported; over the 45 s a run may
+# spend on warm-up), while its gain, fewer launches, is what the graph already gives (bench/bench_train.py on
+# CUDA measures both).
 _EAGER_ON_CUDA = {"msdnet1", "msdnet2"}
 
 

@@ -25,7 +25,6 @@ class BatchSource:
         if resident and cfg["data_on_device"] == "auto":  # datasets that fit live on the GPU
             free, _ = torch.cuda.mem_get_info(device)
             resident = data.train.images.numel() < free // 4
-        self.resident = resident or device.type == "cpu"  # the images live where the step runs
         self.images = data.train.images.to(device) if resident else data.train.images
         self.labels = data.train.labels.to(device)
         self.mean = torch.tensor(data.mean, dtype=torch.float32, device=device)
@@ -72,7 +71,3 @@ class BatchSource:
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         return x, self.labels[idx]
-
-    def batch(self, perm: torch.Tensor, step: int, aug_gen: torch.Generator) -> Tuple[torch.Tensor, torch.Tensor]:
-        """`make(*draw(...))`: this rank's augmented, normalised share of global batch `step`."""
-        return self.make(*self.draw(perm, step, aug_gen))
