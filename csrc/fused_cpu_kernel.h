@@ -129,7 +129,7 @@ inline void load_row_padded(const scalar_t* src, float* dst, int64_t C, int64_t 
 // exp(d) from et = exp(d / tau): for an integer tau = K in 1..4 it is et^K (multiplies, no second exp).
 template <int K>
 inline vf16 exp_full(vf16 et, vf16 d) {
-  if constexpr (K == 0) return simd::vexp(d);
+  if constexpr (K == 0) return simd::vexp_nonpos(d);
   else if constexpr (K == 1) return et;
   else if constexpr (K == 2) return et * et;
   else if constexpr (K == 3) return et * et * et;
@@ -166,19 +166,14 @@ void logits_one_sample(const void* const* z, int64_t yb, void* const* grad_z, fl
     const scalar_t* zn = row<scalar_t>(z, n, b, C);
     load_row_padded(zn, d, C, Cp);
     vf16 mv = simd::splat(-__builtin_inff());
-    simd::vi16 nan_lanes{};
-    for (int64_t i = 0; i < nb; ++i) {
-      const vf16 v = simd::load(d + i * kLanes);
-      mv = simd::vmax(mv, v);
-      nan_lanes |= (v != v);
-    }
-    float m = simd::hmax(mv);
-    if (simd::any(nan_lanes)) m = __builtin_nanf("");  // NaN logits -> NaN loss, never masked
+    for (int64_t i = 0; i < nb; ++i) mv = simd::vmax(mv, simd::load(d + i * kLanes));
+    // The max may skip a NaN logit, but dv, ev and dc below keep it: NaN logits -> NaN loss, never masked.
+    const float m = simd::hmax(mv);
     vf16 st{}, s1{}, ed{};
     for (int64_t i = 0; i < nb; ++i) {
-      const vf16 dv = simd::load(d + i * kLanes) - m;
-      const vf16 ev = simd::vexp(dv * inv_tau);
-      const vf16 dc = simd::vmax(dv, simd::splat(kMinShifted));
+      const vf16 dv = simd::load(d + i * kLanes) - m;                      // <= 0, -inf (pads) or NaN
+      const vf16 ev = simd::vexp_nonpos(dv * inv_tau);
+      const vf16 dc = dv < kMinShifted ? simd::splat(kMinShifted) : dv;   // NaN stays NaN
       simd::store(d + i * kLanes, dc);
       simd::store(e + i * kLanes, ev);
       st += ev;

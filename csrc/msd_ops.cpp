@@ -69,7 +69,7 @@ std::tuple<at::Tensor, at::Tensor> reduce_exit_losses_cpu(const at::Tensor& part
     for (int64_t n = 0; n < N; ++n) s += static_cast<double>(dst[k * N + n]);
     tot += static_cast<double>(wp[k]) * s;
   }
-  total.fill_(static_cast<float>(tot));
+  *total.data_ptr<float>() = static_cast<float>(tot);  // a CPU scalar: no fill_ through the dispatcher
   return {per_exit, total};
 }
 

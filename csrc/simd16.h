@@ -127,4 +127,26 @@ inline vf16 vexp(vf16 x) {
   return x != x ? x : y;
 }
 
+// exp(x) for x <= 0, -inf or NaN: the loss only exponentiates logits shifted by their row's maximum. Same
+// range reduction and polynomial as vexp, without the overflow branch (k <= 0 here), so about a third fewer
+// instructions: this is the kernel's inner loop. exp(x < -87.34) = 0 (also -inf), NaN stays NaN.
+inline vf16 vexp_nonpos(vf16 x) {
+  const vf16 xc = x < -87.33654f ? splat(-87.33654f) : x;
+  const vf16 k = (xc * 1.44269504088896341f + 12582912.f) - 12582912.f;
+  const vf16 r = (xc - k * 0.693145751953125f) - k * 1.428606765330187045e-06f;
+  vf16 p = splat(1.98412698412698413e-04f);
+  p = p * r + 1.38888888888888889e-03f;
+  p = p * r + 8.33333333333333333e-03f;
+  p = p * r + 4.16666666666666667e-02f;
+  p = p * r + 1.66666666666666667e-01f;
+  p = p * r + 0.5f;
+  p = p * r + 1.0f;
+  p = p * r + 1.0f;
+  const vi16 bits = (__builtin_convertvector(k, vi16) + 127) << 23;  // k in [-126, 0]: a normal 2^k
+  vf16 scale;
+  std::memcpy(&scale, &bits, sizeof(scale));
+  const vf16 y = x < -87.33654f ? splat(0.f) : p * scale;
+  return x != x ? x : y;
+}
+
 }  // namespace msd_fast::MSD_FAST_ISA::simd

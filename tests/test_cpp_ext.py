@@ -330,3 +330,85 @@ def test_backward_scales_every_saved_gradient_by_the_upstream_gradient(stacked, 
     tol = dict(rtol=1e-5, atol=1e-6) if dtype == torch.float32 else dict(rtol=2e-2, atol=2e-3)
     torch.testing.assert_close(got_z.float(), ref[0].float(), **tol)
     torch.testing.assert_close(got_f.float(), ref[1].float(), **tol)
+
+
+def _lists(N=3, B=4, C=6, D=5, dtype=torch.float32):
+    g = torch.Generator().manual_seed(3)
+    z = [(2 * torch.randn(B, C, generator=g)).to(dtype).requires_grad_() for _ in range(N)]
+    f = [torch.randn(B, D, generator=g).to(dtype).requires_grad_() for _ in range(N)]
+    return z, torch.randint(0, C, (B,), generator=g), f
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("with_features", [True, False])
+@pytest.mark.parametrize("teacher", ["all", "last"])
+def test_cpu_fast_path_is_the_full_path(monkeypatch, dtype, with_features, teacher):
+    """validate=False with lists of CPU exits calls the operator without the Python checks (they ran only
+    when it rejects the call); losses and gradients are bit-identical to the full path's."""
+    import msd_fast.loss.api as api
+
+    z, y, f = _lists(dtype=dtype)
+    f = f if with_features else None
+    kw = dict(alpha=0.4, temperature=2.0, beta=0.7, teacher=teacher, backend="auto")
+    full = msd_loss(z, y, f, validate=True, **kw)
+    g_full = torch.autograd.grad(full, z + (f or []))
+
+    def forbidden(*a, **k):
+        raise AssertionError("the fast path ran the Python input checks")
+    monkeypatch.setattr(api, "normalize_inputs", forbidden)
+    fast = msd_loss(z, y, f, validate=False, **kw)
+    g_fast = torch.autograd.grad(fast, z + (f or []))
+    assert torch.equal(fast, full)
+    for a, b in zip(g_fast, g_full):
+        assert torch.equal(a, b)
+
+
+def test_cpu_fast_path_hands_what_it_cannot_take_to_the_full_path():
+    """Non-contiguous exits, features in another dtype, soft targets and a stacked tensor leave the fast path
+    and still give the full path's answer."""
+    z, y, f = _lists(C=6)
+    zt = [t.detach().t().contiguous().t().requires_grad_() for t in z]  # same values, column-major
+    assert not zt[0].is_contiguous()
+    a = msd_loss(zt, y, f, validate=False)
+    torch.testing.assert_close(a, msd_loss(z, y, f, validate=False), rtol=0, atol=0)
+    fd = [t.detach().double() for t in f]
+    torch.testing.assert_close(msd_loss(z, y, fd, validate=False), msd_loss(z, y, fd, validate=True))
+    soft = torch.softmax(torch.randn(4, 6), 1)
+    torch.testing.assert_close(msd_loss(z, soft, f, validate=False), msd_loss(z, soft, f, validate=True))
+
+
+@pytest.mark.parametrize("case,exc,match", [
+    ("shape", ValueError, "logits: exits disagree in shape"),
+    ("dtype", ValueError, "logits: exits disagree in dtype"),
+    ("one_exit", ValueError, "logits: need at least 2 exits"),
+    ("feature_count", ValueError, "features: 2 exits, but logits have N = 3"),
+    ("feature_batch", ValueError, "features: batch size 5, but logits have B = 4"),
+    ("target_shape", ValueError, r"target: expected shape \[4\]"),
+    ("target_dtype", TypeError, "target: expected dtype int64"),
+    ("target_range", RuntimeError, r"target\[1\] = 9 is outside \[0, 6\)"),
+    ("not_tensor", TypeError, "logits: expected a sequence of tensors"),
+])
+def test_cpu_fast_path_errors_are_the_full_paths(case, exc, match):
+    """validate=False: a call the operator rejects gets the full path's message (the target range, which
+    validate=False does not check in Python, gets the operator's own)."""
+    z, y, f = _lists()
+    if case == "shape":
+        z[1] = torch.randn(4, 7)
+    elif case == "dtype":
+        z[1] = z[1].detach().double()
+    elif case == "one_exit":
+        z = z[:1]
+    elif case == "feature_count":
+        f = f[:2]
+    elif case == "feature_batch":
+        f = [torch.randn(5, 5) for _ in f]
+    elif case == "target_shape":
+        y = torch.zeros(5, dtype=torch.long)
+    elif case == "target_dtype":
+        y = y.int()
+    elif case == "target_range":
+        y = torch.tensor([0, 9, 1, 2])
+    elif case == "not_tensor":
+        z[2] = "x"
+    with pytest.raises(exc, match=match):
+        msd_loss(z, y, f, validate=False)

@@ -15,6 +15,7 @@ import torch
 from torch import Tensor, nn
 
 from . import defaults
+from .. import _ext
 from .backends import resolve_backend
 from .fused import run_fused
 from .reference import combine_terms, reference_msd_terms
@@ -50,6 +51,37 @@ def _weights(alpha: float, beta, device: torch.device) -> Tensor:
     return w
 
 
+_CPU_FAST_BACKENDS = ("auto", "fused", "cpp")
+_CPU_FAST_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+
+
+def _cpu_fast_path(logits, target, features, alpha, temperature, beta, teacher, feature_reduction):
+    """The C++ operator called straight away for the hot-loop case (validate=False, eager, lists of CPU exits
+    with class-index targets), or None when the call does not fit it. The full path's Python checks cost
+    about as much as the C++ kernel itself at training shapes, and the operator checks every input again
+    (shapes, dtypes, devices, contiguity, the target range) with TORCH_CHECK; so here they run only when the
+    operator rejects the call: the full path then repeats the call and raises its own message."""
+    if type(logits) not in (list, tuple) or not logits or not isinstance(logits[0], Tensor):
+        return None
+    z0 = logits[0]
+    if z0.device.type != "cpu" or z0.dtype not in _CPU_FAST_DTYPES or not isinstance(target, Tensor) \
+            or target.is_floating_point() or feature_reduction not in ("mean", "sum") or not _ext.available():
+        return None
+    if features is None:
+        feats, scale = [], 1.0
+    elif type(features) in (list, tuple) and features and isinstance(features[0], Tensor) \
+            and features[0].dtype == z0.dtype and features[0].dim() == 2:
+        feats = features
+        scale = 1.0 / features[0].shape[1] if feature_reduction == "mean" and features[0].shape[1] > 0 else 1.0
+    else:
+        return None
+    w = _weights(alpha, beta * scale if scale != 1.0 else beta, z0.device)
+    try:
+        return run_fused(logits, target, feats, w, float(temperature), teacher == "last")[0]
+    except (RuntimeError, TypeError):
+        return None
+
+
 def msd_loss(logits: Union[Tensor, Sequence[Tensor]], target: Tensor,
              features: Optional[Union[Tensor, Sequence[Tensor]]] = None, *,
              alpha: float = defaults.ALPHA, temperature: float = defaults.TEMPERATURE,
@@ -74,7 +106,9 @@ def msd_loss(logits: Union[Tensor, Sequence[Tensor]], target: Tensor,
             detach_teacher=False every backend uses the exact reference. "auto" falls back to the reference,
             with a one-time note, where the fused kernel does not take the call (e.g. N > 8 on CUDA).
         validate: eager checks that need a host sync (target range, tensor beta); False for compiled
-            hot loops.
+            hot loops. With validate=False, eager, lists of CPU exits and class-index targets, the C++
+            operator is called without the Python input checks (it checks every input itself; a call it
+            rejects goes through the full path, whose message names the bad argument).
         return_terms: also return `MSDTerms`. With the reference backend the terms are differentiable;
             with the fused backends they are detached (for logging).
         label_smoothing: eps in [0, 1]: CE_n becomes (1 - eps) CE_n + eps mean_c(-log p_n), as in
@@ -87,6 +121,11 @@ def msd_loss(logits: Union[Tensor, Sequence[Tensor]], target: Tensor,
         A scalar loss: float32 (float64 for float64 inputs); gradients flow back in the input dtype.
     """
     check_hparams(alpha, temperature, beta, teacher, validate, label_smoothing, ignore_index)
+    if (not validate and detach_teacher and not return_terms and not label_smoothing and ignore_index is None
+            and backend in _CPU_FAST_BACKENDS and not torch.compiler.is_compiling()):
+        total = _cpu_fast_path(logits, target, features, alpha, temperature, beta, teacher, feature_reduction)
+        if total is not None:
+            return total
     if feature_reduction not in ("mean", "sum"):
         raise ValueError(f"feature_reduction must be 'mean' or 'sum', got {feature_reduction!r}")
     zx, y, fx = normalize_inputs(logits, target, features, validate, ignore_index)

@@ -34,8 +34,47 @@ class Exits:
         """The fused operator's Tensor[] for these exits in `dtype`, contiguous, never stacked here: the
         given stacked tensor as a list of one, else the N tensors."""
         if self._stacked is not None and not self._stacked_here:
-            return [self._stacked.to(dtype).contiguous()]
-        return [t.to(dtype).contiguous() for t in self.parts]
+            t = self._stacked
+            return [(t if t.dtype == dtype else t.to(dtype)).contiguous()]
+        # .to() costs about 1 us even when it is a no-op: skip it when the dtype already matches.
+        return [(t if t.dtype == dtype else t.to(dtype)).contiguous() for t in self.parts]
+
+
+def _uniform_exits(x) -> bool:
+    """True when x holds >= 2 tensors [B, X] of one shape, dtype and device: the common case, checked with
+    the fewest attribute reads (this runs on every loss call; the messages come from the slow path)."""
+    if len(x) < 2 or not isinstance(x[0], Tensor):
+        return False
+    ref = x[0]
+    shape, dtype, device = ref.shape, ref.dtype, ref.device
+    if len(shape) != 2:
+        return False
+    for t in x:
+        if not isinstance(t, Tensor) or t.shape != shape or t.dtype != dtype or t.device != device:
+            return False
+    return True
+
+
+def _raise_exits_mismatch(x, name: str, feature_dim: str) -> None:
+    """The error for a sequence of exits that `_uniform_exits` rejected, naming the first bad element."""
+    if not all(isinstance(t, Tensor) for t in x):
+        raise TypeError(f"{name}: expected a sequence of tensors, got element types "
+                        f"{[type(t).__name__ for t in x]}")
+    if len(x) < 2:
+        raise ValueError(f"{name}: need at least 2 exits, got {len(x)}")
+    ref = x[0]
+    for i, t in enumerate(x):
+        if t.dim() != 2:
+            raise ValueError(f"{name}[{i}]: expected shape [B, {feature_dim}], got {tuple(t.shape)}")
+        if t.shape != ref.shape:
+            raise ValueError(f"{name}: exits disagree in shape: {name}[0] is {tuple(ref.shape)}, "
+                             f"{name}[{i}] is {tuple(t.shape)}")
+        if t.dtype != ref.dtype:
+            raise ValueError(f"{name}: exits disagree in dtype: {name}[0] is {ref.dtype}, {name}[{i}] is {t.dtype}")
+        if t.device != ref.device:
+            raise ValueError(f"{name}: exits disagree in device: {name}[0] is on {ref.device}, "
+                             f"{name}[{i}] is on {t.device}")
+    raise AssertionError(f"{name}: _uniform_exits rejected exits that pass every check")  # pragma: no cover
 
 
 def _exits(x: TensorOrSeq, name: str, feature_dim: str) -> Exits:
@@ -45,23 +84,8 @@ def _exits(x: TensorOrSeq, name: str, feature_dim: str) -> Exits:
             raise ValueError(f"{name}: a single tensor must have shape [N, B, {feature_dim}], got {tuple(x.shape)}")
         out = Exits(x.unbind(0), x)
     elif isinstance(x, (list, tuple)):
-        if not all(isinstance(t, Tensor) for t in x):
-            raise TypeError(f"{name}: expected a sequence of tensors, got element types "
-                            f"{[type(t).__name__ for t in x]}")
-        if len(x) < 2:
-            raise ValueError(f"{name}: need at least 2 exits, got {len(x)}")
-        ref = x[0]
-        for i, t in enumerate(x):
-            if t.dim() != 2:
-                raise ValueError(f"{name}[{i}]: expected shape [B, {feature_dim}], got {tuple(t.shape)}")
-            if t.shape != ref.shape:
-                raise ValueError(f"{name}: exits disagree in shape: {name}[0] is {tuple(ref.shape)}, "
-                                 f"{name}[{i}] is {tuple(t.shape)}")
-            if t.dtype != ref.dtype:
-                raise ValueError(f"{name}: exits disagree in dtype: {name}[0] is {ref.dtype}, {name}[{i}] is {t.dtype}")
-            if t.device != ref.device:
-                raise ValueError(f"{name}: exits disagree in device: {name}[0] is on {ref.device}, "
-                                 f"{name}[{i}] is on {t.device}")
+        if not _uniform_exits(x):
+            _raise_exits_mismatch(x, name, feature_dim)
         out = Exits(tuple(x), None)
     else:
         raise TypeError(f"{name}: expected a tensor [N, B, {feature_dim}] or a sequence of N tensors "
