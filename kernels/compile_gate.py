@@ -156,6 +156,22 @@ def spills_in_loops(cubin: bytes) -> Dict[str, int]:
     return {"spill_ops_in_loops": inside, "spill_ops_outside_loops": outside, "loops": len(loops)}
 
 
+_ACCESS_OP = re.compile(r"\b((?:LDG|STG)\.E(?:\.[A-Z0-9]+)*|SHFL\.[A-Z]+|BAR\.SYNC)")
+
+
+def access_profile(cubin: bytes) -> Dict[str, int]:
+    """Global loads/stores by width, warp shuffles and block barriers in the SASS (static counts). The
+    loss kernels are bound by how they touch memory and how their row reductions cross threads: 16-byte
+    accesses (LDG.E.128 / STG.E.128) and few shuffles and barriers are the signs of a good tile layout;
+    2-byte ones (LDG.E.U16) on the tiles mean the compiler could not see the rows' alignment."""
+    counts: Dict[str, int] = {}
+    for _, ins in _SASS_LINE.findall(_cuobjdump(cubin, "-sass")):
+        m = _ACCESS_OP.search(ins)
+        if m:
+            counts[m.group(1)] = counts.get(m.group(1), 0) + 1
+    return counts
+
+
 # ptxas sometimes parks a few loop-invariant registers (a store offset, packed predicates) in the stack
 # frame across a long loop although registers are free: one store before the loop, one load after it,
 # nothing per iteration. The gate records such frames; it fails on what costs time: any spill inside a
@@ -197,6 +213,7 @@ def check_compile(fn, args, kwargs, arch: int) -> Dict:
     row["compile_s"] = round(time.perf_counter() - t0, 3)
     row["specialised"] = sorted(k for k, v in signature.items() if v == "constexpr" and k not in kwargs)
     row.update(_resource_usage(kernel.asm["cubin"]))
+    row["access"] = access_profile(kernel.asm["cubin"])
     if row["stack"] or row["local"]:
         row.update(spills_in_loops(kernel.asm["cubin"]))
         in_loops = row["spill_ops_in_loops"]

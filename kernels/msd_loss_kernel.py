@@ -25,8 +25,13 @@ import triton.language as tl
 
 
 @triton.jit
-def _exit_rows(rows, off, p0, p1, p2, p3, p4, p5, p6, p7, NP: tl.constexpr):
-    """[NP] pointers: row n is p_n + off (the slots past N repeat p0; the caller masks those rows)."""
+def _exit_rows(rows, off, p0, p1, p2, p3, p4, p5, p6, p7, NP: tl.constexpr, ALIGN: tl.constexpr):
+    """[NP] pointers: row n is p_n + off (the slots past N repeat p0; the caller masks those rows).
+    ALIGN: every row start is a multiple of ALIGN elements from a pointer aligned as much (the launcher's
+    `row_align`). The compiler cannot see alignment through the select below, and without it a tile's
+    loads and stores are one element per thread (2-byte accesses for bf16, and the tile's layout puts a
+    row across all warps, so every row reduction crosses warps); the hint restores vector accesses of up
+    to 16 bytes and one warp per row."""
     ptr = p0 + off + rows * 0
     ptr = tl.where(rows == 1, p1 + off, ptr)
     if NP > 2:
@@ -37,7 +42,7 @@ def _exit_rows(rows, off, p0, p1, p2, p3, p4, p5, p6, p7, NP: tl.constexpr):
         ptr = tl.where(rows == 5, p5 + off, ptr)
         ptr = tl.where(rows == 6, p6 + off, ptr)
         ptr = tl.where(rows == 7, p7 + off, ptr)
-    return ptr
+    return tl.multiple_of(ptr, [ALIGN * (p0.dtype.element_ty.primitive_bitwidth // 8)])  # bytes
 
 
 @triton.jit
@@ -119,14 +124,19 @@ def _msd_loss_kernel(
     tau, inv_tau, inv_b,  # fp32 scalars: tau, 1 / tau, 1 / B (from the host: B may be a constexpr 1)
     TEACHER_LAST: tl.constexpr, HAS_FEAT: tl.constexpr,
     NP: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_D: tl.constexpr,
+    C_ALIGN: tl.constexpr, D_ALIGN: tl.constexpr,  # row alignment in elements (`row_align`)
 ):
     """One program per sample b: both passes over all of C, the hint, partials [3, N, b]."""
+    # C and D are multiples of C_ALIGN / D_ALIGN (the launcher checked): written so, the compiler knows it,
+    # and the column masks (c < C) stay whole over a vector of C_ALIGN elements.
+    C = C // C_ALIGN * C_ALIGN
+    D = D // D_ALIGN * D_ALIGN
     b = tl.program_id(0).to(tl.int64)
     rows = tl.arange(0, NP)                                  # [NP]
     row_ok = rows < N
     is_last = rows == N - 1
-    z_row = _exit_rows(rows, b * C, z0, z1, z2, z3, z4, z5, z6, z7, NP)   # [NP] -> z_n[b, 0]
-    g_row = _exit_rows(rows, b * C, g0, g1, g2, g3, g4, g5, g6, g7, NP)   # [NP] -> grad z_n[b, 0]
+    z_row = _exit_rows(rows, b * C, z0, z1, z2, z3, z4, z5, z6, z7, NP, C_ALIGN)   # [NP] -> z_n[b, 0]
+    g_row = _exit_rows(rows, b * C, g0, g1, g2, g3, g4, g5, g6, g7, NP, C_ALIGN)   # [NP] -> grad z_n[b, 0]
     cols = tl.arange(0, BLOCK_C)                             # [BLOCK_C]
 
     # ---- pass 1: running max m and normalisers s1 = sum exp(z - m), st = sum exp((z - m) / tau) ----
@@ -164,8 +174,8 @@ def _msd_loss_kernel(
 
     # ---- feature hint towards the deepest exit ----
     if HAS_FEAT:
-        f_row = _exit_rows(rows, b * D, f0, f1, f2, f3, f4, f5, f6, f7, NP)   # [NP] -> F_n[b, 0]
-        h_row = _exit_rows(rows, b * D, h0, h1, h2, h3, h4, h5, h6, h7, NP)   # [NP] -> grad F_n[b, 0]
+        f_row = _exit_rows(rows, b * D, f0, f1, f2, f3, f4, f5, f6, f7, NP, D_ALIGN)   # [NP] -> F_n[b, 0]
+        h_row = _exit_rows(rows, b * D, h0, h1, h2, h3, h4, h5, h6, h7, NP, D_ALIGN)   # [NP] -> grad F_n[b, 0]
         feat = _hint(f_row, h_row, rows, row_ok, is_last, D, 2.0 * tl.load(w_ptr + 2) * inv_b, NP, BLOCK_D)
     else:
         feat = tl.zeros([NP], tl.float32)
@@ -187,14 +197,16 @@ def _msd_split_stats_kernel(
     ws_ptr,                                   # [B, S, 3, NP] fp32 out: m, s1, st of each slice
     N, C, CS,                                 # CS: columns per slice (a multiple of BLOCK_C)
     inv_tau,
-    NP: tl.constexpr, BLOCK_C: tl.constexpr,
+    NP: tl.constexpr, BLOCK_C: tl.constexpr, C_ALIGN: tl.constexpr,
 ):
+    C = C // C_ALIGN * C_ALIGN                # as in _msd_loss_kernel: the alignment, visible
+    CS = CS // BLOCK_C * BLOCK_C
     b = tl.program_id(0).to(tl.int64)
     s = tl.program_id(1)
     S = tl.num_programs(1)
     rows = tl.arange(0, NP)
     row_ok = rows < N
-    z_row = _exit_rows(rows, b * C, z0, z1, z2, z3, z4, z5, z6, z7, NP)
+    z_row = _exit_rows(rows, b * C, z0, z1, z2, z3, z4, z5, z6, z7, NP, C_ALIGN)
     cols = tl.arange(0, BLOCK_C)
     c_lo = s * CS
     c_hi = tl.minimum(c_lo + CS, C)
@@ -225,15 +237,19 @@ def _msd_split_main_kernel(
     tau, inv_tau, inv_b,
     TEACHER_LAST: tl.constexpr, HAS_FEAT: tl.constexpr,
     NP: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_D: tl.constexpr,
+    C_ALIGN: tl.constexpr, D_ALIGN: tl.constexpr,
 ):
+    C = C // C_ALIGN * C_ALIGN                # as in _msd_loss_kernel: the alignment, visible
+    D = D // D_ALIGN * D_ALIGN
+    CS = CS // BLOCK_C * BLOCK_C
     b = tl.program_id(0).to(tl.int64)
     s = tl.program_id(1)
     S = tl.num_programs(1)
     rows = tl.arange(0, NP)
     row_ok = rows < N
     is_last = rows == N - 1
-    z_row = _exit_rows(rows, b * C, z0, z1, z2, z3, z4, z5, z6, z7, NP)
-    g_row = _exit_rows(rows, b * C, g0, g1, g2, g3, g4, g5, g6, g7, NP)
+    z_row = _exit_rows(rows, b * C, z0, z1, z2, z3, z4, z5, z6, z7, NP, C_ALIGN)
+    g_row = _exit_rows(rows, b * C, g0, g1, g2, g3, g4, g5, g6, g7, NP, C_ALIGN)
     # Combine the slices' stats in slice order: m = max m_k, s1 = sum s1_k exp(m_k - m), st likewise.
     m = tl.full([NP], float("-inf"), tl.float32)
     s1 = tl.zeros([NP], tl.float32)
@@ -254,8 +270,8 @@ def _msd_split_main_kernel(
         z_y = tl.load(z_row + y, mask=row_ok, other=0.0).to(tl.float32)
         tl.store(part_ptr + part_off, lse - z_y, mask=row_ok)   # CE_n
         if HAS_FEAT:
-            f_row = _exit_rows(rows, b * D, f0, f1, f2, f3, f4, f5, f6, f7, NP)
-            h_row = _exit_rows(rows, b * D, h0, h1, h2, h3, h4, h5, h6, h7, NP)
+            f_row = _exit_rows(rows, b * D, f0, f1, f2, f3, f4, f5, f6, f7, NP, D_ALIGN)
+            h_row = _exit_rows(rows, b * D, h0, h1, h2, h3, h4, h5, h6, h7, NP, D_ALIGN)
             feat = _hint(f_row, h_row, rows, row_ok, is_last, D, 2.0 * tl.load(w_ptr + 2) * inv_b, NP, BLOCK_D)
         else:
             feat = tl.zeros([NP], tl.float32)
@@ -367,6 +383,23 @@ def current_plan(N: int, C: int, D: int) -> dict:
     return {**plan, **parse_plan_override(text)} if text else plan
 
 
+MAX_ALIGN_BYTES = 16  # the widest vector access (16 bytes per thread)
+
+
+def row_align(tensors, width: int) -> int:
+    """The alignment, in elements, that every row start of these [B, width] tensors (the exits and the
+    gradient buffers of one input) shares, up to 16 bytes: the largest power of two dividing each base
+    address (in bytes) and the row pitch width * element size. The kernels are told it (C_ALIGN, D_ALIGN),
+    so they can use vector loads and stores; a view at an odd offset just gets a smaller value."""
+    if not tensors:
+        return 1
+    es = tensors[0].element_size()
+    bits = MAX_ALIGN_BYTES | width * es
+    for t in tensors:
+        bits |= t.data_ptr()
+    return max(1, (bits & -bits) // es)
+
+
 SLOTS = 8  # pointer slots per per-exit argument of the kernel (the largest N it takes)
 
 
@@ -383,7 +416,8 @@ def kernel_args(logits, target, features, weights, partials, grad_logits, grad_f
     feats, grads_f = (features, grad_features) if features else (logits, grad_logits)  # never read: HAS_FEAT off
     args = (*_slots(logits), target, *_slots(feats), weights, partials, *_slots(grad_logits), *_slots(grads_f),
             N, B, C, D, float(temperature), 1.0 / float(temperature), 1.0 / B)
-    return args, dict(TEACHER_LAST=bool(teacher_last), HAS_FEAT=bool(features), **current_plan(N, C, D))
+    return args, dict(TEACHER_LAST=bool(teacher_last), HAS_FEAT=bool(features), **current_plan(N, C, D),
+                      C_ALIGN=row_align([*logits, *grad_logits], C), D_ALIGN=row_align([*features, *grad_features], D))
 
 
 SPLIT_ENV = "MSD_FAST_TRITON_SPLIT"  # force S slices per sample (tests, benchmarks); 1 turns the split off
@@ -429,12 +463,15 @@ def split_kernel_args(logits, target, features, weights, partials, grad_logits, 
     common = dict(NP=plan["NP"], num_warps=plan["num_warps"],
                   **({"num_stages": plan["num_stages"]} if "num_stages" in plan else {}))
     S = _cdiv(C, CS)
+    c_align = row_align([*logits, *grad_logits], C)
     return {
-        "split_stats": ((*_slots(logits), ws_stats, N, C, CS, inv_tau), dict(BLOCK_C=plan["BLOCK_C"], **common)),
+        "split_stats": ((*_slots(logits), ws_stats, N, C, CS, inv_tau),
+                        dict(BLOCK_C=plan["BLOCK_C"], C_ALIGN=c_align, **common)),
         "split_main": ((*_slots(logits), target, *_slots(feats), weights, partials, *_slots(grad_logits),
                         *_slots(grads_f), ws_stats, ws_kd, N, B, C, D, CS, tau, inv_tau, 1.0 / B),
                        dict(TEACHER_LAST=bool(teacher_last), HAS_FEAT=bool(features), BLOCK_C=plan["BLOCK_C"],
-                            BLOCK_D=plan["BLOCK_D"], **common)),
+                            BLOCK_D=plan["BLOCK_D"], C_ALIGN=c_align,
+                            D_ALIGN=row_align([*features, *grad_features], D), **common)),
         "split_finish": ((ws_kd, partials, N, B, S, tau), dict(TEACHER_LAST=bool(teacher_last), NP=plan["NP"],
                                                               num_warps=1)),
     }

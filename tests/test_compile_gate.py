@@ -97,3 +97,43 @@ def test_triton_batch_of_one_and_sixteen_interpreted(B):
         got = msd_loss(z, y, f, backend="fused")
     ref = msd_loss(z, y, f, backend="reference")
     torch.testing.assert_close(got, ref, rtol=1e-5, atol=1e-5)
+
+
+def test_gate_sees_vector_accesses_and_row_local_reductions():
+    """The tiles' loads and stores are 16-byte vectors when the rows allow it (the launcher's `row_align`
+    hint; without it the compiler saw no alignment through the per-exit pointer select and made every
+    access 2 bytes wide, with each row reduction crossing all 8 warps), and a C that allows no vector still
+    compiles, with scalar accesses."""
+    r = _python("""
+        import json
+        from msd_fast.kernels.compile_gate import compile_one
+        rows = [compile_one(dict(N=8, B=4096, C=1000, D=512, dtype="bfloat16", teacher_last=False), 90),
+                compile_one(dict(N=4, B=32, C=128257, D=512, dtype="bfloat16", teacher_last=False), 90),
+                compile_one(dict(N=4, B=5, C=131072, D=1536, dtype="bfloat16", teacher_last=True,
+                                 kernel="split_main"), 90)]
+        print(json.dumps([dict(ok=r["ok"], reg=r.get("reg"), access=r.get("access")) for r in rows]))
+    """)
+    assert r.returncode == 0, r.stdout + r.stderr
+    aligned, odd_c, split = json.loads(r.stdout.strip().splitlines()[-1])
+    assert aligned["ok"] and odd_c["ok"] and split["ok"]
+    a = aligned["access"]
+    assert a.get("LDG.E.128", 0) >= 2 and a.get("STG.E.128", 0) >= 2, a   # logits and features, both ways
+    assert a.get("LDG.E.U16", 0) <= 1, a      # only the gather of each row's target logit
+    assert a.get("SHFL.BFLY", 0) < 120, a     # was 384: every row reduction across all warps
+    assert odd_c["access"].get("LDG.E.U16", 0) >= 2, odd_c["access"]   # C odd: no vector is allowed
+    assert split["access"].get("LDG.E.128", 0) >= 1 and split["access"].get("STG.E.128", 0) >= 1, split
+
+
+def test_row_align_reads_addresses_and_pitch():
+    import torch
+
+    from msd_fast.kernels.msd_loss_kernel import row_align
+
+    bf = [torch.empty(4, 1000, dtype=torch.bfloat16) for _ in range(3)]
+    assert row_align(bf, 1000) == 8                  # 16 bytes: 2000-byte rows, aligned allocations
+    assert row_align([torch.empty(4, 100, dtype=torch.bfloat16)], 100) == 4   # 200-byte rows: 8 bytes
+    assert row_align([torch.empty(4, 100)], 100) == 4                      # fp32, 400-byte rows: 16 bytes
+    assert row_align([torch.empty(4, 1001)], 1001) == 1                    # fp32, odd pitch: one element
+    shifted = torch.empty(4 * 1000 + 1, dtype=torch.bfloat16)[1:].view(4, 1000)
+    assert row_align(bf + [shifted], 1000) == 1      # one view at an odd offset lowers it for all
+    assert row_align([], 0) == 1

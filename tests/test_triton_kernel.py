@@ -211,3 +211,29 @@ def test_a_bad_plan_override_names_the_entry():
 
     assert PLAN_ENV not in os.environ
     assert current_plan(4, 100, 0) == launch_plan(4, 100, 0) and "num_stages" not in current_plan(4, 100, 0)
+
+
+def test_exits_at_unaligned_addresses(monkeypatch):
+    """Exit tensors at odd element offsets take the launcher's smaller row alignment (C_ALIGN = 1 here; the
+    compile gate checks what the hint does to the code) and give the aligned tensors' answer."""
+    from msd_fast.kernels import msd_loss_kernel as k
+
+    seen = []
+    orig = k.row_align
+    monkeypatch.setattr(k, "row_align", lambda ts, w: seen.append(orig(ts, w)) or seen[-1])
+    z, y, f = make_inputs(3, 4, 40, 24, dtype=torch.bfloat16)
+
+    def shifted(t):
+        buf = torch.empty(t.numel() + 1, dtype=t.dtype)
+        out = buf[1:].view_as(t)
+        out.copy_(t)
+        return out.requires_grad_()
+
+    answers = []
+    for make in (lambda t: t.detach().clone().requires_grad_(), shifted):
+        zl, fl = [make(t) for t in z.unbind(0)], [make(t) for t in f.unbind(0)]
+        loss = msd_loss(zl, y, fl, alpha=0.6, temperature=2.5, beta=0.3, backend="fused")
+        answers.append((loss, torch.autograd.grad(loss, zl + fl)))
+    assert seen == [8, 8, 1, 1]   # logits (80-byte rows), features (48-byte rows); then both at odd offsets
+    assert torch.equal(answers[0][0], answers[1][0])
+    assert all(torch.equal(a, b) for a, b in zip(answers[0][1], answers[1][1]))
