@@ -86,6 +86,16 @@ def _grad_chunk(z_row, g_row, c, col_ok, row_ok, is_last, y, lse, shift, kd_acc,
 
 
 @triton.jit
+def _cross_entropy(z_row, y, C, lse, row_ok):
+    """CE_n = lse_n - z_n[y] per row [NP]. A class index outside [0, C) is never read: that sample's CE is
+    NaN, so the loss is NaN (checking the range on the host would need a device sync; msd_loss(validate=True)
+    checks it before the call)."""
+    y_ok = (y >= 0) & (y < C)
+    z_y = tl.load(z_row + y, mask=row_ok & y_ok, other=0.0).to(tl.float32)
+    return tl.where(y_ok, lse - z_y, float("nan"))
+
+
+@triton.jit
 def _hint(f_row, h_row, rows, row_ok, is_last, D, g_feat, NP: tl.constexpr, BLOCK_D: tl.constexpr):
     """FEAT_n = ||F_n - F_N||^2 per row [NP], and its gradient g_feat (F_n - F_N) stored (0 for F_N)."""
     feat = tl.zeros([NP], tl.float32)
@@ -150,10 +160,9 @@ def _msd_loss_kernel(
     shift = m * inv_tau + tl.log(st)                         # l_n = z_n / tau - shift_n
 
     y = tl.load(y_ptr + b)
-    z_y = tl.load(z_row + y, mask=row_ok, other=0.0).to(tl.float32)
     # Stored now, not at the end: ptxas parks values that wait across pass 2 in local memory (compile gate).
     part_off = rows.to(tl.int64) * B + b
-    tl.store(part_ptr + part_off, lse - z_y, mask=row_ok)   # CE_n
+    tl.store(part_ptr + part_off, _cross_entropy(z_row, y, C, lse, row_ok), mask=row_ok)   # CE_n
 
     n_f = N * 1.0                                            # fp32 whether N is a runtime int or a constexpr
     g_kd = _kd_grad_scale(w_ptr, tau, inv_b, n_f, TEACHER_LAST)
@@ -267,8 +276,7 @@ def _msd_split_main_kernel(
     part_off = rows.to(tl.int64) * B + b
     n_f = N * 1.0
     if s == 0:
-        z_y = tl.load(z_row + y, mask=row_ok, other=0.0).to(tl.float32)
-        tl.store(part_ptr + part_off, lse - z_y, mask=row_ok)   # CE_n
+        tl.store(part_ptr + part_off, _cross_entropy(z_row, y, C, lse, row_ok), mask=row_ok)   # CE_n
         if HAS_FEAT:
             f_row = _exit_rows(rows, b * D, f0, f1, f2, f3, f4, f5, f6, f7, NP, D_ALIGN)
             h_row = _exit_rows(rows, b * D, h0, h1, h2, h3, h4, h5, h6, h7, NP, D_ALIGN)

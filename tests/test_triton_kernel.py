@@ -237,3 +237,64 @@ def test_exits_at_unaligned_addresses(monkeypatch):
     assert seen == [8, 8, 1, 1]   # logits (80-byte rows), features (48-byte rows); then both at odd offsets
     assert torch.equal(answers[0][0], answers[1][0])
     assert all(torch.equal(a, b) for a, b in zip(answers[0][1], answers[1][1]))
+
+
+def _op_args(N=3, B=6, C=5, D=4):
+    g = torch.Generator().manual_seed(5)
+    z = [torch.randn(B, C, generator=g) for _ in range(N)]
+    f = [torch.randn(B, D, generator=g) for _ in range(N)]
+    return z, torch.randint(0, C, (B,), generator=g), f, torch.tensor([0.5, 0.5, 0.1])
+
+
+@pytest.mark.parametrize("case,match", [
+    ("transposed", r"logits\[0\] must be contiguous"),
+    ("shape", r"logits\[1\] must have shape \[B=6, 5\] like logits\[0\]"),
+    ("dtype", r"logits\[2\] has dtype torch.float64, expected torch.float32"),
+    ("nine_exits", "the Triton kernel takes 2 to 8 exits, got N = 9"),
+    ("target_dtype", "target must be a contiguous int64 tensor of shape \\[6\\]"),
+    ("feature_count", "features has 2 exits, logits have N = 3"),
+    ("feature_dtype", r"features\[0\] has dtype torch.float16, expected torch.float32"),
+    ("weights", r"weights must be a float32 tensor of shape \[3\]"),
+    ("temperature", "temperature must be > 0"),
+])
+def test_triton_kernel_checks_its_inputs_like_the_cpp_kernel(case, match):
+    """Called directly (torch.ops.msd_fast.fused_msd_loss), the Triton kernel rejects what the C++ kernel
+    rejects (tests/test_cpp_ext.py), with a RuntimeError naming the argument: it reads raw pointers, so a
+    transposed exit would otherwise be a silent wrong answer."""
+    z, y, f, w = _op_args()
+    tau = 2.0
+    if case == "transposed":
+        z = [t.t().contiguous().t() for t in z]
+    elif case == "shape":
+        z[1] = torch.randn(6, 7)
+    elif case == "dtype":
+        z[2] = z[2].double()
+    elif case == "nine_exits":
+        z = z * 3
+        f = f * 3
+    elif case == "target_dtype":
+        y = y.int()
+    elif case == "feature_count":
+        f = f[:2]
+    elif case == "feature_dtype":
+        f = [t.half() for t in f]
+    elif case == "weights":
+        w = w.double()
+    elif case == "temperature":
+        tau = 0.0
+    with pytest.raises(RuntimeError, match=match):
+        torch.ops.msd_fast.fused_msd_loss(z, y, f, w, tau, False)
+
+
+def test_triton_kernel_gives_nan_for_a_class_index_out_of_range():
+    """No host sync checks the range on CUDA: the kernel never reads outside the row and that sample's CE is
+    NaN, so the loss is NaN (msd_loss(validate=True) raises before the call)."""
+    z, y, f, w = _op_args()
+    for bad in (5, -1):
+        yb = y.clone()
+        yb[2] = bad
+        total, per_exit, gz, gf = torch.ops.msd_fast.fused_msd_loss(z, yb, f, w, 2.0, False)
+        assert torch.isnan(total) and torch.isnan(per_exit[0]).all()
+        assert torch.isfinite(per_exit[1:]).all()   # KD and the hint need no label
+    with pytest.raises(ValueError, match="class indices must lie in"):
+        msd_loss(z, yb, f, backend="fused")

@@ -108,7 +108,9 @@ def msd_loss(logits: Union[Tensor, Sequence[Tensor]], target: Tensor,
         validate: eager checks that need a host sync (target range, tensor beta); False for compiled
             hot loops. With validate=False, eager, lists of CPU exits and class-index targets, the C++
             operator is called without the Python input checks (it checks every input itself; a call it
-            rejects goes through the full path, whose message names the bad argument).
+            rejects goes through the full path, whose message names the bad argument). Unchecked, a class
+            index outside [0, C) raises in the C++ kernel and gives a NaN loss from the Triton kernel
+            (checking it on a GPU would need a host sync).
         return_terms: also return `MSDTerms`. With the reference backend the terms are differentiable;
             with the fused backends they are detached (for logging).
         label_smoothing: eps in [0, 1]: CE_n becomes (1 - eps) CE_n + eps mean_c(-log p_n), as in

@@ -21,6 +21,7 @@ gradient (per_exit and the grads are non-differentiable outputs, for logging).
   Triton kernel through the very operator and autograd rule under TRITON_INTERPRET=1).
 """
 import contextlib
+import math
 from typing import List, Sequence, Tuple
 
 import torch
@@ -83,11 +84,82 @@ def _fused_fake(logits: List[Tensor], target: Tensor, features: List[Tensor], we
     return total, per_exit, [torch.empty_like(z) for z in logits], [torch.empty_like(f) for f in features]
 
 
+_KERNEL_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+MAX_TRITON_EXITS = 8
+
+
+def _describe_exits(xs: List[Tensor], name: str, device: torch.device) -> Tuple[int, int, int, torch.dtype]:
+    """(N, B, width, dtype) of one Tensor[] argument, after the checks the C++ kernel makes (csrc/msd_ops.cpp,
+    describe_exits), with its messages: the Triton kernel reads raw pointers, so a non-contiguous exit or a
+    shape mismatch would be a silent wrong answer. Raises RuntimeError, as TORCH_CHECK does on the CPU."""
+    if not xs:
+        raise RuntimeError(f"fused_msd_loss: {name} is empty")
+    x0 = xs[0]
+    if len(xs) == 1:
+        if x0.dim() != 3:
+            raise RuntimeError(f"fused_msd_loss: {name} must be N tensors [B, width] or one tensor [N, B, width], "
+                               f"got one tensor of shape {list(x0.shape)}")
+        N, B, W = x0.shape
+    else:
+        if x0.dim() != 2:
+            raise RuntimeError(f"fused_msd_loss: {name}[0] must have shape [B, width], got {list(x0.shape)}")
+        (B, W), N = x0.shape, len(xs)
+    shape, dtype = x0.shape, x0.dtype
+    for n, x in enumerate(xs):
+        if x.device != device:
+            raise RuntimeError(f"fused_msd_loss: {name}[{n}] is on {x.device}, expected {device} (the device of "
+                               f"logits[0])")
+        if x.shape != shape:
+            raise RuntimeError(f"fused_msd_loss: {name}[{n}] must have shape [B={B}, {W}] like {name}[0], got "
+                               f"{list(x.shape)}")
+        if x.dtype != dtype:
+            raise RuntimeError(f"fused_msd_loss: {name}[{n}] has dtype {x.dtype}, expected {dtype} (the dtype of "
+                               f"{name}[0])")
+        if not x.is_contiguous():
+            raise RuntimeError(f"fused_msd_loss: {name}[{n}] must be contiguous")
+    return N, B, W, dtype
+
+
+def check_kernel_inputs(logits: List[Tensor], target: Tensor, features: List[Tensor], weights: Tensor,
+                        temperature: float) -> None:
+    """The operator's input contract for the Triton kernel, checked on the host without a device sync (the
+    class indices' range is not: the kernel never reads outside a row, and a sample with an index outside
+    [0, C) gets a NaN CE)."""
+    dev = logits[0].device if logits else None
+    N, B, C, dtype = _describe_exits(logits, "logits", dev)
+    if not 2 <= N <= MAX_TRITON_EXITS:
+        raise RuntimeError(f"fused_msd_loss: the Triton kernel takes 2 to {MAX_TRITON_EXITS} exits, got N = {N}")
+    if B < 1 or C < 2:
+        raise RuntimeError(f"fused_msd_loss: need B >= 1 samples and C >= 2 classes, got B = {B}, C = {C}")
+    if dtype not in _KERNEL_DTYPES:
+        raise RuntimeError(f"fused_msd_loss: logits must be float32, float16 or bfloat16, got {dtype}")
+    if (target.device != dev or target.dtype != torch.int64 or target.dim() != 1 or target.shape[0] != B
+            or not target.is_contiguous()):
+        raise RuntimeError(f"fused_msd_loss: target must be a contiguous int64 tensor of shape [{B}] on {dev}, got "
+                           f"{target.dtype} {list(target.shape)} on {target.device}")
+    if features:
+        Nf, Bf, _, fdtype = _describe_exits(features, "features", dev)
+        if Nf != N:
+            raise RuntimeError(f"fused_msd_loss: features has {Nf} exits, logits have N = {N}")
+        if Bf != B:
+            raise RuntimeError(f"fused_msd_loss: features have batch size {Bf}, logits have B = {B}")
+        if fdtype != dtype:
+            raise RuntimeError(f"fused_msd_loss: features[0] has dtype {fdtype}, expected {dtype} (the dtype of "
+                               f"logits[0])")
+    if weights.device != dev or weights.dtype != torch.float32 or weights.shape != (3,):
+        raise RuntimeError(f"fused_msd_loss: weights must be a float32 tensor of shape [3] (w_ce, w_kd, w_feat) "
+                           f"on {dev}, got {weights.dtype} {list(weights.shape)} on {weights.device}")
+    if not (temperature > 0.0 and math.isfinite(temperature)):
+        raise RuntimeError(f"fused_msd_loss: temperature must be > 0, got {temperature}")
+
+
 def _fused_triton(logits: List[Tensor], target: Tensor, features: List[Tensor], weights: Tensor,
                   temperature: float, teacher_last: bool) -> FusedOut:
     """The CUDA kernel of the operator: the Triton kernel writes partials and gradients, the deterministic
     reduction (C++/CUDA op, or torch) turns partials into per-exit means and the total."""
     from ..kernels import msd_loss_partials  # imported lazily: Triton reads TRITON_INTERPRET at import
+
+    check_kernel_inputs(logits, target, features, weights, temperature)
 
     partials, gl, gf = msd_loss_partials(logits, target, features, weights, temperature, teacher_last)
     per_exit, total = reduce_partials(partials, weights)
