@@ -106,7 +106,10 @@ def run_shape(N, B, C, D, dtype, dev):
 
 SWEEP_SHAPES = [(8, 4096, 1000, 512, torch.bfloat16), (4, 32, 128256, 512, torch.bfloat16)]
 SWEEP = ([f"BLOCK_C={bc},num_warps={w}" for bc in (64, 128, 256, 512) for w in (2, 4, 8)]
-         + [f"BLOCK_C={bc},num_warps=4,num_stages=3" for bc in (64, 128, 256, 512)])
+         + [f"BLOCK_C={bc},num_warps=4,num_stages=3" for bc in (64, 128, 256, 512)]
+         # 16 warps: with 16-byte accesses (row_align) a [8, 1024] tile holds C = 1000 in one chunk at 108
+         # registers per thread, without spills (compile gate, sm_90)
+         + [f"BLOCK_C={bc},num_warps=16" for bc in (512, 1024)])
 
 
 def sweep_shape(N, B, C, D, dtype, dev, candidates=SWEEP) -> list:
