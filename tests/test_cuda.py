@@ -283,6 +283,20 @@ def test_exits_at_unaligned_addresses_give_the_aligned_answer(offset):
     assert all(_rel_err(b, a) < TOL[torch.bfloat16] for a, b in zip(results[0][1], results[1][1]))
 
 
+def test_fast_path_on_the_gpu_and_an_out_of_range_class():
+    """validate=False with lists goes straight to the operator (its Triton kernel checks the inputs on the
+    host): the same loss as the checked call; a class index outside [0, C) gives NaN, not a bad read."""
+    z, y, f = _inputs(4, 64, 1000, 32, torch.bfloat16)
+    zl, fl = list(z.unbind(0)), list(f.unbind(0))
+    kw = dict(alpha=0.6, temperature=2.5, beta=0.3)
+    assert torch.equal(msd_loss(zl, y, fl, validate=False, **kw), msd_loss(zl, y, fl, validate=True, **kw))
+    bad = y.clone()
+    bad[5] = 1000
+    assert torch.isnan(msd_loss(zl, bad, fl, validate=False, **kw))
+    torch.cuda.synchronize()  # no illegal address: the context is still usable
+    assert torch.isfinite(msd_loss(zl, y, fl, validate=False, **kw))
+
+
 def _graph_trainer(tmp_path, name, *extra):
     from msd_fast.train.config import resolve_config
     from msd_fast.train.trainer import Trainer

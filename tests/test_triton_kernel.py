@@ -298,3 +298,21 @@ def test_triton_kernel_gives_nan_for_a_class_index_out_of_range():
         assert torch.isfinite(per_exit[1:]).all()   # KD and the hint need no label
     with pytest.raises(ValueError, match="class indices must lie in"):
         msd_loss(z, yb, f, backend="fused")
+
+
+def test_fast_path_reaches_the_triton_kernel_and_falls_back_on_what_it_rejects(monkeypatch):
+    """validate=False with lists: msd_loss calls the operator without its Python checks (here its Triton
+    kernel, which checks the inputs itself); a transposed exit is rejected by the kernel and the full path
+    (which makes it contiguous) gives the answer."""
+    import msd_fast.loss.api as api
+
+    z, y, f, _ = _op_args()
+    kw = dict(alpha=0.6, temperature=2.5, beta=0.3, backend="fused", validate=False)
+    want = msd_loss(z, y, f, **{**kw, "validate": True})
+    calls = []
+    orig = api.normalize_inputs
+    monkeypatch.setattr(api, "normalize_inputs", lambda *a, **k: calls.append(1) or orig(*a, **k))
+    assert torch.equal(msd_loss(z, y, f, **kw), want) and calls == []
+    zt = [t.t().contiguous().t() for t in z]
+    torch.testing.assert_close(msd_loss(zt, y, f, **kw), want, rtol=1e-6, atol=1e-6)
+    assert calls == [1]

@@ -16,8 +16,8 @@ from torch import Tensor, nn
 
 from . import defaults
 from .. import _ext
-from .backends import resolve_backend
-from .fused import run_fused
+from .backends import _TRITON_IMPORT_ERROR as TRITON_IMPORT_ERROR, resolve_backend
+from .fused import MAX_TRITON_EXITS, run_fused
 from .reference import combine_terms, reference_msd_terms
 from .validation import check_hparams, normalize_inputs
 
@@ -51,21 +51,30 @@ def _weights(alpha: float, beta, device: torch.device) -> Tensor:
     return w
 
 
-_CPU_FAST_BACKENDS = ("auto", "fused", "cpp")
-_CPU_FAST_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+_FAST_BACKENDS = {"cpu": ("auto", "fused", "cpp"), "cuda": ("auto", "fused", "triton")}
+_FAST_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
 
-def _cpu_fast_path(logits, target, features, alpha, temperature, beta, teacher, feature_reduction):
-    """The C++ operator called straight away for the hot-loop case (validate=False, eager, lists of CPU exits
+def _fast_path_kernel_ready(device_type: str, n_exits: int) -> bool:
+    """The fused operator has a kernel for this device in this process that takes n_exits."""
+    if device_type == "cpu":
+        return _ext.available()
+    return n_exits <= MAX_TRITON_EXITS and not TRITON_IMPORT_ERROR
+
+
+def _fast_path(logits, target, features, alpha, temperature, beta, teacher, backend, feature_reduction):
+    """The fused operator called straight away for the hot-loop case (validate=False, eager, lists of exits
     with class-index targets), or None when the call does not fit it. The full path's Python checks cost
-    about as much as the C++ kernel itself at training shapes, and the operator checks every input again
-    (shapes, dtypes, devices, contiguity, the target range) with TORCH_CHECK; so here they run only when the
-    operator rejects the call: the full path then repeats the call and raises its own message."""
+    about as much as the C++ kernel itself at training shapes, and both kernels of the operator check every
+    input again (shapes, dtypes, devices, contiguity; the C++ one also the target range): so here they run
+    only when the operator rejects the call, and the full path then repeats it and raises its own message."""
     if type(logits) not in (list, tuple) or not logits or not isinstance(logits[0], Tensor):
         return None
     z0 = logits[0]
-    if z0.device.type != "cpu" or z0.dtype not in _CPU_FAST_DTYPES or not isinstance(target, Tensor) \
-            or target.is_floating_point() or feature_reduction not in ("mean", "sum") or not _ext.available():
+    dev = z0.device.type
+    if backend not in _FAST_BACKENDS.get(dev, ()) or z0.dtype not in _FAST_DTYPES \
+            or not isinstance(target, Tensor) or target.is_floating_point() \
+            or feature_reduction not in ("mean", "sum") or not _fast_path_kernel_ready(dev, len(logits)):
         return None
     if features is None:
         feats, scale = [], 1.0
@@ -106,9 +115,9 @@ def msd_loss(logits: Union[Tensor, Sequence[Tensor]], target: Tensor,
             detach_teacher=False every backend uses the exact reference. "auto" falls back to the reference,
             with a one-time note, where the fused kernel does not take the call (e.g. N > 8 on CUDA).
         validate: eager checks that need a host sync (target range, tensor beta); False for compiled
-            hot loops. With validate=False, eager, lists of CPU exits and class-index targets, the C++
-            operator is called without the Python input checks (it checks every input itself; a call it
-            rejects goes through the full path, whose message names the bad argument). Unchecked, a class
+            hot loops. With validate=False, eager, lists of exits and class-index targets, the fused
+            operator is called without the Python input checks (its kernels check every input themselves; a
+            call they reject goes through the full path, whose message names the bad argument). Unchecked, a class
             index outside [0, C) raises in the C++ kernel and gives a NaN loss from the Triton kernel
             (checking it on a GPU would need a host sync).
         return_terms: also return `MSDTerms`. With the reference backend the terms are differentiable;
@@ -124,8 +133,8 @@ def msd_loss(logits: Union[Tensor, Sequence[Tensor]], target: Tensor,
     """
     check_hparams(alpha, temperature, beta, teacher, validate, label_smoothing, ignore_index)
     if (not validate and detach_teacher and not return_terms and not label_smoothing and ignore_index is None
-            and backend in _CPU_FAST_BACKENDS and not torch.compiler.is_compiling()):
-        total = _cpu_fast_path(logits, target, features, alpha, temperature, beta, teacher, feature_reduction)
+            and not torch.compiler.is_compiling()):
+        total = _fast_path(logits, target, features, alpha, temperature, beta, teacher, backend, feature_reduction)
         if total is not None:
             return total
     if feature_reduction not in ("mean", "sum"):
