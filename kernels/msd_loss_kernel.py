@@ -90,9 +90,11 @@ def _cross_entropy(z_row, y, C, lse, row_ok):
     """CE_n = lse_n - z_n[y] per row [NP]. A class index outside [0, C) is never read: that sample's CE is
     NaN, so the loss is NaN (checking the range on the host would need a device sync; msd_loss(validate=True)
     checks it before the call)."""
+    # (The NaN comes from the masked load rather than a select after it: the select kept the 64-bit compare
+    # live into pass 2, where ptxas then spilled a register on sm_80, fp16, N = 2; compile gate.)
     y_ok = (y >= 0) & (y < C)
-    z_y = tl.load(z_row + y, mask=row_ok & y_ok, other=0.0).to(tl.float32)
-    return tl.where(y_ok, lse - z_y, float("nan"))
+    z_y = tl.load(z_row + y, mask=row_ok & y_ok, other=float("nan")).to(tl.float32)
+    return lse - z_y
 
 
 @triton.jit
@@ -350,7 +352,9 @@ def launch_plan(N: int, C: int, D: int) -> dict:
     BLOCK_D = min(_pow2(D), max(64, MAX_TILE // NP)) if D > 0 else 16
     # At most 8 tile elements per thread: pass 2 keeps about ten tile-shaped values live (x, l, q, p, g, P,
     # ...), and at 8 warps ptxas caps a thread at 128 registers; 16 or 32 elements each spilled registers on
-    # sm_80/sm_90 (found by the compile gate, msd_fast.kernels.compile_gate).
+    # sm_80/sm_90 (found by the compile gate, msd_fast.kernels.compile_gate) before the row-alignment hint
+    # gave the tiles vector accesses; with it they need about half the registers (bench_kernel --sweep times
+    # the larger tilings on a GPU before this plan changes).
     # Small tiles take fewer warps (1 up to 128 elements, 2 up to 256): with more threads than elements ptxas
     # held sm_80 at exactly 32 registers and spilled one inside pass 2 (compile gate, NP = 2, C <= 16).
     tile = NP * max(BLOCK_C, BLOCK_D)
