@@ -106,10 +106,13 @@ def run_shape(N, B, C, D, dtype, dev):
 
 SWEEP_SHAPES = [(8, 4096, 1000, 512, torch.bfloat16), (4, 32, 128256, 512, torch.bfloat16)]
 SWEEP = ([f"BLOCK_C={bc},num_warps={w}" for bc in (64, 128, 256, 512) for w in (2, 4, 8)]
-         + [f"BLOCK_C={bc},num_warps=4,num_stages=3" for bc in (64, 128, 256, 512)]
          # 16 warps: with 16-byte accesses (row_align) a [8, 1024] tile holds C = 1000 in one chunk at 108
          # registers per thread, without spills (compile gate, sm_90)
-         + [f"BLOCK_C={bc},num_warps=16" for bc in (512, 1024)])
+         + [f"BLOCK_C={bc},num_warps=16" for bc in (512, 1024)]
+         # one or two warps per sample with small tiles: every row and column reduction stays inside the warp
+         # (no block barrier at all with one warp: 64 registers at N=8, sm_90), many samples per SM
+         + ["BLOCK_C=32,BLOCK_D=32,num_warps=1", "BLOCK_C=64,BLOCK_D=64,num_warps=1",
+            "BLOCK_C=64,BLOCK_D=64,num_warps=2"])
 
 
 def sweep_shape(N, B, C, D, dtype, dev, candidates=SWEEP) -> list:
