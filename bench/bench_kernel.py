@@ -112,7 +112,10 @@ SWEEP = ([f"BLOCK_C={bc},num_warps={w}" for bc in (64, 128, 256, 512) for w in (
          # one or two warps per sample with small tiles: every row and column reduction stays inside the warp
          # (no block barrier at all with one warp: 64 registers at N=8, sm_90), many samples per SM
          + ["BLOCK_C=32,BLOCK_D=32,num_warps=1", "BLOCK_C=64,BLOCK_D=64,num_warps=1",
-            "BLOCK_C=64,BLOCK_D=64,num_warps=2"])
+            "BLOCK_C=64,BLOCK_D=64,num_warps=2"]
+         # the launcher's tiling with one-element accesses, as the kernel was before the row-alignment hint
+         # (bf16: 2 bytes): the hint's effect, measured side by side
+         + ["max_align=2"])
 
 
 def sweep_shape(N, B, C, D, dtype, dev, candidates=SWEEP) -> list:

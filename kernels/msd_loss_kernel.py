@@ -363,7 +363,9 @@ def launch_plan(N: int, C: int, D: int) -> dict:
 
 
 PLAN_ENV = "MSD_FAST_TRITON_PLAN"  # e.g. "num_warps=4,BLOCK_C=128,num_stages=2": tuning sweeps only
-PLAN_KEYS = ("num_warps", "BLOCK_C", "BLOCK_D", "num_stages")
+# max_align: a cap in bytes on the row alignment the kernels are told (row_align); "max_align=2" on bf16
+# makes every access one element wide, as before the alignment hint: the sweep times both side by side.
+PLAN_KEYS = ("num_warps", "BLOCK_C", "BLOCK_D", "num_stages", "max_align")
 
 
 @functools.lru_cache(maxsize=64)
@@ -398,7 +400,7 @@ def current_plan(N: int, C: int, D: int) -> dict:
 MAX_ALIGN_BYTES = 16  # the widest vector access (16 bytes per thread)
 
 
-def row_align(tensors, width: int) -> int:
+def row_align(tensors, width: int, max_bytes: int = MAX_ALIGN_BYTES) -> int:
     """The alignment, in elements, that every row start of these [B, width] tensors (the exits and the
     gradient buffers of one input) shares, up to 16 bytes: the largest power of two dividing each base
     address (in bytes) and the row pitch width * element size. The kernels are told it (C_ALIGN, D_ALIGN),
@@ -406,7 +408,7 @@ def row_align(tensors, width: int) -> int:
     if not tensors:
         return 1
     es = tensors[0].element_size()
-    bits = MAX_ALIGN_BYTES | width * es
+    bits = min(max_bytes, MAX_ALIGN_BYTES) | width * es
     for t in tensors:
         bits |= t.data_ptr()
     return max(1, (bits & -bits) // es)
@@ -428,8 +430,13 @@ def kernel_args(logits, target, features, weights, partials, grad_logits, grad_f
     feats, grads_f = (features, grad_features) if features else (logits, grad_logits)  # never read: HAS_FEAT off
     args = (*_slots(logits), target, *_slots(feats), weights, partials, *_slots(grad_logits), *_slots(grads_f),
             N, B, C, D, float(temperature), 1.0 / float(temperature), 1.0 / B)
-    return args, dict(TEACHER_LAST=bool(teacher_last), HAS_FEAT=bool(features), **current_plan(N, C, D),
-                      C_ALIGN=row_align([*logits, *grad_logits], C), D_ALIGN=row_align([*features, *grad_features], D))
+    plan = current_plan(N, C, D)
+    cap = plan.get("max_align", MAX_ALIGN_BYTES)
+    if "max_align" in plan:  # a sweep's override: not a kernel argument
+        plan = {k: v for k, v in plan.items() if k != "max_align"}
+    return args, dict(TEACHER_LAST=bool(teacher_last), HAS_FEAT=bool(features), **plan,
+                      C_ALIGN=row_align([*logits, *grad_logits], C, cap),
+                      D_ALIGN=row_align([*features, *grad_features], D, cap))
 
 
 SPLIT_ENV = "MSD_FAST_TRITON_SPLIT"  # force S slices per sample (tests, benchmarks); 1 turns the split off
@@ -475,7 +482,8 @@ def split_kernel_args(logits, target, features, weights, partials, grad_logits, 
     common = dict(NP=plan["NP"], num_warps=plan["num_warps"],
                   **({"num_stages": plan["num_stages"]} if "num_stages" in plan else {}))
     S = _cdiv(C, CS)
-    c_align = row_align([*logits, *grad_logits], C)
+    cap = plan.get("max_align", MAX_ALIGN_BYTES)
+    c_align = row_align([*logits, *grad_logits], C, cap)
     return {
         "split_stats": ((*_slots(logits), ws_stats, N, C, CS, inv_tau),
                         dict(BLOCK_C=plan["BLOCK_C"], C_ALIGN=c_align, **common)),
@@ -483,7 +491,7 @@ def split_kernel_args(logits, target, features, weights, partials, grad_logits, 
                         *_slots(grads_f), ws_stats, ws_kd, N, B, C, D, CS, tau, inv_tau, 1.0 / B),
                        dict(TEACHER_LAST=bool(teacher_last), HAS_FEAT=bool(features), BLOCK_C=plan["BLOCK_C"],
                             BLOCK_D=plan["BLOCK_D"], C_ALIGN=c_align,
-                            D_ALIGN=row_align([*features, *grad_features], D), **common)),
+                            D_ALIGN=row_align([*features, *grad_features], D, cap), **common)),
         "split_finish": ((ws_kd, partials, N, B, S, tau), dict(TEACHER_LAST=bool(teacher_last), NP=plan["NP"],
                                                               num_warps=1)),
     }

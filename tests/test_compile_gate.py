@@ -105,16 +105,18 @@ def test_gate_sees_vector_accesses_and_row_local_reductions():
     access 2 bytes wide, with each row reduction crossing all 8 warps), and a C that allows no vector still
     compiles, with scalar accesses."""
     r = _python("""
-        import json
+        import json, os
         from msd_fast.kernels.compile_gate import compile_one
         rows = [compile_one(dict(N=8, B=4096, C=1000, D=512, dtype="bfloat16", teacher_last=False), 90),
                 compile_one(dict(N=4, B=32, C=128257, D=512, dtype="bfloat16", teacher_last=False), 90),
                 compile_one(dict(N=4, B=5, C=131072, D=1536, dtype="bfloat16", teacher_last=True,
                                  kernel="split_main"), 90)]
+        os.environ["MSD_FAST_TRITON_PLAN"] = "max_align=2"   # the sweep's stand-in for the kernel before the hint
+        rows.append(compile_one(dict(N=8, B=4096, C=1000, D=512, dtype="bfloat16", teacher_last=False), 90))
         print(json.dumps([dict(ok=r["ok"], reg=r.get("reg"), access=r.get("access")) for r in rows]))
     """)
     assert r.returncode == 0, r.stdout + r.stderr
-    aligned, odd_c, split = json.loads(r.stdout.strip().splitlines()[-1])
+    aligned, odd_c, split, capped = json.loads(r.stdout.strip().splitlines()[-1])
     assert aligned["ok"] and odd_c["ok"] and split["ok"]
     a = aligned["access"]
     assert a.get("LDG.E.128", 0) >= 2 and a.get("STG.E.128", 0) >= 2, a   # logits and features, both ways
@@ -122,6 +124,7 @@ def test_gate_sees_vector_accesses_and_row_local_reductions():
     assert a.get("SHFL.BFLY", 0) < 120, a     # was 384: every row reduction across all warps
     assert odd_c["access"].get("LDG.E.U16", 0) >= 2, odd_c["access"]   # C odd: no vector is allowed
     assert split["access"].get("LDG.E.128", 0) >= 1 and split["access"].get("STG.E.128", 0) >= 1, split
+    assert capped["ok"] and capped["access"].get("LDG.E.U16", 0) >= 16 and "LDG.E.128" not in capped["access"]
 
 
 def test_row_align_reads_addresses_and_pitch():

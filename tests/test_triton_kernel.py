@@ -185,7 +185,8 @@ def test_triton_op_takes_one_stacked_tensor():
 
 
 @pytest.mark.parametrize("plan,split", [("BLOCK_C=64,BLOCK_D=16,num_warps=2", "1"), ("BLOCK_C=128,num_stages=3", "1"),
-                                        ("BLOCK_C=64,num_warps=1", "2")])
+                                        ("BLOCK_C=64,num_warps=1", "2"), ("max_align=2", "1"),
+                                        ("max_align=4,BLOCK_C=64", "2")])
 def test_a_plan_override_tiles_differently_and_keeps_the_values(plan, split, monkeypatch):
     """MSD_FAST_TRITON_PLAN (the benchmark's tiling sweep) changes how the kernels tile C and D, not what they
     compute: several chunks per row here, one and several programs per sample."""
