@@ -159,17 +159,27 @@ def spills_in_loops(cubin: bytes) -> Dict[str, int]:
 _ACCESS_OP = re.compile(r"\b((?:LDG|STG)\.E(?:\.[A-Z0-9]+)*|SHFL\.[A-Z]+|BAR\.SYNC)")
 
 
-def access_profile(cubin: bytes) -> Dict[str, int]:
-    """Global loads/stores by width, warp shuffles and block barriers in the SASS (static counts). The
-    loss kernels are bound by how they touch memory and how their row reductions cross threads: 16-byte
-    accesses (LDG.E.128 / STG.E.128) and few shuffles and barriers are the signs of a good tile layout;
-    2-byte ones (LDG.E.U16) on the tiles mean the compiler could not see the rows' alignment."""
-    counts: Dict[str, int] = {}
-    for _, ins in _SASS_LINE.findall(_cuobjdump(cubin, "-sass")):
+def sass_profile(cubin: bytes) -> Dict:
+    """Static counts from the kernel's SASS: `instructions`; `access`, global loads/stores by width, warp
+    shuffles and block barriers; `loops`, per loop (a backward branch and its target) its instructions,
+    MUFU (exp/log/rcp), shuffles and barriers. The loss kernels are bound by how they touch memory and how
+    their row reductions cross threads: 16-byte accesses (LDG.E.128 / STG.E.128) and few shuffles and
+    barriers are the signs of a good tile layout; 2-byte ones (LDG.E.U16) on the tiles mean the compiler
+    could not see the rows' alignment."""
+    code = [(int(a, 16), ins) for a, ins in _SASS_LINE.findall(_cuobjdump(cubin, "-sass"))]
+    access: Dict[str, int] = {}
+    for _, ins in code:
         m = _ACCESS_OP.search(ins)
         if m:
-            counts[m.group(1)] = counts.get(m.group(1), 0) + 1
-    return counts
+            access[m.group(1)] = access.get(m.group(1), 0) + 1
+    loops = []
+    for addr, ins in code:
+        m = re.search(r"\bBRA\s+(?:`\(.*?\)\s*)?0x([0-9a-f]+)", ins)
+        if m and int(m.group(1), 16) < addr:
+            body = [i for a, i in code if int(m.group(1), 16) <= a <= addr]
+            loops.append({"instructions": len(body), "MUFU": sum("MUFU" in i for i in body),
+                          "SHFL": sum("SHFL" in i for i in body), "BAR": sum("BAR.SYNC" in i for i in body)})
+    return {"instructions": len(code), "access": access, "loops": loops}
 
 
 # ptxas sometimes parks a few loop-invariant registers (a store offset, packed predicates) in the stack
@@ -213,7 +223,8 @@ def check_compile(fn, args, kwargs, arch: int) -> Dict:
     row["compile_s"] = round(time.perf_counter() - t0, 3)
     row["specialised"] = sorted(k for k, v in signature.items() if v == "constexpr" and k not in kwargs)
     row.update(_resource_usage(kernel.asm["cubin"]))
-    row["access"] = access_profile(kernel.asm["cubin"])
+    prof = sass_profile(kernel.asm["cubin"])
+    row["instructions"], row["access"] = prof["instructions"], prof["access"]
     if row["stack"] or row["local"]:
         row.update(spills_in_loops(kernel.asm["cubin"]))
         in_loops = row["spill_ops_in_loops"]
@@ -252,16 +263,58 @@ def run_gate(archs=(80, 90), full=False, jobs=None) -> List[Dict]:
         return list(ex.map(_worker, todo, chunksize=4))
 
 
+def parse_problem(spec: str) -> Dict:
+    """'N=8,B=4096,C=1000,D=512,dtype=bfloat16' -> a problem dict (teacher_last=0/1, kernel=fused|split_*)."""
+    p: Dict = {"teacher_last": False}
+    for item in filter(None, (t.strip() for t in spec.split(","))):
+        key, _, value = item.partition("=")
+        if key in ("N", "B", "C", "D"):
+            p[key] = int(value)
+        elif key == "teacher_last":
+            p[key] = value not in ("0", "false", "False")
+        elif key in ("dtype", "kernel"):
+            p[key] = value
+        else:
+            raise SystemExit(f"--profile: unknown key {key!r} in {spec!r} (N, B, C, D, dtype, teacher_last, kernel)")
+    missing = [k for k in ("N", "B", "C", "D", "dtype") if k not in p]
+    if missing:
+        raise SystemExit(f"--profile: {spec!r} lacks {', '.join(missing)}")
+    return p
+
+
+def profile_main(spec: str, plan, archs) -> int:
+    """One problem's registers and SASS profile per architecture, as JSON lines."""
+    from .msd_loss_kernel import PLAN_ENV
+
+    if plan:
+        os.environ[PLAN_ENV] = plan
+    p = parse_problem(spec)
+    for arch in archs:
+        fn, args, kwargs, launch = _kernel_args(p)
+        kernel, _ = compile_kernel(fn, args, kwargs, arch)
+        out = dict(p, arch=arch, plan=plan or "", **launch, **_resource_usage(kernel.asm["cubin"]),
+                   **sass_profile(kernel.asm["cubin"]))
+        print(json.dumps(out))
+    return 0
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="python -m msd_fast.kernels.compile_gate", description=__doc__.split("\n\n")[0])
     ap.add_argument("--arch", type=int, nargs="+", default=[80, 90], help="SM versions (default: 80 90)")
     ap.add_argument("--full", action="store_true", help="every BLOCK_C for every dtype/teacher/feature mode")
     ap.add_argument("--json", default=None, help="write every configuration's result here")
     ap.add_argument("--jobs", type=int, default=None, help="parallel compiles (default: CPU count)")
+    ap.add_argument("--profile", metavar="SPEC", default=None,
+                    help="instead of the gate: compile one problem, e.g. N=8,B=4096,C=1000,D=512,dtype=bfloat16 "
+                         "(also teacher_last=1, kernel=split_main), and print its registers and SASS profile "
+                         "(instructions, accesses by width, shuffles, barriers, per-loop counts) per --arch")
+    ap.add_argument("--plan", default=None, help="with --profile: a MSD_FAST_TRITON_PLAN override, e.g. max_align=2")
     a = ap.parse_args(argv)
     if os.environ.get("TRITON_INTERPRET", "0") == "1":
         print("compile_gate: TRITON_INTERPRET=1 is set; the gate compiles real kernels, unset it", file=sys.stderr)
         return 2
+    if a.profile:
+        return profile_main(a.profile, a.plan, a.arch)
     t0 = time.perf_counter()
     rows = run_gate(tuple(a.arch), a.full, a.jobs)
     bad = [r for r in rows if not r["ok"]]

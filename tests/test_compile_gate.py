@@ -140,3 +140,17 @@ def test_row_align_reads_addresses_and_pitch():
     shifted = torch.empty(4 * 1000 + 1, dtype=torch.bfloat16)[1:].view(4, 1000)
     assert row_align(bf + [shifted], 1000) == 1      # one view at an odd offset lowers it for all
     assert row_align([], 0) == 1
+
+
+def test_profile_prints_one_problems_sass_profile():
+    r = subprocess.run([sys.executable, "-m", "msd_fast.kernels.compile_gate", "--profile",
+                        "N=4,B=32,C=1000,D=64,dtype=bfloat16", "--arch", "90", "--plan", "BLOCK_C=128,num_warps=4"],
+                       env=_env(), capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stdout + r.stderr
+    row = json.loads(r.stdout.strip().splitlines()[-1])
+    assert row["BLOCK_C"] == 128 and row["num_warps"] == 4 and row["reg"] > 0 and row["instructions"] > 100
+    assert len(row["loops"]) == 3 and all(lp["instructions"] > 0 for lp in row["loops"])  # pass 1, pass 2, hint
+    assert row["access"].get("LDG.E.U16", 0) <= 1   # vector accesses (4 bf16 per thread here: LDG.E.64)
+    bad = subprocess.run([sys.executable, "-m", "msd_fast.kernels.compile_gate", "--profile", "N=4,C=10"],
+                         env=_env(), capture_output=True, text=True, timeout=120)
+    assert bad.returncode != 0 and "lacks B, D, dtype" in bad.stderr
