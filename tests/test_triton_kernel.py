@@ -221,7 +221,7 @@ def test_exits_at_unaligned_addresses(monkeypatch):
 
     seen = []
     orig = k.row_align
-    monkeypatch.setattr(k, "row_align", lambda ts, w: seen.append(orig(ts, w)) or seen[-1])
+    monkeypatch.setattr(k, "row_align", lambda ts, w, *cap: seen.append(orig(ts, w, *cap)) or seen[-1])
     z, y, f = make_inputs(3, 4, 40, 24, dtype=torch.bfloat16)
 
     def shifted(t):
