@@ -3,6 +3,9 @@ fused-vs-compiled ratios and bandwidth, training throughput against the baseline
 
     python -m bench.gpu_summary OUTDIR            # print the table, write OUTDIR/summary.json
     python -m bench.gpu_summary OUTDIR --commit   # also copy the results to bench/results/gpu/<gpu>/
+    python -m bench.gpu_summary OUT1 OUT2 --commit   # one check split over several calls (the device tool's
+                                                     # 10 minutes per command): their files merged, later
+                                                     # folders winning, steps.txt lines combined
 
 bench/report.py turns the committed copies into the README's GPU section.
 """
@@ -142,16 +145,37 @@ def table(s: dict) -> str:
     return "\n".join(lines)
 
 
+def merge_runs(dirs, into: pathlib.Path) -> pathlib.Path:
+    """The result files of several gpu_check.sh folders in one: each file from the last folder that has it;
+    steps.txt with every folder's lines (a step named twice keeps the later status)."""
+    into.mkdir(parents=True, exist_ok=True)
+    steps = {}
+    for d in dirs:
+        for path in [d / n for n in FILES if n != "steps.txt"] + sorted(d.glob(TRAIN_GLOB)):
+            if path.exists():
+                shutil.copy2(path, into / path.name)
+        if (d / "steps.txt").exists():
+            for line in (d / "steps.txt").read_text().splitlines():
+                k, _, v = line.partition(":")
+                if k.strip():
+                    steps[k.strip()] = v.strip()
+    (into / "steps.txt").write_text("".join(f"{k}: {v}\n" for k, v in steps.items()))
+    return into
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("outdir")
+    ap.add_argument("outdir", nargs="+", help="gpu_check.sh output folder(s)")
     ap.add_argument("--commit", action="store_true", help="copy the results to bench/results/gpu/<gpu>/")
     ap.add_argument("--no-json", action="store_true", help="print only (the device run keeps its 8 files)")
     a = ap.parse_args(argv)
-    out = pathlib.Path(a.outdir)
-    if not out.is_dir():
-        print(f"gpu_summary: {out} is not a directory", file=sys.stderr)
-        return 2
+    dirs = [pathlib.Path(d) for d in a.outdir]
+    for d in dirs:
+        if not d.is_dir():
+            print(f"gpu_summary: {d} is not a directory", file=sys.stderr)
+            return 2
+    # several folders: merged into the last one's "merged" subfolder, which is then summarised and committed
+    out = dirs[0] if len(dirs) == 1 else merge_runs(dirs, dirs[-1] / "merged")
     s = summarize(out)
     if not a.no_json:
         (out / "summary.json").write_text(json.dumps(s, indent=1))

@@ -10,7 +10,8 @@
 #   KERNEL_SWEEP=1 ...                           # also sweep the loss kernel's tilings (bench_kernel --sweep;
 #                                                # its timeout T_KERNEL then defaults to 330 s instead of 90)
 # Under the device tool's 10 minutes per command: STEPS="build tests kernel" KERNEL_SWEEP=1 (~9 min), then
-# STEPS="train loss" on the same warm machine (~4 min; the build stays).
+# STEPS="train loss" on the same warm machine (~4 min; the build stays); then
+# python -m bench.gpu_summary OUT1 OUT2 --commit merges the two folders.
 #
 # Budget: under 10 minutes on one H100/H200 with the build (each step has its own timeout, T_* variables
 # override them, so one slow step cannot eat the others' time). At most 8 files land in OUTDIR (the device

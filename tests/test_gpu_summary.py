@@ -74,3 +74,27 @@ def test_summary_names_the_fastest_swept_tiling(tmp_path):
     text = table(summarize(tmp_path))
     assert ("Tiling sweep at N=8 B=4096 C=1000 D=512 bfloat16 (3 plans): the launcher's plan 500.0 µs (10% of copy "
             "bandwidth); fastest `BLOCK_C=64,num_warps=2` 100.0 µs (50%)." in text)
+
+
+def test_two_calls_of_one_check_are_merged(tmp_path):
+    """A check split over two device calls (build+tests+kernel, then train+loss): both folders' files in one
+    summary, the steps of both."""
+    from bench.gpu_summary import main
+
+    machine = {"gpu": "NVIDIA H100 80GB HBM3", "torch": "2.11.0", "triton": "3.6.0", "python": "3.12"}
+    first, second = tmp_path / "call1", tmp_path / "call2"
+    first.mkdir()
+    second.mkdir()
+    (first / "steps.txt").write_text("build: ok\nCUDA tests: ok\nbench_kernel: ok\n")
+    (first / "kernel_cuda_gpu_check.json").write_text(json.dumps({"machine": machine, "rows": [], "host": {}}))
+    (second / "steps.txt").write_text("train resnet18 b128: ok\nbench_loss: FAILED\n")
+    rows = {"baseline (eager)": {"images_per_s": 1000.0, "warmup_s": 1.0},
+            "msd_fast (defaults)": {"images_per_s": 4000.0, "warmup_s": 9.0}}
+    (second / "train_cuda_resnet18_b128.json").write_text(
+        json.dumps({"machine": machine, "batch": 128, "models": {"resnet18": rows}}))
+    assert main([str(first), str(second)]) == 0
+    merged = json.loads((second / "merged" / "summary.json").read_text())
+    assert merged["gpu"] == "NVIDIA H100 80GB HBM3"
+    assert merged["steps"] == {"build": "ok", "CUDA tests": "ok", "bench_kernel": "ok", "train resnet18 b128": "ok",
+                               "bench_loss": "FAILED"}
+    assert [r["ratio"] for r in merged["train"] if r["config"] == "msd_fast (defaults)"] == [4.0]
