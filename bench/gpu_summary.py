@@ -54,12 +54,19 @@ def _sweep_best(rows):
     return list(best.values())
 
 
-def summarize(out: pathlib.Path) -> dict:
+def _steps(out: pathlib.Path) -> dict:
+    """steps.txt of a gpu_check.sh folder: {step: status}."""
     steps = {}
     if (out / "steps.txt").exists():
         for line in (out / "steps.txt").read_text().splitlines():
             k, _, v = line.partition(":")
-            steps[k.strip()] = v.strip()
+            if k.strip():
+                steps[k.strip()] = v.strip()
+    return steps
+
+
+def summarize(out: pathlib.Path) -> dict:
+    steps = _steps(out)
     loss, kernel = _json(out / "loss_cuda_gpu_check.json"), _json(out / "kernel_cuda_gpu_check.json")
     trains = [_json(p) for p in sorted(out.glob(TRAIN_GLOB))]
     machine = (loss or kernel or (trains[0] if trains else {})).get("machine", {})
@@ -154,11 +161,7 @@ def merge_runs(dirs, into: pathlib.Path) -> pathlib.Path:
         for path in [d / n for n in FILES if n != "steps.txt"] + sorted(d.glob(TRAIN_GLOB)):
             if path.exists():
                 shutil.copy2(path, into / path.name)
-        if (d / "steps.txt").exists():
-            for line in (d / "steps.txt").read_text().splitlines():
-                k, _, v = line.partition(":")
-                if k.strip():
-                    steps[k.strip()] = v.strip()
+        steps.update(_steps(d))
     (into / "steps.txt").write_text("".join(f"{k}: {v}\n" for k, v in steps.items()))
     return into
 

@@ -9,7 +9,6 @@
 #pragma once
 #include <cstdint>
 #include <cstring>
-#include <limits>
 #include <type_traits>
 
 #ifndef MSD_FAST_ISA
@@ -95,41 +94,11 @@ inline float hmax(vf16 v) {
   return reduce_tree(v, [](auto x, auto y) { return x > y ? x : y; });
 }
 
-// True when any lane of a comparison mask is set.
-inline bool any(vi16 mask) {
-  return reduce_tree(mask, [](auto x, auto y) { return x | y; }) != 0;
-}
-
-// exp(x), lane-wise. Range reduction x = k ln2 + r (|r| <= ln2/2; k rounded with the 1.5 * 2^23 trick so
-// no rounding call), degree-7 Taylor polynomial in r: relative error < 1e-7, below float rounding.
-// exp(x < -87.34) = 0 (also for -inf), exp(x > 88.72) = inf, NaN stays NaN.
-inline vf16 vexp(vf16 x) {
-  const vf16 xc = x < -87.33654f ? splat(-87.33654f) : (x > 88.72283f ? splat(88.72283f) : x);
-  const vf16 k = (xc * 1.44269504088896341f + 12582912.f) - 12582912.f;
-  const vf16 r = (xc - k * 0.693145751953125f) - k * 1.428606765330187045e-06f;
-  vf16 p = splat(1.98412698412698413e-04f);
-  p = p * r + 1.38888888888888889e-03f;
-  p = p * r + 8.33333333333333333e-03f;
-  p = p * r + 4.16666666666666667e-02f;
-  p = p * r + 1.66666666666666667e-01f;
-  p = p * r + 0.5f;
-  p = p * r + 1.0f;
-  p = p * r + 1.0f;
-  // k is in [-126, 128] after the clamp; 2^128 is not a float, so k = 128 is applied as 2^127 * 2.
-  const vi16 ki = __builtin_convertvector(k, vi16);
-  const vi16 bits = ((ki > 127 ? vi16{} + 127 : ki) + 127) << 23;
-  vf16 scale;
-  std::memcpy(&scale, &bits, sizeof(scale));
-  vf16 y = p * scale;
-  y = ki > 127 ? y * 2.f : y;
-  y = x < -87.33654f ? splat(0.f) : y;
-  y = x > 88.72283f ? splat(std::numeric_limits<float>::infinity()) : y;
-  return x != x ? x : y;
-}
-
-// exp(x) for x <= 0, -inf or NaN: the loss only exponentiates logits shifted by their row's maximum. Same
-// range reduction and polynomial as vexp, without the overflow branch (k <= 0 here), so about a third fewer
-// instructions: this is the kernel's inner loop. exp(x < -87.34) = 0 (also -inf), NaN stays NaN.
+// exp(x), lane-wise, for x <= 0, -inf or NaN: the loss only exponentiates logits shifted by their row's
+// maximum, so the overflow side needs no branch (a general exp costs about a third more instructions in the
+// kernel's inner loop). Range reduction x = k ln2 + r (|r| <= ln2/2; k rounded with the 1.5 * 2^23 trick
+// so no rounding call), degree-7 Taylor polynomial in r: relative error < 1e-7, below float rounding.
+// exp(x < -87.34) = 0 (also -inf), NaN stays NaN.
 inline vf16 vexp_nonpos(vf16 x) {
   const vf16 xc = x < -87.33654f ? splat(-87.33654f) : x;
   const vf16 k = (xc * 1.44269504088896341f + 12582912.f) - 12582912.f;

@@ -137,15 +137,26 @@ def _resource_usage(cubin: bytes) -> Dict[str, int]:
 _SASS_LINE = re.compile(r"/\*([0-9a-f]{4,})\*/\s+(.*?);")
 
 
-def spills_in_loops(cubin: bytes) -> Dict[str, int]:
-    """Counts spill instructions (STL/LDL: stores and loads of the stack frame) in the SASS, split into those
-    inside a loop (between a backward branch's target and the branch) and those outside every loop."""
-    code = [(int(a, 16), ins) for a, ins in _SASS_LINE.findall(_cuobjdump(cubin, "-sass"))]
+def _sass(cubin: bytes) -> List[Tuple[int, str]]:
+    """The kernel's SASS as (address, instruction) pairs."""
+    return [(int(a, 16), ins) for a, ins in _SASS_LINE.findall(_cuobjdump(cubin, "-sass"))]
+
+
+def _loops(code: List[Tuple[int, str]]) -> List[Tuple[int, int]]:
+    """(first, last) address of every loop: a backward branch and its target."""
     loops = []
     for addr, ins in code:
         m = re.search(r"\bBRA\s+(?:`\(.*?\)\s*)?0x([0-9a-f]+)", ins)
         if m and int(m.group(1), 16) < addr:
             loops.append((int(m.group(1), 16), addr))
+    return loops
+
+
+def spills_in_loops(cubin: bytes) -> Dict[str, int]:
+    """Counts spill instructions (STL/LDL: stores and loads of the stack frame) in the SASS, split into those
+    inside a loop (between a backward branch's target and the branch) and those outside every loop."""
+    code = _sass(cubin)
+    loops = _loops(code)
     inside = outside = 0
     for addr, ins in code:
         if re.search(r"\b(STL|LDL)\b", ins):
@@ -166,19 +177,17 @@ def sass_profile(cubin: bytes) -> Dict:
     their row reductions cross threads: 16-byte accesses (LDG.E.128 / STG.E.128) and few shuffles and
     barriers are the signs of a good tile layout; 2-byte ones (LDG.E.U16) on the tiles mean the compiler
     could not see the rows' alignment."""
-    code = [(int(a, 16), ins) for a, ins in _SASS_LINE.findall(_cuobjdump(cubin, "-sass"))]
+    code = _sass(cubin)
     access: Dict[str, int] = {}
     for _, ins in code:
         m = _ACCESS_OP.search(ins)
         if m:
             access[m.group(1)] = access.get(m.group(1), 0) + 1
     loops = []
-    for addr, ins in code:
-        m = re.search(r"\bBRA\s+(?:`\(.*?\)\s*)?0x([0-9a-f]+)", ins)
-        if m and int(m.group(1), 16) < addr:
-            body = [i for a, i in code if int(m.group(1), 16) <= a <= addr]
-            loops.append({"instructions": len(body), "MUFU": sum("MUFU" in i for i in body),
-                          "SHFL": sum("SHFL" in i for i in body), "BAR": sum("BAR.SYNC" in i for i in body)})
+    for lo, hi in _loops(code):
+        body = [i for a, i in code if lo <= a <= hi]
+        loops.append({"instructions": len(body), "MUFU": sum("MUFU" in i for i in body),
+                      "SHFL": sum("SHFL" in i for i in body), "BAR": sum("BAR.SYNC" in i for i in body)})
     return {"instructions": len(code), "access": access, "loops": loops}
 
 

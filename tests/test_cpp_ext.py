@@ -412,3 +412,16 @@ def test_cpu_fast_path_errors_are_the_full_paths(case, exc, match):
         z[2] = "x"
     with pytest.raises(exc, match=match):
         msd_loss(z, y, f, validate=False)
+
+
+def test_bench_loss_parts_stub_replaces_the_operator_on_both_paths():
+    """bench_loss_parts times msd_loss's own Python by stubbing the operator out: the stub must be what both
+    the fast path (validate=False) and the checked path call, or the 'Python' figures would hide a kernel."""
+    from bench.bench_loss_parts import operator_stubbed
+
+    z, y, f = _lists()
+    out = (torch.tensor(123.0), torch.zeros(3, 3))
+    with operator_stubbed(out):
+        for validate in (False, True):
+            assert msd_loss(z, y, f, validate=validate) is out[0]
+    assert msd_loss(z, y, f, validate=False) is not out[0]

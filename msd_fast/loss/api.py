@@ -51,6 +51,16 @@ def _weights(alpha: float, beta, device: torch.device) -> Tensor:
     return w
 
 
+def _hint_scale(feature_reduction: str, D: int) -> float:
+    """feature_reduction="mean" is "sum" with the hint weighted by 1/D: the kernels compute the sum over D."""
+    return 1.0 / D if (feature_reduction == "mean" and D > 0) else 1.0
+
+
+def _fused_weights(alpha: float, beta, hint_scale: float, device: torch.device) -> Tensor:
+    """The fused operator's (w_ce, w_kd, w_feat), the hint's 1/D folded into w_feat."""
+    return _weights(alpha, beta * hint_scale if hint_scale != 1.0 else beta, device)
+
+
 _FAST_BACKENDS = {"cpu": ("auto", "fused", "cpp"), "cuda": ("auto", "fused", "triton")}
 _FAST_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
@@ -77,14 +87,13 @@ def _fast_path(logits, target, features, alpha, temperature, beta, teacher, back
             or feature_reduction not in ("mean", "sum") or not _fast_path_kernel_ready(dev, len(logits)):
         return None
     if features is None:
-        feats, scale = [], 1.0
+        feats, D = [], 0
     elif type(features) in (list, tuple) and features and isinstance(features[0], Tensor) \
             and features[0].dtype == z0.dtype and features[0].dim() == 2:
-        feats = features
-        scale = 1.0 / features[0].shape[1] if feature_reduction == "mean" and features[0].shape[1] > 0 else 1.0
+        feats, D = features, features[0].shape[1]
     else:
         return None
-    w = _weights(alpha, beta * scale if scale != 1.0 else beta, z0.device)
+    w = _fused_weights(alpha, beta, _hint_scale(feature_reduction, D), z0.device)
     try:
         return run_fused(logits, target, feats, w, float(temperature), teacher == "last")[0]
     except (RuntimeError, TypeError):
@@ -143,8 +152,7 @@ def msd_loss(logits: Union[Tensor, Sequence[Tensor]], target: Tensor,
     z0 = zx.ref
     N = len(zx.parts)
     D = fx.ref.shape[1] if fx is not None else 0
-    # "mean" is "sum" with the hint weighted by 1/D: the kernels compute the sum over D.
-    feat_scale = 1.0 / D if (feature_reduction == "mean" and D > 0) else 1.0
+    feat_scale = _hint_scale(feature_reduction, D)
     plain = not y.is_floating_point() and not label_smoothing and ignore_index is None
     name = resolve_backend(backend, z0.device, z0.dtype, detach_teacher, N, teacher, plain)
     if name == "reference":
@@ -159,7 +167,7 @@ def msd_loss(logits: Union[Tensor, Sequence[Tensor]], target: Tensor,
         # .to / .contiguous() are no-ops for the usual outputs of a Linear layer.
         zs = zx.op_list(z0.dtype)
         fs = fx.op_list(z0.dtype) if fx is not None else []
-        w = _weights(alpha, beta * feat_scale if feat_scale != 1.0 else beta, z0.device)
+        w = _fused_weights(alpha, beta, feat_scale, z0.device)
         total, per_exit = run_fused(zs, y.contiguous(), fs, w, float(temperature), teacher == "last")
         if not return_terms:
             return total
