@@ -8,7 +8,10 @@ median of several replays). Rows per shape:
   launcher plans it (split C over several programs per sample when B is small), and with one program per
   sample (`kernel_nosplit`).
 - loss_fwd_bwd: `msd_loss(...)` and its backward (torch.autograd.grad) as a training step runs them: the
-  kernel, the deterministic reduction and the backward's scaling of the saved gradients.
+  kernel, the deterministic reduction and the backward, which hands on the forward's gradient buffers (its
+  scaling kernel reads the incoming gradient, 1, on the device and does nothing); `loss_fwd_bwd_scaled`:
+  the same with an incoming gradient of 2, so the scaling pass over the gradients runs (the pass g == 1
+  saves).
 Host time (wall, eager, median): a one-element PyTorch op (the cost of any launch on this host), a bare
 one-argument Triton kernel, `msd_loss` forward, and forward + backward.
 
@@ -86,15 +89,18 @@ def run_shape(N, B, C, D, dtype, dev):
     def kernel():
         msd_loss_partials(zl, y, fl, w, TAU, False)
 
-    def loss_fwd_bwd():
+    def loss_fwd_bwd(grad_out=None):
         torch.autograd.grad(msd_loss(zl, y, fl, alpha=ALPHA, temperature=TAU, beta=BETA, backend="triton",
-                                     validate=False), zl + fl)
+                                     validate=False), zl + fl, grad_outputs=grad_out)
+
+    two = torch.tensor(2.0, device=dev)
 
     row = {"N": N, "B": B, "C": C, "D": D, "dtype": str(dtype).replace("torch.", ""), "bytes": nbytes}
     row["copy_us"] = device_us(lambda: (dz.copy_(z.detach()), df.copy_(f.detach())))
     row["kernel_us"] = device_us(kernel)
     row["kernel_nosplit_us"] = device_us(without_split(kernel))
     row["loss_fwd_bwd_device_us"] = device_us(loss_fwd_bwd)
+    row["loss_fwd_bwd_scaled_device_us"] = device_us(lambda: loss_fwd_bwd(two))
     for k in ("kernel", "kernel_nosplit", "loss_fwd_bwd_device"):
         row[f"{k}_share_of_copy_bandwidth"] = row["copy_us"] / row[f"{k}_us"]
     row["kernel_gb_per_s"] = nbytes / row["kernel_us"] / 1e3
@@ -174,7 +180,8 @@ def main(argv=None):
         print(f"N={N} B={B} C={C} D={D} {dtype}: copy {r['copy_us']:.1f} us | kernel {r['kernel_us']:.1f} us "
               f"({100 * r['kernel_share_of_copy_bandwidth']:.0f}% of copy bandwidth, {r['kernel_gb_per_s']:.0f} GB/s) "
               f"| one program per sample {r['kernel_nosplit_us']:.1f} us | msd_loss fwd+bwd on the device "
-              f"{r['loss_fwd_bwd_device_us']:.1f} us | host: fwd {r['host_loss_fwd_us']:.0f} us, fwd+bwd "
+              f"{r['loss_fwd_bwd_device_us']:.1f} us ({r['loss_fwd_bwd_scaled_device_us']:.1f} us with an incoming "
+              f"gradient of 2) | host: fwd {r['host_loss_fwd_us']:.0f} us, fwd+bwd "
               f"{r['host_loss_fwd_bwd_us']:.0f} us", flush=True)
     if args.sweep:
         out["sweep"] = []

@@ -1,7 +1,8 @@
 // Autograd for msd_fast::fused_msd_loss, in C++.
 //
 // The op computes d total / d logits and d total / d features during its forward, so backward is only
-// "scale the saved gradients by the incoming gradient". Written as a Python autograd rule
+// "scale the saved gradients by the incoming gradient" (in place with msd_fast::scale_grads_ when this
+// backward is their last reader: nothing at all for g == 1, see may_scale_in_place). Written as a Python autograd rule
 // (torch.library.register_autograd) that bookkeeping cost more than the whole CPU kernel at training
 // shapes (a Python setup_context in the forward, a Python backward called back from the engine); here it
 // is a C++ autograd::Function registered at the Autograd key, so an eager call never enters Python after
@@ -11,6 +12,7 @@
 #include <ATen/TensorSubclassLikeUtils.h>
 #include <ATen/core/dispatch/Dispatcher.h>
 #include <torch/autograd.h>
+#include <torch/csrc/autograd/graph_task.h>
 #include <torch/library.h>
 
 #include "msd_ops.h"
@@ -37,6 +39,35 @@ FusedOut call_fused_below_autograd(at::TensorList logits, const at::Tensor& targ
 bool is_plain_cpu_one(const at::Tensor& g) {
   return g.defined() && g.device().is_cpu() && g.scalar_type() == at::kFloat && g.numel() == 1 &&
          !at::isTensorSubclassLike(g) && g.layout() == at::kStrided && g.item<float>() == 1.0f;
+}
+
+// True when the backward may scale the saved gradients in place (msd_fast::scale_grads_) instead of into
+// new buffers: this backward is the buffers' last reader (the graph is not retained for another backward),
+// no graph is being built over the backward (create_graph), every tensor is a plain dense one (traced,
+// fake or functional tensors keep the out-of-place rule, which compilers handle as any other op), and the
+// op has a kernel for the gradients' device in this build.
+bool may_scale_in_place(const variable_list& saved, const at::Tensor& g) {
+  if (saved.empty() || torch::autograd::get_current_graph_task_keep_graph() || at::GradMode::is_enabled()) {
+    return false;
+  }
+  if (at::isTensorSubclassLike(g) || g.layout() != at::kStrided || g.numel() != 1 ||
+      g.scalar_type() != at::kFloat || g.device() != saved[0].device()) {
+    return false;
+  }
+  for (const auto& t : saved) {
+    if (at::isTensorSubclassLike(t) || !t.is_contiguous()) return false;
+  }
+  static const auto op = c10::Dispatcher::singleton().findSchemaOrThrow("msd_fast::scale_grads_", "");
+  const auto key = c10::computeDispatchKey(std::nullopt, std::nullopt, g.device());
+  return op.hasKernelForDispatchKey(key);
+}
+
+void scale_grads_in_place(const variable_list& saved, const at::Tensor& g) {
+  static auto op = c10::Dispatcher::singleton()
+                       .findSchemaOrThrow("msd_fast::scale_grads_", "")
+                       .typed<void(at::TensorList, const at::Tensor&)>();
+  at::AutoDispatchBelowADInplaceOrView guard;  // the buffers are autograd's own: no version bump to track
+  op.call(saved, g);
 }
 
 // Outputs, flattened for autograd: total, per_exit, then the N logits gradients, then the features' (N or 0).
@@ -67,11 +98,21 @@ class FusedMSDLossFunction : public torch::autograd::Function<FusedMSDLossFuncti
     const at::Tensor& g = grad_outputs[0];
     if (!g.defined()) return out;
     auto saved = ctx->get_saved_variables();
-    // loss.backward() on the CPU: the saved gradients are the answer; no pass over them. Otherwise one
-    // multi-tensor multiply scales all 2N saved gradients (one launch on CUDA instead of 2N).
+    // loss.backward() on the CPU: the saved gradients are the answer; no pass over them. Else, when this
+    // backward is their last reader, they are scaled where they are (on CUDA one launch that reads g on the
+    // device and does nothing when it is 1: no pass over N x B x C for loss.backward(), no host sync).
+    // Otherwise (retain_graph, create_graph, tracing) products into new buffers.
     std::vector<at::Tensor> scaled;
     if (is_plain_cpu_one(g)) {
       scaled = std::vector<at::Tensor>(saved.begin(), saved.end());
+    } else if (may_scale_in_place(saved, g)) {
+      scale_grads_in_place(saved, g);
+      scaled = std::vector<at::Tensor>(saved.begin(), saved.end());
+    } else if (at::GradMode::is_enabled() && g.requires_grad()) {
+      // create_graph with a g that needs a gradient: one product per tensor, because autograd of
+      // _foreach_mul by a tensor fails when that tensor requires grad ("inconsistent range for TensorList
+      // output", torch 2.14).
+      for (const auto& t : saved) scaled.push_back(t * g);
     } else {
       scaled = at::_foreach_mul(saved, g);
     }

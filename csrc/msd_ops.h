@@ -10,4 +10,7 @@ namespace msd_fast {
 using FusedOut = std::tuple<at::Tensor, at::Tensor, std::vector<at::Tensor>, std::vector<at::Tensor>>;
 
 void check_reduce_inputs(const at::Tensor& partials, const at::Tensor& weights);
+// Checks of scale_grads_'s inputs (csrc/scale_grads.cpp), shared by its CPU and CUDA kernels; true when
+// there is something to scale.
+bool check_scale_inputs(at::TensorList grads, const at::Tensor& scale);
 }  // namespace msd_fast

@@ -18,6 +18,7 @@ from msd_fast import _ext, msd_loss
 from msd_fast.loss.fused import reduce_partials
 from msd_fast.models import create_model
 from bruteforce import exits_of
+import grad_scaling_checks as checks
 
 HAS_CUDA = torch.cuda.is_available()
 pytestmark = [
@@ -295,6 +296,51 @@ def test_fast_path_on_the_gpu_and_an_out_of_range_class():
     assert torch.isnan(msd_loss(zl, bad, fl, validate=False, **kw))
     torch.cuda.synchronize()  # no illegal address: the context is still usable
     assert torch.isfinite(msd_loss(zl, y, fl, validate=False, **kw))
+
+
+NEEDS_CUDA_EXT = pytest.mark.skipif(not (_ext.available() and _ext.has_cuda()),
+                                    reason="extension built without CUDA sources")
+
+
+@NEEDS_CUDA_EXT
+def test_scale_grads_on_the_gpu_matches_foreach_mul_and_checks_devices():
+    checks.scale_op_matches_foreach_mul(DEV)
+    with pytest.raises(RuntimeError, match=r"grads\[0\] is on cuda:0 but scale is on cpu"):
+        torch.ops.msd_fast.scale_grads_([torch.ones(3, device=DEV)], torch.tensor(2.0))
+
+
+@NEEDS_CUDA_EXT
+@pytest.mark.parametrize("g", [1.0, 3.0])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_backward_on_the_gpu_scales_the_forwards_buffers_in_place(g, dtype):
+    """The gradients the leaves get are the Triton kernel's own buffers, scaled on the device (or left alone
+    for g == 1): no new buffer and no copy in the backward."""
+    checks.backward_scales_the_forwards_buffers_in_place(DEV, g, dtype)
+
+
+@NEEDS_CUDA_EXT
+def test_retain_and_create_graph_on_the_gpu():
+    checks.retained_graph_backwards_accumulate_exactly(DEV, 2.0)
+    checks.retained_graph_backwards_accumulate_exactly(DEV, 1.0)
+    checks.create_graph_keeps_the_gradient_differentiable_in_g(DEV)
+
+
+@NEEDS_CUDA_EXT
+def test_scale_grads_reads_the_scale_on_the_device_at_replay():
+    """Captured once, the scaling follows the scale tensor's value at each replay: 1 leaves the buffers alone,
+    anything else multiplies (the branch is on the device, so the graph holds both cases)."""
+    x = torch.randn(4, 1000, device=DEV, dtype=torch.bfloat16)
+    buf, scale = x.clone(), torch.ones((), device=DEV)
+    torch.ops.msd_fast.scale_grads_([buf], scale)  # warm-up outside capture
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        torch.ops.msd_fast.scale_grads_([buf], scale)
+    for value in (1.0, 2.0, 1.0, -0.5):
+        buf.copy_(x)
+        scale.fill_(value)
+        graph.replay()
+        torch.cuda.synchronize()
+        assert torch.equal(buf, x if value == 1.0 else (x.float() * value).bfloat16()), value
 
 
 def _graph_trainer(tmp_path, name, *extra):

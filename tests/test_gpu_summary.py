@@ -54,13 +54,13 @@ def test_summary_reads_the_kernel_benchmark(tmp_path):
     machine = {"gpu": "NVIDIA H200", "torch": "2.11.0", "triton": "3.6.0", "python": "3.12"}
     row = dict(N=8, B=4096, C=1000, D=512, dtype="bfloat16", copy_us=60.0, kernel_us=100.0,
                kernel_share_of_copy_bandwidth=0.6, kernel_nosplit_us=100.0, loss_fwd_bwd_device_us=180.0,
-               host_loss_fwd_us=300.0, host_loss_fwd_bwd_us=700.0)
+               loss_fwd_bwd_scaled_device_us=230.0, host_loss_fwd_us=300.0, host_loss_fwd_bwd_us=700.0)
     (tmp_path / "kernel_cuda_gpu_check.json").write_text(json.dumps(
         {"machine": machine, "rows": [row], "host": {"torch_op_launch_us": 12.5, "triton_one_arg_launch_us": 30.0}}))
     s = summarize(tmp_path)
     text = table(s)
     assert s["gpu"] == "NVIDIA H200"
-    assert "| N=8 B=4096 C=1000 D=512 bfloat16 | 60.0 | 100.0 | 60% | 100.0 | 180.0 | 300 | 700 |" in text
+    assert "| N=8 B=4096 C=1000 D=512 bfloat16 | 60.0 | 100.0 | 60% | 100.0 | 180.0 | 230.0 | 300 | 700 |" in text
     assert "PyTorch op 12.5 µs, a one-argument Triton kernel 30.0 µs" in text
 
 

@@ -9,7 +9,10 @@ The exits come in as the model hands them over (Tensor[]): N tensors, or a list 
 stacked tensor first, and a stacked input gets one stacked gradient back (no unbind/stack in autograd).
 
 grad_* are d total / d input, computed during the forward; backward only scales them by the incoming
-gradient (per_exit and the grads are non-differentiable outputs, for logging).
+gradient g (per_exit and the grads are non-differentiable outputs, for logging). The extension's rule scales
+them in place (msd_fast::scale_grads_, nothing done for g == 1) when its backward is their last reader, so a
+caller who keeps the returned grads past backward() sees them scaled by g; with retain_graph, create_graph or
+under tracing it multiplies into new tensors.
 
 - Schema, CPU kernel (the C++ kernel) and the autograd rule are registered by the extension (csrc/): the
   rule is C++ because as a Python rule its bookkeeping cost about as much as the CPU kernel at training
@@ -185,9 +188,14 @@ def _fused_backward(ctx, grad_total, grad_per_exit, grad_gl, grad_gf):
     return g_logits, None, g_feats, None, None, None
 
 
+def _scale_grads_fake(grads: List[Tensor], scale: Tensor) -> None:
+    return None  # in place: no outputs
+
+
 _LIB = None
 if _ext.available():
     torch.library.register_fake("msd_fast::reduce_exit_losses")(_reduce_fake)
+    torch.library.register_fake("msd_fast::scale_grads_")(_scale_grads_fake)
     torch.library.register_autograd("msd_fast::reduce_exit_losses", _reduce_backward,
                                     setup_context=_reduce_setup_context)
 else:  # the schema, defined here; the CPU has no fused kernel then (backends.py falls back to the reference)
