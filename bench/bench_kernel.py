@@ -121,7 +121,9 @@ SWEEP = ([f"BLOCK_C={bc},num_warps={w}" for bc in (64, 128, 256, 512) for w in (
             "BLOCK_C=64,BLOCK_D=64,num_warps=2"]
          # the launcher's tiling with one-element accesses, as the kernel was before the row-alignment hint
          # (bf16: 2 bytes): the hint's effect, measured side by side
-         + ["max_align=2"])
+         + ["max_align=2"]
+         # two exps per element and pass at tau = 3, as before the integer-tau path (TAU_INT)
+         + ["exps=2"])
 
 
 def sweep_shape(N, B, C, D, dtype, dev, candidates=SWEEP) -> list:

@@ -63,6 +63,10 @@ def problem_grid(full: bool) -> List[Dict]:
                     continue  # only the main kernel reads features
                 out.append(dict(N=N, B=5, C=131072 + 1, D=(1536 if has_feat else 0), dtype=dtype,
                                 teacher_last=teacher_last, kernel=kernel))
+    # tau: an integer tau (one exp per element and pass, TAU_INT = 3, the default tau) or not (2.5: two exps),
+    # alternated over the teacher and feature modes so every dtype, NP and kernel compiles both ways.
+    for p in out:
+        p["tau"] = 2.5 if p["teacher_last"] != (p["D"] > 0) else 3.0
     uniq, seen = [], set()
     for p in out:
         k = tuple(sorted(p.items()))
@@ -90,17 +94,18 @@ def _kernel_args(p: Dict):
     gz, gf = [torch.empty_like(t) for t in z], [torch.empty_like(t) for t in f]
     kernel = p.get("kernel", "fused")
     if kernel == "fused":
-        args, kwargs = k.kernel_args(z, y, f, w, part, gz, gf, 3.0, p["teacher_last"], p["B"], p["C"], p["D"])
+        args, kwargs = k.kernel_args(z, y, f, w, part, gz, gf, p.get("tau", 3.0), p["teacher_last"], p["B"], p["C"],
+                                     p["D"])
         fn = k._msd_loss_kernel
     else:
         plan = k.launch_plan(N, p["C"], p["D"])
         _, CS = k.split_plan(p["B"], p["C"], plan["BLOCK_C"], sms=132, forced=3)
         ws = torch.empty(16, dtype=torch.float32)
-        args, kwargs = k.split_kernel_args(z, y, f, w, part, gz, gf, ws, torch.empty_like(ws), 3.0,
+        args, kwargs = k.split_kernel_args(z, y, f, w, part, gz, gf, ws, torch.empty_like(ws), p.get("tau", 3.0),
                                            p["teacher_last"], p["B"], p["C"], p["D"], CS)[kernel]
         fn = {"split_stats": k._msd_split_stats_kernel, "split_main": k._msd_split_main_kernel,
               "split_finish": k._msd_split_finish_kernel}[kernel]
-    plan = {key: kwargs[key] for key in ("NP", "BLOCK_C", "BLOCK_D", "num_warps") if key in kwargs}
+    plan = {key: kwargs[key] for key in ("NP", "BLOCK_C", "BLOCK_D", "num_warps", "TAU_INT") if key in kwargs}
     return fn, args, kwargs, plan
 
 
@@ -273,18 +278,22 @@ def run_gate(archs=(80, 90), full=False, jobs=None) -> List[Dict]:
 
 
 def parse_problem(spec: str) -> Dict:
-    """'N=8,B=4096,C=1000,D=512,dtype=bfloat16' -> a problem dict (teacher_last=0/1, kernel=fused|split_*)."""
-    p: Dict = {"teacher_last": False}
+    """'N=8,B=4096,C=1000,D=512,dtype=bfloat16' -> a problem dict (teacher_last=0/1, kernel=fused|split_*,
+    tau=3.0 by default)."""
+    p: Dict = {"teacher_last": False, "tau": 3.0}
     for item in filter(None, (t.strip() for t in spec.split(","))):
         key, _, value = item.partition("=")
         if key in ("N", "B", "C", "D"):
             p[key] = int(value)
+        elif key == "tau":
+            p[key] = float(value)
         elif key == "teacher_last":
             p[key] = value not in ("0", "false", "False")
         elif key in ("dtype", "kernel"):
             p[key] = value
         else:
-            raise SystemExit(f"--profile: unknown key {key!r} in {spec!r} (N, B, C, D, dtype, teacher_last, kernel)")
+            raise SystemExit(f"--profile: unknown key {key!r} in {spec!r} (N, B, C, D, dtype, teacher_last, kernel, "
+                             f"tau)")
     missing = [k for k in ("N", "B", "C", "D", "dtype") if k not in p]
     if missing:
         raise SystemExit(f"--profile: {spec!r} lacks {', '.join(missing)}")

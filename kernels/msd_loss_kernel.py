@@ -8,6 +8,9 @@ builds the tile's row pointers from them once per program, so a chunk's addresse
   pass 1: online max and the two softmax normalisers per exit (T = 1 for CE, T = tau for KD);
   pass 2: p_n, q_n, l_n per chunk; P = sum_n q_n over the rows of the tile; the KD sums; and the
           gradient of the weighted total, written straight to grad_logits.
+For an integer tau from 1 to 4 (TAU_INT; the default tau is 3) each pass takes one exp per element instead
+of two: e = exp((z - m) / tau) gives q = e / st and exp(z - m) = e^tau, so p = e^tau / s1 (exp is a
+quarter-rate instruction on NVIDIA GPUs; e underflows no sooner than e^tau does, since z - m <= 0).
 Maths (docs/maths.md §3), detached teachers:
   "all":  KD_n = tau^2/(N-1) (R - <P, l_n>),  R = sum_n <q_n, l_n>
           dL/dz_n = w_ce/B (p_n - onehot(y)) + w_kd tau / ((N-1) B) (N q_n - P)
@@ -46,28 +49,59 @@ def _exit_rows(rows, off, p0, p1, p2, p3, p4, p5, p6, p7, NP: tl.constexpr, ALIG
 
 
 @triton.jit
-def _stats_chunk(z_row, c, col_ok, row_ok, m, s1, st, inv_tau):
+def _int_pow(e, TAU_INT: tl.constexpr):
+    """e ** TAU_INT for TAU_INT in 1..4, by multiplications."""
+    if TAU_INT == 4:
+        e2 = e * e
+        return e2 * e2
+    r = e
+    if TAU_INT >= 2:
+        r = r * e
+    if TAU_INT >= 3:
+        r = r * e
+    return r
+
+
+@triton.jit
+def _stats_chunk(z_row, c, col_ok, row_ok, m, s1, st, inv_tau, TAU_INT: tl.constexpr):
     """Pass 1 on one [NP, BLOCK_C] chunk: the running max m and the normalisers s1 = sum exp(z - m),
-    st = sum exp((z - m) / tau) per row, updated online."""
+    st = sum exp((z - m) / tau) per row, updated online (TAU_INT > 0: exp(z - m) = exp((z - m) / tau)^tau)."""
     mask = row_ok[:, None] & col_ok[None, :]
     x = tl.load(z_row[:, None] + c[None, :], mask=mask, other=0.0).to(tl.float32)
     x = tl.where(col_ok[None, :], x, float("-inf"))          # padded rows stay finite (0), columns -inf
     m_new = tl.maximum(m, tl.max(x, axis=1))
     d_old = m - m_new
-    s1 = s1 * tl.exp(d_old) + tl.sum(tl.exp(x - m_new[:, None]), axis=1)
-    st = st * tl.exp(d_old * inv_tau) + tl.sum(tl.exp((x - m_new[:, None]) * inv_tau), axis=1)
+    e = tl.exp((x - m_new[:, None]) * inv_tau)               # [NP, BLOCK_C] exp((z - m) / tau)
+    r = tl.exp(d_old * inv_tau)                              # [NP] rescale of the old sums, at T = tau
+    if TAU_INT > 0:
+        s1 = s1 * _int_pow(r, TAU_INT) + tl.sum(_int_pow(e, TAU_INT), axis=1)
+    else:
+        s1 = s1 * tl.exp(d_old) + tl.sum(tl.exp(x - m_new[:, None]), axis=1)
+    st = st * r + tl.sum(e, axis=1)
     return m_new, s1, st
 
 
 @triton.jit
-def _grad_chunk(z_row, g_row, c, col_ok, row_ok, is_last, y, lse, shift, kd_acc, r_acc, g_kd, g_ce, n_f, inv_tau,
-                TEACHER_LAST: tl.constexpr):
+def _row_stats(m, s1, st, inv_tau):
+    """After pass 1, per row [NP]: lse = log sum exp(z) (CE), shift with l_n = z_n / tau - shift_n, and
+    1 / s1, 1 / st (pass 2's p and q from one exp when tau is an integer)."""
+    return m + tl.log(s1), m * inv_tau + tl.log(st), 1.0 / s1, 1.0 / st
+
+
+@triton.jit
+def _grad_chunk(z_row, g_row, c, col_ok, row_ok, is_last, y, m, lse, shift, inv_s1, inv_st, kd_acc, r_acc, g_kd,
+                g_ce, n_f, inv_tau, TEACHER_LAST: tl.constexpr, TAU_INT: tl.constexpr):
     """Pass 2 on one chunk: p_n, q_n, l_n, the KD sums and d total / d z_n, stored."""
     mask = row_ok[:, None] & col_ok[None, :]
     x = tl.load(z_row[:, None] + c[None, :], mask=mask, other=0.0).to(tl.float32)
     l = tl.where(mask, x * inv_tau - shift[:, None], 0.0)
-    q = tl.where(mask, tl.exp(x * inv_tau - shift[:, None]), 0.0)
-    p = tl.where(mask, tl.exp(x - lse[:, None]), 0.0)
+    if TAU_INT > 0:
+        e = tl.exp((x - m[:, None]) * inv_tau)               # one exp: q = e / st, p = e^tau / s1
+        q = tl.where(mask, e * inv_st[:, None], 0.0)
+        p = tl.where(mask, _int_pow(e, TAU_INT) * inv_s1[:, None], 0.0)
+    else:
+        q = tl.where(mask, tl.exp(x * inv_tau - shift[:, None]), 0.0)
+        p = tl.where(mask, tl.exp(x - lse[:, None]), 0.0)
     if TEACHER_LAST:
         q_last = tl.sum(tl.where(is_last[:, None], q, 0.0), axis=0)      # [BLOCK_C]
         l_last = tl.sum(tl.where(is_last[:, None], l, 0.0), axis=0)
@@ -137,6 +171,7 @@ def _msd_loss_kernel(
     TEACHER_LAST: tl.constexpr, HAS_FEAT: tl.constexpr,
     NP: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_D: tl.constexpr,
     C_ALIGN: tl.constexpr, D_ALIGN: tl.constexpr,  # row alignment in elements (`row_align`)
+    TAU_INT: tl.constexpr,  # tau when it is an integer 1..4 (one exp per element and pass), else 0
 ):
     """One program per sample b: both passes over all of C, the hint, partials [3, N, b]."""
     # C and D are multiples of C_ALIGN / D_ALIGN (the launcher checked): written so, the compiler knows it,
@@ -157,9 +192,8 @@ def _msd_loss_kernel(
     st = tl.zeros([NP], tl.float32)
     for c0 in range(0, C, BLOCK_C):
         c = c0 + cols
-        m, s1, st = _stats_chunk(z_row, c, c < C, row_ok, m, s1, st, inv_tau)
-    lse = m + tl.log(s1)                                     # [NP] log-sum-exp of z_n
-    shift = m * inv_tau + tl.log(st)                         # l_n = z_n / tau - shift_n
+        m, s1, st = _stats_chunk(z_row, c, c < C, row_ok, m, s1, st, inv_tau, TAU_INT)
+    lse, shift, inv_s1, inv_st = _row_stats(m, s1, st, inv_tau)   # [NP] each
 
     y = tl.load(y_ptr + b)
     # Stored now, not at the end: ptxas parks values that wait across pass 2 in local memory (compile gate).
@@ -175,8 +209,8 @@ def _msd_loss_kernel(
     r_acc = tl.zeros([NP], tl.float32)                       # "all": per-row <q_n, l_n>, summed to R
     for c0 in range(0, C, BLOCK_C):
         c = c0 + cols
-        kd_acc, r_acc = _grad_chunk(z_row, g_row, c, c < C, row_ok, is_last, y, lse, shift, kd_acc, r_acc,
-                                    g_kd, g_ce, n_f, inv_tau, TEACHER_LAST)
+        kd_acc, r_acc = _grad_chunk(z_row, g_row, c, c < C, row_ok, is_last, y, m, lse, shift, inv_s1, inv_st,
+                                    kd_acc, r_acc, g_kd, g_ce, n_f, inv_tau, TEACHER_LAST, TAU_INT)
     if TEACHER_LAST:
         kd = tau * tau * kd_acc
     else:
@@ -208,7 +242,7 @@ def _msd_split_stats_kernel(
     ws_ptr,                                   # [B, S, 3, NP] fp32 out: m, s1, st of each slice
     N, C, CS,                                 # CS: columns per slice (a multiple of BLOCK_C)
     inv_tau,
-    NP: tl.constexpr, BLOCK_C: tl.constexpr, C_ALIGN: tl.constexpr,
+    NP: tl.constexpr, BLOCK_C: tl.constexpr, C_ALIGN: tl.constexpr, TAU_INT: tl.constexpr,
 ):
     C = C // C_ALIGN * C_ALIGN                # as in _msd_loss_kernel: the alignment, visible
     CS = CS // BLOCK_C * BLOCK_C
@@ -226,7 +260,7 @@ def _msd_split_stats_kernel(
     st = tl.zeros([NP], tl.float32)
     for c0 in range(c_lo, c_hi, BLOCK_C):
         c = c0 + cols
-        m, s1, st = _stats_chunk(z_row, c, c < c_hi, row_ok, m, s1, st, inv_tau)
+        m, s1, st = _stats_chunk(z_row, c, c < c_hi, row_ok, m, s1, st, inv_tau, TAU_INT)
     base = ws_ptr + (b * S + s) * 3 * NP + rows
     tl.store(base, m)
     tl.store(base + NP, s1)
@@ -248,7 +282,7 @@ def _msd_split_main_kernel(
     tau, inv_tau, inv_b,
     TEACHER_LAST: tl.constexpr, HAS_FEAT: tl.constexpr,
     NP: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_D: tl.constexpr,
-    C_ALIGN: tl.constexpr, D_ALIGN: tl.constexpr,
+    C_ALIGN: tl.constexpr, D_ALIGN: tl.constexpr, TAU_INT: tl.constexpr,
 ):
     C = C // C_ALIGN * C_ALIGN                # as in _msd_loss_kernel: the alignment, visible
     D = D // D_ALIGN * D_ALIGN
@@ -272,8 +306,7 @@ def _msd_split_main_kernel(
         s1 = s1 * tl.exp(m - m_new) + tl.load(base + NP) * tl.exp(m_k - m_new)
         st = st * tl.exp((m - m_new) * inv_tau) + tl.load(base + 2 * NP) * tl.exp((m_k - m_new) * inv_tau)
         m = m_new
-    lse = m + tl.log(s1)
-    shift = m * inv_tau + tl.log(st)
+    lse, shift, inv_s1, inv_st = _row_stats(m, s1, st, inv_tau)
     y = tl.load(y_ptr + b)
     part_off = rows.to(tl.int64) * B + b
     n_f = N * 1.0
@@ -295,8 +328,8 @@ def _msd_split_main_kernel(
     c_hi = tl.minimum(c_lo + CS, C)
     for c0 in range(c_lo, c_hi, BLOCK_C):
         c = c0 + cols
-        kd_acc, r_acc = _grad_chunk(z_row, g_row, c, c < c_hi, row_ok, is_last, y, lse, shift, kd_acc, r_acc,
-                                    g_kd, g_ce, n_f, inv_tau, TEACHER_LAST)
+        kd_acc, r_acc = _grad_chunk(z_row, g_row, c, c < c_hi, row_ok, is_last, y, m, lse, shift, inv_s1, inv_st,
+                                    kd_acc, r_acc, g_kd, g_ce, n_f, inv_tau, TEACHER_LAST, TAU_INT)
     out = wk_ptr + (b * S + s) * 2 * NP + rows
     tl.store(out, kd_acc)
     tl.store(out + NP, r_acc)
@@ -365,7 +398,9 @@ def launch_plan(N: int, C: int, D: int) -> dict:
 PLAN_ENV = "MSD_FAST_TRITON_PLAN"  # e.g. "num_warps=4,BLOCK_C=128,num_stages=2": tuning sweeps only
 # max_align: a cap in bytes on the row alignment the kernels are told (row_align); "max_align=2" on bf16
 # makes every access one element wide, as before the alignment hint: the sweep times both side by side.
-PLAN_KEYS = ("num_warps", "BLOCK_C", "BLOCK_D", "num_stages", "max_align")
+# exps: "exps=2" keeps two exps per element and pass for an integer tau too (the kernel before TAU_INT).
+PLAN_KEYS = ("num_warps", "BLOCK_C", "BLOCK_D", "num_stages", "max_align", "exps")
+LAUNCH_ONLY_KEYS = ("max_align", "exps")  # plan keys that are not kernel arguments
 
 
 @functools.lru_cache(maxsize=64)
@@ -400,6 +435,15 @@ def current_plan(N: int, C: int, D: int) -> dict:
 MAX_ALIGN_BYTES = 16  # the widest vector access (16 bytes per thread)
 
 
+def tau_int(temperature: float, plan: Optional[dict] = None) -> int:
+    """The kernels' TAU_INT: tau when it is an integer from 1 to 4 (one exp per element and pass), else 0
+    (and 0 under the plan override exps=2)."""
+    t = float(temperature)
+    if (plan or {}).get("exps") == 2 or not (t.is_integer() and 1.0 <= t <= 4.0):
+        return 0
+    return int(t)
+
+
 def row_align(tensors, width: int, max_bytes: int = MAX_ALIGN_BYTES) -> int:
     """The alignment, in elements, that every row start of these [B, width] tensors (the exits and the
     gradient buffers of one input) shares, up to 16 bytes: the largest power of two dividing each base
@@ -432,11 +476,10 @@ def kernel_args(logits, target, features, weights, partials, grad_logits, grad_f
             N, B, C, D, float(temperature), 1.0 / float(temperature), 1.0 / B)
     plan = current_plan(N, C, D)
     cap = plan.get("max_align", MAX_ALIGN_BYTES)
-    if "max_align" in plan:  # a sweep's override: not a kernel argument
-        plan = {k: v for k, v in plan.items() if k != "max_align"}
-    return args, dict(TEACHER_LAST=bool(teacher_last), HAS_FEAT=bool(features), **plan,
+    return args, dict(TEACHER_LAST=bool(teacher_last), HAS_FEAT=bool(features),
+                      **{k: v for k, v in plan.items() if k not in LAUNCH_ONLY_KEYS},
                       C_ALIGN=row_align([*logits, *grad_logits], C, cap),
-                      D_ALIGN=row_align([*features, *grad_features], D, cap))
+                      D_ALIGN=row_align([*features, *grad_features], D, cap), TAU_INT=tau_int(temperature, plan))
 
 
 SPLIT_ENV = "MSD_FAST_TRITON_SPLIT"  # force S slices per sample (tests, benchmarks); 1 turns the split off
@@ -484,14 +527,15 @@ def split_kernel_args(logits, target, features, weights, partials, grad_logits, 
     S = _cdiv(C, CS)
     cap = plan.get("max_align", MAX_ALIGN_BYTES)
     c_align = row_align([*logits, *grad_logits], C, cap)
+    t_int = tau_int(temperature, plan)
     return {
         "split_stats": ((*_slots(logits), ws_stats, N, C, CS, inv_tau),
-                        dict(BLOCK_C=plan["BLOCK_C"], C_ALIGN=c_align, **common)),
+                        dict(BLOCK_C=plan["BLOCK_C"], C_ALIGN=c_align, TAU_INT=t_int, **common)),
         "split_main": ((*_slots(logits), target, *_slots(feats), weights, partials, *_slots(grad_logits),
                         *_slots(grads_f), ws_stats, ws_kd, N, B, C, D, CS, tau, inv_tau, 1.0 / B),
                        dict(TEACHER_LAST=bool(teacher_last), HAS_FEAT=bool(features), BLOCK_C=plan["BLOCK_C"],
                             BLOCK_D=plan["BLOCK_D"], C_ALIGN=c_align,
-                            D_ALIGN=row_align([*features, *grad_features], D, cap), **common)),
+                            D_ALIGN=row_align([*features, *grad_features], D, cap), TAU_INT=t_int, **common)),
         "split_finish": ((ws_kd, partials, N, B, S, tau), dict(TEACHER_LAST=bool(teacher_last), NP=plan["NP"],
                                                               num_warps=1)),
     }

@@ -70,7 +70,7 @@ fi
 if want kernel; then
   step "the loss's device time from CUDA graphs, and the host's costs (bench/bench_kernel.py)"
   sweep=(); t_kernel=90
-  if [ "${KERNEL_SWEEP:-0}" = 1 ]; then sweep=(--sweep); t_kernel=330; fi   # 19 tilings x 2 shapes: ~4-5 min
+  if [ "${KERNEL_SWEEP:-0}" = 1 ]; then sweep=(--sweep); t_kernel=330; fi   # 20 plans x 2 shapes: ~4-5 min
   if timeout "${T_KERNEL:-$t_kernel}" "$PY" -m bench.bench_kernel "${sweep[@]}" \
        --out "$OUT/kernel_cuda_gpu_check.json"; then
     STATUS[bench_kernel]=ok; else STATUS[bench_kernel]=FAILED; fi

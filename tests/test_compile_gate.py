@@ -42,6 +42,9 @@ def test_gate_compiles_every_launch_configuration(tmp_path):
     assert {row.get("BLOCK_C") for row in rows} >= {2, 4, 64, 256, 512, 1024}
     assert {row.get("kernel", "fused") for row in rows} == {"fused", "split_stats", "split_main", "split_finish"}
     assert all(0 < row["reg"] <= 255 for row in rows)
+    # both exp paths (integer tau: TAU_INT = 3; tau = 2.5: two exps) in every kernel
+    for kernel in ("fused", "split_stats", "split_main"):
+        assert {row["TAU_INT"] for row in rows if row.get("kernel", "fused") == kernel} == {0, 3}, kernel
 
 
 def test_gate_rejects_a_size_cast_that_breaks_when_the_launcher_specialises_it():
@@ -151,6 +154,28 @@ def test_profile_prints_one_problems_sass_profile():
     assert row["BLOCK_C"] == 128 and row["num_warps"] == 4 and row["reg"] > 0 and row["instructions"] > 100
     assert len(row["loops"]) == 3 and all(lp["instructions"] > 0 for lp in row["loops"])  # pass 1, pass 2, hint
     assert row["access"].get("LDG.E.U16", 0) <= 1   # vector accesses (4 bf16 per thread here: LDG.E.64)
+    assert row["tau"] == 3.0 and row["TAU_INT"] == 3
     bad = subprocess.run([sys.executable, "-m", "msd_fast.kernels.compile_gate", "--profile", "N=4,C=10"],
                          env=_env(), capture_output=True, text=True, timeout=120)
     assert bad.returncode != 0 and "lacks B, D, dtype" in bad.stderr
+
+
+def test_integer_tau_halves_the_exps_per_element():
+    """tau = 3 (TAU_INT): one MUFU exp per element in each pass over C instead of two (sm_90 SASS; the
+    plan override exps=2 compiles the two-exp kernel for the comparison)."""
+    r = _python("""
+        import json, os
+        from msd_fast.kernels.compile_gate import compile_kernel, _kernel_args, sass_profile
+        out = []
+        for plan in ("", "exps=2"):
+            os.environ["MSD_FAST_TRITON_PLAN"] = plan
+            fn, args, kwargs, _ = _kernel_args(dict(N=8, B=4096, C=1000, D=512, dtype="bfloat16",
+                                                    teacher_last=False, tau=3.0))
+            kernel, _ = compile_kernel(fn, args, kwargs, 90)
+            out.append([lp["MUFU"] for lp in sass_profile(kernel.asm["cubin"])["loops"]])
+        print(json.dumps(out))
+    """)
+    assert r.returncode == 0, r.stdout + r.stderr
+    one, two = json.loads(r.stdout.strip().splitlines()[-1])
+    # loops: pass 1, pass 2, the hint (no exp); a [8, 256] tile over 256 threads is 8 elements per thread
+    assert one[:2] == [9, 8] and two[:2] == [18, 16] and one[2] == two[2] == 0, (one, two)

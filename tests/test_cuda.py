@@ -39,10 +39,10 @@ def _inputs(N, B, C, D, dtype, scale=3.0, seed=0):
     return z, y, f
 
 
-def _loss_and_grads(backend, z, y, f, teacher, dtype=None):
+def _loss_and_grads(backend, z, y, f, teacher, dtype=None, temperature=2.5):
     zz = z.detach().clone().to(dtype or z.dtype).requires_grad_()
     ff = None if f is None else f.detach().clone().to(dtype or f.dtype).requires_grad_()
-    loss = msd_loss(zz, y, ff, alpha=0.6, temperature=2.5, beta=0.3, teacher=teacher, backend=backend)
+    loss = msd_loss(zz, y, ff, alpha=0.6, temperature=temperature, beta=0.3, teacher=teacher, backend=backend)
     grads = torch.autograd.grad(loss, [t for t in (zz, ff) if t is not None])
     return loss, grads
 
@@ -67,8 +67,9 @@ def test_compiled_triton_matches_float64_reference_over_a_random_grid(dtype, tea
     seed = 10 * [torch.float32, torch.bfloat16, torch.float16].index(dtype) + ["all", "last"].index(teacher)
     for i, (N, B, C, D) in enumerate(_grid(seed=seed)):
         z, y, f = _inputs(N, B, C, D, dtype, scale=3.0 if i % 3 else 30.0, seed=i)
-        loss, grads = _loss_and_grads("triton", z, y, f, teacher)
-        ref, ref_grads = _loss_and_grads("reference", z, y, f, teacher, dtype=torch.float64)
+        tau = 3.0 if i % 2 else 2.5  # an integer tau takes the one-exp path (TAU_INT), 2.5 the two-exp one
+        loss, grads = _loss_and_grads("triton", z, y, f, teacher, temperature=tau)
+        ref, ref_grads = _loss_and_grads("reference", z, y, f, teacher, dtype=torch.float64, temperature=tau)
         assert loss.dtype == torch.float32 and torch.isfinite(loss)
         # gradients against the exact ones rounded to the input dtype: the best answer that dtype holds (at
         # B = 4096 the hint's fp16 gradients, ~1e-6, are subnormal: rounding alone costs 1e-2 there)
@@ -78,10 +79,11 @@ def test_compiled_triton_matches_float64_reference_over_a_random_grid(dtype, tea
     print(f"worst relative error {dtype} {teacher}: {worst:.3g}")
 
 
-def test_extreme_and_non_finite_logits():
+@pytest.mark.parametrize("tau", [2.5, 3.0])
+def test_extreme_and_non_finite_logits(tau):
     z, y, f = _inputs(4, 8, 1000, 32, torch.float32, scale=300.0)
-    loss, grads = _loss_and_grads("triton", z, y, f, "all")
-    ref, ref_grads = _loss_and_grads("reference", z, y, f, "all", dtype=torch.float64)
+    loss, grads = _loss_and_grads("triton", z, y, f, "all", temperature=tau)
+    ref, ref_grads = _loss_and_grads("reference", z, y, f, "all", dtype=torch.float64, temperature=tau)
     assert _rel_err(loss, ref) < 1e-5 and all(_rel_err(g, r) < 1e-4 for g, r in zip(grads, ref_grads))
     for bad in (float("nan"), float("inf")):
         zb = z.clone()

@@ -20,11 +20,11 @@ def _triton_on_cpu():
         yield
 
 
-def _run(backend, z, y, f, teacher, alpha=0.6, beta=0.3):
+def _run(backend, z, y, f, teacher, alpha=0.6, beta=0.3, temperature=2.5):
     z = z.detach().clone().requires_grad_()
     f = None if f is None else f.detach().clone().requires_grad_()
-    loss, terms = msd_loss(z, y, f, alpha=alpha, temperature=2.5, beta=beta, teacher=teacher, backend=backend,
-                           return_terms=True)
+    loss, terms = msd_loss(z, y, f, alpha=alpha, temperature=temperature, beta=beta, teacher=teacher,
+                           backend=backend, return_terms=True)
     grads = torch.autograd.grad(loss, [t for t in (z, f) if t is not None])
     return loss, terms, grads
 
@@ -317,3 +317,40 @@ def test_fast_path_reaches_the_triton_kernel_and_falls_back_on_what_it_rejects(m
     zt = [t.t().contiguous().t() for t in z]
     torch.testing.assert_close(msd_loss(zt, y, f, **kw), want, rtol=1e-6, atol=1e-6)
     assert calls == [1]
+
+
+@pytest.mark.parametrize("tau", [1.0, 2.0, 3.0, 4.0])
+@pytest.mark.parametrize("teacher", ["all", "last"])
+def test_integer_tau_one_exp_per_element_matches_the_reference(tau, teacher):
+    """tau in 1..4 takes one exp per element and pass (p from e^tau, TAU_INT): against the float64 reference,
+    over two chunks of C (the online rescale of s1 by r^tau) and logits spread wide enough that e^tau
+    underflows where exp(z - m) does."""
+    z, y, f = make_inputs(5, 4, 300, 7, scale=12.0)
+    got = _run("fused", z, y, f, teacher, temperature=tau)
+    ref = _run("reference", z.double(), y, f.double(), teacher, temperature=tau)
+    _assert_match(got, [ref[0].float(), [t.float() for t in ref[1]], [g.float() for g in ref[2]]], 1e-5, 1e-5, 1e-7)
+
+
+def test_integer_tau_in_the_split_kernels(monkeypatch):
+    monkeypatch.setenv("MSD_FAST_TRITON_SPLIT", "3")
+    z, y, f = make_inputs(8, 3, 2500, 0)
+    got = _run("fused", z, y, f, "all", temperature=3.0)
+    ref = _run("reference", z.double(), y, None, "all", temperature=3.0)
+    _assert_match(got, [ref[0].float(), [t.float() for t in ref[1]], [g.float() for g in ref[2]]], 1e-5, 1e-5, 1e-7)
+
+
+def test_tau_int_picks_one_exp_only_for_small_integer_tau():
+    from msd_fast.kernels.msd_loss_kernel import parse_plan_override, tau_int
+
+    assert [tau_int(t) for t in (1.0, 2.0, 3.0, 4.0, 2.5, 5.0, 0.5, 3.0000001)] == [1, 2, 3, 4, 0, 0, 0, 0]
+    assert tau_int(3.0, parse_plan_override("exps=2")) == 0
+
+
+def test_two_exps_plan_override_gives_the_same_loss(monkeypatch):
+    """exps=2 (the sweep's side-by-side: two exps per element at tau = 3, as before TAU_INT) agrees with the
+    one-exp kernel to fp32 rounding."""
+    z, y, f = make_inputs(4, 5, 37, 13)
+    one = _run("fused", z, y, f, "all", temperature=3.0)
+    monkeypatch.setenv("MSD_FAST_TRITON_PLAN", "exps=2")
+    two = _run("fused", z, y, f, "all", temperature=3.0)
+    _assert_match(one, two, 1e-6, 1e-6, 1e-7)
