@@ -9,8 +9,9 @@ builds the tile's row pointers from them once per program, so a chunk's addresse
   pass 2: p_n, q_n, l_n per chunk; P = sum_n q_n over the rows of the tile; the KD sums; and the
           gradient of the weighted total, written straight to grad_logits.
 For an integer tau from 1 to 4 (TAU_INT; the default tau is 3) each pass takes one exp per element instead
-of two: e = exp((z - m) / tau) gives q = e / st and exp(z - m) = e^tau, so p = e^tau / s1 (exp is a
-quarter-rate instruction on NVIDIA GPUs; e underflows no sooner than e^tau does, since z - m <= 0).
+of two: e = exp((z - m) / tau) gives q = e / st and exp(z - m) = e^tau, so p = e^tau / s1 (half the work of
+the special-function unit, which runs at a quarter of the fp32 rate on NVIDIA GPUs; e underflows no sooner
+than e^tau does, since z - m <= 0).
 Maths (docs/maths.md §3), detached teachers:
   "all":  KD_n = tau^2/(N-1) (R - <P, l_n>),  R = sum_n <q_n, l_n>
           dL/dz_n = w_ce/B (p_n - onehot(y)) + w_kd tau / ((N-1) B) (N q_n - P)
@@ -48,6 +49,12 @@ def _exit_rows(rows, off, p0, p1, p2, p3, p4, p5, p6, p7, NP: tl.constexpr, ALIG
     return tl.multiple_of(ptr, [ALIGN * (p0.dtype.element_ty.primitive_bitwidth // 8)])  # bytes
 
 
+# exp(x) = 2^(x log2(e)): the kernels call tl.math.exp2 with log2(e) folded into a factor they already apply
+# (1.4426950408889634, written as a literal: a jit function reads no module globals). exp2 compiles to one
+# MUFU.EX2 instruction; tl.exp compiled to the same plus a subnormal fix-up around it (a compare and two
+# multiplies per element, a tenth of pass 2's instructions; sm_90 SASS, compile_gate --profile).
+
+
 @triton.jit
 def _int_pow(e, TAU_INT: tl.constexpr):
     """e ** TAU_INT for TAU_INT in 1..4, by multiplications."""
@@ -63,20 +70,23 @@ def _int_pow(e, TAU_INT: tl.constexpr):
 
 
 @triton.jit
-def _stats_chunk(z_row, c, col_ok, row_ok, m, s1, st, inv_tau, TAU_INT: tl.constexpr):
+def _stats_chunk(z_row, c, col_ok, row_ok, m, s1, st, k_tau, TAU_INT: tl.constexpr):
     """Pass 1 on one [NP, BLOCK_C] chunk: the running max m and the normalisers s1 = sum exp(z - m),
-    st = sum exp((z - m) / tau) per row, updated online (TAU_INT > 0: exp(z - m) = exp((z - m) / tau)^tau)."""
+    st = sum exp((z - m) / tau) per row, updated online (TAU_INT > 0: exp(z - m) = exp((z - m) / tau)^tau).
+    k_tau = log2(e) / tau: exp((z - m) / tau) = 2^((z - m) k_tau), one multiply after the subtraction (so an
+    element near the max, the ones that count, keeps its exponent's full precision)."""
     mask = row_ok[:, None] & col_ok[None, :]
     x = tl.load(z_row[:, None] + c[None, :], mask=mask, other=0.0).to(tl.float32)
     x = tl.where(col_ok[None, :], x, float("-inf"))          # padded rows stay finite (0), columns -inf
     m_new = tl.maximum(m, tl.max(x, axis=1))
     d_old = m - m_new
-    e = tl.exp((x - m_new[:, None]) * inv_tau)               # [NP, BLOCK_C] exp((z - m) / tau)
-    r = tl.exp(d_old * inv_tau)                              # [NP] rescale of the old sums, at T = tau
+    e = tl.math.exp2((x - m_new[:, None]) * k_tau)        # [NP, BLOCK_C] exp((z - m) / tau)
+    r = tl.math.exp2(d_old * k_tau)                       # [NP] rescale of the old sums, at T = tau
     if TAU_INT > 0:
         s1 = s1 * _int_pow(r, TAU_INT) + tl.sum(_int_pow(e, TAU_INT), axis=1)
     else:
-        s1 = s1 * tl.exp(d_old) + tl.sum(tl.exp(x - m_new[:, None]), axis=1)
+        s1 = (s1 * tl.math.exp2(d_old * 1.4426950408889634)
+              + tl.sum(tl.math.exp2((x - m_new[:, None]) * 1.4426950408889634), axis=1))
     st = st * r + tl.sum(e, axis=1)
     return m_new, s1, st
 
@@ -89,34 +99,56 @@ def _row_stats(m, s1, st, inv_tau):
 
 
 @triton.jit
-def _grad_chunk(z_row, g_row, c, col_ok, row_ok, is_last, y, m, lse, shift, inv_s1, inv_st, kd_acc, r_acc, g_kd,
-                g_ce, n_f, inv_tau, TEACHER_LAST: tl.constexpr, TAU_INT: tl.constexpr):
-    """Pass 2 on one chunk: p_n, q_n, l_n, the KD sums and d total / d z_n, stored."""
+def _grad_chunk(z_row, g_row, c, col_ok, row_ok, is_last, y_col, m, lse, shift, ce_s1, inv_st, kd_acc, r_acc,
+                g_kd, g_ce, n_f, inv_tau, k_tau, TEACHER_LAST: tl.constexpr, TAU_INT: tl.constexpr,
+                TILE_ACC: tl.constexpr):
+    """Pass 2 on one chunk: p_n, q_n, l_n, the KD sums and d total / d z_n, stored. y_col: the sample's class
+    as int32 (-1 when outside [0, C)), so the one-hot is one 32-bit compare per element. kd_acc, r_acc: the
+    KD sums, per row [NP], or with TILE_ACC per tile cell [NP, BLOCK_C] (summed over the columns once, after
+    the last chunk: no row reduction per chunk, for 2 x 8 more registers per thread at an [8, 256] tile)."""
     mask = row_ok[:, None] & col_ok[None, :]
-    x = tl.load(z_row[:, None] + c[None, :], mask=mask, other=0.0).to(tl.float32)
+    # Outside the tile's valid cells x = -inf, so q = p = 0 there with no select (padded rows have a finite
+    # max from pass 1); l, which meets them in products, is selected to 0.
+    x = tl.load(z_row[:, None] + c[None, :], mask=mask, other=float("-inf")).to(tl.float32)
     l = tl.where(mask, x * inv_tau - shift[:, None], 0.0)
     if TAU_INT > 0:
-        e = tl.exp((x - m[:, None]) * inv_tau)               # one exp: q = e / st, p = e^tau / s1
-        q = tl.where(mask, e * inv_st[:, None], 0.0)
-        p = tl.where(mask, _int_pow(e, TAU_INT) * inv_s1[:, None], 0.0)
+        e = tl.math.exp2((x - m[:, None]) * k_tau)        # one exp: q = e / st, p = e^tau / s1
+        q = e * inv_st[:, None]
+        ce_p = ce_s1[:, None] * _int_pow(e, TAU_INT)                       # g_ce p; ce_s1 = g_ce / s1
     else:
-        q = tl.where(mask, tl.exp(x * inv_tau - shift[:, None]), 0.0)
-        p = tl.where(mask, tl.exp(x - lse[:, None]), 0.0)
+        q = tl.math.exp2((x * inv_tau - shift[:, None]) * 1.4426950408889634)
+        ce_p = g_ce * tl.math.exp2((x - lse[:, None]) * 1.4426950408889634)   # g_ce p
     if TEACHER_LAST:
         q_last = tl.sum(tl.where(is_last[:, None], q, 0.0), axis=0)      # [BLOCK_C]
         l_last = tl.sum(tl.where(is_last[:, None], l, 0.0), axis=0)
-        kd_acc += tl.sum(q_last[None, :] * (l_last[None, :] - l), axis=1)
+        if TILE_ACC:
+            kd_acc += q_last[None, :] * (l_last[None, :] - l)
+        else:
+            kd_acc += tl.sum(q_last[None, :] * (l_last[None, :] - l), axis=1)
         g = g_kd * (q - q_last[None, :])
         g = tl.where(is_last[:, None], 0.0, g)
     else:
         P = tl.sum(q, axis=0)                                              # [BLOCK_C]
-        r_acc += tl.sum(q * l, axis=1)
-        kd_acc += tl.sum(P[None, :] * l, axis=1)
+        if TILE_ACC:
+            r_acc += q * l
+            kd_acc += P[None, :] * l
+        else:
+            r_acc += tl.sum(q * l, axis=1)
+            kd_acc += tl.sum(P[None, :] * l, axis=1)
         g = g_kd * (n_f * q - P[None, :])
-    onehot = tl.where(c[None, :] == y, 1.0, 0.0)
-    g += g_ce * (p - onehot)
+    g += ce_p
+    g = tl.where(c[None, :] == y_col, g - g_ce, g)                         # - g_ce onehot(y)
     tl.store(g_row[:, None] + c[None, :], g.to(g_row.dtype.element_ty), mask=mask)
     return kd_acc, r_acc
+
+
+@triton.jit
+def _kd_accumulators(NP: tl.constexpr, BLOCK_C: tl.constexpr, TILE_ACC: tl.constexpr):
+    """Pass 2's two KD accumulators, zero: per row [NP], or per tile cell [NP, BLOCK_C] with TILE_ACC."""
+    if TILE_ACC:
+        return tl.zeros([NP, BLOCK_C], tl.float32), tl.zeros([NP, BLOCK_C], tl.float32)
+    else:
+        return tl.zeros([NP], tl.float32), tl.zeros([NP], tl.float32)
 
 
 @triton.jit
@@ -172,6 +204,7 @@ def _msd_loss_kernel(
     NP: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_D: tl.constexpr,
     C_ALIGN: tl.constexpr, D_ALIGN: tl.constexpr,  # row alignment in elements (`row_align`)
     TAU_INT: tl.constexpr,  # tau when it is an integer 1..4 (one exp per element and pass), else 0
+    TILE_ACC: tl.constexpr,  # pass 2's KD sums per tile cell, reduced once after the loop (plan tile_acc=1)
 ):
     """One program per sample b: both passes over all of C, the hint, partials [3, N, b]."""
     # C and D are multiples of C_ALIGN / D_ALIGN (the launcher checked): written so, the compiler knows it,
@@ -186,16 +219,18 @@ def _msd_loss_kernel(
     g_row = _exit_rows(rows, b * C, g0, g1, g2, g3, g4, g5, g6, g7, NP, C_ALIGN)   # [NP] -> grad z_n[b, 0]
     cols = tl.arange(0, BLOCK_C)                             # [BLOCK_C]
 
+    k_tau = inv_tau * 1.4426950408889634                     # log2(e) / tau
     # ---- pass 1: running max m and normalisers s1 = sum exp(z - m), st = sum exp((z - m) / tau) ----
     m = tl.full([NP], float("-inf"), tl.float32)
     s1 = tl.zeros([NP], tl.float32)
     st = tl.zeros([NP], tl.float32)
     for c0 in range(0, C, BLOCK_C):
         c = c0 + cols
-        m, s1, st = _stats_chunk(z_row, c, c < C, row_ok, m, s1, st, inv_tau, TAU_INT)
+        m, s1, st = _stats_chunk(z_row, c, c < C, row_ok, m, s1, st, k_tau, TAU_INT)
     lse, shift, inv_s1, inv_st = _row_stats(m, s1, st, inv_tau)   # [NP] each
 
     y = tl.load(y_ptr + b)
+    y_col = tl.where((y >= 0) & (y < C), y, -1).to(tl.int32)
     # Stored now, not at the end: ptxas parks values that wait across pass 2 in local memory (compile gate).
     part_off = rows.to(tl.int64) * B + b
     tl.store(part_ptr + part_off, _cross_entropy(z_row, y, C, lse, row_ok), mask=row_ok)   # CE_n
@@ -205,12 +240,15 @@ def _msd_loss_kernel(
     g_ce = tl.load(w_ptr) * inv_b
 
     # ---- pass 2: probabilities, KD sums and the logits' gradient, chunk by chunk ----
-    kd_acc = tl.zeros([NP], tl.float32)                      # "all": <P, l_n>;  "last": <q_N, l_N - l_n>
-    r_acc = tl.zeros([NP], tl.float32)                       # "all": per-row <q_n, l_n>, summed to R
+    # "all": kd_acc <P, l_n>, r_acc <q_n, l_n> (summed to R);  "last": kd_acc <q_N, l_N - l_n>
+    kd_acc, r_acc = _kd_accumulators(NP, BLOCK_C, TILE_ACC)
     for c0 in range(0, C, BLOCK_C):
         c = c0 + cols
-        kd_acc, r_acc = _grad_chunk(z_row, g_row, c, c < C, row_ok, is_last, y, m, lse, shift, inv_s1, inv_st,
-                                    kd_acc, r_acc, g_kd, g_ce, n_f, inv_tau, TEACHER_LAST, TAU_INT)
+        kd_acc, r_acc = _grad_chunk(z_row, g_row, c, c < C, row_ok, is_last, y_col, m, lse, shift, g_ce * inv_s1, inv_st,
+                                    kd_acc, r_acc, g_kd, g_ce, n_f, inv_tau, k_tau, TEACHER_LAST, TAU_INT, TILE_ACC)
+    if TILE_ACC:
+        kd_acc = tl.sum(kd_acc, axis=1)
+        r_acc = tl.sum(r_acc, axis=1)
     if TEACHER_LAST:
         kd = tau * tau * kd_acc
     else:
@@ -260,7 +298,7 @@ def _msd_split_stats_kernel(
     st = tl.zeros([NP], tl.float32)
     for c0 in range(c_lo, c_hi, BLOCK_C):
         c = c0 + cols
-        m, s1, st = _stats_chunk(z_row, c, c < c_hi, row_ok, m, s1, st, inv_tau, TAU_INT)
+        m, s1, st = _stats_chunk(z_row, c, c < c_hi, row_ok, m, s1, st, inv_tau * 1.4426950408889634, TAU_INT)
     base = ws_ptr + (b * S + s) * 3 * NP + rows
     tl.store(base, m)
     tl.store(base + NP, s1)
@@ -282,7 +320,7 @@ def _msd_split_main_kernel(
     tau, inv_tau, inv_b,
     TEACHER_LAST: tl.constexpr, HAS_FEAT: tl.constexpr,
     NP: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_D: tl.constexpr,
-    C_ALIGN: tl.constexpr, D_ALIGN: tl.constexpr, TAU_INT: tl.constexpr,
+    C_ALIGN: tl.constexpr, D_ALIGN: tl.constexpr, TAU_INT: tl.constexpr, TILE_ACC: tl.constexpr,
 ):
     C = C // C_ALIGN * C_ALIGN                # as in _msd_loss_kernel: the alignment, visible
     D = D // D_ALIGN * D_ALIGN
@@ -296,6 +334,7 @@ def _msd_split_main_kernel(
     z_row = _exit_rows(rows, b * C, z0, z1, z2, z3, z4, z5, z6, z7, NP, C_ALIGN)
     g_row = _exit_rows(rows, b * C, g0, g1, g2, g3, g4, g5, g6, g7, NP, C_ALIGN)
     # Combine the slices' stats in slice order: m = max m_k, s1 = sum s1_k exp(m_k - m), st likewise.
+    k_tau = inv_tau * 1.4426950408889634
     m = tl.full([NP], float("-inf"), tl.float32)
     s1 = tl.zeros([NP], tl.float32)
     st = tl.zeros([NP], tl.float32)
@@ -303,11 +342,13 @@ def _msd_split_main_kernel(
         base = ws_ptr + (b * S + k) * 3 * NP + rows
         m_k = tl.load(base)
         m_new = tl.maximum(m, m_k)
-        s1 = s1 * tl.exp(m - m_new) + tl.load(base + NP) * tl.exp(m_k - m_new)
-        st = st * tl.exp((m - m_new) * inv_tau) + tl.load(base + 2 * NP) * tl.exp((m_k - m_new) * inv_tau)
+        s1 = (s1 * tl.math.exp2((m - m_new) * 1.4426950408889634)
+              + tl.load(base + NP) * tl.math.exp2((m_k - m_new) * 1.4426950408889634))
+        st = st * tl.math.exp2((m - m_new) * k_tau) + tl.load(base + 2 * NP) * tl.math.exp2((m_k - m_new) * k_tau)
         m = m_new
     lse, shift, inv_s1, inv_st = _row_stats(m, s1, st, inv_tau)
     y = tl.load(y_ptr + b)
+    y_col = tl.where((y >= 0) & (y < C), y, -1).to(tl.int32)
     part_off = rows.to(tl.int64) * B + b
     n_f = N * 1.0
     if s == 0:
@@ -321,15 +362,20 @@ def _msd_split_main_kernel(
         tl.store(part_ptr + 2 * N * B + part_off, feat, mask=row_ok)
     g_kd = _kd_grad_scale(w_ptr, tau, inv_b, n_f, TEACHER_LAST)
     g_ce = tl.load(w_ptr) * inv_b
-    kd_acc = tl.zeros([NP], tl.float32)
-    r_acc = tl.zeros([NP], tl.float32)
+    kd_acc, r_acc = _kd_accumulators(NP, BLOCK_C, TILE_ACC)
     cols = tl.arange(0, BLOCK_C)
     c_lo = s * CS
     c_hi = tl.minimum(c_lo + CS, C)
-    for c0 in range(c_lo, c_hi, BLOCK_C):
-        c = c0 + cols
-        kd_acc, r_acc = _grad_chunk(z_row, g_row, c, c < c_hi, row_ok, is_last, y, m, lse, shift, inv_s1, inv_st,
-                                    kd_acc, r_acc, g_kd, g_ce, n_f, inv_tau, TEACHER_LAST, TAU_INT)
+    # Counted from 0: as range(c_lo, c_hi, BLOCK_C) ptxas spilled a register inside this loop (sm_90, NP = 4,
+    # odd C, tau = 3; compile gate).
+    for c0 in range(0, c_hi - c_lo, BLOCK_C):
+        c = c_lo + c0 + cols
+        kd_acc, r_acc = _grad_chunk(z_row, g_row, c, c < c_hi, row_ok, is_last, y_col, m, lse, shift, g_ce * inv_s1,
+                                    inv_st, kd_acc, r_acc, g_kd, g_ce, n_f, inv_tau, k_tau,
+                                    TEACHER_LAST, TAU_INT, TILE_ACC)
+    if TILE_ACC:
+        kd_acc = tl.sum(kd_acc, axis=1)
+        r_acc = tl.sum(r_acc, axis=1)
     out = wk_ptr + (b * S + s) * 2 * NP + rows
     tl.store(out, kd_acc)
     tl.store(out + NP, r_acc)
@@ -399,8 +445,10 @@ PLAN_ENV = "MSD_FAST_TRITON_PLAN"  # e.g. "num_warps=4,BLOCK_C=128,num_stages=2"
 # max_align: a cap in bytes on the row alignment the kernels are told (row_align); "max_align=2" on bf16
 # makes every access one element wide, as before the alignment hint: the sweep times both side by side.
 # exps: "exps=2" keeps two exps per element and pass for an integer tau too (the kernel before TAU_INT).
-PLAN_KEYS = ("num_warps", "BLOCK_C", "BLOCK_D", "num_stages", "max_align", "exps")
-LAUNCH_ONLY_KEYS = ("max_align", "exps")  # plan keys that are not kernel arguments
+# tile_acc: "tile_acc=1" accumulates pass 2's KD sums per tile cell (TILE_ACC): fewer instructions per
+# chunk, more registers; the sweep weighs the two on a GPU.
+PLAN_KEYS = ("num_warps", "BLOCK_C", "BLOCK_D", "num_stages", "max_align", "exps", "tile_acc")
+LAUNCH_ONLY_KEYS = ("max_align", "exps", "tile_acc")  # plan keys that are not kernel arguments
 
 
 @functools.lru_cache(maxsize=64)
@@ -479,7 +527,8 @@ def kernel_args(logits, target, features, weights, partials, grad_logits, grad_f
     return args, dict(TEACHER_LAST=bool(teacher_last), HAS_FEAT=bool(features),
                       **{k: v for k, v in plan.items() if k not in LAUNCH_ONLY_KEYS},
                       C_ALIGN=row_align([*logits, *grad_logits], C, cap),
-                      D_ALIGN=row_align([*features, *grad_features], D, cap), TAU_INT=tau_int(temperature, plan))
+                      D_ALIGN=row_align([*features, *grad_features], D, cap), TAU_INT=tau_int(temperature, plan),
+                      TILE_ACC=plan.get("tile_acc", 0) == 1)
 
 
 SPLIT_ENV = "MSD_FAST_TRITON_SPLIT"  # force S slices per sample (tests, benchmarks); 1 turns the split off
@@ -535,7 +584,8 @@ def split_kernel_args(logits, target, features, weights, partials, grad_logits, 
                         *_slots(grads_f), ws_stats, ws_kd, N, B, C, D, CS, tau, inv_tau, 1.0 / B),
                        dict(TEACHER_LAST=bool(teacher_last), HAS_FEAT=bool(features), BLOCK_C=plan["BLOCK_C"],
                             BLOCK_D=plan["BLOCK_D"], C_ALIGN=c_align,
-                            D_ALIGN=row_align([*features, *grad_features], D, cap), TAU_INT=t_int, **common)),
+                            D_ALIGN=row_align([*features, *grad_features], D, cap), TAU_INT=t_int,
+                            TILE_ACC=plan.get("tile_acc", 0) == 1, **common)),
         "split_finish": ((ws_kd, partials, N, B, S, tau), dict(TEACHER_LAST=bool(teacher_last), NP=plan["NP"],
                                                               num_warps=1)),
     }

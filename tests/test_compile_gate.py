@@ -161,8 +161,10 @@ def test_profile_prints_one_problems_sass_profile():
 
 
 def test_integer_tau_halves_the_exps_per_element():
-    """tau = 3 (TAU_INT): one MUFU exp per element in each pass over C instead of two (sm_90 SASS; the
-    plan override exps=2 compiles the two-exp kernel for the comparison)."""
+    """tau = 3 (TAU_INT): one MUFU exp per element in each pass over C instead of two (sm_90 SASS; the plan
+    override exps=2 compiles the two-exp kernel); either way each pass has at least 15% fewer instructions
+    than the kernel of f804f21, whose tl.exp put a subnormal fix-up around every MUFU and whose one-hot was a
+    64-bit compare (195 and 331 instructions per iteration of pass 1 and 2)."""
     r = _python("""
         import json, os
         from msd_fast.kernels.compile_gate import compile_kernel, _kernel_args, sass_profile
@@ -172,10 +174,34 @@ def test_integer_tau_halves_the_exps_per_element():
             fn, args, kwargs, _ = _kernel_args(dict(N=8, B=4096, C=1000, D=512, dtype="bfloat16",
                                                     teacher_last=False, tau=3.0))
             kernel, _ = compile_kernel(fn, args, kwargs, 90)
-            out.append([lp["MUFU"] for lp in sass_profile(kernel.asm["cubin"])["loops"]])
+            out.append([(lp["MUFU"], lp["instructions"]) for lp in sass_profile(kernel.asm["cubin"])["loops"]])
         print(json.dumps(out))
     """)
     assert r.returncode == 0, r.stdout + r.stderr
     one, two = json.loads(r.stdout.strip().splitlines()[-1])
     # loops: pass 1, pass 2, the hint (no exp); a [8, 256] tile over 256 threads is 8 elements per thread
-    assert one[:2] == [9, 8] and two[:2] == [18, 16] and one[2] == two[2] == 0, (one, two)
+    assert [lp[0] for lp in one] == [9, 8, 0] and [lp[0] for lp in two] == [18, 16, 0], (one, two)
+    assert all(v[0][1] <= 0.85 * 195 and v[1][1] <= 0.85 * 331 for v in (one, two)), (one, two)
+
+
+def test_the_sweeps_kernel_variants_compile_without_spills():
+    """The plan overrides the GPU sweep times beside the launcher's plan (one-element accesses, two exps,
+    per-cell KD accumulators) compile for sm_80 and sm_90 at the sweep's shapes with no spill (a variant
+    that spilled would be timed as a slower kernel for the wrong reason)."""
+    r = _python("""
+        import json, os
+        from msd_fast.kernels.compile_gate import compile_one
+        rows = []
+        for plan in ("max_align=2", "exps=2", "tile_acc=1"):
+            os.environ["MSD_FAST_TRITON_PLAN"] = plan
+            for arch in (80, 90):
+                for p in (dict(N=8, B=4096, C=1000, D=512, dtype="bfloat16", teacher_last=False, tau=3.0),
+                          dict(N=4, B=32, C=128256, D=512, dtype="bfloat16", teacher_last=False, tau=3.0,
+                               kernel="split_main")):
+                    row = compile_one(p, arch)
+                    rows.append(dict(plan=plan, arch=arch, ok=row["ok"], error=row.get("error")))
+        print(json.dumps(rows))
+    """)
+    assert r.returncode == 0, r.stdout + r.stderr
+    rows = json.loads(r.stdout.strip().splitlines()[-1])
+    assert len(rows) == 12 and all(row["ok"] for row in rows), rows

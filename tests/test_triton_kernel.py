@@ -354,3 +354,16 @@ def test_two_exps_plan_override_gives_the_same_loss(monkeypatch):
     monkeypatch.setenv("MSD_FAST_TRITON_PLAN", "exps=2")
     two = _run("fused", z, y, f, "all", temperature=3.0)
     _assert_match(one, two, 1e-6, 1e-6, 1e-7)
+
+
+@pytest.mark.parametrize("teacher", ["all", "last"])
+@pytest.mark.parametrize("split", ["1", "3"])
+def test_tile_accumulators_plan_matches_the_reference(teacher, split, monkeypatch):
+    """tile_acc=1 (the sweep's variant: pass 2's KD sums kept per tile cell, reduced after the loop), in the
+    one-program and the split kernels, against the float64 reference over several chunks of C."""
+    monkeypatch.setenv("MSD_FAST_TRITON_PLAN", "tile_acc=1")
+    monkeypatch.setenv("MSD_FAST_TRITON_SPLIT", split)
+    z, y, f = make_inputs(5, 3, 700, 9)
+    got = _run("fused", z, y, f, teacher, temperature=3.0)
+    ref = _run("reference", z.double(), y, f.double(), teacher, temperature=3.0)
+    _assert_match(got, [ref[0].float(), [t.float() for t in ref[1]], [g.float() for g in ref[2]]], 1e-5, 1e-5, 1e-7)
