@@ -9,7 +9,9 @@ harness (bench.timing.time_interleaved), medians per call; JSON under bench/resu
   once, so only Python is timed: validate=False (the fast path, straight to the operator) and validate=True
   (every Python check, the class range included).
 - op_*: `torch.ops.msd_fast.fused_msd_loss` on tensors that need no gradient (kernel, allocation, dispatch).
-- backward: forward+backward minus forward of the operator on leaves that need gradients.
+- backward: forward+backward minus forward of the operator on leaves that need gradients; backward_scaled the
+  same with an incoming gradient of 2 (a weighted loss, gradient accumulation), where the saved gradients
+  must be scaled (in place since 42679c4; before, into 2N new buffers).
 """
 import argparse
 import contextlib
@@ -81,9 +83,12 @@ def measure() -> dict:
             t.grad = None
         return op(zl, y, fl, w, 3.0, False)[0]
 
-    fb = time_interleaved({"forward": forward, "forward_backward": lambda: forward().backward()}, cpu)
+    two = torch.tensor(2.0)
+    fb = time_interleaved({"forward": forward, "forward_backward": lambda: forward().backward(),
+                           "forward_backward_scaled": lambda: forward().backward(two)}, cpu)
     out["op_forward_with_grad_us"] = fb["forward"]["median_ms"] * 1e3
     out["backward_us"] = (fb["forward_backward"]["median_ms"] - fb["forward"]["median_ms"]) * 1e3
+    out["backward_scaled_us"] = (fb["forward_backward_scaled"]["median_ms"] - fb["forward"]["median_ms"]) * 1e3
     return out
 
 
