@@ -80,8 +80,8 @@ def _stats_chunk(z_row, c, col_ok, row_ok, m, s1, st, k_tau, TAU_INT: tl.constex
     x = tl.where(col_ok[None, :], x, float("-inf"))          # padded rows stay finite (0), columns -inf
     m_new = tl.maximum(m, tl.max(x, axis=1))
     d_old = m - m_new
-    e = tl.math.exp2((x - m_new[:, None]) * k_tau)        # [NP, BLOCK_C] exp((z - m) / tau)
-    r = tl.math.exp2(d_old * k_tau)                       # [NP] rescale of the old sums, at T = tau
+    e = tl.math.exp2((x - m_new[:, None]) * k_tau)           # [NP, BLOCK_C] exp((z - m) / tau)
+    r = tl.math.exp2(d_old * k_tau)                          # [NP] rescale of the old sums, at T = tau
     if TAU_INT > 0:
         s1 = s1 * _int_pow(r, TAU_INT) + tl.sum(_int_pow(e, TAU_INT), axis=1)
     else:
@@ -112,7 +112,7 @@ def _grad_chunk(z_row, g_row, c, col_ok, row_ok, is_last, y_col, m, lse, shift, 
     x = tl.load(z_row[:, None] + c[None, :], mask=mask, other=float("-inf")).to(tl.float32)
     l = tl.where(mask, x * inv_tau - shift[:, None], 0.0)
     if TAU_INT > 0:
-        e = tl.math.exp2((x - m[:, None]) * k_tau)        # one exp: q = e / st, p = e^tau / s1
+        e = tl.math.exp2((x - m[:, None]) * k_tau)           # one exp: q = e / st, p = e^tau / s1
         q = e * inv_st[:, None]
         ce_p = ce_s1[:, None] * _int_pow(e, TAU_INT)                       # g_ce p; ce_s1 = g_ce / s1
     else:
@@ -244,8 +244,9 @@ def _msd_loss_kernel(
     kd_acc, r_acc = _kd_accumulators(NP, BLOCK_C, TILE_ACC)
     for c0 in range(0, C, BLOCK_C):
         c = c0 + cols
-        kd_acc, r_acc = _grad_chunk(z_row, g_row, c, c < C, row_ok, is_last, y_col, m, lse, shift, g_ce * inv_s1, inv_st,
-                                    kd_acc, r_acc, g_kd, g_ce, n_f, inv_tau, k_tau, TEACHER_LAST, TAU_INT, TILE_ACC)
+        kd_acc, r_acc = _grad_chunk(z_row, g_row, c, c < C, row_ok, is_last, y_col, m, lse, shift,
+                                    g_ce * inv_s1, inv_st, kd_acc, r_acc, g_kd, g_ce, n_f, inv_tau, k_tau,
+                                    TEACHER_LAST, TAU_INT, TILE_ACC)
     if TILE_ACC:
         kd_acc = tl.sum(kd_acc, axis=1)
         r_acc = tl.sum(r_acc, axis=1)
