@@ -21,8 +21,6 @@ one-argument Triton kernel, `msd_loss` forward, and forward + backward.
         # num_stages), so one GPU run says which tiling to make the launcher's plan
 """
 import argparse
-import json
-import os
 import pathlib
 import statistics
 import time
@@ -31,6 +29,7 @@ import torch
 
 from bench.bench_loss import GPU_CHECK_GRID, make_inputs, without_split
 from bench.machine import describe, machine_info
+from bench.results_file import write_results
 from bench.timing import env_var
 
 REPS = 20
@@ -178,14 +177,9 @@ def main(argv=None):
     info = machine_info(dev)
     print(f"# bench_kernel on {describe(info)}", flush=True)
     path = pathlib.Path(args.out) if args.out else pathlib.Path(__file__).resolve().parent / "results" / "kernel_cuda.json"
-    path.parent.mkdir(parents=True, exist_ok=True)
 
     def save():
-        """The results so far, written after every shape (temp file, then os.replace): a run its step's
-        timeout cuts short keeps what it measured."""
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text(json.dumps(out, indent=1))
-        os.replace(tmp, path)
+        write_results(path, out)  # after every shape: a run cut short keeps what it measured
 
     out = {"machine": info, "command": "python -m bench.bench_kernel", "reps_per_graph": REPS,
            "host": host_floor(dev), "rows": []}

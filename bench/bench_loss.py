@@ -17,13 +17,13 @@ Results go to bench/results/ (or --out); --update-readme also regenerates the RE
 """
 import argparse
 import itertools
-import json
 import pathlib
 import time
 
 import torch
 
 from bench.machine import describe, machine_info
+from bench.results_file import write_results
 from bench.naive_loss import naive_msd_loss
 from bench.report import update_readme
 from bench.timing import env_var, time_interleaved
@@ -209,6 +209,19 @@ def main(argv=None):
             skips[name] = skips[name] or "left out of the gpu-check grid (time budget); the _list rows compare"
     rows = []
     t_start = time.time()
+    suffix = "_quick" if args.quick else ("" if args.grid == "full" else "_" + args.grid.replace("-", "_"))
+    suffix += f"_after_{args.between_work}" if args.between_work else ""
+    out = pathlib.Path(args.out) if args.out else RESULTS / f"loss_{device.type}{suffix}.json"
+
+    def save():  # after every shape: a run cut short by its step's timeout keeps the shapes it finished
+        write_results(out, {"machine": info, "alpha": ALPHA, "temperature": TAU, "beta": BETA,
+                            "grid": "quick" if args.quick else args.grid, "wall_s": time.time() - t_start,
+                            "between_work": args.between_work,
+                            "command": "python -m bench.bench_loss" + (" --quick" if args.quick else "")
+                            + ("" if args.grid == "full" else f" --grid {args.grid}")
+                            + (f" --between-work {args.between_work}" if args.between_work else ""),
+                            "rows": rows})
+
     for N, B, C, D, dtype in grid(device, args.quick, args.grid):
         if device.type == "cpu" and N * B * C > MAX_CPU_ELEMENTS:
             rows.append(dict(N=N, B=B, C=C, D=D, dtype=str(dtype).replace("torch.", ""), backend="all",
@@ -218,17 +231,8 @@ def main(argv=None):
         rows.extend(case)
         msg = "  ".join(f"{r['backend']}={r['median_ms']:.3f}ms" for r in case if "median_ms" in r)
         print(f"N={N} B={B} C={C} D={D} {dtype}: {msg}", flush=True)
-    suffix = "_quick" if args.quick else ("" if args.grid == "full" else "_" + args.grid.replace("-", "_"))
-    suffix += f"_after_{args.between_work}" if args.between_work else ""
-    out = pathlib.Path(args.out) if args.out else RESULTS / f"loss_{device.type}{suffix}.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"machine": info, "alpha": ALPHA, "temperature": TAU, "beta": BETA,
-                               "grid": "quick" if args.quick else args.grid, "wall_s": time.time() - t_start,
-                               "between_work": args.between_work,
-                               "command": "python -m bench.bench_loss" + (" --quick" if args.quick else "")
-                               + ("" if args.grid == "full" else f" --grid {args.grid}")
-                               + (f" --between-work {args.between_work}" if args.between_work else ""),
-                               "rows": rows}, indent=1))
+        save()
+    save()
     print(f"wrote {out}")
     if args.update_readme:
         update_readme()

@@ -98,3 +98,15 @@ def test_two_calls_of_one_check_are_merged(tmp_path):
     assert merged["steps"] == {"build": "ok", "CUDA tests": "ok", "bench_kernel": "ok", "train resnet18 b128": "ok",
                                "bench_loss": "FAILED"}
     assert [r["ratio"] for r in merged["train"] if r["config"] == "msd_fast (defaults)"] == [4.0]
+
+
+def test_benchmarks_write_results_whole_after_every_shape(tmp_path):
+    """bench_kernel / bench_loss save through write_results after every shape: each write replaces the file
+    whole (a temp file renamed over it), so a run killed by its step's timeout leaves valid JSON."""
+    from bench.results_file import write_results
+
+    path = tmp_path / "sub" / "kernel_cuda_gpu_check.json"
+    write_results(path, {"rows": [1]})
+    write_results(path, {"rows": [1, 2]})
+    assert json.loads(path.read_text()) == {"rows": [1, 2]}
+    assert sorted(p.name for p in path.parent.iterdir()) == [path.name]  # no temp file left behind
