@@ -2,11 +2,11 @@
 //
 // The op computes d total / d logits and d total / d features during its forward, so backward is only
 // "scale the saved gradients by the incoming gradient" (in place with msd_fast::scale_grads_ when this
-// backward is their last reader: nothing at all for g == 1, see may_scale_in_place). Written as a Python autograd rule
-// (torch.library.register_autograd) that bookkeeping cost more than the whole CPU kernel at training
-// shapes (a Python setup_context in the forward, a Python backward called back from the engine); here it
-// is a C++ autograd::Function registered at the Autograd key, so an eager call never enters Python after
-// the dispatcher. Tracing (torch.compile, opcheck) sees the same rule: the forward redispatches below
+// backward is their last reader: nothing at all for g == 1, see may_scale_in_place). Written as a Python
+// autograd rule (torch.library.register_autograd) that bookkeeping cost more than the whole CPU kernel at
+// training shapes (a Python setup_context in the forward, a Python backward called back from the engine);
+// here it is a C++ autograd::Function registered at the Autograd key, so an eager call never enters Python
+// after the dispatcher. Tracing (torch.compile, opcheck) sees the same rule: the forward redispatches below
 // autograd (to the CPU kernel, or to the Python fake kernel under FakeTensorMode).
 #include <ATen/Functions.h>
 #include <ATen/TensorSubclassLikeUtils.h>

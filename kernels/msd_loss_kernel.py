@@ -49,10 +49,10 @@ def _exit_rows(rows, off, p0, p1, p2, p3, p4, p5, p6, p7, NP: tl.constexpr, ALIG
     return tl.multiple_of(ptr, [ALIGN * (p0.dtype.element_ty.primitive_bitwidth // 8)])  # bytes
 
 
-# exp(x) = 2^(x log2(e)): the kernels call tl.math.exp2 with log2(e) folded into a factor they already apply
-# (1.4426950408889634, written as a literal: a jit function reads no module globals). exp2 compiles to one
-# MUFU.EX2 instruction; tl.exp compiled to the same plus a subnormal fix-up around it (a compare and two
-# multiplies per element, a tenth of pass 2's instructions; sm_90 SASS, compile_gate --profile).
+# exp(x) = 2^(x LOG2E): the kernels call tl.math.exp2 with LOG2E folded into a factor they already apply.
+# exp2 compiles to one MUFU.EX2 instruction; tl.exp compiled to the same plus a subnormal fix-up around it (a
+# compare and two multiplies per element, a tenth of pass 2's instructions; sm_90 SASS, compile_gate --profile).
+LOG2E = tl.constexpr(1.4426950408889634)  # a constexpr: the only kind of module global a jit function may read
 
 
 @triton.jit
@@ -85,8 +85,8 @@ def _stats_chunk(z_row, c, col_ok, row_ok, m, s1, st, k_tau, TAU_INT: tl.constex
     if TAU_INT > 0:
         s1 = s1 * _int_pow(r, TAU_INT) + tl.sum(_int_pow(e, TAU_INT), axis=1)
     else:
-        s1 = (s1 * tl.math.exp2(d_old * 1.4426950408889634)
-              + tl.sum(tl.math.exp2((x - m_new[:, None]) * 1.4426950408889634), axis=1))
+        s1 = (s1 * tl.math.exp2(d_old * LOG2E)
+              + tl.sum(tl.math.exp2((x - m_new[:, None]) * LOG2E), axis=1))
     st = st * r + tl.sum(e, axis=1)
     return m_new, s1, st
 
@@ -116,8 +116,8 @@ def _grad_chunk(z_row, g_row, c, col_ok, row_ok, is_last, y_col, m, lse, shift, 
         q = e * inv_st[:, None]
         ce_p = ce_s1[:, None] * _int_pow(e, TAU_INT)                       # g_ce p; ce_s1 = g_ce / s1
     else:
-        q = tl.math.exp2((x * inv_tau - shift[:, None]) * 1.4426950408889634)
-        ce_p = g_ce * tl.math.exp2((x - lse[:, None]) * 1.4426950408889634)   # g_ce p
+        q = tl.math.exp2((x * inv_tau - shift[:, None]) * LOG2E)
+        ce_p = g_ce * tl.math.exp2((x - lse[:, None]) * LOG2E)   # g_ce p
     if TEACHER_LAST:
         q_last = tl.sum(tl.where(is_last[:, None], q, 0.0), axis=0)      # [BLOCK_C]
         l_last = tl.sum(tl.where(is_last[:, None], l, 0.0), axis=0)
@@ -219,7 +219,7 @@ def _msd_loss_kernel(
     g_row = _exit_rows(rows, b * C, g0, g1, g2, g3, g4, g5, g6, g7, NP, C_ALIGN)   # [NP] -> grad z_n[b, 0]
     cols = tl.arange(0, BLOCK_C)                             # [BLOCK_C]
 
-    k_tau = inv_tau * 1.4426950408889634                     # log2(e) / tau
+    k_tau = inv_tau * LOG2E                     # log2(e) / tau
     # ---- pass 1: running max m and normalisers s1 = sum exp(z - m), st = sum exp((z - m) / tau) ----
     m = tl.full([NP], float("-inf"), tl.float32)
     s1 = tl.zeros([NP], tl.float32)
@@ -294,12 +294,13 @@ def _msd_split_stats_kernel(
     cols = tl.arange(0, BLOCK_C)
     c_lo = s * CS
     c_hi = tl.minimum(c_lo + CS, C)
+    k_tau = inv_tau * LOG2E                   # log2(e) / tau
     m = tl.full([NP], float("-inf"), tl.float32)
     s1 = tl.zeros([NP], tl.float32)
     st = tl.zeros([NP], tl.float32)
     for c0 in range(c_lo, c_hi, BLOCK_C):
         c = c0 + cols
-        m, s1, st = _stats_chunk(z_row, c, c < c_hi, row_ok, m, s1, st, inv_tau * 1.4426950408889634, TAU_INT)
+        m, s1, st = _stats_chunk(z_row, c, c < c_hi, row_ok, m, s1, st, k_tau, TAU_INT)
     base = ws_ptr + (b * S + s) * 3 * NP + rows
     tl.store(base, m)
     tl.store(base + NP, s1)
@@ -335,7 +336,7 @@ def _msd_split_main_kernel(
     z_row = _exit_rows(rows, b * C, z0, z1, z2, z3, z4, z5, z6, z7, NP, C_ALIGN)
     g_row = _exit_rows(rows, b * C, g0, g1, g2, g3, g4, g5, g6, g7, NP, C_ALIGN)
     # Combine the slices' stats in slice order: m = max m_k, s1 = sum s1_k exp(m_k - m), st likewise.
-    k_tau = inv_tau * 1.4426950408889634
+    k_tau = inv_tau * LOG2E
     m = tl.full([NP], float("-inf"), tl.float32)
     s1 = tl.zeros([NP], tl.float32)
     st = tl.zeros([NP], tl.float32)
@@ -343,8 +344,8 @@ def _msd_split_main_kernel(
         base = ws_ptr + (b * S + k) * 3 * NP + rows
         m_k = tl.load(base)
         m_new = tl.maximum(m, m_k)
-        s1 = (s1 * tl.math.exp2((m - m_new) * 1.4426950408889634)
-              + tl.load(base + NP) * tl.math.exp2((m_k - m_new) * 1.4426950408889634))
+        s1 = (s1 * tl.math.exp2((m - m_new) * LOG2E)
+              + tl.load(base + NP) * tl.math.exp2((m_k - m_new) * LOG2E))
         st = st * tl.math.exp2((m - m_new) * k_tau) + tl.load(base + 2 * NP) * tl.math.exp2((m_k - m_new) * k_tau)
         m = m_new
     lse, shift, inv_s1, inv_st = _row_stats(m, s1, st, inv_tau)
