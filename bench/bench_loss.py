@@ -2,8 +2,9 @@
 
 Backends: naive eager all-pairs PyTorch (a Python loop over exit pairs), the reference backend,
 torch.compile of the reference (compile time reported separately), the fused C++ op (CPU) and the fused
-Triton kernel (CUDA), plus a plain memory copy of the same bytes (inputs read + gradients written) as the
-machine's floor. Inputs as a model hands them over: N separate tensors per exit ("_list" rows, and the naive
+Triton kernel (CUDA), plus two floors of the machine: a plain memory copy of the same bytes (inputs read +
+gradients written) and `autograd_floor`, one op on a 4-element tensor and its backward (what any loss
+called with `.backward()` costs here before it touches its data). Inputs as a model hands them over: N separate tensors per exit ("_list" rows, and the naive
 loop) and, for comparison, one stacked [N, B, C] tensor. Timed round-robin (windows of a few calls, each backend in turn, so drift in the
 machine's speed hits all alike); medians per call after warm-up; peak memory on CUDA; JSON under bench/results/.
 
@@ -146,7 +147,16 @@ def run_case(N, B, C, D, dtype, device, skip_reasons, between=None):
     nbytes = 2 * (z.numel() + f.numel()) * z.element_size()
     base = dict(N=N, B=B, C=C, D=D, dtype=str(dtype).replace("torch.", ""))
     steps = {"memcpy_floor": lambda: (dz.copy_(z.detach()), df.copy_(f.detach()))}
-    extra = {"memcpy_floor": {}}
+    # The other floor: the least a loss call with a backward costs here whatever its data, one op on a
+    # 4-element leaf and autograd's backward through it (dispatch, the engine, AccumulateGrad).
+    tiny = torch.zeros(4, device=device, requires_grad=True)
+
+    def autograd_floor():
+        tiny.grad = None
+        tiny.sum().backward()
+
+    steps["autograd_floor"] = autograd_floor
+    extra = {"memcpy_floor": {}, "autograd_floor": {}}
     for name, (fn, kind) in fns.items():
         if skip_reasons[name]:
             continue
@@ -170,13 +180,13 @@ def run_case(N, B, C, D, dtype, device, skip_reasons, between=None):
         steps[name] = step
     timed = time_interleaved(steps, device, between=between)  # round-robin: drift hits every backend alike
     rows = []
-    for name in ["memcpy_floor", *fns]:
+    for name in ["memcpy_floor", "autograd_floor", *fns]:
         if name not in steps:
             rows.append({**base, "backend": name, "skipped": skip_reasons[name]})
             continue
         r = timed[name]
-        rows.append({**base, "backend": name, **r, **extra[name], "bytes": nbytes,
-                     "gb_per_s": nbytes / r["median_ms"] / 1e6})
+        moved = {} if name == "autograd_floor" else {"bytes": nbytes, "gb_per_s": nbytes / r["median_ms"] / 1e6}
+        rows.append({**base, "backend": name, **r, **extra[name], **moved})
     naive = next(r for r in rows if r["backend"] == "naive_eager")
     comp = {r["backend"]: r for r in rows if r["backend"].startswith("compiled_reference") and "median_ms" in r}
     for r in rows:

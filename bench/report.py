@@ -86,41 +86,63 @@ def cpu_target_section() -> str:
     runs = [(label, d) for label, d in runs if d]
     if not runs:
         return "_Not measured yet: `python -m bench.bench_loss --grid cpu-target [--between-work]`._"
-    names = ["naive_eager", "compiled_reference", "compiled_reference_list", "cpp", "cpp_list", "memcpy_floor"]
+    names = ["naive_eager", "compiled_reference", "compiled_reference_list", "cpp", "cpp_list", "memcpy_floor",
+             "autograd_floor"]
     lines = [f"Measured on {describe(runs[0][1]['machine'])}. N=4 B=128 C=100 D=512 fp32, forward+backward, "
              "median µs per call, backends round-robin in one run; `_list`: the N exits as separate tensors (as a "
              "model returns them), else one stacked [N, B, C] tensor. \"after the heads\": before every call, untimed, "
              "each exit's linear head writes its logits and the features are rewritten, as in a training step; "
-             "\"after 64 MB\": untimed unrelated memory traffic first, every cache cold (the worst case).",
-             "", "| timing | `command` | " + " | ".join(names) + " | cpp_list vs compiled_reference_list |",
-             "|---|---|" + "---|" * (len(names) + 1)]
+             "\"after 64 MB\": untimed unrelated memory traffic first, every cache cold (the worst case). "
+             "`autograd_floor`: `x.sum().backward()` on a 4-element leaf, the least any loss called with "
+             "`.backward()` costs; the last column is the ratio a loss costing just the two floors together "
+             "(`memcpy_floor` + `autograd_floor`) would have.",
+             "", "| timing | `command` | " + " | ".join(names)
+             + " | cpp_list vs compiled_reference_list | the two floors vs compiled_reference_list |",
+             "|---|---|" + "---|" * (len(names) + 2)]
     for label, d in runs:
         by = {r["backend"]: r for r in d["rows"] if "median_ms" in r}
         cells = [f"{by[n]['median_ms'] * 1e3:.0f}" if n in by else "—" for n in names]
-        ratio = (f"{by['compiled_reference_list']['median_ms'] / by['cpp_list']['median_ms']:.2f}x"
-                 if "cpp_list" in by and "compiled_reference_list" in by else "—")
-        lines.append(f"| {label} | `{d['command']}` | " + " | ".join(cells) + f" | {ratio} |")
+        comp = by.get("compiled_reference_list", {}).get("median_ms")
+        ratio = f"{comp / by['cpp_list']['median_ms']:.2f}x" if comp and "cpp_list" in by else "—"
+        floors = [by[n]["median_ms"] for n in ("memcpy_floor", "autograd_floor") if n in by]
+        best = f"{comp / sum(floors):.2f}x" if comp and len(floors) == 2 else "—"
+        lines.append(f"| {label} | `{d['command']}` | " + " | ".join(cells) + f" | {ratio} | {best} |")
     return "\n".join(lines)
 
 
+OLDEST_TRITON_GATE = "triton_compile_gate_oldest_triton.json"  # the gate run under scripts/test_oldest_triton.sh's Triton
+
+
+def _gate_summary_line(s: dict, command: str) -> str:
+    return (f"`{command}` (Triton {s['triton']}): {s['configs']} configurations compiled, {s['failed']} failed, in "
+            f"{s['wall_s']:.0f} s; no spill inside a loop and no local memory anywhere; "
+            f"{s.get('with_parked_registers', 0)} configurations with registers parked outside the loops (stack "
+            f"frames up to {s.get('max_stack_bytes', 0)} bytes).")
+
+
 def compile_gate_section() -> str:
-    """Registers per configuration from the committed ahead-of-time compile gate run."""
+    """Registers per configuration from the committed ahead-of-time compile gate runs: the development
+    Triton's and, when committed, the oldest supported Triton's (the GPU machines')."""
     data = _load("triton_compile_gate.json")
     if data is None:
         return "_Not run yet: `python -m msd_fast.kernels.compile_gate --json bench/results/triton_compile_gate.json`._"
-    s, rows = data["summary"], data["results"]
-    lines = [f"`python -m msd_fast.kernels.compile_gate` (Triton {s['triton']}): {s['configs']} configurations "
-             f"compiled, {s['failed']} failed, in {s['wall_s']:.0f} s; no spill inside a loop and no local memory "
-             f"anywhere; {s.get('with_parked_registers', 0)} configurations with registers parked outside the loops "
-             f"(stack frames up to {s.get('max_stack_bytes', 0)} bytes). Registers per thread (max over the "
-             f"configurations; 255 is the hardware limit):", "",
-             "| NP (exits rounded up) | dtype | " + " | ".join(f"sm_{a}" for a in s["archs"]) + " |",
-             "|---|---|" + "---|" * len(s["archs"])]
-    for NP in sorted({r["NP"] for r in rows if "NP" in r}):
+    runs = [(data, "python -m msd_fast.kernels.compile_gate")]
+    oldest = _load(OLDEST_TRITON_GATE)
+    if oldest is not None:
+        runs.append((oldest, f"PYTHONPATH=.venv-triton-oldest python -m msd_fast.kernels.compile_gate --json "
+                             f"bench/results/{OLDEST_TRITON_GATE}"))
+    lines = [_gate_summary_line(d["summary"], cmd) for d, cmd in runs]
+    lines = [" ".join(lines) + " Registers per thread (max over the configurations; 255 is the hardware limit):", ""]
+    cols = [(d, a) for d, _ in runs for a in d["summary"]["archs"]]
+    lines += ["| NP (exits rounded up) | dtype | "
+              + " | ".join(f"sm_{a}, Triton {d['summary']['triton']}" for d, a in cols) + " |",
+              "|---|---|" + "---|" * len(cols)]
+    for NP in sorted({r["NP"] for r in data["results"] if "NP" in r}):
         for dt in ("float32", "bfloat16", "float16"):
             cells = []
-            for a in s["archs"]:
-                regs = [r["reg"] for r in rows if r.get("NP") == NP and r["dtype"] == dt and r["arch"] == a and "reg" in r]
+            for d, a in cols:
+                regs = [r["reg"] for r in d["results"]
+                        if r.get("NP") == NP and r["dtype"] == dt and r["arch"] == a and "reg" in r]
                 cells.append(str(max(regs)) if regs else "—")
             lines.append(f"| {NP} | {dt} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
