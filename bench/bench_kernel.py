@@ -125,12 +125,17 @@ SWEEP = ([f"BLOCK_C={bc},num_warps={w}" for bc in (64, 128, 256, 512) for w in (
          # two exps per element and pass at tau = 3, as before the integer-tau path (TAU_INT)
          + ["exps=2"]
          # pass 2's KD sums per tile cell, one row reduction after the loop: 218 instead of 246 instructions
-         # per pass-2 iteration, 80 instead of 64 registers (N=8 C=1000 bf16, sm_90)
-         + ["tile_acc=1"])
+         # per pass-2 iteration, 80 instead of 64 registers (N=8 C=1000 bf16, sm_90, Triton 3.8; 3.6: 124)
+         + ["tile_acc=1"]
+         # the launcher's tiling held to 64 registers: Triton 3.6 (the GPU machines') otherwise gives it 80,
+         # 3 programs of 8 warps per SM instead of 4; with the cap no spill and 259 instead of 272
+         # instructions per pass-2 iteration (sm_90, N=8 C=1000 bf16)
+         + ["maxnreg=64"])
 
 
-def sweep_shape(N, B, C, D, dtype, dev, candidates=SWEEP) -> list:
-    """Device time of the launcher's kernel(s) under each MSD_FAST_TRITON_PLAN candidate (and the default)."""
+def sweep_shape(N, B, C, D, dtype, dev, candidates=SWEEP):
+    """Device time of the launcher's kernel(s) under each MSD_FAST_TRITON_PLAN candidate (and the default),
+    one row per plan as it is measured (the caller saves after each: a sweep its timeout cuts keeps them)."""
     from msd_fast.kernels import msd_loss_partials
     from msd_fast.kernels.msd_loss_kernel import PLAN_ENV, launch_plan
 
@@ -139,17 +144,15 @@ def sweep_shape(N, B, C, D, dtype, dev, candidates=SWEEP) -> list:
     w = torch.tensor([1 - ALPHA, ALPHA, BETA / D], device=dev)
     dz, df = torch.empty_like(z), torch.empty_like(f)
     copy = device_us(lambda: (dz.copy_(z.detach()), df.copy_(f.detach())))
-    rows = []
+    shape = {"N": N, "B": B, "C": C, "D": D, "dtype": str(dtype).replace("torch.", ""), "copy_us": copy}
     default = "(launcher's plan: " + ",".join(f"{k}={v}" for k, v in launch_plan(N, C, D).items()) + ")"
     for cand in [default, *candidates]:
         try:
             with env_var(PLAN_ENV, "" if cand == default else cand):  # "": no override
                 us = device_us(lambda: msd_loss_partials(zl, y, fl, w, TAU, False), reps=10, replays=5)
-            rows.append({"plan": cand, "kernel_us": us, "share_of_copy_bandwidth": copy / us})
+            yield {**shape, "plan": cand, "kernel_us": us, "share_of_copy_bandwidth": copy / us}
         except Exception as e:  # a tiling that does not compile (registers, shared memory) is a result too
-            rows.append({"plan": cand, "error": f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"})
-    return [{"N": N, "B": B, "C": C, "D": D, "dtype": str(dtype).replace("torch.", ""), "copy_us": copy, **r}
-            for r in rows]
+            yield {**shape, "plan": cand, "error": f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"}
 
 
 def host_floor(dev) -> dict:
@@ -179,7 +182,7 @@ def main(argv=None):
     path = pathlib.Path(args.out) if args.out else pathlib.Path(__file__).resolve().parent / "results" / "kernel_cuda.json"
 
     def save():
-        write_results(path, out)  # after every shape: a run cut short keeps what it measured
+        write_results(path, out)  # after every shape and sweep plan: a run cut short keeps what it measured
 
     out = {"machine": info, "command": "python -m bench.bench_kernel", "reps_per_graph": REPS,
            "host": host_floor(dev), "rows": []}
@@ -197,9 +200,11 @@ def main(argv=None):
     if args.sweep:
         out["sweep"] = []
         for shape in SWEEP_SHAPES:
-            rows = sweep_shape(*shape, dev)
-            out["sweep"] += rows
-            save()
+            rows = []
+            for row in sweep_shape(*shape, dev):
+                rows.append(row)
+                out["sweep"].append(row)
+                save()
             ok = sorted((r for r in rows if "kernel_us" in r), key=lambda r: r["kernel_us"])
             print(f"sweep N={shape[0]} B={shape[1]} C={shape[2]}: default {rows[0].get('kernel_us', float('nan')):.1f} us; "
                   + "; ".join(f"{r['plan']} {r['kernel_us']:.1f} us ({100 * r['share_of_copy_bandwidth']:.0f}%)"

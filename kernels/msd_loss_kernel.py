@@ -449,7 +449,11 @@ PLAN_ENV = "MSD_FAST_TRITON_PLAN"  # e.g. "num_warps=4,BLOCK_C=128,num_stages=2"
 # exps: "exps=2" keeps two exps per element and pass for an integer tau too (the kernel before TAU_INT).
 # tile_acc: "tile_acc=1" accumulates pass 2's KD sums per tile cell (TILE_ACC): fewer instructions per
 # chunk, more registers; the sweep weighs the two on a GPU.
-PLAN_KEYS = ("num_warps", "BLOCK_C", "BLOCK_D", "num_stages", "max_align", "exps", "tile_acc")
+# maxnreg: Triton's cap on registers per thread (a compile option, like num_warps). Triton 3.6, the GPU
+# machines', gives the kernel 80 registers at N=8 C=1000 bf16 (3 programs of 8 warps per SM) where 3.8 gives
+# 64; "maxnreg=64" compiles it there with no spill and 4 programs per SM. Not a default: configurations that
+# need 120 registers would spill under that cap.
+PLAN_KEYS = ("num_warps", "BLOCK_C", "BLOCK_D", "num_stages", "max_align", "exps", "tile_acc", "maxnreg")
 LAUNCH_ONLY_KEYS = ("max_align", "exps", "tile_acc")  # plan keys that are not kernel arguments
 
 
@@ -574,7 +578,7 @@ def split_kernel_args(logits, target, features, weights, partials, grad_logits, 
     feats, grads_f = (features, grad_features) if features else (logits, grad_logits)
     tau, inv_tau = float(temperature), 1.0 / float(temperature)
     common = dict(NP=plan["NP"], num_warps=plan["num_warps"],
-                  **({"num_stages": plan["num_stages"]} if "num_stages" in plan else {}))
+                  **{k: plan[k] for k in ("num_stages", "maxnreg") if k in plan})
     S = _cdiv(C, CS)
     cap = plan.get("max_align", MAX_ALIGN_BYTES)
     c_align = row_align([*logits, *grad_logits], C, cap)

@@ -3,7 +3,8 @@
 # and what the GPU machines this project is lent run), so a kernel change that only the newer Triton accepts
 # fails here, not on a GPU lease: the interpreter tests against the float64 reference
 # (tests/test_triton_kernel.py) and the ahead-of-time compile gate with that Triton's own compiler and ptxas
-# (tests/test_compile_gate.py: every launch configuration for sm_80 and sm_90, no spills).
+# (tests/test_compile_gate.py: every launch configuration for sm_80 and sm_90, no spills), and the GPU
+# sweep's plan loop through the interpreter (tests/test_bench_kernel_sweep.py).
 #
 # The old Triton goes into a folder of its own (.venv-triton-oldest/, put first on PYTHONPATH); torch and
 # everything else come from the main venv (scripts/setup_env.sh). numpy stays below 2.4 there: Triton 3.6's
@@ -35,4 +36,4 @@ print(f"[oldest-triton] triton {triton.__version__}, numpy {numpy.__version__}, 
 EOF
 export TRITON_INTERPRET=1   # the compile gate's tests unset it for the compiles they run
 exec "$VENV_PY" -m pytest -q -p no:cacheprovider -W "ignore:Conversion of an array with ndim:DeprecationWarning" \
-  "$@" tests/test_triton_kernel.py tests/test_compile_gate.py
+  "$@" tests/test_triton_kernel.py tests/test_compile_gate.py tests/test_bench_kernel_sweep.py

@@ -186,13 +186,13 @@ def test_integer_tau_halves_the_exps_per_element():
 
 def test_the_sweeps_kernel_variants_compile_without_spills():
     """The plan overrides the GPU sweep times beside the launcher's plan (one-element accesses, two exps,
-    per-cell KD accumulators) compile for sm_80 and sm_90 at the sweep's shapes with no spill (a variant
-    that spilled would be timed as a slower kernel for the wrong reason)."""
+    per-cell KD accumulators, a 64-register cap) compile for sm_80 and sm_90 at the sweep's shapes with no
+    spill (a variant that spilled would be timed as a slower kernel for the wrong reason)."""
     r = _python("""
         import json, os
         from msd_fast.kernels.compile_gate import compile_one
         rows = []
-        for plan in ("max_align=2", "exps=2", "tile_acc=1"):
+        for plan in ("max_align=2", "exps=2", "tile_acc=1", "maxnreg=64"):
             os.environ["MSD_FAST_TRITON_PLAN"] = plan
             for arch in (80, 90):
                 for p in (dict(N=8, B=4096, C=1000, D=512, dtype="bfloat16", teacher_last=False, tau=3.0),
@@ -204,4 +204,4 @@ def test_the_sweeps_kernel_variants_compile_without_spills():
     """)
     assert r.returncode == 0, r.stdout + r.stderr
     rows = json.loads(r.stdout.strip().splitlines()[-1])
-    assert len(rows) == 12 and all(row["ok"] for row in rows), rows
+    assert len(rows) == 16 and all(row["ok"] for row in rows), rows

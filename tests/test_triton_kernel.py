@@ -356,6 +356,26 @@ def test_two_exps_plan_override_gives_the_same_loss(monkeypatch):
     _assert_match(one, two, 1e-6, 1e-6, 1e-7)
 
 
+@pytest.mark.parametrize("split", ["1", "3"])
+def test_register_cap_plan_reaches_every_kernel_and_keeps_the_loss(split, monkeypatch):
+    """maxnreg=64 (the sweep's register cap for Triton 3.6) is passed to the launches as a compile option,
+    in the one-program and the split kernels alike, and changes nothing the interpreter computes."""
+    from msd_fast.kernels import msd_loss_kernel as mk
+
+    monkeypatch.setenv("MSD_FAST_TRITON_SPLIT", split)
+    z, y, f = make_inputs(4, 3, 300, 9)
+    free = _run("fused", z, y, f, "all", temperature=3.0)
+    monkeypatch.setenv("MSD_FAST_TRITON_PLAN", "maxnreg=64")
+    zs, fs = list(z.unbind(0)), list(f.unbind(0))
+    args = ([*zs], y, [*fs], torch.ones(3), torch.empty(3, 4, 3), [torch.empty_like(t) for t in zs],
+            [torch.empty_like(t) for t in fs])
+    assert mk.kernel_args(*args, 3.0, False, 3, 300, 9)[1]["maxnreg"] == 64
+    launches = mk.split_kernel_args(*args, torch.empty(1), torch.empty(1), 3.0, False, 3, 300, 9, 128)
+    assert launches["split_stats"][1]["maxnreg"] == 64 and launches["split_main"][1]["maxnreg"] == 64
+    capped = _run("fused", z, y, f, "all", temperature=3.0)
+    _assert_match(free, capped, 0, 0, 0)
+
+
 @pytest.mark.parametrize("teacher", ["all", "last"])
 @pytest.mark.parametrize("split", ["1", "3"])
 def test_tile_accumulators_plan_matches_the_reference(teacher, split, monkeypatch):
