@@ -110,7 +110,7 @@ def cpu_target_section() -> str:
     return "\n".join(lines)
 
 
-OLDEST_TRITON_GATE = "triton_compile_gate_oldest_triton.json"  # the gate run under scripts/test_oldest_triton.sh's Triton
+OLDEST_TRITON_GATE = "triton_compile_gate_oldest_triton.json"  # the gate under scripts/test_oldest.sh's Triton
 
 
 def _gate_summary_line(s: dict, command: str) -> str:
@@ -129,7 +129,7 @@ def compile_gate_section() -> str:
     runs = [(data, "python -m msd_fast.kernels.compile_gate")]
     oldest = _load(OLDEST_TRITON_GATE)
     if oldest is not None:
-        runs.append((oldest, f"PYTHONPATH=.venv-triton-oldest python -m msd_fast.kernels.compile_gate --json "
+        runs.append((oldest, f"PYTHONPATH=.venv-oldest/site python -m msd_fast.kernels.compile_gate --json "
                              f"bench/results/{OLDEST_TRITON_GATE}"))
     lines = [_gate_summary_line(d["summary"], cmd) for d, cmd in runs]
     lines = [" ".join(lines) + " Registers per thread (max over the configurations; 255 is the hardware limit):", ""]
