@@ -131,8 +131,8 @@ def compile_gate_section() -> str:
     if oldest is not None:
         runs.append((oldest, f"PYTHONPATH=.venv-oldest/site python -m msd_fast.kernels.compile_gate --json "
                              f"bench/results/{OLDEST_TRITON_GATE}"))
-    lines = [_gate_summary_line(d["summary"], cmd) for d, cmd in runs]
-    lines = [" ".join(lines) + " Registers per thread (max over the configurations; 255 is the hardware limit):", ""]
+    summaries = " ".join(_gate_summary_line(d["summary"], cmd) for d, cmd in runs)
+    lines = [summaries + " Registers per thread (max over the configurations; 255 is the hardware limit):", ""]
     cols = [(d, a) for d, _ in runs for a in d["summary"]["archs"]]
     lines += ["| NP (exits rounded up) | dtype | "
               + " | ".join(f"sm_{a}, Triton {d['summary']['triton']}" for d, a in cols) + " |",

@@ -10,7 +10,7 @@
 #   KERNEL_SWEEP=1 ...                           # also sweep the loss kernel's tilings (bench_kernel --sweep;
 #                                                # its timeout T_KERNEL then defaults to 250 s instead of 90)
 # Under the device tool's 10 minutes per command: STEPS="build tests kernel" KERNEL_SWEEP=1 (at most
-# 80 + 250 + 250 s; the kernel benchmark saves after every shape, the tests' JUnit XML survives its
+# 80 + 250 + 250 s; the kernel benchmark saves after every shape and sweep plan, the tests' JUnit XML survives its
 # limit), then, as the 15 minutes of device time allow, STEPS="loss train" on the same warm
 # machine (~6 min; the build stays; the training step met its targets on the H200 and matters least now);
 # then python -m bench.gpu_summary OUT1 OUT2 --commit merges the two folders.
