@@ -10,6 +10,17 @@ cd "$ROOT"
 VENV="$ROOT/.venv"
 VENV_PY="$VENV/bin/python"
 
+# A full disk makes pip fail half-way with "No space left on device"; say so before, with the numbers.
+# (pip runs with --no-cache-dir: a cached copy of each wheel would take as much again.)
+need_disk_gb() {  # need_disk_gb GB WHAT
+  local free_kb
+  free_kb="$(df -Pk "$ROOT" | awk 'NR == 2 {print $4}')"
+  if [ -n "$free_kb" ] && [ "$free_kb" -lt $(( $1 * 1024 * 1024 )) ]; then
+    echo "[setup] warning: $(( free_kb / 1024 )) MB free under $ROOT; about $1 GB is needed for $2:" >&2
+    df -h "$ROOT" >&2
+  fi
+}
+
 if [ ! -x "$VENV_PY" ]; then
   echo "[setup] creating $VENV"
   "${PYTHON:-python3}" -m venv "$VENV"
@@ -17,8 +28,9 @@ fi
 req_stamp="$(sha1sum requirements.txt | cut -c1-40)"
 if [ "$(cat "$VENV/.req-stamp" 2>/dev/null || true)" != "$req_stamp" ]; then
   echo "[setup] installing requirements (torch==2.14.1, torchvision==0.29.1, triton, ...)"
-  "$VENV_PY" -m pip install -q --upgrade pip 2>&1 | grep -v "is ignored: it is neither" || true
-  "$VENV_PY" -m pip install -q -r requirements.txt 2>&1 | grep -v "is ignored: it is neither" || true
+  need_disk_gb 12 "the venv (5.6 GB) and, in CI, the oldest-torch leg (2 GB), builds and test files"
+  "$VENV_PY" -m pip install -q --no-cache-dir --upgrade pip 2>&1 | grep -v "is ignored: it is neither" || true
+  "$VENV_PY" -m pip install -q --no-cache-dir -r requirements.txt 2>&1 | grep -v "is ignored: it is neither" || true
   "$VENV_PY" -c "import torch, torchvision, triton, yaml, tqdm, matplotlib, pytest" \
     || { echo "[setup] requirements failed to install" >&2; exit 1; }
   echo "$req_stamp" > "$VENV/.req-stamp"

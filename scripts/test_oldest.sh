@@ -25,7 +25,8 @@ if [ "$(cat "$OLD/.site-stamp" 2>/dev/null || true)" != "$stamp" ]; then
   echo "[oldest] installing ${PINS[*]} into $SITE"
   rm -rf "$SITE"
   mkdir -p "$OLD"
-  "$VENV_PY" -m pip install -q --no-deps --target "$SITE" "${PINS[@]}" 2>&1 | grep -v "is ignored: it is neither" || true
+  need_disk_gb 4 "torch 2.11, torchvision 0.26 and Triton 3.6 (2 GB installed) and the tree's copy"
+  "$VENV_PY" -m pip install -q --no-cache-dir --no-deps --target "$SITE" "${PINS[@]}" 2>&1 | grep -v "is ignored: it is neither" || true
   echo "$stamp" > "$OLD/.site-stamp"
 fi
 export PYTHONPATH="$SITE:$TREE"
