@@ -27,7 +27,6 @@ if [ "$(cat "$OLD/.site-stamp" 2>/dev/null || true)" != "$stamp" ]; then
   mkdir -p "$OLD"
   need_disk_gb 4 "torch 2.11, torchvision 0.26 and Triton 3.6 (2 GB installed) and the tree's copy"
   "$VENV_PY" -m pip install -q --no-cache-dir --no-deps --target "$SITE" "${PINS[@]}" 2>&1 | grep -v "is ignored: it is neither" || true
-  echo "$stamp" > "$OLD/.site-stamp"
 fi
 export PYTHONPATH="$SITE:$TREE"
 "$VENV_PY" - <<'PY'
@@ -38,6 +37,7 @@ assert got == ("2.11.0", "0.26.0", "3.6.0"), f"the oldest versions did not load:
 print(f"[oldest] torch {torch.__version__}, torchvision {torchvision.__version__}, triton {triton.__version__}, "
       f"numpy {numpy.__version__}")
 PY
+echo "$stamp" > "$OLD/.site-stamp"   # only once the pins load: a failed install (a full disk) is retried next run
 
 # A fresh copy of the tree; the extension built for the oldest torch is kept while its sources are unchanged.
 build_stamp="$(cat setup.py pyproject.toml csrc/* | sha1sum | cut -c1-40)-${CUDA_HOME:-nocuda}-$stamp"
