@@ -34,6 +34,7 @@ from msd_fast.data import DATASET_TABLE, Dataset, Split
 from msd_fast.models import create_model
 from msd_fast.train import Trainer
 from msd_fast.train.speed import resolve_speed
+from bench.train_steps import run_steps
 
 RESULTS = pathlib.Path(__file__).resolve().parent / "results"
 BASELINE = "baseline (eager, NCHW, fp32, naive loss, DataLoader)"
@@ -115,9 +116,9 @@ def setup_engine(model_name, width, data, batch, device, warmup, overrides):
                tensorboard=False, resume=None, **overrides)
     trainer = Trainer(cfg, data=data)
     t0 = time.perf_counter()
-    trainer.run_steps(warmup)  # includes torch.compile's compile time when compiling
+    run_steps(trainer, warmup)  # includes torch.compile's compile time when compiling
     sync(device)
-    return (lambda: trainer.run_steps(1)), time.perf_counter() - t0, {"speed": trainer.speed,
+    return (lambda: run_steps(trainer, 1)), time.perf_counter() - t0, {"speed": trainer.speed,
                                                                          "loss_backend": cfg["loss_backend"]}
 
 

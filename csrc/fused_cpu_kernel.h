@@ -118,12 +118,24 @@ inline void store_lanes(scalar_t* p, vf16 v, int64_t count) {
   for (int64_t k = 0; k < count; ++k) p[k] = from_float<scalar_t>(v[k]);
 }
 
+// Copies a row as float, padded; returns the row's smallest logit (a NaN may be skipped: it reaches the
+// loss through dz anyway), so a -inf logit, which the clamp below would make finite, can still poison it.
 template <typename scalar_t>
-inline void load_row_padded(const scalar_t* src, float* dst, int64_t C, int64_t Cp) {
+inline float load_row_padded(const scalar_t* src, float* dst, int64_t C, int64_t Cp) {
   const int64_t Cv = C - C % kLanes;
-  for (int64_t c = 0; c < Cv; c += kLanes) simd::store(dst + c, load_as_float(src + c));
-  for (int64_t c = Cv; c < C; ++c) dst[c] = to_float(src[c]);
+  vf16 mn = simd::splat(__builtin_inff());
+  for (int64_t c = 0; c < Cv; c += kLanes) {
+    const vf16 v = load_as_float(src + c);
+    mn = simd::vmin(mn, v);
+    simd::store(dst + c, v);
+  }
+  float lo = simd::hmin(mn);
+  for (int64_t c = Cv; c < C; ++c) {
+    dst[c] = to_float(src[c]);
+    lo = dst[c] < lo ? dst[c] : lo;
+  }
   for (int64_t c = C; c < Cp; ++c) dst[c] = kPadLogit;
+  return lo;
 }
 
 // exp(d) from et = exp(d / tau): for an integer tau = K in 1..4 it is et^K (multiplies, no second exp).
@@ -164,7 +176,9 @@ void logits_one_sample(const void* const* z, int64_t yb, void* const* grad_z, fl
     float* d = dz + n * Cp;
     float* e = et + n * Cp;
     const scalar_t* zn = row<scalar_t>(z, n, b, C);
-    load_row_padded(zn, d, C, Cp);
+    // A -inf logit: KL(q_j || q_n) = +inf where q_n is 0 and q_j is not; the clamped dz would give a
+    // finite value instead, so the exit's terms are made NaN (the reference gives NaN: 0 * -inf).
+    const bool neg_inf = load_row_padded(zn, d, C, Cp) == -__builtin_inff();
     vf16 mv = simd::splat(-__builtin_inff());
     for (int64_t i = 0; i < nb; ++i) mv = simd::vmax(mv, simd::load(d + i * kLanes));
     // The max may skip a NaN logit, but dv, ev and dc below keep it: NaN logits -> NaN loss, never masked.
@@ -183,10 +197,10 @@ void logits_one_sample(const void* const* z, int64_t yb, void* const* grad_z, fl
     const float sst = simd::hsum(st), ss1 = simd::hsum(s1);
     inv_st[n] = 1.0f / sst;
     inv_s1[n] = 1.0f / ss1;
-    lse_t[n] = __builtin_logf(sst);                                          // l_n = dz_n / tau - lse_t[n]
+    lse_t[n] = neg_inf ? __builtin_nanf("") : __builtin_logf(sst);           // l_n = dz_n / tau - lse_t[n]
     qlq[n] = inv_st[n] * simd::hsum(ed) * inv_tau - lse_t[n];         // <q_n, l_n> (sum_c q_n = 1)
     R += qlq[n];
-    part_ce[n * B] = __builtin_logf(ss1) - (to_float(zn[yb]) - m);  // lse(z_n) - z_n[y]
+    part_ce[n * B] = (neg_inf ? __builtin_nanf("") : __builtin_logf(ss1)) - (to_float(zn[yb]) - m);  // lse(z_n) - z_n[y]
   }
   const float Nf = static_cast<float>(N);
   float sP = 0.f;

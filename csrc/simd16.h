@@ -60,6 +60,7 @@ inline void store_bf16(void* p, vf16 v) {
 }
 
 inline vf16 vmax(vf16 a, vf16 b) { return a > b ? a : b; }
+inline vf16 vmin(vf16 a, vf16 b) { return a < b ? a : b; }
 
 // Horizontal reductions as trees of halving shuffles (log2(lanes) dependent steps instead of an add chain:
 // these run several times per row, and at C ~ 100 the chains cost as much as the row's arithmetic).
@@ -92,6 +93,10 @@ inline float hsum(vf16 v) {
 
 inline float hmax(vf16 v) {
   return reduce_tree(v, [](auto x, auto y) { return x > y ? x : y; });
+}
+
+inline float hmin(vf16 v) {
+  return reduce_tree(v, [](auto x, auto y) { return x < y ? x : y; });
 }
 
 // exp(x), lane-wise, for x <= 0, -inf or NaN: the loss only exponentiates logits shifted by their row's

@@ -11,6 +11,13 @@ a `CheckpointError` that names the file and what is wrong.
 Atomic writes: the object is serialised in memory, written to a temp file in the same directory, fsynced,
 then renamed over the target (os.replace), so a crash, a kill -9 or a full disk never leaves a torn or
 missing checkpoint; a failed write says which file could not be written and that the previous one is intact.
+With keep_previous, the file being replaced stays on as PREVIOUS_NAME (a hard link: no copy, no extra disk
+until the next save), so a latest checkpoint corrupted later is not the end of a run.
+
+Integrity: the file is torch's zip archive, whose every record (the pickle and each tensor's bytes) carries a
+CRC-32 of its content. torch.load does not check them; load_checkpoint does, before unpickling, so a file
+changed after it was written (bit rot, a bad copy) is refused with its name and the intact checkpoints that
+remain beside it, instead of training on from wrong weights.
 """
 import errno
 import io
@@ -19,6 +26,7 @@ import pathlib
 import random
 import re
 import tempfile
+import zipfile
 from typing import Any, Dict
 
 import numpy as np
@@ -28,6 +36,8 @@ FORMAT = "msd_fast-checkpoint"
 FORMAT_VERSION = 2
 TMP_PREFIX = "."          # temp files: .<name>.<random>.tmp in the checkpoint's directory
 TMP_SUFFIX = ".tmp"
+PREVIOUS_NAME = "last-prev.pt"  # the checkpoint last.pt replaced (atomic_save(..., keep_previous=...))
+SIBLINGS = ("last.pt", PREVIOUS_NAME, "best.pt")  # where an intact checkpoint may remain in a run directory
 
 # key -> accepted types (None: any value)
 REQUIRED_KEYS: Dict[str, Any] = {
@@ -69,8 +79,25 @@ def _write_all(fd: int, data: memoryview) -> None:
         data = data[n:]
 
 
-def atomic_save(obj: Any, path: pathlib.Path) -> None:
-    """Writes `obj` to `path` atomically; raises CheckpointWriteError with one clear line on failure."""
+def _keep_as(path: pathlib.Path, previous: pathlib.Path) -> None:
+    """Makes `previous` the file now at `path` (a hard link, else a copy), atomically replacing it."""
+    tmp = previous.with_name(f"{TMP_PREFIX}{previous.name}.keep{TMP_SUFFIX}")
+    try:
+        tmp.unlink(missing_ok=True)
+        try:
+            os.link(path, tmp)
+        except OSError:  # a file system without hard links
+            import shutil
+
+            shutil.copyfile(path, tmp)
+        os.replace(tmp, previous)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def atomic_save(obj: Any, path: pathlib.Path, keep_previous: bool = False) -> None:
+    """Writes `obj` to `path` atomically; raises CheckpointWriteError with one clear line on failure.
+    keep_previous: the file `path` held until now stays on as PREVIOUS_NAME beside it."""
     path = pathlib.Path(path)
     buf = io.BytesIO()
     torch.save(obj, buf)  # in memory first: a full disk then surfaces as a plain OSError with its errno
@@ -82,6 +109,8 @@ def atomic_save(obj: Any, path: pathlib.Path) -> None:
             os.fsync(fd)
         finally:
             os.close(fd)
+        if keep_previous and path.exists():
+            _keep_as(path, path.with_name(PREVIOUS_NAME))
         os.replace(tmp, path)
         tmp = None
     except OSError as e:
@@ -102,7 +131,7 @@ def remove_stale_temp_files(directory: pathlib.Path) -> list:
     """Deletes temp files left by a save that was killed (kill -9, power loss); returns their names.
     Call only while holding the run directory's lock (no save of ours can be in flight)."""
     removed = []
-    for p in pathlib.Path(directory).glob(f"{TMP_PREFIX}*.pt.*{TMP_SUFFIX}"):
+    for p in pathlib.Path(directory).glob(f"{TMP_PREFIX}*.pt.*{TMP_SUFFIX}"):  # also .<name>.keep.tmp
         try:
             p.unlink()
             removed.append(p.name)
@@ -142,14 +171,61 @@ def resolve_checkpoint_path(path) -> pathlib.Path:
     return p / "last.pt" if p.is_dir() else p
 
 
-def load_checkpoint(path) -> Dict[str, Any]:
+def _verify_archive(path: pathlib.Path) -> None:
+    """Raises CheckpointError unless `path` is a zip archive whose every record matches its CRC-32."""
+    if not zipfile.is_zipfile(path):
+        with open(path, "rb") as fh:
+            pickled = fh.read(1) == b"\x80"
+        raise CheckpointError(f"{path} is a raw pickle (torch's legacy format), not a msd_fast checkpoint; it is "
+                              f"not read, since a raw pickle can run code" if pickled else
+                              f"{path} is not a readable checkpoint (truncated or corrupt): not a zip archive")
+    try:
+        with zipfile.ZipFile(path) as zf:
+            bad = zf.testzip()
+    except (zipfile.BadZipFile, OSError, EOFError, ValueError, NotImplementedError) as e:
+        raise CheckpointError(f"{path} is not a readable checkpoint (truncated or corrupt): {e}") from None
+    except Exception as e:  # noqa: BLE001 - zlib errors and the like: one line naming the file
+        raise CheckpointError(f"{path} is corrupt: {type(e).__name__}: {e}") from None
+    if bad is not None:
+        raise CheckpointError(f"{path} is corrupt: its record {bad} does not match its CRC-32 checksum (the file "
+                              f"changed after it was written)")
+
+
+def intact_siblings(path: pathlib.Path) -> str:
+    """'' or a phrase naming the checkpoints beside `path` that load cleanly, with their epoch and step."""
+    found = []
+    for name in SIBLINGS:
+        other = path.with_name(name)
+        if other.name == path.name or not other.exists():
+            continue
+        try:
+            c = load_checkpoint(other, _siblings=False)
+        except (CheckpointError, OSError):
+            continue
+        found.append(f"{other} (step {c['global_step']}, {c['epoch']} epochs done)")
+    return ("; intact: " + ", ".join(found)) if found else "; no intact checkpoint remains beside it"
+
+
+def load_checkpoint(path, _siblings: bool = True) -> Dict[str, Any]:
     """Loads and checks a checkpoint (a .pt file, or a run directory's last.pt) without running any code
-    from it. Raises FileNotFoundError when it is missing, CheckpointError for anything else."""
+    from it: the archive's CRC-32s first, then weights_only unpickling, then the format. Raises
+    FileNotFoundError when it is missing, CheckpointError (naming the intact checkpoints beside a corrupt
+    one) for anything else."""
     path = resolve_checkpoint_path(path)
+    try:
+        return _load_checked(path)
+    except CheckpointError as e:
+        if not _siblings:
+            raise
+        raise CheckpointError(f"{e}{intact_siblings(path)}") from None
+
+
+def _load_checked(path: pathlib.Path) -> Dict[str, Any]:
     if not path.exists():
         raise FileNotFoundError(f"checkpoint {path} does not exist")
     if path.stat().st_size == 0:
         raise CheckpointError(f"{path} is empty (0 bytes): not a checkpoint (a save that was killed?)")
+    _verify_archive(path)
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001 - whatever the unpickler says, one line naming the file

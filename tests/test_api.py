@@ -60,8 +60,11 @@ def test_from_torch_reads_tensor_datasets_and_image_folders(tmp_path):
 
 def test_custom_data_errors_name_what_is_wrong():
     x, y = _toy(20)
-    with pytest.raises(ValueError, match="labels must be integers of shape \\[20\\]"):
-        from_tensors(x, y.float(), val_size=5)
+    with pytest.raises(ValueError, match="labels must be class indices of shape \\[20\\]"):
+        from_tensors(x, y[:10], val_size=5)
+    with pytest.raises(ValueError, match="train labels: labels must be whole class indices, got 1.5 at index 3"):
+        from_tensors(x, torch.where(torch.arange(20) == 3, 1.5, y.float()), val_size=5)
+    assert torch.equal(from_tensors(x, y.float(), x, y, val_size=5).test.labels, y)  # whole floats are indices
     with pytest.raises(ValueError, match="give a validation split or hold out val_size > 0"):
         from_tensors(x, y)
     with pytest.raises(ValueError, match="must share one shape"):

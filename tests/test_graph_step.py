@@ -9,6 +9,7 @@ from msd_fast.checkpoint import load_checkpoint
 from msd_fast.train.config import ConfigError, resolve_config
 from msd_fast.train.graph import EagerRunner, GraphedStep, graph_unsupported
 from msd_fast.train.trainer import Trainer
+from bench.train_steps import run_steps
 
 BASE = ["--dataset", "synthetic", "--model", "resnet18", "--width", "0.125", "--batch-size", "64",
         "--epochs", "2", "--no-progress", "--tensorboard", "false", "--lr", "0.05", "--eval-batch-size", "512",
@@ -47,7 +48,7 @@ def test_graphed_step_trains_exactly_like_the_eager_step(tmp_path):
 
 def test_graphed_step_adopts_the_callers_sums_and_keeps_their_values(tmp_path):
     t = _trainer(tmp_path, "sums", True)
-    t.run_steps(3)
+    run_steps(t, 3)
     first = t.sums
     count = float(first["count"])
     assert count == 3 * 64
@@ -55,17 +56,17 @@ def test_graphed_step_adopts_the_callers_sums_and_keeps_their_values(tmp_path):
     assert all(first[k] is static[k] for k in first)  # the trainer reads the tensors the graph adds to
     restored = {k: v.clone() + 1 for k, v in first.items()}  # e.g. sums restored from a checkpoint
     t.sums = restored
-    t.run_steps(1)
+    run_steps(t, 1)
     assert all(restored[k] is static[k] for k in restored)
     assert float(restored["count"]) == count + 1 + 64
 
 
 def test_tensor_lr_reaches_the_fused_update_and_changes_without_recapture(tmp_path):
     t = _trainer(tmp_path, "lr", True, "--epochs", "1")
-    t.run_steps(4)  # 2 warm-up steps, a capture, a replay
+    run_steps(t, 4)  # 2 warm-up steps, a capture, a replay
     lr_now = t.opt.param_groups[0]["lr"]
     before = [p.detach().clone() for p in t.model.parameters()]
-    t.run_steps(1)
+    run_steps(t, 1)
     assert float(t.step.graph.lr[0]) == pytest.approx(lr_now)  # the value the replay used came from the schedule
     assert any(not torch.equal(a, p) for a, p in zip(before, t.model.parameters()))
 
@@ -107,7 +108,7 @@ def test_a_capture_failure_under_cuda_graph_true_is_an_error(tmp_path):
     t = _trainer(tmp_path, "required", False)
     t.step.graph = GraphedStep(t.step, t.batches.make, runner=_CaptureFails(), warmup=1, required=True)
     with pytest.raises(RuntimeError, match="--cuda-graph true: the training step could not be captured"):
-        t.run_steps(3)
+        run_steps(t, 3)
 
 
 def test_graph_needs_the_data_on_the_gpu():

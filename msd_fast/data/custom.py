@@ -14,6 +14,7 @@ from typing import Optional, Sequence, Tuple
 import torch
 from torch import Tensor
 
+from .checks import class_labels, image_values, one_label
 from .datasets import Dataset, Split, _hold_out
 
 
@@ -32,9 +33,7 @@ def _as_image_tensor(img, where: str) -> Tensor:
         t = t.unsqueeze(0)
     if t.dim() != 3:
         raise ValueError(f"{where}: expected an image [C, H, W] (or [H, W]), got shape {tuple(t.shape)}")
-    if t.dtype != torch.uint8 and not t.is_floating_point():
-        raise TypeError(f"{where}: image dtype must be uint8 (0..255) or floating (0..1), got {t.dtype}")
-    return t if t.dtype == torch.uint8 else t.float()
+    return image_values(t, where)
 
 
 def _split_from_torch(ds, what: str, batch: int = 512) -> Split:
@@ -51,7 +50,7 @@ def _split_from_torch(ds, what: str, batch: int = 512) -> Split:
         if not isinstance(item, (tuple, list)) or len(item) < 2:
             raise TypeError(f"{what}[{i}]: expected (image, label), got {type(item).__name__}")
         images.append(_as_image_tensor(item[0], f"{what}[{i}]"))
-        labels.append(int(item[1]))
+        labels.append(one_label(item[1], f"{what}[{i}]"))
         if images[-1].shape != images[0].shape or images[-1].dtype != images[0].dtype:
             raise ValueError(f"{what}[{i}]: image {tuple(images[-1].shape)} {images[-1].dtype} differs from "
                              f"{what}[0] {tuple(images[0].shape)} {images[0].dtype}; resize all images to one shape "
@@ -66,11 +65,18 @@ def _check_split(x: Tensor, y: Tensor, what: str) -> Split:
         x = x.unsqueeze(1)  # [N, H, W] grayscale
     if x.dim() != 4:
         raise ValueError(f"{what}: images must be [N, C, H, W] (or [N, H, W]), got {tuple(x.shape)}")
-    if x.dtype != torch.uint8 and not x.is_floating_point():
-        raise TypeError(f"{what}: images must be uint8 (0..255) or floating (0..1), got {x.dtype}")
-    if y.dim() != 1 or y.shape[0] != x.shape[0] or y.is_floating_point():
-        raise ValueError(f"{what}: labels must be integers of shape [{x.shape[0]}], got {y.dtype} {tuple(y.shape)}")
-    return Split(x if x.dtype == torch.uint8 else x.float(), y.long())
+    if y.dim() != 1 or y.shape[0] != x.shape[0]:
+        raise ValueError(f"{what}: labels must be class indices of shape [{x.shape[0]}], got {y.dtype} "
+                         f"{tuple(y.shape)}{' (one-hot? pass their argmax)' if y.dim() == 2 else ''}")
+    return Split(x, y)
+
+
+def _checked(s: Split, what: str) -> Split:
+    """A Split whose values follow the readers' rules (msd_fast.data.checks): images uint8 or float in [0, 1],
+    finite; labels whole class indices."""
+    if not isinstance(s, Split):
+        raise TypeError(f"{what}: expected a msd_fast.data.Split, got {type(s).__name__}")
+    return Split(image_values(s.images, f"{what} images"), class_labels(s.labels, f"{what} labels"))
 
 
 def _stats(images: Tensor) -> Tuple[Tuple[float, ...], Tuple[float, ...]]:
@@ -85,6 +91,9 @@ def from_splits(train: Split, val: Optional[Split] = None, test: Optional[Split]
                 hflip: bool = False) -> Dataset:
     """A Dataset from Splits; without `val`, `val_size` images are held out of train (seeded); without
     `test`, the validation split also serves as the test split."""
+    train = _checked(train, "train")
+    val = _checked(val, "val") if val is not None else None
+    test = _checked(test, "test") if test is not None else None
     if val is None:
         if val_size <= 0:
             raise ValueError("val_size: give a validation split or hold out val_size > 0 training images "

@@ -6,14 +6,15 @@ A seeded validation split is held out of the training set.
 """
 import os
 import pathlib
-import pickle
 from dataclasses import dataclass
 from typing import Callable, Dict, Optional, Tuple
 
 import numpy as np
 import torch
 
+from .checks import class_labels, image_values
 from .idx import DataError, read_idx
+from .safe_pickle import UnsafePickleError, load_plain_pickle
 
 FASHION_MNIST_DIRS = ("/usr/share/datasets/fashion-mnist",)
 FASHION_MNIST_FILES = {"train": ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz"),
@@ -77,13 +78,22 @@ def _fashion_mnist(data_dir: Optional[str]) -> Tuple[Split, Split]:
 
 
 def _unpickle(path: pathlib.Path, help_text: str) -> dict:
+    """A CIFAR batch through the restricted reader: a file that asks to run code is refused, never run."""
     try:
-        with open(path, "rb") as fh:
-            return pickle.load(fh, encoding="bytes")
+        data = path.read_bytes()
     except FileNotFoundError:
         raise DataError(f"missing file {path}. {help_text}") from None
-    except Exception as e:  # truncated or not a pickle
+    except OSError as e:
+        raise DataError(f"cannot read {path} ({e.strerror or e}). {help_text}") from None
+    try:
+        d = load_plain_pickle(data, encoding="bytes")
+    except UnsafePickleError as e:
+        raise DataError(f"{path} was refused: {e}. Do not use this file; {help_text}") from None
+    except Exception as e:  # noqa: BLE001 - truncated or not a pickle: whatever the unpickler says, one line
         raise DataError(f"cannot read {path} ({type(e).__name__}: {e}): corrupt or partial file. {help_text}") from None
+    if not isinstance(d, dict):
+        raise DataError(f"{path} holds a {type(d).__name__}, not a CIFAR batch (a dict). {help_text}")
+    return d
 
 
 def _cifar(data_dir: Optional[str], num_classes: int) -> Tuple[Split, Split]:
@@ -104,11 +114,14 @@ def _cifar(data_dir: Optional[str], num_classes: int) -> Tuple[Split, Split]:
             if b"data" not in d or label_key not in d:
                 raise DataError(f"{root / fname} lacks '{'data'}' or '{label_key.decode()}': not a {name} batch. "
                                 f"{help_text}")
-            x = np.asarray(d[b"data"], dtype=np.uint8)
-            y = np.asarray(d[label_key], dtype=np.int64)
-            if x.ndim != 2 or x.shape[1] != 3072 or x.shape[0] != y.shape[0]:
-                raise DataError(f"{root / fname}: data of shape {x.shape} with {y.shape[0]} labels; expected "
-                                f"[n, 3072] uint8 and n labels. {help_text}")
+            try:
+                x = image_values(torch.as_tensor(np.asarray(d[b"data"])), str(root / fname), to_uint8=True).numpy()
+                y = class_labels(torch.as_tensor(np.asarray(d[label_key])), str(root / fname)).numpy()
+            except (TypeError, ValueError, RuntimeError) as e:
+                raise DataError(f"{e}. {help_text}") from None
+            if x.ndim != 2 or x.shape[1] != 3072 or y.ndim != 1 or x.shape[0] != y.shape[0]:
+                raise DataError(f"{root / fname}: data of shape {x.shape} with labels of shape {y.shape}; "
+                                f"expected [n, 3072] uint8 and n labels. {help_text}")
             if y.size and (y.min() < 0 or y.max() >= num_classes):
                 raise DataError(f"{root / fname}: labels outside 0..{num_classes - 1}. {help_text}")
             xs.append(x.reshape(-1, 3, 32, 32))

@@ -23,7 +23,16 @@ def _select(state, keep: Tensor):
 def _thresholds(model, thresholds: Sequence[float]) -> List[float]:
     if len(thresholds) != model.num_exits:
         raise ValueError(f"thresholds: need one per exit ({model.num_exits}), got {len(thresholds)}")
-    return [float(t) for t in thresholds]
+    out = []
+    for k, t in enumerate(thresholds):
+        try:
+            v = float(t)
+        except (TypeError, ValueError):
+            raise TypeError(f"thresholds[{k}]: expected a number, got {type(t).__name__} {t!r}") from None
+        if v != v:  # a confidence compared with NaN is never >= it: exit k would silently never be taken
+            raise ValueError(f"thresholds[{k}]: expected a number (inf: nobody leaves there), got NaN")
+        out.append(v)
+    return out
 
 
 class EarlyExit(nn.Module):

@@ -8,7 +8,7 @@ import torch
 
 from ..checkpoint import load_checkpoint, model_spec
 from ..data import load_dataset, normalize
-from ..models import create_model
+from ..models.loading import _build, _load_weights, describe
 from .early_exit import anytime, budget_sweep, default_budgets
 from .inference import EarlyExit
 from .predict import predict_probs
@@ -29,12 +29,11 @@ def load_run(path: str, data_dir=None, device="cpu"):
     except (FileNotFoundError, ValueError) as e:
         raise EvalError(f"--checkpoint {path}: {e}") from None
     cfg = ckpt["config"]
-    model = create_model(**model_spec(ckpt))
-    try:
-        model.load_state_dict(ckpt["model"])
-    except RuntimeError as e:
-        raise EvalError(f"--checkpoint {path}: its weights do not fit a {ckpt['model_name']} with "
-                        f"{ckpt['num_classes']} classes and {ckpt['in_channels']} input channels ({str(e)[:200]})") from None
+    try:  # the one weight loader: unregistered models, weights that do not fit and NaN weights get one line
+        spec = model_spec(ckpt)
+        model = _load_weights(_build(spec, None, str(p)), ckpt["model"], str(p), describe(spec))
+    except ValueError as e:
+        raise EvalError(f"--checkpoint {path}: {e}") from None
     model.to(device).eval()
     label = f"{cfg['method']} ({cfg['model']}, seed {cfg['seed']})"
     return {"path": str(p), "ckpt": ckpt, "cfg": cfg, "model": model, "label": label,

@@ -16,7 +16,7 @@ from torch import Tensor, nn
 
 from . import defaults
 from .. import _ext
-from .backends import _TRITON_IMPORT_ERROR as TRITON_IMPORT_ERROR, resolve_backend
+from .backends import BACKENDS, _TRITON_IMPORT_ERROR as TRITON_IMPORT_ERROR, resolve_backend
 from .fused import MAX_TRITON_EXITS, run_fused
 from .reference import combine_terms, reference_msd_terms
 from .validation import check_hparams, normalize_inputs
@@ -185,6 +185,8 @@ class MSDLoss(nn.Module):
                  ignore_index: Optional[int] = None, feature_reduction: str = defaults.FEATURE_REDUCTION):
         super().__init__()
         check_hparams(alpha, temperature, beta, teacher, True, label_smoothing, ignore_index)
+        if backend not in BACKENDS:
+            raise ValueError(f"backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
         self.alpha, self.temperature, self.beta = float(alpha), float(temperature), beta
         self.teacher, self.detach_teacher, self.backend, self.validate = teacher, detach_teacher, backend, validate
         if feature_reduction not in ("mean", "sum"):

@@ -10,6 +10,11 @@ from torch import Tensor
 TensorOrSeq = Union[Tensor, Sequence[Tensor]]
 FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
 TEACHERS = ("all", "last")
+# The largest temperature whose KD the fp32 kernels compute to 0.1% (docs/maths.md §8). KD is
+# tau^2 x (a difference of two sums of size ~N log C): its rounding error grows with tau^2 while its value
+# does not, so from tau ~ 1e3 the fp32 value is noise and can even be negative.
+MAX_TEMPERATURE = 50.0
+SOFT_TARGET_SUM_TOL = 1e-2  # soft-target rows must sum to 1 within this (bf16 rounding of 1e3 classes)
 
 
 class Exits:
@@ -118,6 +123,9 @@ def check_hparams(alpha, temperature, beta, teacher: str, validate: bool, label_
         raise ValueError(f"alpha must be a number in [0, 1], got {alpha!r}")
     if not _is_number(temperature) or not math.isfinite(temperature) or temperature <= 0:
         raise ValueError(f"temperature must be a finite number > 0, got {temperature!r}")
+    if temperature > MAX_TEMPERATURE:
+        raise ValueError(f"temperature must be at most {MAX_TEMPERATURE:g}, got {temperature!r}: above it the "
+                         f"float32 KD term loses its accuracy (docs/maths.md §8)")
     if isinstance(beta, Tensor):
         if beta.numel() != 1 or not beta.is_floating_point():
             raise ValueError(f"beta: a tensor beta must be a floating scalar, got shape {tuple(beta.shape)} "
@@ -156,9 +164,17 @@ def normalize_inputs(logits: TensorOrSeq, target: Tensor, features: Optional[Ten
         raise ValueError("msd_loss(validate=True) inside torch.compile: its target-range check needs a host sync, "
                          "which fullgraph compilation and CUDA graphs cannot have; pass validate=False in compiled "
                          "code (check the targets once outside, e.g. on the dataset)")
+    if validate and z.ref.is_meta:
+        raise ValueError("logits are meta tensors (shapes only): validate=True checks the target's values, which "
+                         "meta tensors do not have; pass validate=False to trace shapes")
     if validate and B > 0 and soft:
         if not bool(torch.isfinite(target).all()) or float(target.min()) < 0:
             raise ValueError("target: soft targets must be finite probabilities >= 0")
+        sums = target.float().sum(-1)
+        worst = int((sums - 1.0).abs().argmax())
+        if abs(float(sums[worst]) - 1.0) > SOFT_TARGET_SUM_TOL:
+            raise ValueError(f"target: soft targets must be probabilities whose rows sum to 1; row {worst} sums to "
+                             f"{float(sums[worst]):.4g}")
     elif validate and B > 0:
         valid = target if ignore_index is None else target[target != ignore_index]
         lo, hi = torch.aminmax(valid) if valid.numel() else (torch.zeros(()), torch.zeros(()))

@@ -11,7 +11,7 @@
 from typing import Callable, Dict, List
 
 from .attach import AttachedExits, attach_exits
-from .base import MultiExitNet, MultiExitOutput, check_multi_exit
+from .base import MultiExitNet, MultiExitOutput, check_exit_outputs, check_multi_exit
 from .msdnet import MSDNet, msdnet1, msdnet2
 from .resnet import (MultiExitResNet, resnet18, resnet34, resnet50, resnet101, resnet152, resnext50_32x4d,
                      wrn20_8, wrn44_8)
@@ -73,5 +73,5 @@ def create_model(name: str, num_classes: int, in_channels: int = 3, width: float
 
 from .loading import export_weights, load_exported, load_model  # noqa: E402 (uses the registry above)
 
-__all__ = ["check_multi_exit", "create_model", "list_models", "register_model", "attach_exits", "AttachedExits", "load_model",
+__all__ = ["check_multi_exit", "check_exit_outputs", "create_model", "list_models", "register_model", "attach_exits", "AttachedExits", "load_model",
            "export_weights", "load_exported", "channels_last_on_cpu", "compile_on_cuda", "MultiExitNet", "MultiExitOutput", "MultiExitResNet", "MSDNet"]

@@ -77,3 +77,36 @@ def check_multi_exit(model):
             raise TypeError(f"model: expected a multi-exit model with {attr} (the MultiExitNet protocol, "
                             f"msd_fast.models), got {type(model).__name__}")
     return model
+
+
+def check_exit_outputs(model, x: Tensor, num_classes: int) -> None:
+    """Runs model(x) once (eval mode, no grad) and checks the MultiExitNet output contract against the
+    data: MultiExitOutput(logits, features) with num_exits tensors [B, num_classes] and num_exits tensors
+    [B, D]. A model that breaks it is refused here, naming what it returned, instead of failing inside the
+    loss (or, with a batch the size of the exit count, silently splitting the batch into exits)."""
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            out = model(x)
+    finally:
+        model.train(was_training)
+    B, N = x.shape[0], model.num_exits
+    if isinstance(out, Tensor) or not isinstance(out, tuple) or len(out) != 2:
+        got = f"a tensor of shape {tuple(out.shape)}" if isinstance(out, Tensor) else type(out).__name__
+        raise TypeError(f"model: forward must return MultiExitOutput(logits, features), each a list of its "
+                        f"{N} exits; got {got}")
+    for what, items in (("logits", out[0]), ("features", out[1])):
+        if not isinstance(items, (list, tuple)) or len(items) != N or not all(isinstance(t, Tensor) for t in items):
+            got = f"a tensor of shape {tuple(items.shape)}" if isinstance(items, Tensor) else \
+                f"a {type(items).__name__} of {len(items) if hasattr(items, '__len__') else '?'}"
+            raise TypeError(f"model: its {what} must be a list of {N} tensors (one per exit, num_exits = {N}); "
+                            f"got {got}")
+    for k, z in enumerate(out[0]):
+        if tuple(z.shape) != (B, num_classes):
+            raise ValueError(f"model: exit {k + 1}'s logits have shape {tuple(z.shape)} for a batch of {B}; expected "
+                             f"[{B}, {num_classes}] (the data has {num_classes} classes)")
+    for k, f in enumerate(out[1]):
+        if f.dim() != 2 or f.shape[0] != B:
+            raise ValueError(f"model: exit {k + 1}'s features have shape {tuple(f.shape)} for a batch of {B}; "
+                             f"expected [{B}, D]")

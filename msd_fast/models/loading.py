@@ -7,8 +7,11 @@
 
 Checkpoints are read with msd_fast.checkpoint.load_checkpoint (weights_only: nothing in them can run code).
 The export is a safetensors file (tensors only) and a JSON file (model name, classes, input channels, width,
-the data's normalisation, the per-exit FLOPs), so any tool can read it without Python pickles.
+the data's normalisation, the per-exit FLOPs, and the SHA-256 of the weights file), so any tool can read it
+without Python pickles. Every loader checks what it reads: the checksum (a weights file changed after export
+is refused), model.json's schema, and finite weights (a NaN or inf weight is refused, naming the tensor).
 """
+import hashlib
 import json
 import pathlib
 from typing import Any, Dict
@@ -28,6 +31,20 @@ def _run_checkpoint(path, which: str) -> pathlib.Path:
     return p
 
 
+EXPORT_FORMAT = "msd_fast-export"
+EXPORT_VERSION = 2  # 2: model.json carries the weights file's SHA-256
+EXPORT_KEYS = {"format": str, "format_version": int, "model": dict, "dataset": str, "epoch": int,
+               "method": (str, type(None)), "exit_flops": (list, type(None)), "params": (int, type(None)),
+               "source": str, "weights_sha256": str}
+SPEC_KEYS = {"name": str, "num_classes": int, "in_channels": int, "width": (int, float)}
+
+
+def _check_model_arg(model):
+    if model is not None and not isinstance(model, torch.nn.Module):
+        raise TypeError(f"model: expected a model instance (an nn.Module) to load the weights into, got "
+                        f"{type(model).__name__} {model!r}; the registry name comes from the file itself")
+
+
 def _build(spec: Dict[str, Any], model, where: str):
     if model is not None:
         return model
@@ -39,21 +56,58 @@ def _build(spec: Dict[str, Any], model, where: str):
     return create_model(**spec)
 
 
-def _load_weights(model, state: Dict[str, torch.Tensor], where: str):
+def _check_finite(state: Dict[str, torch.Tensor], where: str) -> None:
+    for name, t in state.items():
+        if t.is_floating_point() and not bool(torch.isfinite(t).all()):
+            raise ValueError(f"{where}: weight {name!r} holds NaN or infinite values (a diverged run?); not loaded")
+
+
+def describe(spec: Dict[str, Any]) -> str:
+    return f"a {spec['name']} with {spec['num_classes']} classes and {spec['in_channels']} input channels"
+
+
+def _load_weights(model, state: Dict[str, torch.Tensor], where: str, what: str = ""):
+    """Loads `state` into `model`; NaN/inf weights or weights of another shape raise one ValueError line."""
+    _check_finite(state, where)
     try:
         model.load_state_dict(state)
     except RuntimeError as e:
-        raise ValueError(f"{where}: its weights do not fit {type(model).__name__} ({str(e)[:300]})") from None
+        lines = [ln.strip() for ln in str(e).splitlines()[1:] if ln.strip()] or [str(e)]
+        more = f"; {len(lines) - 1} more" if len(lines) > 1 else ""
+        raise ValueError(f"{where}: its weights do not fit {what or type(model).__name__} "
+                         f"({lines[0][:200]}{more})") from None
     return model
+
+
+def _sha256(path: pathlib.Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _check_schema(obj: Any, keys: Dict[str, Any], where: str) -> None:
+    if not isinstance(obj, dict):
+        raise ValueError(f"{where}: expected a JSON object, got a {type(obj).__name__}")
+    missing, extra = sorted(set(keys) - set(obj)), sorted(set(obj) - set(keys))
+    if missing or extra:
+        raise ValueError(f"{where}: " + "; ".join(([f"missing keys {missing}"] if missing else [])
+                                                  + ([f"unknown keys {extra}"] if extra else [])))
+    for k, types in keys.items():
+        if not isinstance(obj[k], types) or isinstance(obj[k], bool):
+            raise ValueError(f"{where}: {k!r} is {obj[k]!r}, of the wrong type")
 
 
 def load_model(path, model=None, device="cpu", which: str = "best"):
     """The trained model of a run directory (best.pt, else last.pt; which="last" for the last epoch) or of a
     checkpoint file, in eval mode on `device`."""
+    _check_model_arg(model)
     file = _run_checkpoint(path, which)
     ckpt = ckpt_format.load_checkpoint(file)
-    net = _build(ckpt_format.model_spec(ckpt), model, str(file))
-    return _load_weights(net, ckpt["model"], str(file)).to(device).eval()
+    spec = ckpt_format.model_spec(ckpt)
+    net = _build(spec, model, str(file))
+    return _load_weights(net, ckpt["model"], str(file), "" if model is not None else describe(spec)).to(device).eval()
 
 
 def export_weights(path, out_dir, which: str = "best") -> Dict[str, str]:
@@ -65,26 +119,47 @@ def export_weights(path, out_dir, which: str = "best") -> Dict[str, str]:
     out = pathlib.Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().contiguous().cpu() for k, v in ckpt["model"].items()}
-    save_file(state, str(out / "model.safetensors"))
+    _check_finite(state, str(file))
+    weights, config = out / "model.safetensors", out / "model.json"
+    save_file(state, str(weights))
     cfg = ckpt["config"]
-    meta = {"format": "msd_fast-export", "format_version": 1, "model": ckpt_format.model_spec(ckpt),
+    meta = {"format": EXPORT_FORMAT, "format_version": EXPORT_VERSION, "model": ckpt_format.model_spec(ckpt),
             "dataset": ckpt["dataset"], "epoch": ckpt["epoch"], "method": cfg.get("method"),
             "exit_flops": ckpt["cost"].get("exit_flops"), "params": ckpt["cost"].get("params"),
-            "source": str(file)}
-    (out / "model.json").write_text(json.dumps(meta, indent=1))
-    return {"weights": str(out / "model.safetensors"), "config": str(out / "model.json")}
+            "source": str(file), "weights_sha256": _sha256(weights)}
+    config.write_text(json.dumps(meta, indent=1))
+    return {"weights": str(weights), "config": str(config)}
 
 
 def load_exported(out_dir, model=None, device="cpu"):
-    """The model of an export_weights folder, in eval mode on `device` (no pickle is read)."""
+    """The model of an export_weights folder, in eval mode on `device` (no pickle is read). Raises
+    ValueError naming the file for a corrupt, edited or incomplete export."""
+    from safetensors import SafetensorError
     from safetensors.torch import load_file
 
+    _check_model_arg(model)
     d = pathlib.Path(out_dir)
+    config, weights = d / "model.json", d / "model.safetensors"
     try:
-        meta = json.loads((d / "model.json").read_text())
-    except (OSError, json.JSONDecodeError) as e:
-        raise ValueError(f"{d / 'model.json'}: not a msd_fast export ({e})") from None
-    if meta.get("format") != "msd_fast-export":
-        raise ValueError(f"{d / 'model.json'}: not a msd_fast export (format {meta.get('format')!r})")
+        meta = json.loads(config.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ValueError(f"{config}: not a msd_fast export ({e})") from None
+    if not isinstance(meta, dict) or meta.get("format") != EXPORT_FORMAT:
+        raise ValueError(f"{config}: not a msd_fast export (format "
+                         f"{meta.get('format') if isinstance(meta, dict) else type(meta).__name__!r})")
+    if meta.get("format_version") != EXPORT_VERSION:
+        raise ValueError(f"{config}: export format version {meta.get('format_version')!r}; this msd_fast reads "
+                         f"version {EXPORT_VERSION} (with a checksum of the weights): export the run again")
+    _check_schema(meta, EXPORT_KEYS, str(config))
+    _check_schema(meta["model"], SPEC_KEYS, f"{config} 'model'")
+    if not weights.is_file():
+        raise ValueError(f"{weights}: missing (an export is model.json and model.safetensors side by side)")
+    if _sha256(weights) != meta["weights_sha256"]:
+        raise ValueError(f"{weights}: its SHA-256 does not match the one in {config.name}: the file changed or was "
+                         f"damaged after export")
+    try:
+        state = load_file(str(weights))
+    except (SafetensorError, OSError, ValueError) as e:
+        raise ValueError(f"{weights}: not a readable safetensors file ({e})") from None
     net = _build(meta["model"], model, str(d))
-    return _load_weights(net, load_file(str(d / "model.safetensors")), str(d)).to(device).eval()
+    return _load_weights(net, state, str(weights), "" if model is not None else describe(meta["model"])).to(device).eval()

@@ -1,6 +1,4 @@
 """`python -m msd_fast.train`."""
-import sys
+from .cli import run_and_exit
 
-from .cli import main
-
-sys.exit(main())
+run_and_exit()

@@ -55,7 +55,12 @@ def load_yaml(path: pathlib.Path, what: str = "preset") -> Tuple[Dict[str, Any],
     unknown = sorted(str(k) for k in set(data) - set(DEFAULTS))
     if unknown:
         raise ConfigError(f"config {path}: unknown keys {unknown}; known keys: {sorted(DEFAULTS)}")
-    lines = {k.value: k.start_mark.line + 1 for k, _ in node.value} if isinstance(node, yaml.MappingNode) else {}
+    lines: Dict[Any, int] = {}
+    for k, _ in (node.value if isinstance(node, yaml.MappingNode) else ()):
+        if k.value in lines:  # safe_load keeps the last silently; a preset must say one thing per key
+            raise ConfigError(f"config {path}, line {k.start_mark.line + 1}: key {k.value!r} given twice (first on "
+                              f"line {lines[k.value]})")
+        lines[k.value] = k.start_mark.line + 1
     return data, {k: f"{what} {path}, line {lines.get(k, '?')}" for k in data}
 
 
@@ -142,13 +147,7 @@ def resolve_config(argv: Optional[List[str]] = None) -> Dict[str, Any]:
     if args.resume:
         if args.config:
             raise ConfigError("--resume continues a run with its own config; -c/--config cannot be given with it")
-        run_dir = pathlib.Path(args.resume)
-        if not run_dir.exists():
-            raise ConfigError(f"--resume {args.resume}: no such file or directory")
-        run_cfg = (run_dir if run_dir.is_dir() else run_dir.parent) / "config.yaml"
-        if not run_cfg.exists():
-            raise ConfigError(f"--resume {args.resume}: no config.yaml there; is it a msd_fast run directory?")
-        values, src = load_yaml(run_cfg, what="run config")
+        values, src = resumed_config(args.resume)
         cfg.update(values)
         sources.update(src)
         refused = [k for k, v in flags.items() if k not in RESUME_FLAGS and v != cfg.get(k)]
@@ -169,6 +168,43 @@ def resolve_config(argv: Optional[List[str]] = None) -> Dict[str, Any]:
     cfg["_sources"] = sources
     validate_config({k: v for k, v in cfg.items() if k != "_sources"}, sources)
     return cfg
+
+
+def resumed_config(resume: str) -> Tuple[Dict[str, Any], Dict[str, str]]:
+    """The config a resumed run continues with: the one stored in its checkpoint (config.yaml is a copy for
+    people; where it was edited, a note says what differs and that the checkpoint's is used), or config.yaml
+    when the run stopped before its first checkpoint. Raises ConfigError, or CheckpointError for a bad
+    checkpoint."""
+    from ..checkpoint import load_checkpoint
+
+    p = pathlib.Path(resume)
+    if not p.exists():
+        raise ConfigError(f"--resume {resume}: no such file or directory")
+    run_cfg = (p if p.is_dir() else p.parent) / "config.yaml"
+    ckpt_path = p / "last.pt" if p.is_dir() else p
+    if not ckpt_path.exists():
+        if not run_cfg.exists():
+            raise ConfigError(f"--resume {resume}: no checkpoint and no config.yaml there; is it a msd_fast run "
+                              f"directory?")
+        return load_yaml(run_cfg, what="run config")
+    stored = load_checkpoint(ckpt_path)["config"]
+    unknown = sorted(str(k) for k in set(stored) - set(DEFAULTS) - {"resume", "config_file"})
+    if unknown:
+        raise ConfigError(f"--resume {resume}: the config stored in {ckpt_path} has keys this msd_fast does not "
+                          f"know: {unknown}")
+    values = {k: stored[k] for k in DEFAULTS if k in stored}
+    if run_cfg.exists():
+        try:
+            copy, _ = load_yaml(run_cfg, what="run config")
+        except ConfigError as e:
+            copy = {}
+            print(f"[msd_fast] note: {e}; resuming with the config stored in {ckpt_path}")
+        edited = [k for k in values if k in copy and copy[k] != values[k]]
+        if edited:
+            print(f"[msd_fast] note: {run_cfg} differs from the config stored in {ckpt_path} ("
+                  + ", ".join(f"{k}: {copy[k]!r} there, {values[k]!r} in the checkpoint" for k in edited[:4])
+                  + "); resuming with the checkpoint's (config.yaml is rewritten from it)")
+    return values, {k: f"the config stored in {ckpt_path}" for k in values}
 
 
 def save_config(cfg: Dict[str, Any], path: pathlib.Path) -> None:

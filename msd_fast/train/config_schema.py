@@ -17,10 +17,21 @@ _POS = (lambda v: v > 0, "> 0")
 _NONNEG = (lambda v: v >= 0, ">= 0")
 _GE1 = (lambda v: v >= 1, ">= 1")
 _ANY = (lambda v: True, "")
+_SEED = (lambda v: 0 <= v < 2 ** 32, "in [0, 2**32)")  # torch.manual_seed(seed * 1_000_003 + epoch) must fit 64 bits
+
+
+def _plain_name(v: str) -> bool:
+    """A run name is one directory name: it cannot climb out of --out-dir or point elsewhere."""
+    import os
+
+    return v not in (".", "..") and "/" not in v and (os.sep not in v) and (not os.altsep or os.altsep not in v) \
+        and "\0" not in v
+
+
 SCHEMA: Dict[str, Tuple[str, Any, str, bool]] = {  # key: (kind, check, wants, may be None)
-    "dataset": ("choice", *_ANY, False), "data_dir": ("str", *_ANY, True), "val_size": ("int", *_NONNEG, True),
-    "train_subset": ("int", *_NONNEG, False), "split_seed": ("int", *_NONNEG, False),
-    "model": ("str", *_ANY, False), "width": ("float", *_POS, False),
+    "dataset": ("choice", *_ANY, False), "data_dir": ("str", *_ANY, True), "val_size": ("int", *_GE1, True),
+    "train_subset": ("int", *_NONNEG, False), "split_seed": ("int", *_SEED, False),
+    "model": ("str", *_ANY, False), "width": ("float", lambda v: 0 < v <= 64, "in (0, 64]", False),
     "method": ("choice", *_ANY, False), "alpha": ("float", *_ANY, False),  # loss ranges: check_hparams
     "temperature": ("float", *_ANY, False), "beta_begin": ("float", *_ANY, False),
     "beta_end": ("float", *_ANY, False), "loss_backend": ("choice", *_ANY, False),
@@ -34,8 +45,8 @@ SCHEMA: Dict[str, Tuple[str, Any, str, bool]] = {  # key: (kind, check, wants, m
     "device": ("str", *_ANY, False), "amp": ("choice", *_ANY, False), "channels_last": ("tristate", *_ANY, False),
     "compile": ("tristate", *_ANY, False), "cuda_graph": ("tristate", *_ANY, False),
     "data_on_device": ("tristate", *_ANY, False),
-    "num_threads": ("int", *_NONNEG, False), "eval_batch_size": ("int", *_GE1, False),
-    "seed": ("int", *_NONNEG, False), "out_dir": ("str", *_ANY, False), "run_name": ("str", *_ANY, True),
+    "num_threads": ("int", lambda v: 0 <= v <= 4096, "in [0, 4096]", False), "eval_batch_size": ("int", *_GE1, False),
+    "seed": ("int", *_SEED, False), "out_dir": ("str", *_ANY, False), "run_name": ("str", _plain_name, "one directory name (no '/', '.' or '..')", True),
     "best_metric": ("choice", *_ANY, False), "log_interval": ("int", *_GE1, False),
     "progress": ("bool", *_ANY, False), "tensorboard": ("bool", *_ANY, False), "max_steps": ("int", *_NONNEG, False),
 }
@@ -91,7 +102,7 @@ def check_value(key: str, v: Any) -> Optional[str]:
         return None if v in options else f"must be one of {', '.join(map(str, options))}; got {v!r}"
     if not isinstance(v, str) or not v:
         return f"must be a non-empty string, got {_type_error(v)}"
-    return None
+    return None if check(v) else f"must be {wants}, got {v!r}"
 
 
 def validate_config(cfg: Dict[str, Any], sources: Optional[Dict[str, str]] = None, *, custom_model: bool = False,

@@ -96,6 +96,15 @@ class RunLock:
         self.release()
 
 
+def remove_run_dir(path) -> bool:
+    """Deletes a run directory this process created (a failed start); True when it is gone."""
+    import shutil
+
+    p = pathlib.Path(path)
+    shutil.rmtree(p, ignore_errors=True)
+    return not p.exists()
+
+
 # ------------------------------------------------------------------------- a run's directory, whole
 def new_run_dir(cfg) -> "tuple":
     """Creates and locks the directory of a new run and writes its config.yaml: (run_dir, lock)."""
@@ -115,7 +124,7 @@ def resumed_run_dir(cfg) -> "tuple":
     that changed (config.RESUME_FLAGS) in its config.yaml: (run_dir, lock, checkpoint path or None when the
     run stopped before its first checkpoint)."""
     from ..checkpoint import remove_stale_temp_files
-    from .config import RESUME_FLAGS, load_yaml, save_config
+    from .config import DEFAULTS, RESUME_FLAGS, ConfigError, load_yaml, save_config
 
     p = pathlib.Path(cfg["resume"])
     run_dir = p if p.is_dir() else p.parent
@@ -123,10 +132,14 @@ def resumed_run_dir(cfg) -> "tuple":
     stale = remove_stale_temp_files(run_dir)
     if stale:
         print(f"[msd_fast] removed temp files of an interrupted save: {', '.join(stale)}")
-    saved, _ = load_yaml(run_dir / "config.yaml", what="run config")
+    try:
+        saved, _ = load_yaml(run_dir / "config.yaml", what="run config")
+    except ConfigError:  # missing or unreadable: the checkpoint holds the config; the copy is rewritten
+        saved = {}
     changed = {k: (saved.get(k), cfg[k]) for k in RESUME_FLAGS if saved.get(k) != cfg[k]}
     if changed:
         print("[msd_fast] resuming with " + ", ".join(f"{k} = {new!r} (was {old!r})" for k, (old, new) in changed.items()))
+    if any(saved.get(k) != cfg[k] for k in DEFAULTS):
         save_config(cfg, run_dir / "config.yaml")
     ckpt = p / "last.pt" if p.is_dir() else p
     if not ckpt.exists() and p.is_dir() and not (p / "best.pt").exists():

@@ -18,6 +18,20 @@ def cpu_has_native_bf16() -> bool:
         return False
 
 
+def _check_loss_backend(backend: str, device_type: str) -> None:
+    """A named fused kernel must run on this run's device and be built here (msd_fast.loss.backends.KERNELS
+    says both); refused before anything is created on disk."""
+    from ..loss.backends import KERNELS
+
+    spec = KERNELS.get(backend)
+    if spec is None:
+        return
+    why = spec.unavailable() or (f"it runs on {spec.device} tensors and this run is on {device_type}"
+                                 if spec.device != device_type else "")
+    if why:
+        raise ConfigError(f"--loss-backend {backend}: {why}; use --loss-backend auto")
+
+
 def resolve_speed(cfg: Dict[str, Any]) -> Dict[str, Any]:
     """Per-device defaults: CUDA -> bf16, channels-last, compile (not MSDNet: models.compile_on_cuda), the
     step as one CUDA graph (decided by the Trainer, which knows where the data live); CPU -> bf16 where the CPU has native bf16
@@ -29,6 +43,7 @@ def resolve_speed(cfg: Dict[str, Any]) -> Dict[str, Any]:
     if dev.startswith("cuda") and not torch.cuda.is_available():
         raise ConfigError("--device cuda: no CUDA device is available here; use --device cpu")
     on_cuda = dev.startswith("cuda")
+    _check_loss_backend(cfg["loss_backend"], "cuda" if on_cuda else "cpu")
     amp = cfg["amp"] if cfg["amp"] != "auto" else ("bf16" if on_cuda or cpu_has_native_bf16() else "none")
     cl = cfg["channels_last"] if cfg["channels_last"] != "auto" else (on_cuda or channels_last_on_cpu(cfg["model"]))
     comp = cfg["compile"] if cfg["compile"] != "auto" else (on_cuda and compile_on_cuda(cfg["model"]))

@@ -17,11 +17,34 @@ def training_state(t) -> Dict[str, Any]:
         rng=ckpt_format.rng_state(), history=t.history, best=t.best, wall_s=t._wall(), cost=t.cost)
 
 
-def restore_training_state(t, ckpt: Dict[str, Any]) -> None:
-    t.model.load_state_dict(ckpt["model"])
-    t.opt.load_state_dict(ckpt["optimizer"])
-    t.sched.load_state_dict(ckpt["scheduler"])
-    t.scaler.load_state_dict(ckpt["scaler"])
+def _differs(t, ckpt: Dict[str, Any]) -> str:
+    """'' when the checkpoint's model is the one this trainer built, else what differs."""
+    mine = {"model": t.cfg["model"], "num_classes": t.data.num_classes, "in_channels": t.data.in_channels,
+            "width": t.cfg["width"]}
+    theirs = {"model": ckpt["model_name"], "num_classes": ckpt["num_classes"], "in_channels": ckpt["in_channels"],
+              "width": ckpt["width"]}
+    return ", ".join(f"{k} {theirs[k]!r} (this run: {mine[k]!r})" for k in mine if mine[k] != theirs[k])
+
+
+def _first_line(e: Exception) -> str:
+    lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
+    return (lines[1] if len(lines) > 1 and lines[0].endswith(":") else lines[0])[:200] if lines else type(e).__name__
+
+
+def restore_training_state(t, ckpt: Dict[str, Any], path) -> None:
+    """Restores t from ckpt; a checkpoint of another model or optimizer raises CheckpointError naming `path`
+    and what differs, before anything of t has changed."""
+    why = _differs(t, ckpt)
+    if why:
+        raise ckpt_format.CheckpointError(f"{path} belongs to another model: {why}")
+    for what, obj, state in (("model weights", t.model, ckpt["model"]), ("optimizer state", t.opt, ckpt["optimizer"]),
+                             ("schedule state", t.sched, ckpt["scheduler"]), ("grad-scaler state", t.scaler,
+                                                                               ckpt["scaler"])):
+        try:
+            obj.load_state_dict(state)
+        except (RuntimeError, ValueError, KeyError, TypeError, IndexError) as e:
+            raise ckpt_format.CheckpointError(f"{path}: its {what} do not fit this run's "
+                                              f"{type(obj).__name__} ({_first_line(e)})") from None
     t.epoch, t.step_in_epoch, t.global_step = ckpt["epoch"], ckpt["step_in_epoch"], ckpt["global_step"]
     t.aug_state = ckpt["aug_state"]
     t.sums = None if ckpt["sums"] is None else {k: v.to(t.device) for k, v in ckpt["sums"].items()}

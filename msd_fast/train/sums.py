@@ -17,9 +17,10 @@ def check_finite(sums: Sums, epoch: int, step: int, last_checkpoint) -> None:
     """Raises TrainingDiverged when a non-finite loss was summed (one host sync: call at log points)."""
     if sums["nonfinite"].item() > 0:
         raise TrainingDiverged(
-            f"the loss became non-finite (NaN/inf) in epoch {epoch + 1} before step {step}; stopping. The last good "
-            f"checkpoint is kept at {last_checkpoint if last_checkpoint.exists() else '(none yet)'}. "
-            f"Try a lower --lr, --amp none, or a smaller --beta-begin.")
+            f"the loss became non-finite (NaN/inf) in epoch {epoch + 1} before step {step}; stopping. "
+            + (f"The last good checkpoint is kept at {last_checkpoint}. " if last_checkpoint.exists() else
+               "No checkpoint had been written yet, so the run leaves nothing behind. ")
+            + "Try a lower --lr, --amp none, or a smaller --beta-begin.")
 
 
 def new_sums(num_exits: int, device: torch.device) -> Sums:

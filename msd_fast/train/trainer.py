@@ -14,15 +14,16 @@ from typing import Any, Dict, Optional
 import torch
 
 from .. import checkpoint as ckpt_format
-from ..data import load_dataset
 from ..distributed import DistInfo, barrier, init_distributed
 from ..evaluate.predict import evaluate_split
-from ..models import check_multi_exit, create_model
+from ..data import Dataset, load_dataset, normalize
+from ..models import check_exit_outputs, check_multi_exit, create_model
+from .args import check_trainer_args
 from .batches import BatchSource
 from .config import DEFAULTS, ConfigError, validate_config
 from .graph import graph_unsupported
 from .methods import get_method
-from .run_dir import check_output_dir, new_run_dir, reconcile_best, resumed_run_dir
+from .run_dir import check_output_dir, new_run_dir, reconcile_best, remove_run_dir, resumed_run_dir
 from .run_log import RunLogger, format_results_table, results_dict, write_results
 from .speed import AMP_DTYPES, resolve_speed
 from .state import restore_training_state, training_state
@@ -38,6 +39,7 @@ class Trainer:
         (msd_fast.models), e.g. from `attach_exits`; by default cfg["model"] is built from the registry (to
         reload a custom model with load_model, register its factory under cfg["model"]). Everything is
         checked before anything is created on disk: a failed start leaves nothing behind."""
+        check_trainer_args(cfg, data, model)
         cfg = {**DEFAULTS, "resume": None, **(cfg or {})}
         if data is not None:
             cfg["dataset"] = getattr(data, "name", None) or "custom"
@@ -75,6 +77,9 @@ class Trainer:
         self.cost = self.model.cost(self.input_size)
         mf = torch.channels_last if self.speed["channels_last"] else torch.contiguous_format
         self.model = self.model.to(self.device, memory_format=mf)
+        probe = self.data.train.images[:3].to(self.device)
+        check_exit_outputs(self.model, normalize(probe, self.data.mean, self.data.std).contiguous(memory_format=mf),
+                           self.data.num_classes)
         why_not = graph_unsupported(self.device, self.speed["amp"], self.dist.enabled, cfg["accum_steps"],
                                     self.batches.images.is_cuda)
         if cfg["cuda_graph"] is True and why_not:
@@ -85,7 +90,6 @@ class Trainer:
         self.opt, self.sched, self.scaler = self.step.opt, self.step.sched, self.step.scaler
         self.beta_sched, self.beta_t = self.step.beta_sched, self.step.beta_t
         self._fwd = self.step.forward_loss  # (loss, terms, correct) = _fwd(x, y, beta); tests may wrap it
-        self._bench_order = None
 
         self.epoch, self.step_in_epoch, self.global_step = 0, 0, 0
         self.aug_state: Optional[torch.Tensor] = None
@@ -93,21 +97,40 @@ class Trainer:
         self.sums = None
         self.wall_before, self._session_start = 0.0, None
         self.interrupted, self._stop_requested, self._lock = False, False, None
-        ckpt_path = None
+        self._last_is_ours = True  # last.pt (if any) is one this run wrote or resumed from
+        ckpt_path, self._new_run_dir = None, None
         if self.dist.is_main:
             if cfg.get("resume"):
                 self.run_dir, self._lock, ckpt_path = resumed_run_dir(cfg)
             else:
                 self.run_dir, self._lock = new_run_dir(cfg)
+                self._new_run_dir = self.run_dir
         else:
             self.run_dir = pathlib.Path(cfg["resume"] or pathlib.Path(cfg["out_dir"]) / str(cfg["run_name"]))
-        barrier(self.dist)
-        self.log = RunLogger(self.run_dir, self.dist.is_main, cfg["tensorboard"])
-        if cfg.get("resume") and (ckpt_path is not None or not self.dist.is_main):
-            self._load(ckpt_path or (self.run_dir / "last.pt"))
+        try:
+            barrier(self.dist)
+            self.log = RunLogger(self.run_dir, self.dist.is_main, cfg["tensorboard"])
+            if cfg.get("resume") and (ckpt_path is not None or not self.dist.is_main):
+                self._load(ckpt_path or (self.run_dir / "last.pt"))
+        except BaseException:
+            self.discard_if_unsaved()
+            self.close()
+            raise
+
+    def discard_if_unsaved(self) -> bool:
+        """Removes the run directory this Trainer created when no checkpoint was written into it (a start
+        or first epoch that failed leaves nothing behind); True when it was removed."""
+        if self._new_run_dir is None or any(self._new_run_dir.glob("*.pt")):
+            return False
+        if getattr(self, "log", None) is not None:
+            self.log.close()
+        self.close()
+        removed, self._new_run_dir = remove_run_dir(self._new_run_dir), None
+        return removed
 
     def close(self) -> None:
-        """Releases the run directory's lock (also released when the process exits)."""
+        """Releases the run directory's lock (also released when the process exits). A failed new run whose
+        directory holds no checkpoint leaves nothing behind: see discard_if_unsaved."""
         if self._lock is not None:
             self._lock.release()
             self._lock = None
@@ -128,21 +151,6 @@ class Trainer:
         self.step_in_epoch += 1
         self.global_step += 1
 
-    def run_steps(self, n: int) -> None:
-        """n training steps with no evaluation or checkpoints (benchmarks); wraps around the epoch."""
-        if self.sums is None:
-            self.sums = new_sums(self.model.num_exits, self.device)
-        self.model.train()
-        if self._bench_order is None or self._bench_order[0] != self.epoch:  # one order per epoch: no copy per call
-            self._bench_order = (self.epoch, torch.randperm(len(self.data.train),
-                                                            generator=torch.Generator().manual_seed(self.epoch)),
-                                 torch.Generator().manual_seed(self.epoch))
-        _, perm, aug_gen = self._bench_order
-        for _ in range(n):
-            if self.step_in_epoch >= self.steps_per_epoch:
-                self.step_in_epoch = 0
-            self._step_at(perm, aug_gen)
-
     # ----------------------------------------------------------------------------------- the loop
     def fit(self) -> Dict[str, Any]:
         """Trains to cfg["epochs"] (or cfg["max_steps"]); returns the results, or {"interrupted": True,
@@ -161,6 +169,7 @@ class Trainer:
                     break
         except BaseException:
             self.close()  # diverged, a write failed, a second Ctrl-C: the run directory is free again
+            self.discard_if_unsaved()
             raise
         finally:
             if old_handler is not None:
@@ -259,11 +268,17 @@ class Trainer:
     # ------------------------------------------------------------------------------- checkpoints
     def _save(self, name: str) -> None:
         if self.dist.is_main:
-            ckpt_format.atomic_save(training_state(self), self.run_dir / name)
+            # last.pt's previous version stays on as last-prev.pt, unless this run resumed from another file
+            # (then last.pt may be the corrupt one it could not use).
+            keep = name == "last.pt" and self._last_is_ours
+            ckpt_format.atomic_save(training_state(self), self.run_dir / name, keep_previous=keep)
+            self._last_is_ours = self._last_is_ours or name == "last.pt"
         barrier(self.dist)
 
     def _load(self, path) -> None:
-        restore_training_state(self, ckpt_format.load_checkpoint(pathlib.Path(path)))
+        path = pathlib.Path(path)
+        restore_training_state(self, ckpt_format.load_checkpoint(path), path)
+        self._last_is_ours = path.name == "last.pt"
         if self.dist.is_main:
             reconcile_best(self.run_dir, pathlib.Path(path), self.best.get("epoch"), self.epoch, self.step_in_epoch)
             print(f"[msd_fast] resumed {self.run_dir} at epoch {self.epoch + 1}, step {self.step_in_epoch}")
