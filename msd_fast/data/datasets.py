@@ -73,7 +73,12 @@ def _fashion_mnist(data_dir: Optional[str]) -> Tuple[Split, Split]:
                             f"{labels.shape[0]} labels / unexpected shape {images.shape}. {FASHION_MNIST_HELP}")
         if labels.size and (labels.min() < 0 or labels.max() > 9):
             raise DataError(f"Fashion-MNIST {split} labels in {root} outside 0..9. {FASHION_MNIST_HELP}")
-        out.append(Split(torch.from_numpy(images.copy()).unsqueeze(1), torch.from_numpy(labels.astype(np.int64))))
+        try:  # an IDX file may declare another element type: the same value rules as every reader
+            x = image_values(torch.from_numpy(images.copy()), str(root / img_name), to_uint8=True)
+            y = class_labels(torch.from_numpy(labels.copy()), str(root / lbl_name))
+        except (TypeError, ValueError) as e:
+            raise DataError(f"Fashion-MNIST {split} split: {e}. {FASHION_MNIST_HELP}") from None
+        out.append(Split(x.unsqueeze(1), y))
     return out[0], out[1]
 
 

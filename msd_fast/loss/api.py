@@ -116,7 +116,8 @@ def msd_loss(logits: Union[Tensor, Sequence[Tensor]], target: Tensor,
         feature_reduction: "mean" (default): FEAT_n = mean_b (1/D) ||F_n - F_N||^2, a hint whose scale does
             not depend on the feature width; "sum": mean_b ||F_n - F_N||^2 (the paper's equation as
             written; the same loss with beta scaled by D).
-        alpha: weight of KD against CE, in [0, 1]. temperature: tau > 0. beta: hint weight >= 0 (a
+        alpha: weight of KD against CE, in [0, 1]. temperature: 0 < tau <= 50 (MAX_TEMPERATURE: above it
+            float32 KD loses its accuracy, docs/maths.md §8). beta: hint weight >= 0 (a
             float or a scalar tensor, e.g. from `CosineBeta`).
         teacher: "all" (MSD) or "last" (BYOT). detach_teacher: stop-gradient on teachers and F_N.
         backend: "auto", "reference", "fused" (the fused operator on the tensors' device), "cpp" (its CPU
