@@ -1,4 +1,5 @@
-"""Regenerates the README's performance tables from the committed JSON under bench/results/.
+"""Regenerates the README's headline and the performance tables (docs/) from the committed JSON under
+bench/results/.
 
     python -m bench.report
 """
@@ -161,7 +162,45 @@ def train_table(data: dict) -> str:
     return "\n".join(lines)
 
 
+def _best_vs_baseline(rows: dict):
+    base = next(r for k, r in rows.items() if k.startswith(BASELINE_PREFIX))["images_per_s"]
+    name, best = max(((k, r) for k, r in rows.items() if not k.startswith(BASELINE_PREFIX)),
+                     key=lambda kr: kr[1]["images_per_s"])
+    return name, best["images_per_s"], base
+
+
+def headline_section() -> str:
+    """The README's first table: whole training steps on the committed GPU runs against the public-code style
+    loop, and the fused loss against torch.compile of the reference; machines and commands under it."""
+    lines, notes = ["| measured | msd_fast | baseline | ratio |", "|---|---|---|---|"], []
+    for p in sorted((RESULTS / "gpu").glob("*/train_cuda_*.json")):
+        d = json.loads(p.read_text())
+        for model, rows in d["models"].items():
+            name, fast, base = _best_vs_baseline(rows)
+            lines.append(f"| training step, {model} batch {d['batch']} | {fast:,.0f} img/s | {base:,.0f} img/s | "
+                         f"{fast / base:.2f}x |")
+            notes.append(f"`{d['command']}`")
+            machine = describe(d["machine"])
+    if notes:
+        notes = [f"- Training steps: full-width CIFAR-shaped models, 100 classes, msd_fast's defaults (bf16, "
+                 f"channels-last, whole-step CUDA graph, torch.compile for the ResNets) against the public-code style loop (eager fp32, "
+                 f"naive loss, DataLoader), on {machine}: " + ", ".join(notes) + "."]
+    d = _load("loss_cpu_cpu_target_after_heads.json")
+    by = {r["backend"]: r for r in (d or {}).get("rows", []) if "median_ms" in r}
+    if "cpp_list" in by and "compiled_reference_list" in by:
+        fast, base = by["cpp_list"]["median_ms"] * 1e3, by["compiled_reference_list"]["median_ms"] * 1e3
+        lines.append(f"| MSD loss fwd+bwd, N=4 B=128 C=100 D=512 fp32 | {fast:.0f} µs | {base:.0f} µs | "
+                     f"{base / fast:.2f}x |")
+        notes.append(f"- Loss: the fused C++ kernel against torch.compile of the reference, the exits as a model "
+                     f"returns them, each call after the heads wrote its inputs, on {describe(d['machine'])}: "
+                     f"`{d['command']}`.")
+    if len(lines) == 2:
+        return "_Nothing measured yet: `python -m bench.bench_train`, `python -m bench.bench_loss`._"
+    return "\n".join(lines + [""] + notes)
+
+
 def update_readme() -> None:
+    update_readme_section("headline", headline_section())
     update_readme_section("gpu-check", gpu_check_section())
     update_readme_section("compile-gate", compile_gate_section())
     update_readme_section("loss-target-cpu", cpu_target_section())
