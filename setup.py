@@ -48,7 +48,7 @@ if os.environ.get("MSD_FAST_SKIP_EXT", "0") != "1":
         print(f"msd_fast: building the CPU-only extension ({problem}); the fused loss on CUDA then uses the "
               f"Triton kernel with the torch reduction", flush=True)
     # -fopenmp: at::parallel_for is an OpenMP loop in the headers; without it the fused loss runs serially.
-    # -g0: no debug info in the release build (it made the .so 17 MB). No -march: one build for any x86-64
+    # -g0: no debug info in the release build (with it the .so is 17 MB instead of 0.7 MB). No -march: one build for any x86-64
     # CPU; csrc/fused_cpu_{avx512,avx2,baseline}.cpp carry their own target and are picked at run time.
     cxx_flags = ["-O3", "-g0", "-fopenmp", "-std=c++20", "-Wno-psabi", "-fvisibility=hidden"]
     if os.environ.get("MSD_FAST_MARCH"):

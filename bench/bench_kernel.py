@@ -137,7 +137,7 @@ def sweep_shape(N, B, C, D, dtype, dev, candidates=SWEEP):
     """Device time of the launcher's kernel(s) under each MSD_FAST_TRITON_PLAN candidate (and the default),
     one row per plan as it is measured (the caller saves after each: a sweep its timeout cuts keeps them)."""
     from msd_fast.kernels import msd_loss_partials
-    from msd_fast.kernels.msd_loss_kernel import PLAN_ENV, launch_plan
+    from msd_fast.kernels.msd_loss_plan import PLAN_ENV, launch_plan
 
     z, f, y = make_inputs(N, B, C, D, dtype, dev)
     zl, fl = [t.detach() for t in z.unbind(0)], [t.detach() for t in f.unbind(0)]

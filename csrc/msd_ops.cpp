@@ -1,15 +1,7 @@
 // msd_fast C++ ops: schema, the deterministic per-exit reduction (CPU) and the fused MSD loss's CPU entry:
 // input checks, then the kernel of fused_cpu_kernel.h compiled for the widest instruction set this CPU has.
 //
-// Maths (docs/maths.md §3), per sample b, exits n = 1..N, temperature tau:
-//   p_n = softmax(z_n), q_n = softmax(z_n / tau), l_n = log q_n
-//   CE_n  = lse(z_n) - z_n[y]
-//   "all":  P = sum_n q_n, R = sum_n <q_n, l_n>;  sum_{j!=n} KL(q_j||q_n) = R - <P, l_n>
-//           KD_n = tau^2/(N-1) (R - <P, l_n>),  dKD_n/dz_n = tau/(N-1) (N q_n - P)   (teachers detached)
-//   "last": KD_n = tau^2 <q_N, l_N - l_n> (n<N), dKD_n/dz_n = tau (q_n - q_N)
-//   FEAT_n = ||F_n - F_N||^2 (n<N), dFEAT_n/dF_n = 2 (F_n - F_N)                        (F_N detached)
-// The gradient of the weighted total  w_ce*sum CE + w_kd*sum KD + w_feat*sum FEAT  (batch means) is
-// written during the forward, so backward only scales it by the incoming gradient.
+// The maths is docs/maths.md §3; the formulas the kernel implements sit beside it in fused_cpu_kernel.h.
 #include <torch/extension.h>
 #include <ATen/Parallel.h>
 

@@ -20,12 +20,11 @@ import concurrent.futures
 import itertools
 import json
 import os
-import re
-import subprocess
 import sys
-import tempfile
 import time
-from typing import Dict, List, Tuple
+from typing import Dict, List
+
+from .sass import _resource_usage, sass_profile, spills_in_loops
 
 DTYPES = ("float32", "bfloat16", "float16")
 
@@ -35,7 +34,7 @@ def problem_grid(full: bool) -> List[Dict]:
     launcher can build. The compiled kernel depends on N only through NP; on C through BLOCK_C, num_warps and
     C's specialisation (== 1 never: C >= 2; % 16 == 0 or not); on D likewise (D = 0: no features); on B only
     through its specialisation (B == 1, B % 16 == 0, other)."""
-    from .msd_loss_kernel import MAX_TILE
+    from .msd_loss_plan import MAX_TILE
 
     out = []
     n_for_np = {2: 2, 4: 3, 8: 7}   # one N per NP; N itself is a runtime int (never 1 or a multiple of 16)
@@ -82,7 +81,7 @@ def _kernel_args(p: Dict):
     (only their dtype and 16-byte alignment matter)."""
     import torch
 
-    from . import msd_loss_kernel as k
+    from . import msd_loss_kernel as kern, msd_loss_launch as k, msd_loss_plan as plans
 
     dt = getattr(torch, p["dtype"])
     N = p["N"]
@@ -96,110 +95,19 @@ def _kernel_args(p: Dict):
     if kernel == "fused":
         args, kwargs = k.kernel_args(z, y, f, w, part, gz, gf, p.get("tau", 3.0), p["teacher_last"], p["B"], p["C"],
                                      p["D"])
-        fn = k._msd_loss_kernel
+        fn = kern._msd_loss_kernel
     else:
-        plan = k.launch_plan(N, p["C"], p["D"])
-        _, CS = k.split_plan(p["B"], p["C"], plan["BLOCK_C"], sms=132, forced=3)
+        plan = plans.launch_plan(N, p["C"], p["D"])
+        _, CS = plans.split_plan(p["B"], p["C"], plan["BLOCK_C"], sms=132, forced=3)
         ws = torch.empty(16, dtype=torch.float32)
         args, kwargs = k.split_kernel_args(z, y, f, w, part, gz, gf, ws, torch.empty_like(ws), p.get("tau", 3.0),
                                            p["teacher_last"], p["B"], p["C"], p["D"], CS)[kernel]
-        fn = {"split_stats": k._msd_split_stats_kernel, "split_main": k._msd_split_main_kernel,
-              "split_finish": k._msd_split_finish_kernel}[kernel]
+        fn = {"split_stats": kern._msd_split_stats_kernel, "split_main": kern._msd_split_main_kernel,
+              "split_finish": kern._msd_split_finish_kernel}[kernel]
     plan = {key: kwargs[key] for key in ("NP", "BLOCK_C", "BLOCK_D", "num_warps", "TAU_INT") if key in kwargs}
     return fn, args, kwargs, plan
 
 
-def _tools() -> Tuple[str, str]:
-    import triton
-
-    bin_dir = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin")
-    return os.path.join(bin_dir, "cuobjdump"), bin_dir
-
-
-def _cuobjdump(cubin: bytes, flag: str) -> str:
-    cuobjdump, _ = _tools()
-    with tempfile.NamedTemporaryFile(suffix=".cubin", delete=False) as fh:
-        fh.write(cubin)
-        path = fh.name
-    try:
-        return subprocess.run([cuobjdump, flag, path], capture_output=True, text=True, check=True).stdout
-    finally:
-        os.unlink(path)
-
-
-def _resource_usage(cubin: bytes) -> Dict[str, int]:
-    """Registers, stack, local and shared memory of the kernel in a cubin, from `cuobjdump -res-usage`."""
-    txt = _cuobjdump(cubin, "-res-usage")
-    usage = {}
-    for key in ("REG", "STACK", "SHARED", "LOCAL"):
-        m = re.search(rf"\b{key}:(\d+)", txt)
-        if m is None:
-            raise RuntimeError(f"cuobjdump printed no {key} count:\n{txt}")
-        usage[key.lower()] = int(m.group(1))
-    return usage
-
-
-_SASS_LINE = re.compile(r"/\*([0-9a-f]{4,})\*/\s+(.*?);")
-
-
-def _sass(cubin: bytes) -> List[Tuple[int, str]]:
-    """The kernel's SASS as (address, instruction) pairs."""
-    return [(int(a, 16), ins) for a, ins in _SASS_LINE.findall(_cuobjdump(cubin, "-sass"))]
-
-
-def _loops(code: List[Tuple[int, str]]) -> List[Tuple[int, int]]:
-    """(first, last) address of every loop: a backward branch and its target."""
-    loops = []
-    for addr, ins in code:
-        m = re.search(r"\bBRA\s+(?:`\(.*?\)\s*)?0x([0-9a-f]+)", ins)
-        if m and int(m.group(1), 16) < addr:
-            loops.append((int(m.group(1), 16), addr))
-    return loops
-
-
-def spills_in_loops(cubin: bytes) -> Dict[str, int]:
-    """Counts spill instructions (STL/LDL: stores and loads of the stack frame) in the SASS, split into those
-    inside a loop (between a backward branch's target and the branch) and those outside every loop."""
-    code = _sass(cubin)
-    loops = _loops(code)
-    inside = outside = 0
-    for addr, ins in code:
-        if re.search(r"\b(STL|LDL)\b", ins):
-            if any(lo <= addr <= hi for lo, hi in loops):
-                inside += 1
-            else:
-                outside += 1
-    return {"spill_ops_in_loops": inside, "spill_ops_outside_loops": outside, "loops": len(loops)}
-
-
-_ACCESS_OP = re.compile(r"\b((?:LDG|STG)\.E(?:\.[A-Z0-9]+)*|SHFL\.[A-Z]+|BAR\.SYNC)")
-
-
-def sass_profile(cubin: bytes) -> Dict:
-    """Static counts from the kernel's SASS: `instructions`; `access`, global loads/stores by width, warp
-    shuffles and block barriers; `loops`, per loop (a backward branch and its target) its instructions,
-    MUFU (exp/log/rcp), shuffles and barriers. The loss kernels are bound by how they touch memory and how
-    their row reductions cross threads: 16-byte accesses (LDG.E.128 / STG.E.128) and few shuffles and
-    barriers are the signs of a good tile layout; 2-byte ones (LDG.E.U16) on the tiles mean the compiler
-    could not see the rows' alignment."""
-    code = _sass(cubin)
-    access: Dict[str, int] = {}
-    for _, ins in code:
-        m = _ACCESS_OP.search(ins)
-        if m:
-            access[m.group(1)] = access.get(m.group(1), 0) + 1
-    loops = []
-    for lo, hi in _loops(code):
-        body = [i for a, i in code if lo <= a <= hi]
-        loops.append({"instructions": len(body), "MUFU": sum("MUFU" in i for i in body),
-                      "SHFL": sum("SHFL" in i for i in body), "BAR": sum("BAR.SYNC" in i for i in body)})
-    return {"instructions": len(code), "access": access, "loops": loops}
-
-
-# ptxas sometimes parks a few loop-invariant registers (a store offset, packed predicates) in the stack
-# frame across a long loop although registers are free: one store before the loop, one load after it,
-# nothing per iteration. The gate records such frames; it fails on what costs time: any spill inside a
-# loop, any local memory, or a frame larger than this.
 MAX_PARKED_BYTES = 32
 
 
@@ -302,7 +210,7 @@ def parse_problem(spec: str) -> Dict:
 
 def profile_main(spec: str, plan, archs) -> int:
     """One problem's registers and SASS profile per architecture, as JSON lines."""
-    from .msd_loss_kernel import PLAN_ENV
+    from .msd_loss_plan import PLAN_ENV
 
     if plan:
         os.environ[PLAN_ENV] = plan

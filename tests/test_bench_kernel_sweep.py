@@ -7,7 +7,7 @@ import os
 import torch
 
 import bench.bench_kernel as bk
-from msd_fast.kernels.msd_loss_kernel import PLAN_ENV
+from msd_fast.kernels.msd_loss_plan import PLAN_ENV
 
 
 def test_sweep_yields_a_row_per_plan_with_the_plan_in_force(monkeypatch):

@@ -133,7 +133,7 @@ def test_gate_sees_vector_accesses_and_row_local_reductions():
 def test_row_align_reads_addresses_and_pitch():
     import torch
 
-    from msd_fast.kernels.msd_loss_kernel import row_align
+    from msd_fast.kernels.msd_loss_plan import row_align
 
     bf = [torch.empty(4, 1000, dtype=torch.bfloat16) for _ in range(3)]
     assert row_align(bf, 1000) == 8                  # 16 bytes: 2000-byte rows, aligned allocations

@@ -218,7 +218,7 @@ def test_trainer_with_gpu_defaults_checkpoint_resume_and_evaluate(tmp_path):
 def test_split_c_on_the_gpu_matches_one_program_per_sample_and_repeats(dtype, monkeypatch):
     """Small B, large C: the launcher splits C (three launches); the result equals the float64 reference
     like the unsplit kernel, and repeats bit for bit."""
-    from msd_fast.kernels.msd_loss_kernel import launch_plan, split_plan
+    from msd_fast.kernels.msd_loss_plan import launch_plan, split_plan
 
     N, B, C, D = 4, 8, 50_000, 96
     assert split_plan(B, C, launch_plan(N, C, D)["BLOCK_C"], torch.cuda.get_device_properties(0).multi_processor_count)[0] > 1

@@ -161,7 +161,7 @@ def test_triton_split_c_half_types_and_repeatable(monkeypatch):
 @pytest.mark.parametrize("B,C,block_c,sms", [(32, 128256, 512, 132), (1, 100, 128, 132), (4096, 1000, 256, 132),
                                              (7, 5000, 256, 108), (256, 32000, 512, 132), (3, 2048, 512, 132)])
 def test_split_plan_covers_c_without_empty_slices(B, C, block_c, sms):
-    from msd_fast.kernels.msd_loss_kernel import PROGRAMS_PER_SM, split_plan
+    from msd_fast.kernels.msd_loss_plan import PROGRAMS_PER_SM, split_plan
 
     S, CS = split_plan(B, C, block_c, sms)
     assert S >= 1 and (S == 1 and CS == C or CS % block_c == 0)
@@ -197,7 +197,7 @@ def test_a_plan_override_tiles_differently_and_keeps_the_values(plan, split, mon
 
 
 def test_a_bad_plan_override_names_the_entry():
-    from msd_fast.kernels.msd_loss_kernel import current_plan, parse_plan_override
+    from msd_fast.kernels.msd_loss_plan import current_plan, parse_plan_override
 
     assert parse_plan_override("num_warps=4, BLOCK_C=128") == {"num_warps": 4, "BLOCK_C": 128}
     with pytest.raises(ValueError, match="unknown key 'warps'"):
@@ -208,7 +208,7 @@ def test_a_bad_plan_override_names_the_entry():
         parse_plan_override("num_warps=x")
     import os
 
-    from msd_fast.kernels.msd_loss_kernel import PLAN_ENV, launch_plan
+    from msd_fast.kernels.msd_loss_plan import PLAN_ENV, launch_plan
 
     assert PLAN_ENV not in os.environ
     assert current_plan(4, 100, 0) == launch_plan(4, 100, 0) and "num_stages" not in current_plan(4, 100, 0)
@@ -217,7 +217,7 @@ def test_a_bad_plan_override_names_the_entry():
 def test_exits_at_unaligned_addresses(monkeypatch):
     """Exit tensors at odd element offsets take the launcher's smaller row alignment (C_ALIGN = 1 here; the
     compile gate checks what the hint does to the code) and give the aligned tensors' answer."""
-    from msd_fast.kernels import msd_loss_kernel as k
+    from msd_fast.kernels import msd_loss_launch as k
 
     seen = []
     orig = k.row_align
@@ -340,7 +340,7 @@ def test_integer_tau_in_the_split_kernels(monkeypatch):
 
 
 def test_tau_int_picks_one_exp_only_for_small_integer_tau():
-    from msd_fast.kernels.msd_loss_kernel import parse_plan_override, tau_int
+    from msd_fast.kernels.msd_loss_plan import parse_plan_override, tau_int
 
     assert [tau_int(t) for t in (1.0, 2.0, 3.0, 4.0, 2.5, 5.0, 0.5, 3.0000001)] == [1, 2, 3, 4, 0, 0, 0, 0]
     assert tau_int(3.0, parse_plan_override("exps=2")) == 0
@@ -360,7 +360,7 @@ def test_two_exps_plan_override_gives_the_same_loss(monkeypatch):
 def test_register_cap_plan_reaches_every_kernel_and_keeps_the_loss(split, monkeypatch):
     """maxnreg=64 (the sweep's register cap for Triton 3.6) is passed to the launches as a compile option,
     in the one-program and the split kernels alike, and changes nothing the interpreter computes."""
-    from msd_fast.kernels import msd_loss_kernel as mk
+    from msd_fast.kernels import msd_loss_launch as mk
 
     monkeypatch.setenv("MSD_FAST_TRITON_SPLIT", split)
     z, y, f = make_inputs(4, 3, 300, 9)

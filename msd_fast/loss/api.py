@@ -15,9 +15,8 @@ import torch
 from torch import Tensor, nn
 
 from . import defaults
-from .. import _ext
-from .backends import BACKENDS, _TRITON_IMPORT_ERROR as TRITON_IMPORT_ERROR, resolve_backend
-from .fused import MAX_TRITON_EXITS, run_fused
+from .backends import BACKENDS, fast_kernel_takes, resolve_backend
+from .fused import run_fused
 from .reference import combine_terms, reference_msd_terms
 from .validation import check_hparams, normalize_inputs
 
@@ -61,17 +60,6 @@ def _fused_weights(alpha: float, beta, hint_scale: float, device: torch.device) 
     return _weights(alpha, beta * hint_scale if hint_scale != 1.0 else beta, device)
 
 
-_FAST_BACKENDS = {"cpu": ("auto", "fused", "cpp"), "cuda": ("auto", "fused", "triton")}
-_FAST_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
-
-
-def _fast_path_kernel_ready(device_type: str, n_exits: int) -> bool:
-    """The fused operator has a kernel for this device in this process that takes n_exits."""
-    if device_type == "cpu":
-        return _ext.available()
-    return n_exits <= MAX_TRITON_EXITS and not TRITON_IMPORT_ERROR
-
-
 def _fast_path(logits, target, features, alpha, temperature, beta, teacher, backend, feature_reduction):
     """The fused operator called straight away for the hot-loop case (validate=False, eager, lists of exits
     with class-index targets), or None when the call does not fit it. The full path's Python checks cost
@@ -81,10 +69,8 @@ def _fast_path(logits, target, features, alpha, temperature, beta, teacher, back
     if type(logits) not in (list, tuple) or not logits or not isinstance(logits[0], Tensor):
         return None
     z0 = logits[0]
-    dev = z0.device.type
-    if backend not in _FAST_BACKENDS.get(dev, ()) or z0.dtype not in _FAST_DTYPES \
-            or not isinstance(target, Tensor) or target.is_floating_point() \
-            or feature_reduction not in ("mean", "sum") or not _fast_path_kernel_ready(dev, len(logits)):
+    if not isinstance(target, Tensor) or target.is_floating_point() \
+            or not fast_kernel_takes(backend, z0.device.type, z0.dtype, len(logits)):
         return None
     if features is None:
         feats, D = [], 0
@@ -141,14 +127,12 @@ def msd_loss(logits: Union[Tensor, Sequence[Tensor]], target: Tensor,
     Returns:
         A scalar loss: float32 (float64 for float64 inputs); gradients flow back in the input dtype.
     """
-    check_hparams(alpha, temperature, beta, teacher, validate, label_smoothing, ignore_index)
+    check_hparams(alpha, temperature, beta, teacher, validate, label_smoothing, ignore_index, feature_reduction)
     if (not validate and detach_teacher and not return_terms and not label_smoothing and ignore_index is None
             and not torch.compiler.is_compiling()):
         total = _fast_path(logits, target, features, alpha, temperature, beta, teacher, backend, feature_reduction)
         if total is not None:
             return total
-    if feature_reduction not in ("mean", "sum"):
-        raise ValueError(f"feature_reduction must be 'mean' or 'sum', got {feature_reduction!r}")
     zx, y, fx = normalize_inputs(logits, target, features, validate, ignore_index)
     z0 = zx.ref
     N = len(zx.parts)
@@ -185,13 +169,11 @@ class MSDLoss(nn.Module):
                  backend: str = "auto", validate: bool = True, label_smoothing: float = 0.0,
                  ignore_index: Optional[int] = None, feature_reduction: str = defaults.FEATURE_REDUCTION):
         super().__init__()
-        check_hparams(alpha, temperature, beta, teacher, True, label_smoothing, ignore_index)
+        check_hparams(alpha, temperature, beta, teacher, True, label_smoothing, ignore_index, feature_reduction)
         if backend not in BACKENDS:
             raise ValueError(f"backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
         self.alpha, self.temperature, self.beta = float(alpha), float(temperature), beta
         self.teacher, self.detach_teacher, self.backend, self.validate = teacher, detach_teacher, backend, validate
-        if feature_reduction not in ("mean", "sum"):
-            raise ValueError(f"feature_reduction must be 'mean' or 'sum', got {feature_reduction!r}")
         self.label_smoothing, self.ignore_index = float(label_smoothing), ignore_index
         self.feature_reduction = feature_reduction
 

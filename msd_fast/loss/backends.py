@@ -22,6 +22,7 @@ from .. import _ext
 
 BACKENDS = ("auto", "reference", "fused", "cpp", "triton")
 HALF_AND_FLOAT = (torch.float32, torch.float16, torch.bfloat16)
+MAX_TRITON_EXITS = 8  # the Triton kernel's pointer slots per per-exit argument (kernels/msd_loss_launch.SLOTS)
 
 
 def _triton_import_error() -> str:
@@ -77,8 +78,20 @@ def _triton_unavailable() -> str:
 
 KERNELS = {
     "cpp": KernelSpec("cpp", "cpu", HALF_AND_FLOAT, None, ("all", "last"), (True,), _cpp_unavailable),
-    "triton": KernelSpec("triton", "cuda", HALF_AND_FLOAT, 8, ("all", "last"), (True,), _triton_unavailable),
+    "triton": KernelSpec("triton", "cuda", HALF_AND_FLOAT, MAX_TRITON_EXITS, ("all", "last"), (True,),
+                         _triton_unavailable),
 }
+# (backend name, device type) -> the kernel the eager fast path calls for it: read from KERNELS.
+_FAST_KERNELS = {(name, spec.device): spec for spec in KERNELS.values() for name in ("auto", "fused", spec.name)}
+
+
+def fast_kernel_takes(backend: str, device_type: str, dtype: torch.dtype, n_exits: int) -> bool:
+    """True when `backend` on these tensors is a fused kernel that is built here and takes this dtype and N
+    (the eager fast path's test; everything else it cannot know without the slow checks is left to the
+    kernel, which rejects what it does not take)."""
+    spec = _FAST_KERNELS.get((backend, device_type))
+    return (spec is not None and dtype in spec.dtypes and (spec.max_exits is None or n_exits <= spec.max_exits)
+            and not spec.unavailable())
 _NOTED: set = set()
 
 

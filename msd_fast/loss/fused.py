@@ -31,6 +31,7 @@ import torch
 from torch import Tensor
 
 from .. import _ext
+from .backends import KERNELS
 
 OP = "msd_fast::fused_msd_loss"
 SCHEMA = ("fused_msd_loss(Tensor[] logits, Tensor target, Tensor[] features, Tensor weights, float temperature, "
@@ -87,8 +88,8 @@ def _fused_fake(logits: List[Tensor], target: Tensor, features: List[Tensor], we
     return total, per_exit, [torch.empty_like(z) for z in logits], [torch.empty_like(f) for f in features]
 
 
-_KERNEL_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
-MAX_TRITON_EXITS = 8
+_KERNEL_DTYPES = KERNELS["triton"].dtypes
+MAX_TRITON_EXITS = KERNELS["triton"].max_exits
 
 
 def _describe_exits(xs: List[Tensor], name: str, device: torch.device) -> Tuple[int, int, int, torch.dtype]:
@@ -135,7 +136,8 @@ def check_kernel_inputs(logits: List[Tensor], target: Tensor, features: List[Ten
     if B < 1 or C < 2:
         raise RuntimeError(f"fused_msd_loss: need B >= 1 samples and C >= 2 classes, got B = {B}, C = {C}")
     if dtype not in _KERNEL_DTYPES:
-        raise RuntimeError(f"fused_msd_loss: logits must be float32, float16 or bfloat16, got {dtype}")
+        raise RuntimeError(f"fused_msd_loss: logits must be "
+                           f"{', '.join(str(d).replace('torch.', '') for d in _KERNEL_DTYPES)}, got {dtype}")
     if (target.device != dev or target.dtype != torch.int64 or target.dim() != 1 or target.shape[0] != B
             or not target.is_contiguous()):
         raise RuntimeError(f"fused_msd_loss: target must be a contiguous int64 tensor of shape [{B}] on {dev}, got "

@@ -10,6 +10,7 @@ from torch import Tensor
 TensorOrSeq = Union[Tensor, Sequence[Tensor]]
 FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
 TEACHERS = ("all", "last")
+FEATURE_REDUCTIONS = ("mean", "sum")
 # The largest temperature whose KD the fp32 kernels compute to 0.1% (docs/maths.md §8). KD is
 # tau^2 x (a difference of two sums of size ~N log C): its rounding error grows with tau^2 while its value
 # does not, so from tau ~ 1e3 the fp32 value is noise and can even be negative.
@@ -113,8 +114,10 @@ def check_beta(beta, name: str = "beta") -> None:
 
 
 def check_hparams(alpha, temperature, beta, teacher: str, validate: bool, label_smoothing=0.0,
-                  ignore_index=None) -> None:
+                  ignore_index=None, feature_reduction: str = "mean") -> None:
     """The loss's hyper-parameter rules, used by msd_loss, MSDLoss, CosineBeta and the training config."""
+    if feature_reduction not in FEATURE_REDUCTIONS:
+        raise ValueError(f"feature_reduction must be 'mean' or 'sum', got {feature_reduction!r}")
     if not _is_number(label_smoothing) or not 0.0 <= label_smoothing <= 1.0:
         raise ValueError(f"label_smoothing must be a number in [0, 1], got {label_smoothing!r}")
     if ignore_index is not None and (not isinstance(ignore_index, int) or isinstance(ignore_index, bool)):

@@ -4,6 +4,7 @@ from typing import Any, Dict
 
 from ..data.datasets import DATASETS
 from ..loss import defaults as loss_defaults
+from ..loss.validation import FEATURE_REDUCTIONS
 
 DEFAULT_PRESET = "fashion_mnist_cpu"
 
@@ -29,7 +30,7 @@ DEFAULTS: Dict[str, Any] = {
     "progress": True, "tensorboard": True, "max_steps": 0,
 }
 
-CHOICES = {"feature_reduction": ("mean", "sum"), "loss_backend": ("auto", "reference", "cpp", "triton"),
+CHOICES = {"feature_reduction": FEATURE_REDUCTIONS, "loss_backend": ("auto", "reference", "cpp", "triton"),
            "amp": ("auto", "none", "bf16", "fp16"), "lr_schedule": ("cosine", "multistep"),
            "best_metric": ("mean", "last"), "dataset": DATASETS}
 TRISTATE = ("channels_last", "compile", "cuda_graph", "data_on_device")  # auto | true | false

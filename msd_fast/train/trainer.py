@@ -16,7 +16,7 @@ import torch
 from .. import checkpoint as ckpt_format
 from ..distributed import DistInfo, barrier, init_distributed
 from ..evaluate.predict import evaluate_split
-from ..data import Dataset, load_dataset, normalize
+from ..data import load_dataset, normalize
 from ..models import check_exit_outputs, check_multi_exit, create_model
 from .args import check_trainer_args
 from .batches import BatchSource
