@@ -149,3 +149,11 @@ def test_nan_weights_are_refused_on_export_and_load(two_epochs, tmp_path):
 def test_load_model_takes_an_instance_not_a_name(two_epochs):
     with pytest.raises(TypeError, match="model: expected a model instance.*got str 'resnet18'"):
         load_model(two_epochs, model="resnet18")
+
+
+def test_flags_changed_by_a_resume_survive_a_kill_before_the_next_checkpoint(two_epochs, tmp_path, capsys):
+    run = _copy(two_epochs, tmp_path / "run")
+    text = (run / "config.yaml").read_text().replace("epochs: 2", "epochs: 3")  # as `--resume --epochs 3` records
+    (run / "config.yaml").write_text(text)
+    assert main(["--resume", str(run)]) == 0
+    assert load_checkpoint(run / "last.pt")["epoch"] == 3 and "differs" not in capsys.readouterr().out

@@ -172,8 +172,9 @@ def resolve_config(argv: Optional[List[str]] = None) -> Dict[str, Any]:
 
 def resumed_config(resume: str) -> Tuple[Dict[str, Any], Dict[str, str]]:
     """The config a resumed run continues with: the one stored in its checkpoint (config.yaml is a copy for
-    people; where it was edited, a note says what differs and that the checkpoint's is used), or config.yaml
-    when the run stopped before its first checkpoint. Raises ConfigError, or CheckpointError for a bad
+    people; where it was edited, a note says what differs and that the checkpoint's is used; only the flags a
+    resume may change, RESUME_FLAGS, are taken from it), or config.yaml when the run stopped before its first
+    checkpoint. Raises ConfigError, or CheckpointError for a bad
     checkpoint."""
     from ..checkpoint import load_checkpoint
 
@@ -199,6 +200,9 @@ def resumed_config(resume: str) -> Tuple[Dict[str, Any], Dict[str, str]]:
         except ConfigError as e:
             copy = {}
             print(f"[msd_fast] note: {e}; resuming with the config stored in {ckpt_path}")
+        # The flags a resume may change are recorded in config.yaml when they change (run_dir.resumed_run_dir)
+        # and may not have reached a checkpoint yet: those come from the copy, everything else from the checkpoint.
+        values.update({k: copy[k] for k in RESUME_FLAGS if k in copy})
         edited = [k for k in values if k in copy and copy[k] != values[k]]
         if edited:
             print(f"[msd_fast] note: {run_cfg} differs from the config stored in {ckpt_path} ("
