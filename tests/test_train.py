@@ -106,14 +106,14 @@ def test_ctrl_c_mid_epoch_saves_clean_checkpoint_and_resumes_exactly(tmp_path):
 
 def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
     t = Trainer(_cfg(tmp_path, "nan", "--log-interval", "5"))
-    orig, spe, calls = t._fwd, t.steps_per_epoch, {"n": 0}
+    orig, spe, calls = t.step.forward_loss, t.steps_per_epoch, {"n": 0}
 
     def poisoned(x, y, beta):
         calls["n"] += 1
         loss, terms, correct = orig(x, y, beta)
         return (loss * float("nan") if calls["n"] > spe + 2 else loss), terms, correct
 
-    t._fwd = poisoned
+    t.step.forward_loss = poisoned  # (loss, terms, correct) = forward_loss(x, y, beta)
     with pytest.raises(TrainingDiverged, match="non-finite.*last good checkpoint"):
         t.fit()
     ck = load_checkpoint(tmp_path / "nan")

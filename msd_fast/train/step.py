@@ -54,17 +54,16 @@ class TrainStep:
             correct = torch.cat([correct.new_zeros(missing), correct])
         return loss, torch.cat([terms.ce.detach(), terms.kd.detach(), terms.feat.detach()]), correct
 
-    def __call__(self, idx: torch.Tensor, aug: torch.Tensor, beta: torch.Tensor, sums, forward_loss=None) -> None:
-        """One step on the batch `make_batch(idx, aug)`. forward_loss: a replacement of self.forward_loss
-        (tests wrap it; the step then runs eagerly)."""
-        if self.graph is not None and forward_loss in (None, self.forward_loss):
+    def __call__(self, idx: torch.Tensor, aug: torch.Tensor, beta: torch.Tensor, sums) -> None:
+        """One step on the batch `make_batch(idx, aug)`: self.forward_loss, backward, optimizer step."""
+        if self.graph is not None:
             if self.graph(idx, aug, beta, sums):
                 return
             self.graph = None  # capture failed (cuda_graph auto): this step and the next run eagerly
             self.speed["cuda_graph"] = False
             self.opt.zero_grad(set_to_none=True)  # the graphed steps leave their last gradients in place
         x, y = self.make_batch(idx, aug)
-        fwd = forward_loss or self.forward_loss
+        fwd = self.forward_loss
         accum = self.accum
         for j in range(accum):
             xs, ys = (x, y) if accum == 1 else (x[j::accum], y[j::accum])

@@ -89,7 +89,6 @@ class Trainer:
                                     self.amp_dtype, self.steps_per_epoch, self.batches.make)
         self.opt, self.sched, self.scaler = self.step.opt, self.step.sched, self.step.scaler
         self.beta_sched, self.beta_t = self.step.beta_sched, self.step.beta_t
-        self._fwd = self.step.forward_loss  # (loss, terms, correct) = _fwd(x, y, beta); tests may wrap it
 
         self.epoch, self.step_in_epoch, self.global_step = 0, 0, 0
         self.aug_state: Optional[torch.Tensor] = None
@@ -138,7 +137,7 @@ class Trainer:
     # ------------------------------------------------------------------------------------- the step
     def _train_step(self, idx: torch.Tensor, aug: torch.Tensor) -> None:
         """One optimizer step on the batch drawn as (idx, aug) (BatchSource.draw)."""
-        self.step(idx, aug, self.beta_t, self.sums, self._fwd)
+        self.step(idx, aug, self.beta_t, self.sums)
 
     def _check_finite(self) -> None:
         check_finite(self.sums, self.epoch, self.global_step, self.run_dir / "last.pt")  # host sync: log points only
