@@ -34,6 +34,7 @@ from msd_fast.data import DATASET_TABLE, Dataset, Split
 from msd_fast.models import create_model
 from msd_fast.train import Trainer
 from msd_fast.train.speed import resolve_speed
+from msd_fast.train.train_config import TrainConfig
 from bench.train_steps import run_steps
 
 RESULTS = pathlib.Path(__file__).resolve().parent / "results"
@@ -126,7 +127,7 @@ def variants(device: torch.device, model: str, which: str = "all"):
     """(row name, config overrides): the defaults, then each speed feature toggled on its own. which="gpu-check":
     the defaults, the step without its CUDA graph and the compile toggle (for an eager model, the memory
     format toggle instead): what fits the GPU check's time budget."""
-    d = resolve_speed(dict(DEFAULTS, device=device.type, model=model))
+    d = resolve_speed(TrainConfig.from_mapping(dict(DEFAULTS, device=device.type, model=model)))
     rows = [("msd_fast (defaults)", {})]
     if device.type == "cuda":
         rows.append(("  without the whole-step CUDA graph", {"cuda_graph": False}))

@@ -164,15 +164,17 @@ def test_speed_defaults_per_device_and_model(monkeypatch):
     from msd_fast.train import speed as tr
     from msd_fast.train.config import DEFAULTS
 
+    from msd_fast.train.train_config import TrainConfig
+
     cpu = dict(DEFAULTS, device="cpu")
     monkeypatch.setattr(tr, "cpu_has_native_bf16", lambda: True)
-    assert tr.resolve_speed(dict(cpu, model="resnet18")) == {"device": "cpu", "amp": "bf16", "channels_last": True,
+    assert tr.resolve_speed(TrainConfig.from_mapping(dict(cpu, model="resnet18"))) == {"device": "cpu", "amp": "bf16", "channels_last": True,
                                                              "compile": False}
-    assert tr.resolve_speed(dict(cpu, model="msdnet1"))["channels_last"] is False  # channel concats: NCHW on CPU
-    assert tr.resolve_speed(dict(cpu, model="msdnet1", channels_last=True))["channels_last"] is True
+    assert tr.resolve_speed(TrainConfig.from_mapping(dict(cpu, model="msdnet1")))["channels_last"] is False  # channel concats: NCHW on CPU
+    assert tr.resolve_speed(TrainConfig.from_mapping(dict(cpu, model="msdnet1", channels_last=True)))["channels_last"] is True
     monkeypatch.setattr(tr, "cpu_has_native_bf16", lambda: False)
-    assert tr.resolve_speed(dict(cpu, model="resnet18"))["amp"] == "none"  # emulated bf16 would be slower
-    assert tr.resolve_speed(dict(cpu, model="resnet18", amp="bf16"))["amp"] == "bf16"
+    assert tr.resolve_speed(TrainConfig.from_mapping(dict(cpu, model="resnet18")))["amp"] == "none"  # emulated bf16 would be slower
+    assert tr.resolve_speed(TrainConfig.from_mapping(dict(cpu, model="resnet18", amp="bf16")))["amp"] == "bf16"
 
 
 @pytest.mark.parametrize("backend", ["reference", "cpp"])
@@ -183,10 +185,12 @@ def test_a_zero_hint_schedule_leaves_the_features_out_with_the_same_loss_and_gra
     torch.manual_seed(0)
     model = create_model("resnet18", num_classes=10, in_channels=1, width=0.125)
     x, y = torch.randn(8, 1, 16, 16), torch.randint(0, 10, (8,))
-    cfg = _cfg(tmp_path, "h", "--loss-backend", backend, "--beta-begin", "0")
+    from msd_fast.train.train_config import TrainConfig
+
+    cfg = TrainConfig.from_mapping(_cfg(tmp_path, "h", "--loss-backend", backend, "--beta-begin", "0"))
     off = get_method("msd").build(cfg, model.num_exits)  # beta 0 -> 0 (the default): no hint
-    on = get_method("msd").build(_cfg(tmp_path, "h", "--loss-backend", backend, "--beta-begin", "0", "--beta-end", "1e-9"),
-                                 model.num_exits)
+    on = get_method("msd").build(TrainConfig.from_mapping(_cfg(tmp_path, "h", "--loss-backend", backend, "--beta-begin",
+                                                               "0", "--beta-end", "1e-9")), model.num_exits)
     assert not off.hint and on.hint and not get_method("joint").build(cfg, model.num_exits).hint
     grads = []
     for crit in (off, on):
@@ -201,12 +205,13 @@ def test_a_zero_hint_schedule_leaves_the_features_out_with_the_same_loss_and_gra
 
 def test_sgd_is_fused_on_cpu_and_takes_the_same_steps_as_the_for_loop(tmp_path):
     from msd_fast.train.optim import build_optimizer
+    from msd_fast.train.train_config import TrainConfig
 
     cfg = _cfg(tmp_path, "o")
     torch.manual_seed(0)
     a = [torch.randn(5, 3, requires_grad=True), torch.randn(7, requires_grad=True)]
     b = [p.detach().clone().requires_grad_() for p in a]
-    fused = build_optimizer(a, cfg)
+    fused = build_optimizer(a, TrainConfig.from_mapping(cfg))
     loop = torch.optim.SGD(b, lr=cfg["lr"], momentum=cfg["momentum"], nesterov=True, weight_decay=cfg["weight_decay"],
                            foreach=False)
     assert fused.param_groups[0]["fused"] is True

@@ -9,20 +9,21 @@ A batch is made in two halves so the training step can be one CUDA graph:
 
 Every rank draws the same global batch and takes the interleaved share [rank::world], so K ranks (or K
 accumulation steps) see exactly the samples and crops of one process with the whole batch."""
-from typing import Any, Dict, Tuple
+from typing import Tuple
 
 import torch
 
 from ..data import augment, draw_augment_params, normalize
 from ..distributed import DistInfo
+from .train_config import TrainConfig
 
 
 class BatchSource:
-    def __init__(self, data, device: torch.device, dist: DistInfo, cfg: Dict[str, Any], channels_last: bool):
+    def __init__(self, data, device: torch.device, dist: DistInfo, cfg: TrainConfig, channels_last: bool):
         self.data, self.device, self.dist, self.channels_last = data, device, dist, channels_last
-        self.batch_size = cfg["batch_size"]
-        resident = device.type == "cuda" and cfg["data_on_device"] in ("auto", True)
-        if resident and cfg["data_on_device"] == "auto":  # datasets that fit live on the GPU
+        self.batch_size = cfg.batch_size
+        resident = device.type == "cuda" and cfg.data_on_device in ("auto", True)
+        if resident and cfg.data_on_device == "auto":  # datasets that fit live on the GPU
             free, _ = torch.cuda.mem_get_info(device)
             resident = data.train.images.numel() < free // 4
         self.images = data.train.images.to(device) if resident else data.train.images

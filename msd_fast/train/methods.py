@@ -10,16 +10,17 @@ per-exit terms (ce [N], kd [N], feat [N-1]) for logging, detached or not.
     @register_method
     class MyMethod(Method):
         name = "mine"
-        def build(self, cfg, num_exits):
+        def build(self, cfg, num_exits):       # cfg: the run's frozen TrainConfig (cfg.alpha, ...)
             return MyCriterion(...)
 """
-from typing import Any, Dict, Type
+from typing import Dict, Type
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from ..loss import MSDLoss, MSDTerms
+from .train_config import TrainConfig
 
 
 class Method:
@@ -37,7 +38,7 @@ class Method:
     unused_keys: tuple = ()
     help: str = ""
 
-    def build(self, cfg: Dict[str, Any], num_exits: int) -> nn.Module:
+    def build(self, cfg: TrainConfig, num_exits: int) -> nn.Module:
         raise NotImplementedError
 
 
@@ -88,12 +89,12 @@ def get_method(name: str) -> Method:
     return METHODS[name]
 
 
-def _msd_loss(cfg: Dict[str, Any], uses_hint: bool, **kw) -> MultiExitCriterion:
+def _msd_loss(cfg: TrainConfig, uses_hint: bool, **kw) -> MultiExitCriterion:
     """The MSD loss of a method; uses_hint is the method's flag (the one that sets its beta schedule)."""
-    kw.setdefault("alpha", cfg["alpha"])
-    hint = uses_hint and (cfg["beta_begin"] != 0.0 or cfg["beta_end"] != 0.0)  # the schedule is not 0 throughout
-    return MultiExitCriterion(MSDLoss(temperature=cfg["temperature"], backend=cfg["loss_backend"], validate=False,
-                                      feature_reduction=cfg["feature_reduction"], label_smoothing=cfg["label_smoothing"],
+    kw.setdefault("alpha", cfg.alpha)
+    hint = uses_hint and (cfg.beta_begin != 0.0 or cfg.beta_end != 0.0)  # the schedule is not 0 throughout
+    return MultiExitCriterion(MSDLoss(temperature=cfg.temperature, backend=cfg.loss_backend, validate=False,
+                                      feature_reduction=cfg.feature_reduction, label_smoothing=cfg.label_smoothing,
                                       **kw), hint=hint)
 
 
@@ -128,4 +129,4 @@ class Plain(Method):
     unused_keys = Joint.unused_keys
 
     def build(self, cfg, num_exits):
-        return FinalExitCE(num_exits, cfg["label_smoothing"])
+        return FinalExitCE(num_exits, cfg.label_smoothing)

@@ -106,16 +106,16 @@ def remove_run_dir(path) -> bool:
 
 
 # ------------------------------------------------------------------------- a run's directory, whole
-def new_run_dir(cfg) -> "tuple":
+def new_run_dir(cfg) -> "tuple":  # cfg: a TrainConfig
     """Creates and locks the directory of a new run and writes its config.yaml: (run_dir, lock)."""
     import time
 
     from .config import save_config
 
-    name = cfg["run_name"] or f"{cfg['dataset']}-{cfg['model']}-{cfg['method']}-s{cfg['seed']}-{time.strftime('%Y%m%d-%H%M%S')}"
-    run_dir = create_run_dir(pathlib.Path(cfg["out_dir"]) / name)
+    name = cfg.run_name or f"{cfg.dataset}-{cfg.model}-{cfg.method}-s{cfg.seed}-{time.strftime('%Y%m%d-%H%M%S')}"
+    run_dir = create_run_dir(pathlib.Path(cfg.out_dir) / name)
     lock = RunLock(run_dir)
-    save_config(cfg, run_dir / "config.yaml")
+    save_config(cfg.as_dict(), run_dir / "config.yaml")
     return run_dir, lock
 
 
@@ -126,7 +126,7 @@ def resumed_run_dir(cfg) -> "tuple":
     from ..checkpoint import remove_stale_temp_files
     from .config import DEFAULTS, RESUME_FLAGS, ConfigError, load_yaml, save_config
 
-    p = pathlib.Path(cfg["resume"])
+    p = pathlib.Path(cfg.resume)
     run_dir = p if p.is_dir() else p.parent
     lock = RunLock(run_dir)
     stale = remove_stale_temp_files(run_dir)
@@ -136,11 +136,12 @@ def resumed_run_dir(cfg) -> "tuple":
         saved, _ = load_yaml(run_dir / "config.yaml", what="run config")
     except ConfigError:  # missing or unreadable: the checkpoint holds the config; the copy is rewritten
         saved = {}
-    changed = {k: (saved.get(k), cfg[k]) for k in RESUME_FLAGS if saved.get(k) != cfg[k]}
+    now = cfg.as_dict()
+    changed = {k: (saved.get(k), now[k]) for k in RESUME_FLAGS if saved.get(k) != now[k]}
     if changed:
         print("[msd_fast] resuming with " + ", ".join(f"{k} = {new!r} (was {old!r})" for k, (old, new) in changed.items()))
-    if any(saved.get(k) != cfg[k] for k in DEFAULTS):
-        save_config(cfg, run_dir / "config.yaml")
+    if any(saved.get(k) != now[k] for k in DEFAULTS):
+        save_config(now, run_dir / "config.yaml")
     ckpt = p / "last.pt" if p.is_dir() else p
     if not ckpt.exists() and p.is_dir() and not (p / "best.pt").exists():
         print(f"[msd_fast] {p} has no checkpoint yet (the run stopped before its first one): "

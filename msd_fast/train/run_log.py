@@ -6,6 +6,7 @@ import pathlib
 import sys
 import time
 from typing import Any, Dict, List, Optional
+from .train_config import TrainConfig
 
 
 def flatten_row(row: Dict[str, Any]) -> Dict[str, Any]:
@@ -90,7 +91,7 @@ class RunLogger:
 
 
 # ------------------------------------------------------------------------------------------ results
-def results_dict(*, cfg: Dict[str, Any], epoch: int, steps: int, history: List[Dict[str, Any]],
+def results_dict(*, cfg: TrainConfig, epoch: int, steps: int, history: List[Dict[str, Any]],
                  last_test: Dict[str, Any], best: Dict[str, Any], cost: Dict[str, Any], input_size,
                  wall_s: float, speed: Dict[str, Any], world_size: int) -> Dict[str, Any]:
     """The run's results.json: per-exit accuracy at the last and at the best-validation epoch, costs, setup."""
@@ -100,11 +101,11 @@ def results_dict(*, cfg: Dict[str, Any], epoch: int, steps: int, history: List[D
 
     last_val = history[-1]["val_acc"] if history else None
     return {
-        "dataset": cfg["dataset"], "model": cfg["model"], "method": cfg["method"], "epochs_run": epoch, "steps": steps,
+        "dataset": cfg.dataset, "model": cfg.model, "method": cfg.method, "epochs_run": epoch, "steps": steps,
         "last": {"epoch": epoch, "val_acc": last_val, "test_acc": last_test["exits"],
                  "test_ensemble": last_test["ensemble"]},
         "best_val": {"epoch": best["epoch"],
-                     "selected_by": "mean validation accuracy over exits" if cfg["best_metric"] == "mean"
+                     "selected_by": "mean validation accuracy over exits" if cfg.best_metric == "mean"
                      else "last exit's validation accuracy",
                      "val_acc": best["val"] and best["val"]["exits"], "test_acc": best["test"] and best["test"]["exits"],
                      "test_ensemble": best["test"] and best["test"]["ensemble"]},

@@ -6,6 +6,7 @@ import torch
 
 from ..models import channels_last_on_cpu, compile_on_cuda
 from .config import ConfigError
+from .train_config import TrainConfig
 
 
 def cpu_has_native_bf16() -> bool:
@@ -32,21 +33,21 @@ def _check_loss_backend(backend: str, device_type: str) -> None:
         raise ConfigError(f"--loss-backend {backend}: {why}; use --loss-backend auto")
 
 
-def resolve_speed(cfg: Dict[str, Any]) -> Dict[str, Any]:
+def resolve_speed(cfg: TrainConfig) -> Dict[str, Any]:
     """Per-device defaults: CUDA -> bf16, channels-last, compile (not MSDNet: models.compile_on_cuda), the
     step as one CUDA graph (decided by the Trainer, which knows where the data live); CPU -> bf16 where the CPU has native bf16
     (else fp32), channels-last except for MSDNet (models.channels_last_on_cpu), eager (torch.compile is
     slow to compile on CPU and measured no faster for the ResNets)."""
-    dev = cfg["device"]
+    dev = cfg.device
     if dev == "auto":
         dev = "cuda" if torch.cuda.is_available() else "cpu"
     if dev.startswith("cuda") and not torch.cuda.is_available():
         raise ConfigError("--device cuda: no CUDA device is available here; use --device cpu")
     on_cuda = dev.startswith("cuda")
-    _check_loss_backend(cfg["loss_backend"], "cuda" if on_cuda else "cpu")
-    amp = cfg["amp"] if cfg["amp"] != "auto" else ("bf16" if on_cuda or cpu_has_native_bf16() else "none")
-    cl = cfg["channels_last"] if cfg["channels_last"] != "auto" else (on_cuda or channels_last_on_cpu(cfg["model"]))
-    comp = cfg["compile"] if cfg["compile"] != "auto" else (on_cuda and compile_on_cuda(cfg["model"]))
+    _check_loss_backend(cfg.loss_backend, "cuda" if on_cuda else "cpu")
+    amp = cfg.amp if cfg.amp != "auto" else ("bf16" if on_cuda or cpu_has_native_bf16() else "none")
+    cl = cfg.channels_last if cfg.channels_last != "auto" else (on_cuda or channels_last_on_cpu(cfg.model))
+    comp = cfg.compile if cfg.compile != "auto" else (on_cuda and compile_on_cuda(cfg.model))
     return {"device": dev, "amp": amp, "channels_last": bool(cl), "compile": bool(comp)}
 
 

@@ -9,8 +9,8 @@ from .. import checkpoint as ckpt_format
 def training_state(t) -> Dict[str, Any]:
     cfg = t.cfg
     return ckpt_format.pack(
-        config={k: v for k, v in cfg.items() if k != "_sources"}, model_name=cfg["model"],
-        num_classes=t.data.num_classes, in_channels=t.data.in_channels, width=cfg["width"], dataset=cfg["dataset"],
+        config=cfg.as_dict(), model_name=cfg.model,
+        num_classes=t.data.num_classes, in_channels=t.data.in_channels, width=cfg.width, dataset=cfg.dataset,
         model=t.model.state_dict(), optimizer=t.opt.state_dict(), scheduler=t.sched.state_dict(),
         scaler=t.scaler.state_dict(), epoch=t.epoch, step_in_epoch=t.step_in_epoch, global_step=t.global_step,
         aug_state=t.aug_state, sums=None if t.sums is None else {k: v.cpu() for k, v in t.sums.items()},
@@ -19,8 +19,8 @@ def training_state(t) -> Dict[str, Any]:
 
 def _differs(t, ckpt: Dict[str, Any]) -> str:
     """'' when the checkpoint's model is the one this trainer built, else what differs."""
-    mine = {"model": t.cfg["model"], "num_classes": t.data.num_classes, "in_channels": t.data.in_channels,
-            "width": t.cfg["width"]}
+    mine = {"model": t.cfg.model, "num_classes": t.data.num_classes, "in_channels": t.data.in_channels,
+            "width": t.cfg.width}
     theirs = {"model": ckpt["model_name"], "num_classes": ckpt["num_classes"], "in_channels": ckpt["in_channels"],
               "width": ckpt["width"]}
     return ", ".join(f"{k} {theirs[k]!r} (this run: {mine[k]!r})" for k in mine if mine[k] != theirs[k])

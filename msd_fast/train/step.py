@@ -34,13 +34,13 @@ class TrainStep:
                    if dist.enabled else model, method.build(cfg, model.num_exits), opt,
                    build_scheduler(opt, cfg, steps_per_epoch),
                    torch.amp.GradScaler(device.type, enabled=speed["amp"] == "fp16"), method, device, amp_dtype, dist,
-                   cfg["accum_steps"], speed["compile"], make_batch)
+                   cfg.accum_steps, speed["compile"], make_batch)
         hint = method.uses_hint
-        step.beta_sched = CosineBeta(cfg["beta_begin"] if hint else 0.0, cfg["beta_end"] if hint else 0.0, cfg["epochs"])
+        step.beta_sched = CosineBeta(cfg.beta_begin if hint else 0.0, cfg.beta_end if hint else 0.0, cfg.epochs)
         step.beta_t = torch.zeros((), device=device)
         step.speed = speed
         if speed.get("cuda_graph"):
-            step.graph = GraphedStep(step, make_batch, required=cfg["cuda_graph"] is True)
+            step.graph = GraphedStep(step, make_batch, required=cfg.cuda_graph is True)
         return step
 
     def _forward_loss(self, x: torch.Tensor, y: torch.Tensor, beta: torch.Tensor):

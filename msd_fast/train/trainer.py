@@ -20,7 +20,7 @@ from ..data import load_dataset, normalize
 from ..models import check_exit_outputs, check_multi_exit, create_model
 from .args import check_trainer_args
 from .batches import BatchSource
-from .config import DEFAULTS, ConfigError, validate_config
+from .config import DEFAULTS, ConfigError
 from .graph import graph_unsupported
 from .methods import get_method
 from .run_dir import check_output_dir, new_run_dir, reconcile_best, remove_run_dir, resumed_run_dir
@@ -28,51 +28,52 @@ from .run_log import RunLogger, format_results_table, results_dict, write_result
 from .speed import AMP_DTYPES, resolve_speed
 from .state import restore_training_state, training_state
 from .step import TrainStep
+from .train_config import TrainConfig
 from .sums import TrainingDiverged, check_finite, epoch_means, new_sums  # noqa: F401 (TrainingDiverged re-exported)
 
 
 class Trainer:
     def __init__(self, cfg: Optional[Dict[str, Any]] = None, data=None, model=None):
-        """cfg: a config dict (keys of msd_fast.train.config.DEFAULTS; missing keys take the code defaults).
-        data: a msd_fast `Dataset` (msd_fast.data.from_tensors / from_torch make one from your data); by
-        default the one named in cfg is loaded. model: a multi-exit model following the MultiExitNet protocol
-        (msd_fast.models), e.g. from `attach_exits`; by default cfg["model"] is built from the registry (to
-        reload a custom model with load_model, register its factory under cfg["model"]). Everything is
-        checked before anything is created on disk: a failed start leaves nothing behind."""
+        """cfg: a config dict (keys of msd_fast.train.config.DEFAULTS; missing keys take the code defaults),
+        validated into the frozen `self.cfg` (a TrainConfig). data: a msd_fast `Dataset` (msd_fast.data.from_tensors
+        / from_torch make one from your data); by default the one named in cfg is loaded. model: a multi-exit
+        model following the MultiExitNet protocol (msd_fast.models), e.g. from `attach_exits`; by default
+        cfg["model"] is built from the registry (to reload a custom model with load_model, register its factory
+        under that name). Everything is checked before anything is created on disk: a failed start leaves
+        nothing behind."""
         check_trainer_args(cfg, data, model)
-        cfg = {**DEFAULTS, "resume": None, **(cfg or {})}
+        raw = dict(cfg or {})
         if data is not None:
-            cfg["dataset"] = getattr(data, "name", None) or "custom"
-        if model is not None and cfg["model"] == DEFAULTS["model"] and "model" not in (cfg.get("_sources") or {}):
-            cfg["model"] = type(model).__name__
-        validate_config({k: v for k, v in cfg.items() if k not in ("_sources", "resume", "config_file")},
-                        cfg.get("_sources"), custom_model=model is not None, custom_data=data is not None)
-        self.cfg = cfg
-        self.method = get_method(cfg["method"])
+            raw["dataset"] = getattr(data, "name", None) or "custom"
+        if model is not None and raw.get("model", DEFAULTS["model"]) == DEFAULTS["model"] \
+                and "model" not in (raw.get("_sources") or {}):
+            raw["model"] = type(model).__name__
+        self.cfg = cfg = TrainConfig.from_mapping(raw, custom_model=model is not None, custom_data=data is not None)
+        self.method = get_method(cfg.method)
         self.speed = resolve_speed(cfg)
-        if not cfg.get("resume"):
-            check_output_dir(cfg["out_dir"])
+        if not cfg.resume:
+            check_output_dir(cfg.out_dir)
         self.device = torch.device(self.speed["device"])
         self.dist: DistInfo = init_distributed(self.device.type)
         if self.dist.enabled and self.device.type == "cuda":
             self.device = torch.device("cuda", self.dist.local_rank)
-        if cfg["num_threads"]:
-            torch.set_num_threads(cfg["num_threads"])
+        if cfg.num_threads:
+            torch.set_num_threads(cfg.num_threads)
         self.amp_dtype = AMP_DTYPES[self.speed["amp"]]
-        G, world, accum = cfg["batch_size"], self.dist.world_size, cfg["accum_steps"]
+        G, world, accum = cfg.batch_size, self.dist.world_size, cfg.accum_steps
         if G % (world * accum):
             raise ConfigError(f"--batch-size {G} must be divisible by world size x accum steps = {world * accum}")
 
         self.data = data if data is not None else load_dataset(
-            cfg["dataset"], cfg["data_dir"], cfg["val_size"], cfg["split_seed"], cfg["train_subset"])
+            cfg.dataset, cfg.data_dir, cfg.val_size, cfg.split_seed, cfg.train_subset)
         self.steps_per_epoch = len(self.data.train) // G
         if self.steps_per_epoch < 1:
             raise ConfigError(f"--batch-size {G} is larger than the training set ({len(self.data.train)} images)")
         self.batches = BatchSource(self.data, self.device, self.dist, cfg, self.speed["channels_last"])
 
-        torch.manual_seed(cfg["seed"])
+        torch.manual_seed(cfg.seed)
         self.model = check_multi_exit(model) if model is not None else create_model(
-            cfg["model"], self.data.num_classes, self.data.in_channels, cfg["width"])
+            cfg.model, self.data.num_classes, self.data.in_channels, cfg.width)
         self.input_size = (self.data.in_channels, *self.data.image_size)
         self.cost = self.model.cost(self.input_size)
         mf = torch.channels_last if self.speed["channels_last"] else torch.contiguous_format
@@ -80,11 +81,11 @@ class Trainer:
         probe = self.data.train.images[:3].to(self.device)
         check_exit_outputs(self.model, normalize(probe, self.data.mean, self.data.std).contiguous(memory_format=mf),
                            self.data.num_classes)
-        why_not = graph_unsupported(self.device, self.speed["amp"], self.dist.enabled, cfg["accum_steps"],
+        why_not = graph_unsupported(self.device, self.speed["amp"], self.dist.enabled, cfg.accum_steps,
                                     self.batches.images.is_cuda)
-        if cfg["cuda_graph"] is True and why_not:
+        if cfg.cuda_graph is True and why_not:
             raise ConfigError(f"--cuda-graph true: {why_not}")
-        self.speed["cuda_graph"] = cfg["cuda_graph"] in ("auto", True) and not why_not
+        self.speed["cuda_graph"] = cfg.cuda_graph in ("auto", True) and not why_not
         self.step = TrainStep.build(cfg, self.model, self.method, self.device, self.dist, self.speed,
                                     self.amp_dtype, self.steps_per_epoch, self.batches.make)
         self.opt, self.sched, self.scaler = self.step.opt, self.step.sched, self.step.scaler
@@ -99,17 +100,17 @@ class Trainer:
         self._last_is_ours = True  # last.pt (if any) is one this run wrote or resumed from
         ckpt_path, self._new_run_dir = None, None
         if self.dist.is_main:
-            if cfg.get("resume"):
+            if cfg.resume:
                 self.run_dir, self._lock, ckpt_path = resumed_run_dir(cfg)
             else:
                 self.run_dir, self._lock = new_run_dir(cfg)
                 self._new_run_dir = self.run_dir
         else:
-            self.run_dir = pathlib.Path(cfg["resume"] or pathlib.Path(cfg["out_dir"]) / str(cfg["run_name"]))
+            self.run_dir = pathlib.Path(cfg.resume or pathlib.Path(cfg.out_dir) / str(cfg.run_name))
         try:
             barrier(self.dist)
-            self.log = RunLogger(self.run_dir, self.dist.is_main, cfg["tensorboard"])
-            if cfg.get("resume") and (ckpt_path is not None or not self.dist.is_main):
+            self.log = RunLogger(self.run_dir, self.dist.is_main, cfg.tensorboard)
+            if cfg.resume and (ckpt_path is not None or not self.dist.is_main):
                 self._load(ckpt_path or (self.run_dir / "last.pt"))
         except BaseException:
             self.discard_if_unsaved()
@@ -152,7 +153,7 @@ class Trainer:
 
     # ----------------------------------------------------------------------------------- the loop
     def fit(self) -> Dict[str, Any]:
-        """Trains to cfg["epochs"] (or cfg["max_steps"]); returns the results, or {"interrupted": True,
+        """Trains to cfg.epochs (or cfg.max_steps); returns the results, or {"interrupted": True,
         "run_dir": ...} after Ctrl-C (a clean checkpoint is saved first)."""
         cfg = self.cfg
         try:  # Ctrl-C -> finish the step, save, stop (only the main thread may install handlers)
@@ -161,10 +162,10 @@ class Trainer:
             old_handler = None
         self._session_start = time.time()
         try:
-            while self.epoch < cfg["epochs"]:
+            while self.epoch < cfg.epochs:
                 if self._run_epoch():
                     return {"interrupted": True, "run_dir": str(self.run_dir)}
-                if cfg["max_steps"] and self.global_step >= cfg["max_steps"]:
+                if cfg.max_steps and self.global_step >= cfg.max_steps:
                     break
         except BaseException:
             self.close()  # diverged, a write failed, a second Ctrl-C: the run directory is free again
@@ -178,8 +179,8 @@ class Trainer:
 
     def _run_epoch(self) -> bool:
         """Trains the rest of the current epoch; True when stopped by Ctrl-C (checkpoint saved)."""
-        cfg, G = self.cfg, self.cfg["batch_size"]
-        perm, aug_gen = self.batches.epoch_order(cfg["seed"], self.epoch)
+        cfg, G = self.cfg, self.cfg.batch_size
+        perm, aug_gen = self.batches.epoch_order(cfg.seed, self.epoch)
         if self.aug_state is not None:
             aug_gen.set_state(self.aug_state)
             self.aug_state = None
@@ -187,16 +188,16 @@ class Trainer:
             self.sums = new_sums(self.model.num_exits, self.device)
         self.model.train()
         t0, imgs0 = time.time(), self.step_in_epoch * G
-        with self.log.progress(self.steps_per_epoch, self.step_in_epoch, f"epoch {self.epoch + 1}/{cfg['epochs']}",
-                               cfg["progress"]) as bar:
+        with self.log.progress(self.steps_per_epoch, self.step_in_epoch, f"epoch {self.epoch + 1}/{cfg.epochs}",
+                               cfg.progress) as bar:
             while self.step_in_epoch < self.steps_per_epoch:
                 self._step_at(perm, aug_gen)
                 loss = None
-                if self.global_step % cfg["log_interval"] == 0:  # the only host syncs of the loop
+                if self.global_step % cfg.log_interval == 0:  # the only host syncs of the loop
                     self._check_finite()
                     loss = (self.sums["loss"] / self.sums["count"]).item()
                 bar.update(self.step_in_epoch, loss)
-                if self._stop_requested or (cfg["max_steps"] and self.global_step >= cfg["max_steps"]):
+                if self._stop_requested or (cfg.max_steps and self.global_step >= cfg.max_steps):
                     break
         self._check_finite()
         if self._stop_requested:
@@ -212,7 +213,7 @@ class Trainer:
             self.aug_state = aug_gen.get_state()
             self._save("last.pt")
             if self.dist.is_main:
-                print(f"[msd_fast] stopped at --max-steps {cfg['max_steps']} in epoch {self.epoch + 1}, step "
+                print(f"[msd_fast] stopped at --max-steps {cfg.max_steps} in epoch {self.epoch + 1}, step "
                       f"{self.step_in_epoch} of {self.steps_per_epoch}; the checkpoint keeps this position "
                       f"(--resume {self.run_dir} --max-steps 0 trains on from here)")
             return False
@@ -234,7 +235,7 @@ class Trainer:
         print("\n[msd_fast] Ctrl-C: finishing the current step and saving a checkpoint (Ctrl-C again to abort)")
 
     def _eval(self, split) -> Dict[str, Any]:
-        return evaluate_split(self.model, split, self.data.mean, self.data.std, self.cfg["eval_batch_size"],
+        return evaluate_split(self.model, split, self.data.mean, self.data.std, self.cfg.eval_batch_size,
                               self.device, self.speed["channels_last"], self.amp_dtype, self.dist)
 
     def _end_epoch(self, images_per_s: float, epoch_time: float) -> None:
@@ -249,7 +250,7 @@ class Trainer:
         self.history.append(row)
         self.epoch, self.step_in_epoch, self.sums = self.epoch + 1, 0, None
         exits = val["exits"]
-        metric = exits[-1] if self.cfg["best_metric"] == "last" else sum(exits) / len(exits)
+        metric = exits[-1] if self.cfg.best_metric == "last" else sum(exits) / len(exits)
         improved = metric > self.best["value"]
         if improved:
             self.best = {"value": metric, "epoch": self.epoch, "val": val, "test": self._eval(self.data.test)}
@@ -260,7 +261,7 @@ class Trainer:
             self._save("best.pt")
         self.log.log_epoch(row, self.history)
         if self.dist.is_main:
-            print(f"[msd_fast] epoch {self.epoch}/{self.cfg['epochs']}  loss {row['train_loss']:.4f}  "
+            print(f"[msd_fast] epoch {self.epoch}/{self.cfg.epochs}  loss {row['train_loss']:.4f}  "
                   f"val acc per exit {' / '.join(f'{a:.2f}' for a in exits)}  "
                   f"{row['images_per_s']:.0f} img/s  {epoch_time:.1f} s", flush=True)
 
