@@ -119,7 +119,7 @@ def setup_engine(model_name, width, data, batch, device, warmup, overrides):
     t0 = time.perf_counter()
     run_steps(trainer, warmup)  # includes torch.compile's compile time when compiling
     sync(device)
-    return (lambda: run_steps(trainer, 1)), time.perf_counter() - t0, {"speed": trainer.speed,
+    return (lambda: run_steps(trainer, 1)), time.perf_counter() - t0, {"speed": trainer.speed_report(),
                                                                          "loss_backend": cfg["loss_backend"]}
 
 
@@ -132,21 +132,21 @@ def variants(device: torch.device, model: str, which: str = "all"):
     if device.type == "cuda":
         rows.append(("  without the whole-step CUDA graph", {"cuda_graph": False}))
     if which == "gpu-check":  # compiling MSDNet takes minutes: its compile row is left to the full table
-        if d["compile"]:
+        if d.compile:
             return rows + [("  without torch.compile", {"compile": False})]
         # an eager model (MSDNet on CUDA): its memory format toggle costs no compile, so it fits the budget
-        return rows + [("  without channels-last", {"channels_last": False}) if d["channels_last"]
+        return rows + [("  without channels-last", {"channels_last": False}) if d.channels_last
                        else ("  with channels-last", {"channels_last": True})]
-    if d["channels_last"]:
+    if d.channels_last:
         rows.append(("  without channels-last", {"channels_last": False}))
     else:
         rows.append(("  with channels-last", {"channels_last": True}))
     rows.append(("  without fused loss (reference backend)", {"loss_backend": "reference"}))
-    if d["compile"]:
+    if d.compile:
         rows.append(("  without torch.compile", {"compile": False}))
     else:
         rows.append(("  with torch.compile", {"compile": True}))
-    if d["amp"] != "none":
+    if d.amp != "none":
         rows.append(("  without AMP (fp32)", {"amp": "none"}))
     if device.type == "cuda":
         rows.append(("  without GPU-resident data", {"data_on_device": False}))

@@ -194,7 +194,7 @@ def test_trainer_with_gpu_defaults_checkpoint_resume_and_evaluate(tmp_path):
     base = ["--dataset", "synthetic", "--model", "resnet18", "--width", "0.125", "--batch-size", "64", "--epochs", "2",
             "--no-progress", "--tensorboard", "false", "--out-dir", str(tmp_path), "--device", "cuda"]
     full = Trainer(resolve_config(base + ["--run-name", "full"]))
-    assert full.speed == {"device": "cuda", "amp": "bf16", "channels_last": True, "compile": True, "cuda_graph": True}
+    assert full.speed_report() == {"device": "cuda", "amp": "bf16", "channels_last": True, "compile": True, "cuda_graph": True}
     assert full.batches.images.is_cuda  # the data live on the GPU
     res = full.fit()
     assert res["last"]["test_acc"][-1] > 30

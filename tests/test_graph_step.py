@@ -84,7 +84,7 @@ def test_cuda_graph_true_on_a_cpu_is_a_config_error(tmp_path):
     with pytest.raises(ConfigError, match="--cuda-graph true: CUDA graphs need a CUDA device"):
         _trainer(tmp_path, "cpu", False, "--device", "cpu", "--cuda-graph", "true")
     t = _trainer(tmp_path, "auto", False, "--device", "cpu")
-    assert t.speed["cuda_graph"] is False and t.step.graph is None
+    assert t.speed.cuda_graph is False and t.step.graph is None
 
 
 class _CaptureFails(EagerRunner):
@@ -95,12 +95,12 @@ class _CaptureFails(EagerRunner):
 def test_a_step_that_cannot_be_captured_runs_eagerly_under_auto(tmp_path):
     eager = _trainer(tmp_path, "eager", False)
     t = _trainer(tmp_path, "fails", False)
-    t.speed["cuda_graph"] = True
     t.step.graph = GraphedStep(t.step, t.batches.make, runner=_CaptureFails(), warmup=2)
+    assert t.speed_report()["cuda_graph"] is True
     with pytest.warns(RuntimeWarning, match=r"could not be captured as a CUDA graph \(CUDA error: operation not permitted"):
-        t.fit()
+        res = t.fit()
     eager.fit()
-    assert t.step.graph is None and t.speed["cuda_graph"] is False  # recorded in results.json's speed
+    assert t.step.graph is None and res["speed"]["cuda_graph"] is False  # what results.json records
     _same(load_checkpoint(tmp_path / "eager")["model"], load_checkpoint(tmp_path / "fails")["model"])
 
 

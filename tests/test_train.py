@@ -168,13 +168,13 @@ def test_speed_defaults_per_device_and_model(monkeypatch):
 
     cpu = dict(DEFAULTS, device="cpu")
     monkeypatch.setattr(tr, "cpu_has_native_bf16", lambda: True)
-    assert tr.resolve_speed(TrainConfig.from_mapping(dict(cpu, model="resnet18"))) == {"device": "cpu", "amp": "bf16", "channels_last": True,
-                                                             "compile": False}
-    assert tr.resolve_speed(TrainConfig.from_mapping(dict(cpu, model="msdnet1")))["channels_last"] is False  # channel concats: NCHW on CPU
-    assert tr.resolve_speed(TrainConfig.from_mapping(dict(cpu, model="msdnet1", channels_last=True)))["channels_last"] is True
+    assert tr.resolve_speed(TrainConfig.from_mapping(dict(cpu, model="resnet18"))).as_dict() == {"device": "cpu", "amp": "bf16", "channels_last": True,
+                                                             "compile": False, "cuda_graph": False}
+    assert tr.resolve_speed(TrainConfig.from_mapping(dict(cpu, model="msdnet1"))).channels_last is False  # channel concats: NCHW on CPU
+    assert tr.resolve_speed(TrainConfig.from_mapping(dict(cpu, model="msdnet1", channels_last=True))).channels_last is True
     monkeypatch.setattr(tr, "cpu_has_native_bf16", lambda: False)
-    assert tr.resolve_speed(TrainConfig.from_mapping(dict(cpu, model="resnet18")))["amp"] == "none"  # emulated bf16 would be slower
-    assert tr.resolve_speed(TrainConfig.from_mapping(dict(cpu, model="resnet18", amp="bf16")))["amp"] == "bf16"
+    assert tr.resolve_speed(TrainConfig.from_mapping(dict(cpu, model="resnet18"))).amp == "none"  # emulated bf16 would be slower
+    assert tr.resolve_speed(TrainConfig.from_mapping(dict(cpu, model="resnet18", amp="bf16"))).amp == "bf16"
 
 
 @pytest.mark.parametrize("backend", ["reference", "cpp"])

@@ -11,7 +11,7 @@ the device. What must hold, and how it is kept:
   (torch's fused SGD takes a tensor lr), so the schedule changes it with a fill, not a recapture.
 - Warm-up before capture: the first steps run eagerly on a side stream (torch.compile compiles, cuDNN picks
   its algorithms, the momentum buffers are created); they are real training steps on real batches.
-Used when speed["cuda_graph"] is on (CUDA, no fp16 grad scaler, no DDP, no accumulation: `graph_unsupported`).
+Used when speed.cuda_graph is on (CUDA, no fp16 grad scaler, no DDP, no accumulation: `graph_unsupported`).
 A model that cannot be captured (a host sync or a data-dependent branch in its forward, say) fails at capture:
 under cuda_graph auto the step then runs eagerly from that step on, with a warning saying why; under
 cuda_graph true the failure is an error.

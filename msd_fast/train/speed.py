@@ -1,5 +1,6 @@
 """Device and precision policy: which device, autocast dtype, memory format and compilation a run uses
 when the config says `auto`."""
+from dataclasses import asdict, dataclass
 from typing import Any, Dict
 
 import torch
@@ -33,7 +34,21 @@ def _check_loss_backend(backend: str, device_type: str) -> None:
         raise ConfigError(f"--loss-backend {backend}: {why}; use --loss-backend auto")
 
 
-def resolve_speed(cfg: TrainConfig) -> Dict[str, Any]:
+@dataclass(frozen=True)
+class Speed:
+    """How a run computes: device, autocast dtype ("none", "bf16", "fp16"), memory format, torch.compile, and
+    the whole-step CUDA graph (decided by the Trainer, which knows where the data live)."""
+    device: str
+    amp: str
+    channels_last: bool
+    compile: bool
+    cuda_graph: bool = False
+
+    def as_dict(self) -> Dict[str, Any]:
+        return asdict(self)
+
+
+def resolve_speed(cfg: TrainConfig) -> Speed:
     """Per-device defaults: CUDA -> bf16, channels-last, compile (not MSDNet: models.compile_on_cuda), the
     step as one CUDA graph (decided by the Trainer, which knows where the data live); CPU -> bf16 where the CPU has native bf16
     (else fp32), channels-last except for MSDNet (models.channels_last_on_cpu), eager (torch.compile is
@@ -48,7 +63,7 @@ def resolve_speed(cfg: TrainConfig) -> Dict[str, Any]:
     amp = cfg.amp if cfg.amp != "auto" else ("bf16" if on_cuda or cpu_has_native_bf16() else "none")
     cl = cfg.channels_last if cfg.channels_last != "auto" else (on_cuda or channels_last_on_cpu(cfg.model))
     comp = cfg.compile if cfg.compile != "auto" else (on_cuda and compile_on_cuda(cfg.model))
-    return {"device": dev, "amp": amp, "channels_last": bool(cl), "compile": bool(comp)}
+    return Speed(device=dev, amp=amp, channels_last=bool(cl), compile=bool(comp))
 
 
 AMP_DTYPES = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}

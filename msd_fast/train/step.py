@@ -10,36 +10,40 @@ from torch.nn.parallel import DistributedDataParallel
 from ..loss import CosineBeta
 from .graph import GraphedStep
 from .optim import build_optimizer, build_scheduler
+from .speed import Speed
 from .sums import accumulate
+from .train_config import TrainConfig
 
 
 class TrainStep:
-    def __init__(self, model, ddp, criterion, opt, sched, scaler, method, device, amp_dtype, dist, accum_steps,
-                 compile: bool, make_batch=None):
+    def __init__(self, *, model, ddp, criterion, opt, sched, scaler, method, device, amp_dtype, dist,
+                 accum_steps: int, compile: bool, make_batch, beta_sched: CosineBeta, beta_t: torch.Tensor):
         self.model, self.ddp, self.criterion, self.method = model, ddp, criterion, method
         self.make_batch = make_batch  # (idx, aug) -> (x, y): BatchSource.make
-        self.graph, self.speed = None, {}
         self.opt, self.sched, self.scaler = opt, sched, scaler
         self.device, self.amp_dtype, self.dist, self.accum = device, amp_dtype, dist, accum_steps
+        self.beta_sched, self.beta_t = beta_sched, beta_t
         self.forward_loss = torch.compile(self._forward_loss) if compile else self._forward_loss
+        self.graph = None  # the GraphedStep replaying this step, while it can (build)
 
     @classmethod
-    def build(cls, cfg, model, method, device, dist, speed, amp_dtype, steps_per_epoch: int,
-              make_batch=None) -> "TrainStep":
+    def build(cls, *, cfg: TrainConfig, model, method, device, dist, speed: Speed, amp_dtype, steps_per_epoch: int,
+              make_batch) -> "TrainStep":
         """The step of a config: the method's criterion, SGD and its schedule, the grad scaler (fp16), the beta
         schedule with beta as a device scalar (changes without recompiles or host syncs), DDP when distributed,
-        the CUDA graph of the whole step when speed["cuda_graph"]."""
+        the CUDA graph of the whole step when speed.cuda_graph."""
         opt = build_optimizer(model.parameters(), cfg)
-        step = cls(model, DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
-                   if dist.enabled else model, method.build(cfg, model.num_exits), opt,
-                   build_scheduler(opt, cfg, steps_per_epoch),
-                   torch.amp.GradScaler(device.type, enabled=speed["amp"] == "fp16"), method, device, amp_dtype, dist,
-                   cfg.accum_steps, speed["compile"], make_batch)
         hint = method.uses_hint
-        step.beta_sched = CosineBeta(cfg.beta_begin if hint else 0.0, cfg.beta_end if hint else 0.0, cfg.epochs)
-        step.beta_t = torch.zeros((), device=device)
-        step.speed = speed
-        if speed.get("cuda_graph"):
+        step = cls(model=model, ddp=DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda"
+                                                            else None) if dist.enabled else model,
+                   criterion=method.build(cfg, model.num_exits), opt=opt,
+                   sched=build_scheduler(opt, cfg, steps_per_epoch),
+                   scaler=torch.amp.GradScaler(device.type, enabled=speed.amp == "fp16"), method=method, device=device,
+                   amp_dtype=amp_dtype, dist=dist, accum_steps=cfg.accum_steps, compile=speed.compile,
+                   make_batch=make_batch,
+                   beta_sched=CosineBeta(cfg.beta_begin if hint else 0.0, cfg.beta_end if hint else 0.0, cfg.epochs),
+                   beta_t=torch.zeros((), device=device))
+        if speed.cuda_graph:
             step.graph = GraphedStep(step, make_batch, required=cfg.cuda_graph is True)
         return step
 
@@ -60,7 +64,6 @@ class TrainStep:
             if self.graph(idx, aug, beta, sums):
                 return
             self.graph = None  # capture failed (cuda_graph auto): this step and the next run eagerly
-            self.speed["cuda_graph"] = False
             self.opt.zero_grad(set_to_none=True)  # the graphed steps leave their last gradients in place
         x, y = self.make_batch(idx, aug)
         fwd = self.forward_loss

@@ -3,12 +3,12 @@
 What is computed comes from elsewhere: the method (methods.py) builds the criterion, step.py runs one
 optimizer step, batches.py the data order and augmentation, speed.py the device policy, optim.py the
 optimizer and schedule, run_dir.py the directory, run_log.py logs and results, state.py and
-msd_fast.checkpoint the checkpoint. Library code raises; only cli.py turns errors into exit codes. A resumed
-run continues with exactly the batches the uninterrupted run would have seen.
-"""
+msd_fast.checkpoint the checkpoint, train_config.py the frozen config. Library code raises; only cli.py turns
+errors into exit codes. A resumed run continues with exactly the batches the uninterrupted run would have seen."""
 import pathlib
 import signal
 import time
+from dataclasses import replace
 from typing import Any, Dict, Optional
 
 import torch
@@ -34,13 +34,10 @@ from .sums import TrainingDiverged, check_finite, epoch_means, new_sums  # noqa:
 
 class Trainer:
     def __init__(self, cfg: Optional[Dict[str, Any]] = None, data=None, model=None):
-        """cfg: a config dict (keys of msd_fast.train.config.DEFAULTS; missing keys take the code defaults),
-        validated into the frozen `self.cfg` (a TrainConfig). data: a msd_fast `Dataset` (msd_fast.data.from_tensors
-        / from_torch make one from your data); by default the one named in cfg is loaded. model: a multi-exit
-        model following the MultiExitNet protocol (msd_fast.models), e.g. from `attach_exits`; by default
-        cfg["model"] is built from the registry (to reload a custom model with load_model, register its factory
-        under that name). Everything is checked before anything is created on disk: a failed start leaves
-        nothing behind."""
+        """cfg: a config dict (keys of DEFAULTS; missing keys take the code defaults), validated into the
+        frozen `self.cfg`. data: a msd_fast `Dataset` (from_tensors / from_torch); by default cfg's dataset.
+        model: a MultiExitNet-protocol model (e.g. from `attach_exits`); by default cfg["model"] from the
+        registry. Everything is checked before anything is created on disk."""
         check_trainer_args(cfg, data, model)
         raw = dict(cfg or {})
         if data is not None:
@@ -53,13 +50,13 @@ class Trainer:
         self.speed = resolve_speed(cfg)
         if not cfg.resume:
             check_output_dir(cfg.out_dir)
-        self.device = torch.device(self.speed["device"])
+        self.device = torch.device(self.speed.device)
         self.dist: DistInfo = init_distributed(self.device.type)
         if self.dist.enabled and self.device.type == "cuda":
             self.device = torch.device("cuda", self.dist.local_rank)
         if cfg.num_threads:
             torch.set_num_threads(cfg.num_threads)
-        self.amp_dtype = AMP_DTYPES[self.speed["amp"]]
+        self.amp_dtype = AMP_DTYPES[self.speed.amp]
         G, world, accum = cfg.batch_size, self.dist.world_size, cfg.accum_steps
         if G % (world * accum):
             raise ConfigError(f"--batch-size {G} must be divisible by world size x accum steps = {world * accum}")
@@ -69,25 +66,26 @@ class Trainer:
         self.steps_per_epoch = len(self.data.train) // G
         if self.steps_per_epoch < 1:
             raise ConfigError(f"--batch-size {G} is larger than the training set ({len(self.data.train)} images)")
-        self.batches = BatchSource(self.data, self.device, self.dist, cfg, self.speed["channels_last"])
+        self.batches = BatchSource(self.data, self.device, self.dist, cfg, self.speed.channels_last)
 
         torch.manual_seed(cfg.seed)
         self.model = check_multi_exit(model) if model is not None else create_model(
             cfg.model, self.data.num_classes, self.data.in_channels, cfg.width)
         self.input_size = (self.data.in_channels, *self.data.image_size)
         self.cost = self.model.cost(self.input_size)
-        mf = torch.channels_last if self.speed["channels_last"] else torch.contiguous_format
+        mf = torch.channels_last if self.speed.channels_last else torch.contiguous_format
         self.model = self.model.to(self.device, memory_format=mf)
         probe = self.data.train.images[:3].to(self.device)
         check_exit_outputs(self.model, normalize(probe, self.data.mean, self.data.std).contiguous(memory_format=mf),
                            self.data.num_classes)
-        why_not = graph_unsupported(self.device, self.speed["amp"], self.dist.enabled, cfg.accum_steps,
+        why_not = graph_unsupported(self.device, self.speed.amp, self.dist.enabled, cfg.accum_steps,
                                     self.batches.images.is_cuda)
         if cfg.cuda_graph is True and why_not:
             raise ConfigError(f"--cuda-graph true: {why_not}")
-        self.speed["cuda_graph"] = cfg.cuda_graph in ("auto", True) and not why_not
-        self.step = TrainStep.build(cfg, self.model, self.method, self.device, self.dist, self.speed,
-                                    self.amp_dtype, self.steps_per_epoch, self.batches.make)
+        self.speed = replace(self.speed, cuda_graph=cfg.cuda_graph in ("auto", True) and not why_not)
+        self.step = TrainStep.build(cfg=cfg, model=self.model, method=self.method, device=self.device,
+                                    dist=self.dist, speed=self.speed, amp_dtype=self.amp_dtype,
+                                    steps_per_epoch=self.steps_per_epoch, make_batch=self.batches.make)
         self.opt, self.sched, self.scaler = self.step.opt, self.step.sched, self.step.scaler
         self.beta_sched, self.beta_t = self.step.beta_sched, self.step.beta_t
 
@@ -116,6 +114,10 @@ class Trainer:
             self.discard_if_unsaved()
             self.close()
             raise
+
+    def speed_report(self) -> Dict[str, Any]:
+        """The speed settings as run (results.json): cuda_graph false once a failed capture made the step eager."""
+        return {**self.speed.as_dict(), "cuda_graph": self.step.graph is not None}
 
     def discard_if_unsaved(self) -> bool:
         """Removes the run directory this Trainer created when no checkpoint was written into it (a start
@@ -236,7 +238,7 @@ class Trainer:
 
     def _eval(self, split) -> Dict[str, Any]:
         return evaluate_split(self.model, split, self.data.mean, self.data.std, self.cfg.eval_batch_size,
-                              self.device, self.speed["channels_last"], self.amp_dtype, self.dist)
+                              self.device, self.speed.channels_last, self.amp_dtype, self.dist)
 
     def _end_epoch(self, images_per_s: float, epoch_time: float) -> None:
         train = epoch_means(self.sums, self.model.num_exits, self.dist)
@@ -287,7 +289,7 @@ class Trainer:
     def _finish(self) -> Dict[str, Any]:
         results = results_dict(cfg=self.cfg, epoch=self.epoch, steps=self.global_step, history=self.history,
                                last_test=self._eval(self.data.test), best=self.best, cost=self.cost,
-                               input_size=self.input_size, wall_s=self.wall_before, speed=self.speed,
+                               input_size=self.input_size, wall_s=self.wall_before, speed=self.speed_report(),
                                world_size=self.dist.world_size)
         if self.dist.is_main:
             write_results(self.run_dir, results)
