@@ -144,9 +144,10 @@ def load_exported(out_dir, model=None, device="cpu"):
         meta = json.loads(config.read_text())
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
         raise ValueError(f"{config}: not a msd_fast export ({e})") from None
-    if not isinstance(meta, dict) or meta.get("format") != EXPORT_FORMAT:
-        raise ValueError(f"{config}: not a msd_fast export (format "
-                         f"{meta.get('format') if isinstance(meta, dict) else type(meta).__name__!r})")
+    if not isinstance(meta, dict):
+        raise ValueError(f"{config}: not a msd_fast export: expected a JSON object, got a {type(meta).__name__}")
+    if meta.get("format") != EXPORT_FORMAT:
+        raise ValueError(f"{config}: not a msd_fast export (format {meta.get('format')!r})")
     if meta.get("format_version") != EXPORT_VERSION:
         raise ValueError(f"{config}: export format version {meta.get('format_version')!r}; this msd_fast reads "
                          f"version {EXPORT_VERSION} (with a checksum of the weights): export the run again")

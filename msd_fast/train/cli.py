@@ -62,9 +62,7 @@ def main(argv=None) -> int:
     except OSError as e:  # a log or result file could not be written (disk full, permissions)
         _say(f"error: could not write {e.filename or 'a file'}: {e.strerror or e}")
         return 1
-    except KeyboardInterrupt:
-        if trainer is not None:
-            trainer.discard_if_unsaved()
+    except KeyboardInterrupt:  # Trainer has already removed a run directory that holds no checkpoint
         _say(_interrupt_message(trainer))
         return EXIT_INTERRUPTED
     except ValueError as e:  # bad settings found while building data or model
@@ -72,7 +70,6 @@ def main(argv=None) -> int:
         return 2
     finally:
         if trainer is not None:
-            trainer.discard_if_unsaved()
             trainer.close()
             shutdown(trainer.dist)
     return EXIT_INTERRUPTED if result.get("interrupted") else 0

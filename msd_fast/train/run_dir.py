@@ -138,7 +138,7 @@ def resumed_run_dir(cfg) -> "tuple":
         saved = {}
     now = cfg.as_dict()
     changed = {k: (saved.get(k), now[k]) for k in RESUME_FLAGS if saved.get(k) != now[k]}
-    if changed:
+    if saved and changed:  # (no readable copy: nothing to compare with)
         print("[msd_fast] resuming with " + ", ".join(f"{k} = {new!r} (was {old!r})" for k, (old, new) in changed.items()))
     if any(saved.get(k) != now[k] for k in DEFAULTS):
         save_config(now, run_dir / "config.yaml")

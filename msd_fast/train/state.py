@@ -27,13 +27,15 @@ def _differs(t, ckpt: Dict[str, Any]) -> str:
 
 
 def _first_line(e: Exception) -> str:
-    lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
-    return (lines[1] if len(lines) > 1 and lines[0].endswith(":") else lines[0])[:200] if lines else type(e).__name__
+    """The line of torch's message that says what does not fit (its first line is often only a heading)."""
+    lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()] or [type(e).__name__]
+    return (lines[1] if len(lines) > 1 and lines[0].endswith(":") else lines[0])[:200]
 
 
 def restore_training_state(t, ckpt: Dict[str, Any], path) -> None:
-    """Restores t from ckpt; a checkpoint of another model or optimizer raises CheckpointError naming `path`
-    and what differs, before anything of t has changed."""
+    """Restores t from ckpt; a checkpoint of another model, or state that does not fit the model, optimizer,
+    schedule or grad scaler, raises CheckpointError naming `path` and what differs (the Trainer's start then
+    fails: nothing half-restored is trained on)."""
     why = _differs(t, ckpt)
     if why:
         raise ckpt_format.CheckpointError(f"{path} belongs to another model: {why}")

@@ -4,7 +4,6 @@ plus where a run continues from (`resume`) and which preset it came from (`confi
 
 It is validated once, when it is made (`TrainConfig.from_mapping`), and cannot change afterwards: every part
 of training reads the same values. `as_dict()` is its plain form (the checkpoint's "config", config.yaml).
-`cfg["lr"]` reads a field too, for methods written against the dict form.
 """
 import dataclasses
 from typing import Any, Dict, Mapping, Optional, Union
@@ -43,15 +42,6 @@ class _Methods:
         if extras:
             out.update({k: getattr(self, k) for k in EXTRA_KEYS})
         return out
-
-    def __getitem__(self, key: str) -> Any:
-        if key not in DEFAULTS and key not in EXTRA_KEYS:
-            raise KeyError(key)
-        v = getattr(self, key)
-        return list(v) if key == "milestones" else v
-
-    def get(self, key: str, default: Any = None) -> Any:
-        return self[key] if key in DEFAULTS or key in EXTRA_KEYS else default
 
 
 TrainConfig = dataclasses.make_dataclass(
