@@ -13,7 +13,11 @@ from msd_fast import (EarlyExit, Trainer, attach_exits, export_weights, from_ten
 from msd_fast.evaluate.cli import main as evaluate_main
 from msd_fast.evaluate.inference import ExportableEarlyExit
 
-CFG = {"epochs": 1, "batch_size": 50, "progress": False, "tensorboard": False, "device": "cpu", "lr": 0.05}
+# fp32: a full-width ResNet-18 on 16x16 toys at lr 0.05 is on the edge of stability, and under bf16 autocast
+# its trajectory depends on the CPU and torch version (torch 2.11 on an AVX512-BF16 CPU overflowed a layer4
+# activation, giving NaN weights by step 3); these tests are about the API, not bf16 training
+CFG = {"epochs": 1, "batch_size": 50, "progress": False, "tensorboard": False, "device": "cpu", "lr": 0.05,
+       "amp": "none"}
 
 
 def _toy(n=300, classes=3, float_images=False, seed=0):
@@ -35,10 +39,8 @@ def test_from_tensors_trains_with_a_torchvision_backbone(tmp_path, float_images)
     assert max(res["last"]["test_acc"]) > 60  # learns (3 classes: chance is 33%)
     loaded = load_model(tmp_path / "r", model=attach_exits(torchvision.models.resnet18(num_classes=3),
                                                            exit_after=("layer2", "layer3")), which="last")
-    # bitwise equal, NaN included: a BatchNorm-normalised conv weight can drift far under bf16 on such a toy
-    # problem (the loss is scale invariant in it); load_model must reproduce whatever was trained
-    for a, b in zip(loaded.state_dict().values(), net.state_dict().values()):
-        torch.testing.assert_close(a.cpu(), b.cpu(), rtol=0, atol=0, equal_nan=True)
+    for a, b in zip(loaded.state_dict().values(), net.state_dict().values()):  # bitwise equal
+        torch.testing.assert_close(a.cpu(), b.cpu(), rtol=0, atol=0)
 
 
 def test_from_torch_reads_tensor_datasets_and_image_folders(tmp_path):
