@@ -15,6 +15,8 @@
 #include <torch/csrc/autograd/graph_task.h>
 #include <torch/library.h>
 
+#include <optional>
+
 #include "msd_ops.h"
 
 namespace msd_fast {
@@ -24,13 +26,14 @@ using torch::autograd::AutogradContext;
 using torch::autograd::variable_list;
 
 FusedOut call_fused_below_autograd(at::TensorList logits, const at::Tensor& target, at::TensorList features,
-                                   const at::Tensor& weights, double temperature, bool teacher_last) {
+                                   const at::Tensor& weights, double temperature, bool teacher_last,
+                                   std::optional<int64_t> ignore_index) {
   static auto op = c10::Dispatcher::singleton()
                        .findSchemaOrThrow("msd_fast::fused_msd_loss", "")
                        .typed<FusedOut(at::TensorList, const at::Tensor&, at::TensorList, const at::Tensor&, double,
-                                       bool)>();
+                                       bool, std::optional<int64_t>)>();
   at::AutoDispatchBelowADInplaceOrView guard;
-  return op.call(logits, target, features, weights, temperature, teacher_last);
+  return op.call(logits, target, features, weights, temperature, teacher_last, ignore_index);
 }
 
 // True when g is a plain dense CPU float32 tensor holding exactly 1 (what loss.backward() passes).
@@ -75,9 +78,9 @@ class FusedMSDLossFunction : public torch::autograd::Function<FusedMSDLossFuncti
  public:
   static variable_list forward(AutogradContext* ctx, at::TensorList logits, const at::Tensor& target,
                                at::TensorList features, const at::Tensor& weights, double temperature,
-                               bool teacher_last) {
+                               bool teacher_last, std::optional<int64_t> ignore_index) {
     auto [total, per_exit, grad_logits, grad_features] =
-        call_fused_below_autograd(logits, target, features, weights, temperature, teacher_last);
+        call_fused_below_autograd(logits, target, features, weights, temperature, teacher_last, ignore_index);
     ctx->saved_data["N"] = static_cast<int64_t>(logits.size());
     ctx->saved_data["F"] = static_cast<int64_t>(features.size());
     variable_list saved(grad_logits);
@@ -93,8 +96,8 @@ class FusedMSDLossFunction : public torch::autograd::Function<FusedMSDLossFuncti
   static variable_list backward(AutogradContext* ctx, variable_list grad_outputs) {
     const int64_t N = ctx->saved_data["N"].toInt(), F = ctx->saved_data["F"].toInt();
     // One slot per forward input as autograd counts them: N logits, target, F features, weights,
-    // temperature, teacher_last.
-    variable_list out(N + F + 4);
+    // temperature, teacher_last, ignore_index.
+    variable_list out(N + F + 5);
     const at::Tensor& g = grad_outputs[0];
     if (!g.defined()) return out;
     auto saved = ctx->get_saved_variables();
@@ -123,8 +126,10 @@ class FusedMSDLossFunction : public torch::autograd::Function<FusedMSDLossFuncti
 };
 
 FusedOut fused_msd_loss_autograd(at::TensorList logits, const at::Tensor& target, at::TensorList features,
-                                 const at::Tensor& weights, double temperature, bool teacher_last) {
-  auto outs = FusedMSDLossFunction::apply(logits, target, features, weights, temperature, teacher_last);
+                                 const at::Tensor& weights, double temperature, bool teacher_last,
+                                 std::optional<int64_t> ignore_index) {
+  auto outs = FusedMSDLossFunction::apply(logits, target, features, weights, temperature, teacher_last,
+                                          ignore_index);
   const size_t N = logits.size(), F = features.size();
   return {outs[0], outs[1], std::vector<at::Tensor>(outs.begin() + 2, outs.begin() + 2 + N),
           std::vector<at::Tensor>(outs.begin() + 2 + N, outs.begin() + 2 + N + F)};

@@ -21,6 +21,8 @@ struct KernelArgs {
   float inv_tau, g_ce, g_kd, kd_scale, g_feat;
   bool teacher_last;
   int tau_int;            // tau when it is an integer in 1..4 (one exp per element), else 0
+  bool has_ignore;        // samples whose target is ignore_index get zero partials and zero gradients
+  int64_t ignore_index;
   DType dtype;
 };
 

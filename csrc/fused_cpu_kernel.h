@@ -11,6 +11,8 @@
 //           KD_n = tau^2/(N-1) (R - <P, l_n>),  dKD_n/dz_n = tau/(N-1) (N q_n - P)   (teachers detached)
 //   "last": KD_n = tau^2 <q_N, l_N - l_n> (n<N), dKD_n/dz_n = tau (q_n - q_N)
 //   FEAT_n = ||F_n - F_N||^2 (n<N), dFEAT_n/dF_n = 2 (F_n - F_N)                        (F_N detached)
+// A sample whose target is ignore_index is in no term: its partials and gradients are 0 (the caller's
+// weights carry the 1 / (kept samples) of the means).
 // The gradient of the weighted total  w_ce*sum CE + w_kd*sum KD + w_feat*sum FEAT  (batch means) is
 // written during the forward, so backward only scales it by the incoming gradient.
 #ifndef MSD_FAST_ISA
@@ -300,6 +302,14 @@ void samples(const cpu::KernelArgs& a, int64_t b0, int64_t b1, float* scratch) {
   float* P = et + N * Cp;
   float* stats = P + Cp;
   for (int64_t b = b0; b < b1; ++b) {
+    if (a.has_ignore && a.y[b] == a.ignore_index) {  // out of every term: zero partials and gradients
+      for (int64_t n = 0; n < N; ++n) {
+        __builtin_memset(row<scalar_t>(a.grad_z, n, b, C), 0, C * sizeof(scalar_t));
+        if (a.feats != nullptr) __builtin_memset(row<scalar_t>(a.grad_f, n, b, D), 0, D * sizeof(scalar_t));
+        for (int64_t k = 0; k < 3; ++k) partials[(k * N + n) * B + b] = 0.f;
+      }
+      continue;
+    }
     logits_one_sample<scalar_t, K>(a.z, a.y[b], a.grad_z, partials + b, partials + N * B + b, N, B, b, C, Cp, s,
                                    dz, et, P, stats, stats + N, stats + 2 * N, stats + 3 * N);
     if (a.feats != nullptr) {

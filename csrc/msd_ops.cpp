@@ -10,6 +10,7 @@
 #include <string>
 #include <cstring>
 #include <limits>
+#include <optional>
 #include <type_traits>
 #include <vector>
 
@@ -173,7 +174,8 @@ std::vector<at::Tensor> empty_like_each(at::TensorList xs) {
 }  // namespace
 
 FusedOut fused_msd_loss_cpu(at::TensorList logits, const at::Tensor& target, at::TensorList features,
-                            const at::Tensor& weights, double temperature, bool teacher_last) {
+                            const at::Tensor& weights, double temperature, bool teacher_last,
+                            std::optional<int64_t> ignore_index) {
   const Exits ze = describe_exits(logits, "logits");
   const int64_t N = ze.N, B = ze.B, C = ze.W;
   TORCH_CHECK(N >= 2, "fused_msd_loss: need at least 2 exits, got N = ", N);
@@ -188,8 +190,15 @@ FusedOut fused_msd_loss_cpu(at::TensorList logits, const at::Tensor& target, at:
               "fused_msd_loss: weights must be a CPU float32 tensor of shape [3] (w_ce, w_kd, w_feat)");
   TORCH_CHECK(temperature > 0.0 && std::isfinite(temperature), "fused_msd_loss: temperature must be > 0, got ", temperature);
   const int64_t* yp = target.data_ptr<int64_t>();
+  int64_t kept = B;  // samples in the means: those whose target is not ignore_index
   for (int64_t b = 0; b < B; ++b) {
-    TORCH_CHECK(yp[b] >= 0 && yp[b] < C, "fused_msd_loss: target[", b, "] = ", yp[b], " is outside [0, ", C, ")");
+    if (ignore_index.has_value() && yp[b] == *ignore_index) {
+      --kept;
+      continue;
+    }
+    TORCH_CHECK(yp[b] >= 0 && yp[b] < C, "fused_msd_loss: target[", b, "] = ", yp[b], " is outside [0, ", C, ")",
+                yp[b] == -100 && !ignore_index.has_value() ? " (HF's label for ignored positions: pass ignore_index=-100)"
+                                                          : "");
   }
   const bool has_features = !features.empty();
   Exits fe;
@@ -225,7 +234,8 @@ FusedOut fused_msd_loss_cpu(at::TensorList logits, const at::Tensor& target, at:
   a.grad_z = gz.data();
   a.grad_f = has_features ? gf.data() : nullptr;
   a.N = N, a.B = B, a.C = C, a.D = D;
-  const float tau = static_cast<float>(temperature), invB = 1.0f / static_cast<float>(B);
+  // Every mean is over the kept samples; ignored ones get zero partials and gradients in the kernel.
+  const float tau = static_cast<float>(temperature), invB = 1.0f / static_cast<float>(std::max<int64_t>(kept, 1));
   a.inv_tau = 1.0f / tau;
   a.g_ce = wp[0] * invB;
   a.g_kd = teacher_last ? wp[1] * tau * invB : wp[1] * tau * invB / static_cast<float>(N - 1);
@@ -234,8 +244,15 @@ FusedOut fused_msd_loss_cpu(at::TensorList logits, const at::Tensor& target, at:
   a.teacher_last = teacher_last;
   a.tau_int = (tau == std::nearbyint(tau) && tau >= 1.f && tau <= 4.f) ? static_cast<int>(tau) : 0;
   a.dtype = dtype == at::kFloat ? cpu::DType::F32 : dtype == at::kBFloat16 ? cpu::DType::BF16 : cpu::DType::F16;
+  a.has_ignore = ignore_index.has_value();
+  a.ignore_index = ignore_index.value_or(0);
   launch_fused_msd_loss(a);
   auto [per_exit, total] = reduce_exit_losses_cpu(partials, w);
+  if (kept != B) {  // the reduction's means are over B: over the kept samples instead (0 when none is kept)
+    const double s = static_cast<double>(B) / static_cast<double>(std::max<int64_t>(kept, 1));
+    per_exit.mul_(s);
+    total.mul_(s);
+  }
   return {total, per_exit, std::move(grad_logits), std::move(grad_features)};
 }
 
@@ -246,8 +263,9 @@ TORCH_LIBRARY(msd_fast, m) {
   // logits: N tensors [B, C] or one [N, B, C]; target [B] int64; features: N tensors [B, D], one [N, B, D] or
   // none (empty list); weights [3] -> (total [], per-exit means [3, N], d total / d logits and d total /
   // d features, each shaped like its input list).
+  // Samples whose target equals ignore_index are in no term; every mean is over the others.
   m.def("fused_msd_loss(Tensor[] logits, Tensor target, Tensor[] features, Tensor weights, float temperature, "
-        "bool teacher_last) -> (Tensor, Tensor, Tensor[], Tensor[])");
+        "bool teacher_last, int? ignore_index=None) -> (Tensor, Tensor, Tensor[], Tensor[])");
   // grads *= scale, in place, where scale is a one-element float32 tensor on the grads' device; nothing is
   // read or written when scale == 1 (checked on the device on CUDA: no host sync). The fused loss's
   // backward scales its saved gradients with it (csrc/fused_autograd.cpp, csrc/scale_grads.cpp).

@@ -17,7 +17,9 @@ Maths (docs/maths.md §3), detached teachers:
           dL/dz_n = w_ce/B (p_n - onehot(y)) + w_kd tau / ((N-1) B) (N q_n - P)
   "last": KD_n = tau^2 <q_N, l_N - l_n> (n < N),  dL/dz_n = w_ce/B (p_n - onehot) + w_kd tau/B (q_n - q_N)
   FEAT_n = ||F_n - F_N||^2,  dL/dF_n = 2 w_feat / B (F_n - F_N)  (n < N; 0 for F_N)
-Nothing of size N x B x C is written besides the gradients; all math is float32.
+A sample whose target is ignore_index (HAS_IGNORE) is in no term: zero partials and gradients (the caller's
+weights carry the 1 / (kept samples) of the means). Nothing of size N x B x C is written besides the
+gradients; all math is float32.
 The shared @triton.jit pieces: msd_loss_parts.py; the launch plan: msd_loss_plan.py; the launcher:
 msd_loss_launch.py.
 """
@@ -25,7 +27,7 @@ import triton
 import triton.language as tl
 
 from .msd_loss_parts import (LOG2E, _cross_entropy, _exit_rows, _grad_chunk, _hint, _kd_accumulators,
-                             _kd_grad_scale, _row_stats, _slice_program, _stats_chunk)
+                             _kd_grad_scale, _kept_rows, _row_stats, _slice_program, _stats_chunk)
 
 
 @triton.jit
@@ -39,11 +41,13 @@ def _msd_loss_kernel(
     h0, h1, h2, h3, h4, h5, h6, h7,           # per exit: [B, D] out, d total / d features, features' dtype
     N, B, C, D,  # int32 sizes; the launcher turns any equal to 1 into a constexpr (Triton's specialisation)
     tau, inv_tau, inv_b,  # fp32 scalars: tau, 1 / tau, 1 / B (from the host: B may be a constexpr 1)
+    ign,                  # ignore_index (read when HAS_IGNORE): such a sample gets zero partials and gradients
     TEACHER_LAST: tl.constexpr, HAS_FEAT: tl.constexpr,
     NP: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_D: tl.constexpr,
     C_ALIGN: tl.constexpr, D_ALIGN: tl.constexpr,  # row alignment in elements (`row_align`)
     TAU_INT: tl.constexpr,  # tau when it is an integer 1..4 (one exp per element and pass), else 0
     TILE_ACC: tl.constexpr,  # pass 2's KD sums per tile cell, reduced once after the loop (plan tile_acc=1)
+    HAS_IGNORE: tl.constexpr,
 ):
     """One program per sample b: both passes over all of C, the hint, partials [3, N, b]."""
     # C and D are multiples of C_ALIGN / D_ALIGN (the launcher checked): written so, the compiler knows it,
@@ -70,9 +74,10 @@ def _msd_loss_kernel(
 
     y = tl.load(y_ptr + b)
     y_col = tl.where((y >= 0) & (y < C), y, -1).to(tl.int32)
+    keep = _kept_rows(row_ok, y, ign, HAS_IGNORE)            # [NP]: row_ok, and the sample not ignored
     # Stored now, not at the end: ptxas parks values that wait across pass 2 in local memory (compile gate).
     part_off = rows.to(tl.int64) * B + b
-    tl.store(part_ptr + part_off, _cross_entropy(z_row, y, C, lse, row_ok), mask=row_ok)   # CE_n
+    tl.store(part_ptr + part_off, tl.where(keep, _cross_entropy(z_row, y, C, lse, row_ok), 0.0), mask=row_ok)
 
     n_f = N * 1.0                                            # fp32 whether N is a runtime int or a constexpr
     g_kd = _kd_grad_scale(w_ptr, tau, inv_b, n_f, TEACHER_LAST)
@@ -84,8 +89,8 @@ def _msd_loss_kernel(
     for c0 in range(0, C, BLOCK_C):
         c = c0 + cols
         kd_acc, r_acc = _grad_chunk(z_row, g_row, c, c < C, row_ok, is_last, y_col, m, lse, shift,
-                                    g_ce * inv_s1, inv_st, kd_acc, r_acc, g_kd, g_ce, n_f, inv_tau, k_tau,
-                                    TEACHER_LAST, TAU_INT, TILE_ACC)
+                                    g_ce * inv_s1, inv_st, kd_acc, r_acc, g_kd, g_ce, n_f, inv_tau, k_tau, keep,
+                                    TEACHER_LAST, TAU_INT, TILE_ACC, HAS_IGNORE)
     if TILE_ACC:
         kd_acc = tl.sum(kd_acc, axis=1)
         r_acc = tl.sum(r_acc, axis=1)
@@ -93,13 +98,13 @@ def _msd_loss_kernel(
         kd = tau * tau * kd_acc
     else:
         kd = tau * tau / (n_f - 1.0) * (tl.sum(r_acc, axis=0) - kd_acc)
-    tl.store(part_ptr + N * B + part_off, kd, mask=row_ok)
+    tl.store(part_ptr + N * B + part_off, tl.where(keep, kd, 0.0), mask=row_ok)
 
     # ---- feature hint towards the deepest exit ----
     if HAS_FEAT:
         f_row = _exit_rows(rows, b * D, f0, f1, f2, f3, f4, f5, f6, f7, NP, D_ALIGN)   # [NP] -> F_n[b, 0]
         h_row = _exit_rows(rows, b * D, h0, h1, h2, h3, h4, h5, h6, h7, NP, D_ALIGN)   # [NP] -> grad F_n[b, 0]
-        feat = _hint(f_row, h_row, rows, row_ok, is_last, D, 2.0 * tl.load(w_ptr + 2) * inv_b, NP, BLOCK_D)
+        feat = _hint(f_row, h_row, rows, row_ok, keep, is_last, D, 2.0 * tl.load(w_ptr + 2) * inv_b, NP, BLOCK_D)
     else:
         feat = tl.zeros([NP], tl.float32)
     tl.store(part_ptr + 2 * N * B + part_off, feat, mask=row_ok)
@@ -154,9 +159,11 @@ def _msd_split_main_kernel(
     wk_ptr,                                   # [B, S, 2, NP] fp32 out: KD sums of this slice (kd_acc, r_acc)
     N, B, C, D, CS,
     tau, inv_tau, inv_b,
+    ign,
     TEACHER_LAST: tl.constexpr, HAS_FEAT: tl.constexpr,
     NP: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_D: tl.constexpr,
     C_ALIGN: tl.constexpr, D_ALIGN: tl.constexpr, TAU_INT: tl.constexpr, TILE_ACC: tl.constexpr,
+    HAS_IGNORE: tl.constexpr,
 ):
     C = C // C_ALIGN * C_ALIGN                # as in _msd_loss_kernel: the alignment, visible
     D = D // D_ALIGN * D_ALIGN
@@ -180,14 +187,16 @@ def _msd_split_main_kernel(
     lse, shift, inv_s1, inv_st = _row_stats(m, s1, st, inv_tau)
     y = tl.load(y_ptr + b)
     y_col = tl.where((y >= 0) & (y < C), y, -1).to(tl.int32)
+    keep = _kept_rows(row_ok, y, ign, HAS_IGNORE)
     part_off = rows.to(tl.int64) * B + b
     n_f = N * 1.0
     if s == 0:
-        tl.store(part_ptr + part_off, _cross_entropy(z_row, y, C, lse, row_ok), mask=row_ok)   # CE_n
+        tl.store(part_ptr + part_off, tl.where(keep, _cross_entropy(z_row, y, C, lse, row_ok), 0.0), mask=row_ok)
         if HAS_FEAT:
             f_row = _exit_rows(rows, b * D, f0, f1, f2, f3, f4, f5, f6, f7, NP, D_ALIGN)
             h_row = _exit_rows(rows, b * D, h0, h1, h2, h3, h4, h5, h6, h7, NP, D_ALIGN)
-            feat = _hint(f_row, h_row, rows, row_ok, is_last, D, 2.0 * tl.load(w_ptr + 2) * inv_b, NP, BLOCK_D)
+            feat = _hint(f_row, h_row, rows, row_ok, keep, is_last, D, 2.0 * tl.load(w_ptr + 2) * inv_b, NP,
+                         BLOCK_D)
         else:
             feat = tl.zeros([NP], tl.float32)
         tl.store(part_ptr + 2 * N * B + part_off, feat, mask=row_ok)
@@ -202,14 +211,14 @@ def _msd_split_main_kernel(
     for c0 in range(0, c_hi - c_lo, BLOCK_C):
         c = c_lo + c0 + cols
         kd_acc, r_acc = _grad_chunk(z_row, g_row, c, c < c_hi, row_ok, is_last, y_col, m, lse, shift, g_ce * inv_s1,
-                                    inv_st, kd_acc, r_acc, g_kd, g_ce, n_f, inv_tau, k_tau,
-                                    TEACHER_LAST, TAU_INT, TILE_ACC)
+                                    inv_st, kd_acc, r_acc, g_kd, g_ce, n_f, inv_tau, k_tau, keep,
+                                    TEACHER_LAST, TAU_INT, TILE_ACC, HAS_IGNORE)
     if TILE_ACC:
         kd_acc = tl.sum(kd_acc, axis=1)
         r_acc = tl.sum(r_acc, axis=1)
     out = wk_ptr + (b * S + s) * 2 * NP + rows
-    tl.store(out, kd_acc)
-    tl.store(out + NP, r_acc)
+    tl.store(out, tl.where(keep, kd_acc, 0.0))     # an ignored sample's KD sums are 0, so its KD_n is 0
+    tl.store(out + NP, tl.where(keep, r_acc, 0.0))
 
 
 @triton.jit

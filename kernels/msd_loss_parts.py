@@ -77,8 +77,8 @@ def _row_stats(m, s1, st, inv_tau):
 
 @triton.jit
 def _grad_chunk(z_row, g_row, c, col_ok, row_ok, is_last, y_col, m, lse, shift, ce_s1, inv_st, kd_acc, r_acc,
-                g_kd, g_ce, n_f, inv_tau, k_tau, TEACHER_LAST: tl.constexpr, TAU_INT: tl.constexpr,
-                TILE_ACC: tl.constexpr):
+                g_kd, g_ce, n_f, inv_tau, k_tau, keep, TEACHER_LAST: tl.constexpr, TAU_INT: tl.constexpr,
+                TILE_ACC: tl.constexpr, HAS_IGNORE: tl.constexpr):
     """Pass 2 on one chunk: p_n, q_n, l_n, the KD sums and d total / d z_n, stored. y_col: the sample's class
     as int32 (-1 when outside [0, C)), so the one-hot is one 32-bit compare per element. kd_acc, r_acc: the
     KD sums, per row [NP], or with TILE_ACC per tile cell [NP, BLOCK_C] (summed over the columns once, after
@@ -115,6 +115,8 @@ def _grad_chunk(z_row, g_row, c, col_ok, row_ok, is_last, y_col, m, lse, shift, 
         g = g_kd * (n_f * q - P[None, :])
     g += ce_p
     g = tl.where(c[None, :] == y_col, g - g_ce, g)                         # - g_ce onehot(y)
+    if HAS_IGNORE:
+        g = tl.where(keep[:, None], g, 0.0)                                # an ignored sample: no gradient
     tl.store(g_row[:, None] + c[None, :], g.to(g_row.dtype.element_ty), mask=mask)
     return kd_acc, r_acc
 
@@ -141,8 +143,9 @@ def _cross_entropy(z_row, y, C, lse, row_ok):
 
 
 @triton.jit
-def _hint(f_row, h_row, rows, row_ok, is_last, D, g_feat, NP: tl.constexpr, BLOCK_D: tl.constexpr):
-    """FEAT_n = ||F_n - F_N||^2 per row [NP], and its gradient g_feat (F_n - F_N) stored (0 for F_N)."""
+def _hint(f_row, h_row, rows, row_ok, keep, is_last, D, g_feat, NP: tl.constexpr, BLOCK_D: tl.constexpr):
+    """FEAT_n = ||F_n - F_N||^2 per row [NP], and its gradient g_feat (F_n - F_N) stored (0 for F_N); both 0
+    where `keep` is false (an ignored sample)."""
     feat = tl.zeros([NP], tl.float32)
     dcols = tl.arange(0, BLOCK_D)
     for d0 in range(0, D, BLOCK_D):
@@ -150,10 +153,19 @@ def _hint(f_row, h_row, rows, row_ok, is_last, D, g_feat, NP: tl.constexpr, BLOC
         fmask = row_ok[:, None] & (d < D)[None, :]                           # [NP, BLOCK_D]
         fv = tl.load(f_row[:, None] + d[None, :], mask=fmask, other=0.0).to(tl.float32)
         f_last = tl.sum(tl.where(is_last[:, None], fv, 0.0), axis=0)      # [BLOCK_D]
-        diff = tl.where(is_last[:, None], 0.0, fv - f_last[None, :])
+        diff = tl.where(is_last[:, None] | ~keep[:, None], 0.0, fv - f_last[None, :])
         feat += tl.sum(diff * diff, axis=1)
         tl.store(h_row[:, None] + d[None, :], (g_feat * diff).to(h_row.dtype.element_ty), mask=fmask)
     return feat
+
+
+@triton.jit
+def _kept_rows(row_ok, y, ign, HAS_IGNORE: tl.constexpr):
+    """[NP]: the tile rows that count, row_ok, and none when the sample's target is ignore_index."""
+    if HAS_IGNORE:
+        return row_ok & (y != ign)
+    else:
+        return row_ok
 
 
 @triton.jit

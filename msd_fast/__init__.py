@@ -1,13 +1,15 @@
 """msd_fast: fast Multi-Self-Distillation training for multi-exit networks.
 
-The loss (imported eagerly): msd_loss, MSDLoss, MSDTerms, CosineBeta, reference_msd_terms, defaults.
+The loss (imported eagerly): msd_loss, MSDLoss, MSDTerms, CosineBeta, reference_msd_terms, defaults, and
+fused_linear_msd_loss / FusedLinearMSDLoss (exits through a vocabulary-sized head).
 Everything else is imported on first use, so `import msd_fast` stays light:
   models:   create_model, list_models, register_model, attach_exits, load_model, export_weights, load_exported
   data:     from_tensors, from_torch, load_dataset
   training: Trainer, train_config (the config keys and their defaults)
   early exit / evaluation: EarlyExit, evaluate_checkpoints
 """
-from .loss import CosineBeta, MSDLoss, MSDTerms, defaults, msd_loss, reference_msd_terms
+from .loss import (CosineBeta, FusedLinearMSDLoss, MSDLoss, MSDTerms, defaults, fused_linear_msd_loss, msd_loss,
+                   reference_msd_terms)
 
 __version__ = "0.1.0"
 
@@ -35,5 +37,6 @@ def __getattr__(name):
     raise AttributeError(f"module 'msd_fast' has no attribute {name!r}")
 
 
-__all__ = ["msd_loss", "MSDLoss", "MSDTerms", "CosineBeta", "reference_msd_terms", "defaults", *_LAZY,
+__all__ = ["msd_loss", "MSDLoss", "MSDTerms", "CosineBeta", "reference_msd_terms", "defaults",
+           "fused_linear_msd_loss", "FusedLinearMSDLoss", *_LAZY,
            "train_config", "evaluate_checkpoints"]

@@ -60,7 +60,8 @@ def _fused_weights(alpha: float, beta, hint_scale: float, device: torch.device) 
     return _weights(alpha, beta * hint_scale if hint_scale != 1.0 else beta, device)
 
 
-def _fast_path(logits, target, features, alpha, temperature, beta, teacher, backend, feature_reduction):
+def _fast_path(logits, target, features, alpha, temperature, beta, teacher, backend, feature_reduction,
+               ignore_index):
     """The fused operator called straight away for the hot-loop case (validate=False, eager, lists of exits
     with class-index targets), or None when the call does not fit it. The full path's Python checks cost
     about as much as the C++ kernel itself at training shapes, and both kernels of the operator check every
@@ -81,7 +82,7 @@ def _fast_path(logits, target, features, alpha, temperature, beta, teacher, back
         return None
     w = _fused_weights(alpha, beta, _hint_scale(feature_reduction, D), z0.device)
     try:
-        return run_fused(logits, target, feats, w, float(temperature), teacher == "last")[0]
+        return run_fused(logits, target, feats, w, float(temperature), teacher == "last", ignore_index)[0]
     except (RuntimeError, TypeError):
         return None
 
@@ -96,7 +97,8 @@ def msd_loss(logits: Union[Tensor, Sequence[Tensor]], target: Tensor,
     """Multi-Self-Distillation loss over N >= 2 exits.
 
     Args:
-        logits: N tensors [B, C] (shallow to deep) or one tensor [N, B, C]; fp32, fp16, bf16 or fp64.
+        logits: N tensors [B, C] (shallow to deep) or one tensor [N, B, C]; fp32, fp16, bf16 or fp64. Any
+            leading dims are rows: a language model's N x [B, T, V] (or [N, B, T, V]) with target [B, T].
         target: int64 class indices [B], or soft targets [B, C] (probabilities, any float dtype).
         features: None (no hint term), N tensors [B, D] or one [N, B, D]: each exit's pre-FC feature.
         feature_reduction: "mean" (default): FEAT_n = mean_b (1/D) ||F_n - F_N||^2, a hint whose scale does
@@ -119,18 +121,20 @@ def msd_loss(logits: Union[Tensor, Sequence[Tensor]], target: Tensor,
         return_terms: also return `MSDTerms`. With the reference backend the terms are differentiable;
             with the fused backends they are detached (for logging).
         label_smoothing: eps in [0, 1]: CE_n becomes (1 - eps) CE_n + eps mean_c(-log p_n), as in
-            torch.nn.functional.cross_entropy. ignore_index: samples whose target equals it leave the CE
-            mean (KD and the hint still use them: they need no label). Soft targets, label smoothing and
-            ignore_index run on the reference backend (the fused kernels take plain class indices; "auto"
+            torch.nn.functional.cross_entropy. ignore_index: samples (tokens) whose target equals it (an
+            LM's -100) are in no term, CE, KD or hint, and every mean is over the K kept ones (HF's CE
+            convention); none kept gives 0 with zero gradients. Every backend implements it. Soft targets
+            and label smoothing run on the reference backend (the fused kernels take class indices; "auto"
             switches with a one-time note, an explicitly named fused backend raises).
 
     Returns:
         A scalar loss: float32 (float64 for float64 inputs); gradients flow back in the input dtype.
     """
     check_hparams(alpha, temperature, beta, teacher, validate, label_smoothing, ignore_index, feature_reduction)
-    if (not validate and detach_teacher and not return_terms and not label_smoothing and ignore_index is None
+    if (not validate and detach_teacher and not return_terms and not label_smoothing
             and not torch.compiler.is_compiling()):
-        total = _fast_path(logits, target, features, alpha, temperature, beta, teacher, backend, feature_reduction)
+        total = _fast_path(logits, target, features, alpha, temperature, beta, teacher, backend, feature_reduction,
+                           ignore_index)
         if total is not None:
             return total
     zx, y, fx = normalize_inputs(logits, target, features, validate, ignore_index)
@@ -138,7 +142,7 @@ def msd_loss(logits: Union[Tensor, Sequence[Tensor]], target: Tensor,
     N = len(zx.parts)
     D = fx.ref.shape[1] if fx is not None else 0
     feat_scale = _hint_scale(feature_reduction, D)
-    plain = not y.is_floating_point() and not label_smoothing and ignore_index is None
+    plain = not y.is_floating_point() and not label_smoothing
     name = resolve_backend(backend, z0.device, z0.dtype, detach_teacher, N, teacher, plain)
     if name == "reference":
         with torch.autocast(device_type=z0.device.type, enabled=False):
@@ -153,7 +157,8 @@ def msd_loss(logits: Union[Tensor, Sequence[Tensor]], target: Tensor,
         zs = zx.op_list(z0.dtype)
         fs = fx.op_list(z0.dtype) if fx is not None else []
         w = _fused_weights(alpha, beta, feat_scale, z0.device)
-        total, per_exit = run_fused(zs, y.contiguous(), fs, w, float(temperature), teacher == "last")
+        total, per_exit = run_fused(zs, y.contiguous(), fs, w, float(temperature), teacher == "last",
+                                    None if y.is_floating_point() else ignore_index)
         if not return_terms:
             return total
         terms = MSDTerms(per_exit[0], per_exit[1], per_exit[2, : N - 1] * feat_scale)

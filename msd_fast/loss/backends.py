@@ -54,7 +54,7 @@ class KernelSpec:
         if why:
             return why
         if not plain_targets:
-            return "it takes class-index targets without soft targets, label smoothing or ignore_index"
+            return "it takes class-index targets without soft targets or label smoothing"
         if device.type != self.device:
             return f"it runs on {self.device} tensors, got {device.type} tensors"
         if dtype not in self.dtypes:

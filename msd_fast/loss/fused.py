@@ -1,8 +1,11 @@
 """The fused MSD loss operator: one schema, a kernel per device, one fake and one autograd rule.
 
     msd_fast::fused_msd_loss(logits: N x [B,C] | [[N,B,C]], target [B] int64, features: N x [B,D] | [[N,B,D]] | [],
-                             weights [3] f32, temperature, teacher_last)
+                             weights [3] f32, temperature, teacher_last, ignore_index: int | None = None)
       -> total [] f32, per_exit [3, N] f32, grad_logits, grad_features (each shaped like its input list)
+
+A sample whose target equals ignore_index is in no term (zero gradients); every mean is over the K kept
+samples (0 with zero gradients when none is kept).
 
 The exits come in as the model hands them over (Tensor[]): N tensors, or a list holding one stacked
 [N, B, C] tensor. The kernels take one pointer per exit either way, so no call copies the logits into a
@@ -25,7 +28,7 @@ under tracing it multiplies into new tensors.
 """
 import contextlib
 import math
-from typing import List, Sequence, Tuple
+from typing import List, Optional, Sequence, Tuple
 
 import torch
 from torch import Tensor
@@ -35,7 +38,7 @@ from .backends import KERNELS
 
 OP = "msd_fast::fused_msd_loss"
 SCHEMA = ("fused_msd_loss(Tensor[] logits, Tensor target, Tensor[] features, Tensor weights, float temperature, "
-          "bool teacher_last) -> (Tensor, Tensor, Tensor[], Tensor[])")  # the same string as csrc/msd_ops.cpp
+          "bool teacher_last, int? ignore_index=None) -> (Tensor, Tensor, Tensor[], Tensor[])")  # as csrc/msd_ops.cpp
 FusedOut = Tuple[Tensor, Tensor, List[Tensor], List[Tensor]]
 
 
@@ -81,7 +84,7 @@ def reduce_partials(partials: Tensor, weights: Tensor) -> Tuple[Tensor, Tensor]:
 # The fused loss operator.
 # ---------------------------------------------------------------------------------------------------
 def _fused_fake(logits: List[Tensor], target: Tensor, features: List[Tensor], weights: Tensor,
-                temperature: float, teacher_last: bool) -> FusedOut:
+                temperature: float, teacher_last: bool, ignore_index: Optional[int] = None) -> FusedOut:
     N = logits[0].shape[0] if len(logits) == 1 else len(logits)
     total = logits[0].new_empty((), dtype=torch.float32)
     per_exit = logits[0].new_empty((3, N), dtype=torch.float32)
@@ -159,15 +162,23 @@ def check_kernel_inputs(logits: List[Tensor], target: Tensor, features: List[Ten
 
 
 def _fused_triton(logits: List[Tensor], target: Tensor, features: List[Tensor], weights: Tensor,
-                  temperature: float, teacher_last: bool) -> FusedOut:
+                  temperature: float, teacher_last: bool, ignore_index: Optional[int] = None) -> FusedOut:
     """The CUDA kernel of the operator: the Triton kernel writes partials and gradients, the deterministic
-    reduction (C++/CUDA op, or torch) turns partials into per-exit means and the total."""
+    reduction (C++/CUDA op, or torch) turns partials into per-exit means and the total. With ignore_index,
+    the kernel zeroes the ignored samples and the means over B become means over the kept K: the weights
+    (hence the gradients) and the per-exit means are scaled by B / K on the device (no host sync)."""
     from ..kernels import msd_loss_partials  # imported lazily: Triton reads TRITON_INTERPRET at import
 
     check_kernel_inputs(logits, target, features, weights, temperature)
-
-    partials, gl, gf = msd_loss_partials(logits, target, features, weights, temperature, teacher_last)
+    scale = None
+    if ignore_index is not None:
+        kept = (target != ignore_index).sum().clamp_(min=1).to(torch.float32)
+        scale = target.shape[0] / kept
+        weights = weights * scale
+    partials, gl, gf = msd_loss_partials(logits, target, features, weights, temperature, teacher_last, ignore_index)
     per_exit, total = reduce_partials(partials, weights)
+    if scale is not None:
+        per_exit = per_exit * scale
     return total, per_exit, gl, gf
 
 
@@ -183,11 +194,11 @@ def _fused_backward(ctx, grad_total, grad_per_exit, grad_gl, grad_gf):
     """The autograd rule when the extension is not built (the extension's is the same formula, in C++)."""
     saved = ctx.saved_tensors
     if grad_total is None:
-        return None, None, None, None, None, None
+        return None, None, None, None, None, None, None
     n_logits = len(saved) - ctx.n_features
     g_logits = [grad_total * g for g in saved[:n_logits]]
     g_feats = [grad_total * g for g in saved[n_logits:]] if ctx.n_features else None
-    return g_logits, None, g_feats, None, None, None
+    return g_logits, None, g_feats, None, None, None, None
 
 
 def _scale_grads_fake(grads: List[Tensor], scale: Tensor) -> None:
@@ -219,9 +230,9 @@ def triton_kernel_on_cpu():
 
 
 def run_fused(logits: Sequence[Tensor], target: Tensor, features: Sequence[Tensor], weights: Tensor,
-              temperature: float, teacher_last: bool) -> Tuple[Tensor, Tensor]:
+              temperature: float, teacher_last: bool, ignore_index: Optional[int] = None) -> Tuple[Tensor, Tensor]:
     """Returns (total, per_exit [3, N]) from the fused operator (its kernel is picked by the device).
     logits / features: the N exits' tensors [B, C] / [B, D], or [one stacked tensor]; features [] for no hint."""
     total, per_exit, _, _ = torch.ops.msd_fast.fused_msd_loss.default(logits, target, features, weights,
-                                                                     temperature, teacher_last)
+                                                                     temperature, teacher_last, ignore_index)
     return total, per_exit

@@ -11,11 +11,25 @@ import torch.nn.functional as F
 from torch import Tensor
 
 
+def kept_weights(target: Tensor, ignore_index: Optional[int], dtype: torch.dtype) -> Optional[Tensor]:
+    """[B] weights of a mean over the kept samples (target != ignore_index): 1/K each, 0 for ignored ones
+    (all 0 when none is kept: the loss is then 0, not NaN). None without ignore_index or with soft targets."""
+    if ignore_index is None or target.is_floating_point():
+        return None
+    keep = (target != ignore_index).to(dtype)
+    return keep / keep.sum().clamp(min=1)
+
+
+def _mean(x: Tensor, w: Optional[Tensor]) -> Tensor:
+    """Mean over the last dim (samples), or the weighted sum with kept_weights."""
+    return x.mean(-1) if w is None else (x * w).sum(-1)
+
+
 def cross_entropy_terms(logp: Tensor, target: Tensor, label_smoothing: float = 0.0,
                         ignore_index: Optional[int] = None) -> Tensor:
     """Per-exit CE [N] from log-probabilities [N, B, C], as torch.nn.functional.cross_entropy computes it:
-    hard targets [B] (int64; samples whose target is ignore_index leave the mean) or soft targets [B, C]
-    (probabilities), with label smoothing eps: (1 - eps) * CE + eps * mean_c(-log p)."""
+    hard targets [B] (int64; samples whose target is ignore_index leave the mean, which is 0 when none is
+    left) or soft targets [B, C] (probabilities), with label smoothing eps: (1 - eps) * CE + eps * mean_c(-log p)."""
     N, B, C = logp.shape
     if target.is_floating_point():  # soft targets
         nll = -(target.to(logp.dtype).unsqueeze(0) * logp).sum(-1)          # [N, B]
@@ -28,19 +42,21 @@ def cross_entropy_terms(logp: Tensor, target: Tensor, label_smoothing: float = 0
         nll = (1.0 - label_smoothing) * nll + label_smoothing * -logp.mean(-1)
     if keep is None:
         return nll.mean(1)
-    w = keep.to(logp.dtype)
-    return (nll * w).sum(1) / w.sum()  # all ignored: 0/0 = nan, as F.cross_entropy
+    return torch.where(keep, nll, 0.0) @ kept_weights(target, ignore_index, logp.dtype)
 
 
 def reference_msd_terms(logits: Tensor, target: Tensor, features: Optional[Tensor], temperature: float,
                         teacher: str, detach_teacher: bool, label_smoothing: float = 0.0,
                         ignore_index: Optional[int] = None) -> Tuple[Tensor, Tensor, Tensor]:
-    """Per-exit CE [N], KD [N] and FEAT [N-1] (batch means), with gradients by autograd. KD and FEAT need
-    no labels: they average over every sample, ignored ones included."""
+    """Per-exit CE [N], KD [N] and FEAT [N-1] (batch means), with gradients by autograd. Samples whose
+    target is ignore_index are in no term: every mean is over the kept ones."""
     acc = torch.float64 if logits.dtype == torch.float64 else torch.float32
     z = logits.to(acc)
     N, B, C = z.shape
     tau = float(temperature)
+    wk = kept_weights(target, ignore_index, acc)           # [B] or None (plain means)
+    if wk is not None:  # ignored rows may hold anything (padding): keep them out of every product
+        z = torch.where((wk > 0).view(1, B, 1), z, 0.0)
     # CE_n = mean_b -log p_n[b, y_b] (plus label smoothing / soft targets / ignored samples)
     ce = cross_entropy_terms(F.log_softmax(z, dim=-1), target, label_smoothing, ignore_index)
     # Softened distributions q_n and their logs l_n.
@@ -53,16 +69,18 @@ def reference_msd_terms(logits: Tensor, target: Tensor, features: Optional[Tenso
         P = qt.sum(0)                                   # [B, C]
         R = (qt * lt).sum(dim=(0, 2))                   # [B]
         kl_sum = R.unsqueeze(0) - (P.unsqueeze(0) * l).sum(-1)   # [N, B]
-        kd = (tau * tau / (N - 1)) * kl_sum.mean(1)
+        kd = (tau * tau / (N - 1)) * _mean(kl_sum, wk)
     else:  # "last": every exit n < N learns from the deepest exit only (BYOT)
         kl = (qt[-1] * (lt[-1] - l[:-1])).sum(-1)      # [N-1, B]
-        kd = torch.cat([(tau * tau) * kl.mean(1), kl.new_zeros(1)])
+        kd = torch.cat([(tau * tau) * _mean(kl, wk), kl.new_zeros(1)])
     if features is None:
         feat = z.new_zeros(N - 1)
     else:
         f = features.to(acc)
+        if wk is not None:
+            f = torch.where((wk > 0).view(1, B, 1), f, 0.0)
         hint = f[-1].detach() if detach_teacher else f[-1]
-        feat = (f[:-1] - hint).pow(2).sum(-1).mean(1)   # [N-1]
+        feat = _mean((f[:-1] - hint).pow(2).sum(-1), wk)   # [N-1]
     return ce, kd, feat
 
 

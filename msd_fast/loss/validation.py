@@ -22,10 +22,11 @@ class Exits:
     """The N exits of one input: `parts`, N tensors [B, X] (views when a stacked tensor was given), and
     `stacked()`, the [N, B, X] tensor (the given one, or stacked on first use: the fused kernels never need
     it, only the reference does)."""
-    __slots__ = ("parts", "_stacked", "_stacked_here")
+    __slots__ = ("parts", "_stacked", "_stacked_here", "lead")
 
     def __init__(self, parts, stacked: Optional[Tensor]):
         self.parts, self._stacked, self._stacked_here = parts, stacked, False
+        self.lead = ()
 
     def stacked(self) -> Tensor:
         if self._stacked is None:
@@ -47,13 +48,14 @@ class Exits:
 
 
 def _uniform_exits(x) -> bool:
-    """True when x holds >= 2 tensors [B, X] of one shape, dtype and device: the common case, checked with
-    the fewest attribute reads (this runs on every loss call; the messages come from the slow path)."""
+    """True when x holds >= 2 tensors [..., X] (at least 2-D) of one shape, dtype and device: the common
+    case, checked with the fewest attribute reads (this runs on every loss call; the messages come from the
+    slow path)."""
     if len(x) < 2 or not isinstance(x[0], Tensor):
         return False
     ref = x[0]
     shape, dtype, device = ref.shape, ref.dtype, ref.device
-    if len(shape) != 2:
+    if len(shape) < 2:
         return False
     for t in x:
         if not isinstance(t, Tensor) or t.shape != shape or t.dtype != dtype or t.device != device:
@@ -70,8 +72,9 @@ def _raise_exits_mismatch(x, name: str, feature_dim: str) -> None:
         raise ValueError(f"{name}: need at least 2 exits, got {len(x)}")
     ref = x[0]
     for i, t in enumerate(x):
-        if t.dim() != 2:
-            raise ValueError(f"{name}[{i}]: expected shape [B, {feature_dim}], got {tuple(t.shape)}")
+        if t.dim() < 2:
+            raise ValueError(f"{name}[{i}]: expected shape [B, {feature_dim}] (or [B, T, {feature_dim}], any leading "
+                             f"dims), got {tuple(t.shape)}")
         if t.shape != ref.shape:
             raise ValueError(f"{name}: exits disagree in shape: {name}[0] is {tuple(ref.shape)}, "
                              f"{name}[{i}] is {tuple(t.shape)}")
@@ -83,16 +86,27 @@ def _raise_exits_mismatch(x, name: str, feature_dim: str) -> None:
     raise AssertionError(f"{name}: _uniform_exits rejected exits that pass every check")  # pragma: no cover
 
 
+def _flat(t: Tensor, lead: int) -> Tensor:
+    """t [*L, X] (L = t.shape[:lead]) as [prod(L), X]: a view when t's leading dims can merge (contiguous)."""
+    return t if t.dim() == lead + 1 else t.reshape(*t.shape[:lead - 1], -1, t.shape[-1])
+
+
 def _exits(x: TensorOrSeq, name: str, feature_dim: str) -> Exits:
-    """A sequence of N tensors [B, X] or one tensor [N, B, X] -> Exits (no copy either way)."""
+    """A sequence of N tensors [..., X] or one tensor [N, ..., X] -> Exits of N [B, X], B the product of the
+    leading dims (LM logits [B, T, V] give B*T rows; no copy for contiguous inputs). Exits.lead holds the
+    leading shape, which a class-index target must have."""
     if isinstance(x, Tensor):
-        if x.dim() != 3:
-            raise ValueError(f"{name}: a single tensor must have shape [N, B, {feature_dim}], got {tuple(x.shape)}")
+        if x.dim() < 3:
+            raise ValueError(f"{name}: a single tensor must have shape [N, B, {feature_dim}] (or [N, B, T, "
+                             f"{feature_dim}], any leading dims), got {tuple(x.shape)}")
+        lead = tuple(x.shape[1:-1])
+        x = _flat(x, 2)
         out = Exits(x.unbind(0), x)
     elif isinstance(x, (list, tuple)):
         if not _uniform_exits(x):
             _raise_exits_mismatch(x, name, feature_dim)
-        out = Exits(tuple(x), None)
+        lead = tuple(x[0].shape[:-1])
+        out = Exits(tuple(_flat(t, 1) for t in x), None)
     else:
         raise TypeError(f"{name}: expected a tensor [N, B, {feature_dim}] or a sequence of N tensors "
                         f"[B, {feature_dim}], got {type(x).__name__}")
@@ -100,6 +114,7 @@ def _exits(x: TensorOrSeq, name: str, feature_dim: str) -> Exits:
         raise TypeError(f"{name}: expected a floating dtype (float32, float16, bfloat16, float64), got {out.ref.dtype}")
     if len(out.parts) < 2:
         raise ValueError(f"{name}: need at least 2 exits, got N = {len(out.parts)}")
+    out.lead = lead
     return out
 
 
@@ -143,9 +158,16 @@ def check_hparams(alpha, temperature, beta, teacher: str, validate: bool, label_
 
 def normalize_inputs(logits: TensorOrSeq, target: Tensor, features: Optional[TensorOrSeq], validate: bool,
                      ignore_index: Optional[int] = None):
-    """Returns (logits: Exits of N [B, C], target [B], features: Exits of N [B, D] or None)."""
+    """Returns (logits: Exits of N [B, C], target [B], features: Exits of N [B, D] or None). Logits [..., C]
+    (e.g. an LM's [B, T, V]) come with targets [...] (or soft targets [..., C]); all are flattened to rows."""
     z = _exits(logits, "logits", "C")
     N, (B, C) = len(z.parts), z.ref.shape
+    if isinstance(target, Tensor) and len(z.lead) > 1:
+        if tuple(target.shape[:len(z.lead)]) == z.lead and target.dim() in (len(z.lead), len(z.lead) + 1):
+            target = target.reshape(B, *target.shape[len(z.lead):])
+        else:
+            raise ValueError(f"target: logits of leading shape {list(z.lead)} need class indices of shape "
+                             f"{list(z.lead)} (or soft targets {list(z.lead) + [C]}), got {tuple(target.shape)}")
     if C < 2:
         raise ValueError(f"logits: need at least 2 classes, got C = {C}")
     if B < 1:
@@ -182,12 +204,16 @@ def normalize_inputs(logits: TensorOrSeq, target: Tensor, features: Optional[Ten
         valid = target if ignore_index is None else target[target != ignore_index]
         lo, hi = torch.aminmax(valid) if valid.numel() else (torch.zeros(()), torch.zeros(()))
         if int(lo) < 0 or int(hi) >= C:
-            raise ValueError(f"target: class indices must lie in [0, C={C}), got min {int(lo)}, max {int(hi)}")
+            hint = " (-100 is HF's label for ignored positions: pass ignore_index=-100)" \
+                if int(lo) == -100 and ignore_index is None else ""
+            raise ValueError(f"target: class indices must lie in [0, C={C}), got min {int(lo)}, max {int(hi)}{hint}")
     f = None
     if features is not None:
         f = _exits(features, "features", "D")
         if len(f.parts) != N:
             raise ValueError(f"features: {len(f.parts)} exits, but logits have N = {N}")
+        if (len(z.lead) > 1 or len(f.lead) > 1) and f.lead != z.lead:
+            raise ValueError(f"features: leading shape {list(f.lead)}, but logits have {list(z.lead)}")
         if f.ref.shape[0] != B:
             raise ValueError(f"features: batch size {f.ref.shape[0]}, but logits have B = {B}")
         if f.ref.device != z.ref.device:

@@ -1,0 +1,257 @@
+"""Fused linear MSD loss: N exits' hidden states through a vocabulary-sized head, the MSD loss (docs/maths.md)
+on logits_n = hidden_n @ W_n^T + b_n, without the N x T x V logits ever in memory at once (docs/linear.md).
+
+Per chunk of Tc tokens: the N exits' logits (N GEMMs), the fused operator on them (it writes d loss / d logits
+during its forward, C++ on CPU, Triton on CUDA), then grad_hidden[chunk] = g_n @ W_n and grad_W_n += g_n^T @
+h_n, accumulated in float32 (a bf16 accumulator drifts over many chunks). Every gradient is formed in the
+forward; backward only scales them by the incoming gradient. Every mean is over the K kept tokens of the whole
+call: a chunk's weights carry K_chunk / K (device tensors: no host sync).
+"""
+from typing import List, Optional, Sequence, Union
+
+import torch
+from torch import Tensor, nn
+
+from . import defaults
+from .api import MSDTerms, _fused_weights, _hint_scale
+from .backends import resolve_backend
+from .reference import reference_msd_terms
+from .validation import check_hparams
+
+TensorOrSeq = Union[Tensor, Sequence[Tensor]]
+# The chunk's logits and their gradient (2 x N x Tc x V in the hidden states' dtype) stay under this many
+# bytes unless chunk_tokens is given: a GPU has the room for fewer, larger GEMMs.
+CHUNK_BYTES = {"cpu": 64 << 20, "cuda": 1 << 30}
+
+
+def chunk_tokens_for(n_exits: int, vocab: int, dtype: torch.dtype, device: torch.device,
+                     budget: Optional[int] = None) -> int:
+    """Tokens per chunk so that the chunk's logits and gradient fit `budget` bytes (CHUNK_BYTES by default)."""
+    budget = CHUNK_BYTES.get(device.type, CHUNK_BYTES["cuda"]) if budget is None else int(budget)
+    per_token = 2 * n_exits * vocab * torch.empty((), dtype=dtype).element_size()
+    return max(1, budget // per_token)
+
+
+def _exit_list(x: TensorOrSeq, name: str, inner: int) -> List[Tensor]:
+    """N tensors from a sequence or one stacked tensor (dim 0 = exits); each keeps its own shape."""
+    if isinstance(x, Tensor):
+        if x.dim() < inner + 1:
+            raise ValueError(f"{name}: a single tensor must have an exit dim first and {inner} more, got "
+                             f"{tuple(x.shape)}")
+        return list(x.unbind(0))
+    if isinstance(x, (list, tuple)) and x and all(isinstance(t, Tensor) for t in x):
+        return list(x)
+    raise TypeError(f"{name}: expected a tensor or a sequence of tensors, got {type(x).__name__}")
+
+
+def _check(hidden: List[Tensor], heads: List[Tensor], biases: Optional[List[Tensor]], target: Tensor):
+    """The inputs' shapes: hidden N x [..., H], heads 1 or N x [V, H], biases like heads x [V], target [...]."""
+    h0 = hidden[0]
+    if len(hidden) < 2:
+        raise ValueError(f"hidden: need at least 2 exits, got N = {len(hidden)}")
+    if not h0.is_floating_point() or h0.dim() < 2:
+        raise ValueError(f"hidden: expected floating tensors [..., H], got {h0.dtype} {tuple(h0.shape)}")
+    for n, h in enumerate(hidden):
+        if h.shape != h0.shape or h.dtype != h0.dtype or h.device != h0.device:
+            raise ValueError(f"hidden: exits disagree: hidden[0] is {h0.dtype} {tuple(h0.shape)} on {h0.device}, "
+                             f"hidden[{n}] is {h.dtype} {tuple(h.shape)} on {h.device}")
+    if len(heads) not in (1, len(hidden)):
+        raise ValueError(f"weight: one head [V, H] shared by every exit or N = {len(hidden)}, got {len(heads)}")
+    H = h0.shape[-1]
+    for n, w in enumerate(heads):
+        if w.dim() != 2 or w.shape[1] != H or w.shape != heads[0].shape:
+            raise ValueError(f"weight[{n}]: expected [V, H={H}] like weight[0], got {tuple(w.shape)}")
+        if w.dtype != h0.dtype or w.device != h0.device:
+            raise ValueError(f"weight[{n}]: expected {h0.dtype} on {h0.device} (the hidden states'), got "
+                             f"{w.dtype} on {w.device}")
+    V = heads[0].shape[0]
+    if V < 2:
+        raise ValueError(f"weight: need a vocabulary of at least 2, got V = {V}")
+    if biases is not None:
+        if len(biases) != len(heads):
+            raise ValueError(f"bias: one per head ({len(heads)}), got {len(biases)}")
+        for n, b in enumerate(biases):
+            if b.shape != (V,) or b.dtype != h0.dtype or b.device != h0.device:
+                raise ValueError(f"bias[{n}]: expected {h0.dtype} [V={V}] on {h0.device}, got {b.dtype} "
+                                 f"{tuple(b.shape)} on {b.device}")
+    if not isinstance(target, Tensor) or target.dtype != torch.int64 or target.shape != h0.shape[:-1]:
+        raise ValueError(f"target: expected int64 class indices of shape {list(h0.shape[:-1])} (the hidden "
+                         f"states' leading dims), got {getattr(target, 'dtype', type(target).__name__)} "
+                         f"{tuple(getattr(target, 'shape', ()))}")
+    if target.device != h0.device:
+        raise ValueError(f"target is on {target.device} but hidden is on {h0.device}")
+
+
+def _weights(alpha: float, beta, hint_scale: float, dev: torch.device, acc: torch.dtype) -> Tensor:
+    """(w_ce, w_kd, w_feat) in the accumulation dtype (float64 inputs get float64 weights)."""
+    if acc == torch.float32:
+        return _fused_weights(alpha, beta, hint_scale, dev)
+    b = (beta.detach().to(dev, acc).reshape(1) if isinstance(beta, Tensor)
+         else torch.full((1,), float(beta), dtype=acc, device=dev)) * hint_scale
+    return torch.cat([torch.tensor([1.0 - alpha, alpha], dtype=acc, device=dev), b])
+
+
+def _chunk_reference(z: List[Tensor], y: Tensor, f: List[Tensor], w: Tensor, tau: float, teacher: str,
+                     detach: bool, ignore_index: Optional[int]):
+    """(total, per_exit [3, N], grad z, grad f) of one chunk from the reference, by autograd: float64, no
+    extension, or detach_teacher=False."""
+    with torch.enable_grad():
+        zs = [t.detach().requires_grad_() for t in z]
+        fs = [t.detach().requires_grad_() for t in f]
+        ce, kd, feat = reference_msd_terms(torch.stack(zs), y, torch.stack(fs) if fs else None, tau, teacher,
+                                           detach, ignore_index=ignore_index)
+        total = (w[0] * ce.sum() + w[1] * kd.sum() + w[2] * feat.sum()).to(w.dtype)
+        grads = torch.autograd.grad(total, zs + fs)
+    per_exit = torch.stack([ce, kd, torch.cat([feat, feat.new_zeros(1)])]).detach().float()
+    return total.detach(), per_exit, list(grads[:len(zs)]), list(grads[len(zs):])
+
+
+def _forward(hidden, heads, biases, target, alpha, tau, beta, teacher, detach, ignore_index, feature_reduction,
+             chunk_tokens):
+    """Loss, per-exit terms [3, N] and every gradient (hidden, heads, biases), chunk by chunk."""
+    N, H = len(hidden), hidden[0].shape[-1]
+    V, dev, dtype = heads[0].shape[0], hidden[0].device, hidden[0].dtype
+    hs = [h.reshape(-1, H) for h in hidden]                     # [T, H] views of contiguous inputs
+    y = target.reshape(-1)
+    T = y.shape[0]
+    use_hint = isinstance(beta, Tensor) or beta != 0
+    ig = ignore_index
+    acc = torch.float64 if dtype == torch.float64 else torch.float32
+    kept = (y != ig).sum() if ig is not None else torch.tensor(T, device=dev)
+    inv_k = 1.0 / kept.clamp(min=1).to(acc)                      # device scalar: no host sync
+    w0 = _weights(alpha, beta, _hint_scale(feature_reduction, H) if use_hint else 1.0, dev, acc)
+    name = resolve_backend("auto", dev, dtype, detach, N, teacher, True)
+    grad_h = [torch.empty_like(h) for h in hs]
+    grad_w = [torch.zeros(V, H, dtype=acc, device=dev) for _ in heads]
+    grad_b = [torch.zeros(V, dtype=acc, device=dev) for _ in biases] if biases is not None else None
+    total = torch.zeros((), dtype=acc, device=dev)
+    per_exit = torch.zeros(3, N, dtype=torch.float32, device=dev)
+    step = chunk_tokens or chunk_tokens_for(N, V, dtype, dev)
+    for c0 in range(0, T, step):
+        c1 = min(T, c0 + step)
+        hc = [h[c0:c1] for h in hs]
+        yc = y[c0:c1]
+        share = ((yc != ig).sum() if ig is not None else c1 - c0) * inv_k   # K_chunk / K
+        wc = w0 * share
+        z = [torch.addmm(biases[n % len(biases)], hc[n], heads[n % len(heads)].t()) if biases is not None
+             else hc[n] @ heads[n % len(heads)].t() for n in range(N)]
+        f = [t.contiguous() for t in hc] if use_hint else []
+        if name == "fused":
+            tot, pe, gz, gf = torch.ops.msd_fast.fused_msd_loss.default(z, yc, f, wc, tau, teacher == "last", ig)
+        else:
+            tot, pe, gz, gf = _chunk_reference(z, yc, f, wc.to(acc), tau, teacher, detach, ig)
+        del z
+        total += tot.to(acc)
+        per_exit += pe * share.float()
+        for n in range(N):
+            Wn = heads[n % len(heads)]
+            gh = gz[n] @ Wn
+            grad_h[n][c0:c1] = gh + gf[n] if f else gh
+            grad_w[n % len(heads)].addmm_(gz[n].t().to(acc), hc[n].to(acc))
+            if grad_b is not None:
+                grad_b[n % len(heads)] += gz[n].sum(0, dtype=acc)
+        del gz, gf
+    if not use_hint:
+        per_exit[2].zero_()
+    grad_h = [g.view(hidden[0].shape) for g in grad_h]
+    return total.to(torch.float32 if acc == torch.float32 else acc), per_exit, grad_h, grad_w, grad_b
+
+
+class _FusedLinearMSD(torch.autograd.Function):
+    """Inputs flattened for autograd: N hidden, then the heads, then the biases (0, 1 or N)."""
+
+    @staticmethod
+    def forward(ctx, opts, target, *tensors):
+        N, n_heads, n_bias, hp = opts
+        hidden, heads = list(tensors[:N]), list(tensors[N:N + n_heads])
+        biases = list(tensors[N + n_heads:]) if n_bias else None
+        total, per_exit, gh, gw, gb = _forward(hidden, heads, biases, target, *hp)
+        gw = [g.to(w.dtype) for g, w in zip(gw, heads)]
+        gb = [g.to(b.dtype) for g, b in zip(gb, biases)] if biases is not None else []
+        ctx.save_for_backward(*gh, *gw, *gb)
+        ctx.mark_non_differentiable(per_exit)
+        return total, per_exit
+
+    @staticmethod
+    def backward(ctx, grad_total, grad_per_exit):
+        saved = ctx.saved_tensors
+        if grad_total is None:
+            return (None, None) + (None,) * len(saved)
+        # loss.backward() on a CPU loss passes exactly 1: the saved gradients are the answer (reading a CPU
+        # scalar is no device sync); otherwise one product per gradient.
+        if (not torch.compiler.is_compiling() and grad_total.device.type == "cpu" and not grad_total.requires_grad
+                and float(grad_total) == 1.0):
+            return (None, None, *saved)
+        return (None, None, *[g * grad_total.to(g.dtype) for g in saved])
+
+
+def fused_linear_msd_loss(hidden: TensorOrSeq, weight: TensorOrSeq, target: Tensor, *,
+                          bias: Optional[TensorOrSeq] = None, alpha: float = defaults.ALPHA,
+                          temperature: float = defaults.TEMPERATURE, beta: Union[float, Tensor] = defaults.BETA_BEGIN,
+                          teacher: str = "all", detach_teacher: bool = True, ignore_index: Optional[int] = -100,
+                          feature_reduction: str = defaults.FEATURE_REDUCTION, chunk_tokens: Optional[int] = None,
+                          return_terms: bool = False):
+    """The MSD loss of N exits through a linear head, equal in value and gradients to
+    `msd_loss([h_n @ W_n.T + b_n for n], target, hidden if beta else None, ...)`, without the N x T x V
+    logits in memory at once.
+
+    Args:
+        hidden: N tensors [..., H] (shallow to deep; an LM's [B, T, H] after its final norm) or one [N, ..., H].
+        weight: the head [V, H] shared by every exit (LayerSkip / EE-LLM), or N heads (a list or [N, V, H]).
+        target: int64 [...] (the hidden states' leading dims); tokens equal to ignore_index (HF's -100;
+            None: no token is ignored) are in no term and every mean is over the kept ones.
+        bias: None, [V] (shared head) or N biases.
+        alpha, temperature, teacher, detach_teacher, feature_reduction: as `msd_loss`.
+        beta: weight of the hint that pulls each exit's hidden state towards the deepest one's (0: none).
+        chunk_tokens: tokens per chunk; default: as many as keep the chunk's logits and their gradient under
+            CHUNK_BYTES (64 MiB on CPU, 1 GiB on CUDA).
+        return_terms: also return `MSDTerms` (per-exit means, detached).
+
+    The fused operator runs each chunk (its C++ kernel on CPU, Triton on CUDA; the reference by autograd for
+    float64, detach_teacher=False or where the operator has no kernel). Gradients are computed in the forward
+    and accumulated in float32 (float64 for float64 inputs); backward scales them by the incoming gradient.
+    """
+    check_hparams(alpha, temperature, beta, teacher, True, 0.0, ignore_index, feature_reduction)
+    if chunk_tokens is not None and (not isinstance(chunk_tokens, int) or chunk_tokens < 1):
+        raise ValueError(f"chunk_tokens must be None or an int >= 1, got {chunk_tokens!r}")
+    hs = _exit_list(hidden, "hidden", 1)
+    shared = isinstance(weight, Tensor) and weight.dim() == 2
+    heads = [weight] if shared else _exit_list(weight, "weight", 2)
+    biases = None if bias is None else ([bias] if isinstance(bias, Tensor) and bias.dim() == 1
+                                        else _exit_list(bias, "bias", 1))
+    _check(hs, heads, biases, target)
+    hs = [h.contiguous() for h in hs]
+    hp = (float(alpha), float(temperature), beta, teacher, detach_teacher, ignore_index, feature_reduction,
+          chunk_tokens)
+    opts = (len(hs), len(heads), len(biases or ()), hp)
+    total, per_exit = _FusedLinearMSD.apply(opts, target, *hs, *heads, *(biases or ()))
+    if not return_terms:
+        return total
+    scale = _hint_scale(feature_reduction, hs[0].shape[-1])
+    return total, MSDTerms(per_exit[0], per_exit[1], per_exit[2, :len(hs) - 1] * scale)
+
+
+class FusedLinearMSDLoss(nn.Module):
+    """Module form of `fused_linear_msd_loss`; holds the hyper-parameters. forward(hidden, weight, target,
+    bias=None, *, beta=None, return_terms=False); `beta=` overrides the constant (a schedule)."""
+
+    def __init__(self, alpha: float = defaults.ALPHA, temperature: float = defaults.TEMPERATURE,
+                 beta: float = defaults.BETA_BEGIN, teacher: str = "all", detach_teacher: bool = True,
+                 ignore_index: Optional[int] = -100, feature_reduction: str = defaults.FEATURE_REDUCTION,
+                 chunk_tokens: Optional[int] = None):
+        super().__init__()
+        check_hparams(alpha, temperature, beta, teacher, True, 0.0, ignore_index, feature_reduction)
+        self.alpha, self.temperature, self.beta, self.teacher = float(alpha), float(temperature), beta, teacher
+        self.detach_teacher, self.ignore_index, self.feature_reduction = detach_teacher, ignore_index, feature_reduction
+        self.chunk_tokens = chunk_tokens
+
+    def forward(self, hidden, weight, target, bias=None, *, beta=None, return_terms: bool = False):
+        return fused_linear_msd_loss(hidden, weight, target, bias=bias, alpha=self.alpha,
+                                     temperature=self.temperature, beta=self.beta if beta is None else beta,
+                                     teacher=self.teacher, detach_teacher=self.detach_teacher,
+                                     ignore_index=self.ignore_index, feature_reduction=self.feature_reduction,
+                                     chunk_tokens=self.chunk_tokens, return_terms=return_terms)
+
+    def extra_repr(self) -> str:
+        return (f"alpha={self.alpha}, temperature={self.temperature}, beta={self.beta}, teacher={self.teacher!r}, "
+                f"ignore_index={self.ignore_index}, chunk_tokens={self.chunk_tokens}")

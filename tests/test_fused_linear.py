@@ -1,0 +1,166 @@
+"""fused_linear_msd_loss against the materialised path (logits = h @ W.T + b, then msd_loss's reference):
+values and the gradients of hidden, weight and bias, in float64 (the chunked reference) and through the fused
+operator (C++ kernel; the Triton kernel through the interpreter), LM conventions (ignore_index=-100,
+[B, T, V] logits), torch.compile, and the errors."""
+import itertools
+import random
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from msd_fast import FusedLinearMSDLoss, fused_linear_msd_loss, msd_loss
+from msd_fast.loss.fused import triton_kernel_on_cpu
+
+
+def _problem(N, B, T, H, V, *, per_exit=False, bias=False, ignored="some", dtype=torch.float64, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    hidden = [torch.randn(B, T, H, generator=g, dtype=torch.float64).to(dtype).requires_grad_() for _ in range(N)]
+    heads = [(torch.randn(V, H, generator=g, dtype=torch.float64) / H ** 0.5).to(dtype).requires_grad_()
+             for _ in range(N if per_exit else 1)]
+    biases = [(0.1 * torch.randn(V, generator=g, dtype=torch.float64)).to(dtype).requires_grad_()
+              for _ in heads] if bias else None
+    y = torch.randint(0, V, (B, T), generator=g)
+    if ignored == "some":
+        y[torch.rand(B, T, generator=g) < 0.3] = -100
+    elif ignored == "all":
+        y[:] = -100
+    return hidden, heads, biases, y
+
+
+def _cast(args, dtype):
+    """(hidden, heads, biases, y) with new leaves of `dtype`."""
+    hidden, heads, biases, y = args
+    leaves = [[t.detach().to(dtype).requires_grad_() for t in xs] if xs is not None else None
+              for xs in (hidden, heads, biases)]
+    return (*leaves, y)
+
+
+def _materialised(hidden, heads, biases, y, **kw):
+    """The loss with every exit's logits in memory: the reference these tests hold the fused loss to."""
+    kw = {k: v for k, v in kw.items() if k != "chunk_tokens"}
+    beta = kw.get("beta", 0.0)
+    z = [hidden[n] @ heads[n % len(heads)].t() + (biases[n % len(biases)] if biases else 0)
+         for n in range(len(hidden))]
+    return msd_loss(z, y, hidden if beta else None, backend="reference", ignore_index=kw.pop("ignore_index", -100),
+                    **kw)
+
+
+def _fused(hidden, heads, biases, y, **kw):
+    weight = heads[0] if len(heads) == 1 else heads
+    bias = None if biases is None else (biases[0] if len(biases) == 1 else biases)
+    return fused_linear_msd_loss(hidden, weight, y, bias=bias, **kw)
+
+
+def _grads(loss, hidden, heads, biases):
+    leaves = [*hidden, *heads, *(biases or [])]
+    return torch.autograd.grad(loss, leaves)
+
+
+def _compare(args, kw, rtol, atol, ref_args=None):
+    ref_args = ref_args or args
+    ref = _materialised(*ref_args, **dict(kw, ignore_index=kw.get("ignore_index", -100)))
+    kw_fused = dict(kw)
+    got = _fused(*args, **kw_fused)
+    torch.testing.assert_close(got.double(), ref.double(), rtol=rtol, atol=atol)
+    for a, b in zip(_grads(got, *args[:3]), _grads(ref, *ref_args[:3])):
+        torch.testing.assert_close(a.double(), b.double(), rtol=rtol, atol=atol)
+
+
+CASES = list(itertools.product([2, 3, 5, 8], [False, True], [False, True], ["none", "some", "all"], ["all", "last"]))
+
+
+@pytest.mark.parametrize("N,per_exit,bias,ignored,teacher", random.Random(0).sample(CASES, 24))
+def test_float64_value_and_every_gradient_match_the_materialised_loss(N, per_exit, bias, ignored, teacher):
+    args = _problem(N, 2, 7, 6, 11, per_exit=per_exit, bias=bias, ignored=ignored, seed=N)
+    kw = dict(alpha=0.4, temperature=2.5, teacher=teacher, beta=0.3 if N % 2 else 0.0, chunk_tokens=3)
+    _compare(args, kw, rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("chunk", [1, 4, 5, 14, None])
+def test_any_chunk_size_gives_the_same_loss(chunk):
+    args = _problem(4, 2, 7, 5, 13, bias=True, seed=1)
+    _compare(args, dict(alpha=0.3, temperature=3.0, beta=0.5, chunk_tokens=chunk), rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("N,teacher,ignored", [(2, "all", "none"), (4, "all", "some"), (8, "last", "some"),
+                                               (3, "last", "all")])
+def test_float32_through_the_cpp_kernel_matches_the_float64_reference(N, teacher, ignored):
+    args64 = _problem(N, 3, 9, 16, 37, per_exit=N == 3, bias=True, ignored=ignored, seed=N)
+    args32 = _cast(args64, torch.float32)
+    kw = dict(alpha=0.5, temperature=3.0, teacher=teacher, beta=0.2, chunk_tokens=10)
+    _compare(args32, kw, rtol=2e-5, atol=2e-6, ref_args=args64)
+
+
+@pytest.mark.parametrize("dtype,tol", [(torch.bfloat16, 3e-2), (torch.float16, 5e-3)])
+def test_half_types_match_the_float32_reference(dtype, tol):
+    args32 = _problem(4, 2, 8, 32, 50, bias=True, seed=3, dtype=torch.float32)
+    argsh = _cast(args32, dtype)
+    got = _fused(*argsh, alpha=0.3, temperature=3.0, chunk_tokens=5)
+    ref = _materialised(*args32, alpha=0.3, temperature=3.0)
+    assert got.dtype == torch.float32
+    torch.testing.assert_close(got, ref, rtol=tol, atol=tol)
+    for a, b in zip(_grads(got, *argsh[:3]), _grads(ref, *args32[:3])):
+        assert a.dtype == dtype
+        torch.testing.assert_close(a.float(), b, rtol=tol * 4, atol=tol * b.abs().max().item())
+
+
+def test_the_triton_kernel_through_the_interpreter_matches_the_reference():
+    args64 = _problem(3, 2, 5, 8, 19, bias=True, seed=5)
+    args32 = _cast(args64, torch.float32)
+    with triton_kernel_on_cpu():
+        _compare(args32, dict(alpha=0.4, temperature=3.0, beta=0.3, chunk_tokens=4), rtol=2e-5, atol=2e-6,
+                 ref_args=args64)
+
+
+def test_the_deepest_exit_ce_is_hf_cross_entropy_with_ignored_labels():
+    hidden, heads, _, y = _problem(3, 2, 9, 8, 21, seed=7, dtype=torch.float32)
+    total, terms = fused_linear_msd_loss(hidden, heads[0], y, alpha=0.0, return_terms=True, chunk_tokens=4)
+    hf = F.cross_entropy((hidden[-1] @ heads[0].t()).reshape(-1, 21), y.reshape(-1), ignore_index=-100)
+    torch.testing.assert_close(terms.ce[-1], hf, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(total, terms.ce.sum(), rtol=1e-5, atol=1e-6)
+
+
+def test_all_tokens_ignored_gives_zero_and_zero_gradients():
+    args = _problem(3, 2, 4, 5, 9, bias=True, ignored="all", dtype=torch.float32)
+    loss = _fused(*args, beta=0.5)
+    assert loss.item() == 0.0
+    assert all(g.abs().max().item() == 0.0 for g in _grads(loss, *args[:3]))
+
+
+def test_a_stacked_input_and_the_module_give_the_same_as_lists():
+    hidden, heads, _, y = _problem(4, 2, 6, 8, 17, per_exit=True, seed=9, dtype=torch.float32)
+    a = fused_linear_msd_loss(hidden, heads, y, chunk_tokens=5)
+    hs = torch.stack([h.detach() for h in hidden]).requires_grad_()
+    b = FusedLinearMSDLoss(chunk_tokens=5)(hs, torch.stack([w.detach() for w in heads]), y)
+    torch.testing.assert_close(a, b)
+    b.backward(torch.tensor(2.0))
+    torch.testing.assert_close(hs.grad, 2 * torch.stack(torch.autograd.grad(a, hidden)))
+
+
+def test_compiles_without_graph_breaks():
+    hidden, heads, biases, y = _problem(3, 2, 6, 8, 17, bias=True, seed=11, dtype=torch.float32)
+    fn = torch.compile(lambda h, w, b, t: fused_linear_msd_loss(h, w, t, bias=b, beta=0.1, chunk_tokens=4),
+                       fullgraph=True, backend="aot_eager")
+    got = fn(hidden, heads[0], biases[0], y)
+    ref = fused_linear_msd_loss(hidden, heads[0], y, bias=biases[0], beta=0.1, chunk_tokens=4)
+    torch.testing.assert_close(got, ref)
+    for a, b in zip(_grads(got, hidden, heads, biases), _grads(ref, hidden, heads, biases)):
+        torch.testing.assert_close(a, b)
+
+
+@pytest.mark.parametrize("call,err,msg", [
+    (lambda h, w, y: fused_linear_msd_loss(h[:1], w, y), ValueError, "need at least 2 exits"),
+    (lambda h, w, y: fused_linear_msd_loss(h, w[:, :3], y), ValueError, "expected \\[V, H=8\\]"),
+    (lambda h, w, y: fused_linear_msd_loss(h, w, y[:, :2]), ValueError, "target: expected int64 class indices of shape \\[2, 6\\]"),
+    (lambda h, w, y: fused_linear_msd_loss(h, w, y.float()), ValueError, "target: expected int64"),
+    (lambda h, w, y: fused_linear_msd_loss(h, w.double(), y), ValueError, "weight\\[0\\]: expected torch.float32"),
+    (lambda h, w, y: fused_linear_msd_loss(h, w, y, bias=torch.zeros(3)), ValueError, "bias\\[0\\]: expected"),
+    (lambda h, w, y: fused_linear_msd_loss(h, [w, w], y), ValueError, "one head \\[V, H\\] shared by every exit or N = 3"),
+    (lambda h, w, y: fused_linear_msd_loss(h, w, y, chunk_tokens=0), ValueError, "chunk_tokens must be None or an int >= 1"),
+    (lambda h, w, y: fused_linear_msd_loss(h, w, y, temperature=-1.0), ValueError, "temperature"),
+])
+def test_bad_inputs_name_the_argument(call, err, msg):
+    hidden, heads, _, y = _problem(3, 2, 6, 8, 17, dtype=torch.float32)
+    with pytest.raises(err, match=msg):
+        call(hidden, heads[0], y)
