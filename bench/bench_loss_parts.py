@@ -6,8 +6,10 @@ harness (bench.timing.time_interleaved), medians per call; JSON under bench/resu
     python -m bench.bench_loss_parts            # writes bench/results/loss_cpu_parts.json
 
 - python_fast_path_us / python_checked_path_us: `msd_loss` with the operator replaced by a stub that returns at
-  once, so only Python is timed: validate=False (the fast path, straight to the operator) and validate=True
-  (every Python check, the class range included).
+  once, so only Python is timed: validate=False and validate=True (on CPU both go straight to the operator,
+  whose C++ kernel checks the class range; validate=True also checks that the exits agree).
+- default_call_*: the whole call, forward and backward with the real operator, validate=True (the default)
+  and validate=False, and their ratio.
 - op_*: `torch.ops.msd_fast.fused_msd_loss` on tensors that need no gradient (kernel, allocation, dispatch).
 - backward: forward+backward minus forward of the operator on leaves that need gradients; backward_scaled the
   same with an incoming gradient of 2 (a weighted loss, gradient accumulation), where the saved gradients
@@ -82,6 +84,17 @@ def measure() -> dict:
         for t in zl + fl:
             t.grad = None
         return op(zl, y, fl, w, 3.0, False)[0]
+
+    def call(validate):
+        for t in zl + fl:
+            t.grad = None
+        msd_loss(zl, y, fl, alpha=ALPHA, beta=BETA, validate=validate).backward()
+
+    calls = time_interleaved({"default_call_validate_true": lambda: call(True),
+                              "default_call_validate_false": lambda: call(False)}, cpu)
+    out.update({f"{k}_us": v["median_ms"] * 1e3 for k, v in calls.items()})
+    out["default_call_true_over_false"] = (calls["default_call_validate_true"]["median_ms"]
+                                           / calls["default_call_validate_false"]["median_ms"])
 
     two = torch.tensor(2.0)
     fb = time_interleaved({"forward": forward, "forward_backward": lambda: forward().backward(),

@@ -14,6 +14,7 @@ SECTION_FILES = {
     "loss-bench-cpu": _DOCS / "performance.md", "loss-target-cpu": _DOCS / "performance.md",
     "loss-bench-cuda": _DOCS / "performance.md", "train-bench-cpu": _DOCS / "performance.md",
     "train-bench-cuda": _DOCS / "performance.md",
+    "linear-loss-cpu": _DOCS / "linear.md", "linear-loss-cuda": _DOCS / "linear.md",
 }
 
 

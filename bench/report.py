@@ -194,9 +194,59 @@ def headline_section() -> str:
         notes.append(f"- Loss: the fused C++ kernel against torch.compile of the reference, the exits as a model "
                      f"returns them, each call after the heads wrote its inputs, on {describe(d['machine'])}: "
                      f"`{d['command']}`.")
+    for dev in ("cuda", "cpu"):
+        lin = _load(f"linear_loss_{dev}.json")
+        if lin and linear_headline(lin):
+            row, note = linear_headline(lin)
+            lines.append(row)
+            notes.append(note)
     if len(lines) == 2:
         return "_Nothing measured yet: `python -m bench.bench_train`, `python -m bench.bench_loss`._"
     return "\n".join(lines + [""] + notes)
+
+
+LINEAR_NAMES = {"fused": "fused_linear_msd_loss", "materialised": "logits, then msd_loss (fused kernel)",
+                "compiled_chunked_reference": "torch.compile'd grad_and_value of the reference, per chunk",
+                "single_exit_flce_xN": "N one-exit fused-linear CE calls (CE only)",
+                "matmul_floor": "the three GEMMs alone, full size (floor)",
+                "matmul_floor_chunked": "the three GEMMs alone, over the same chunks"}
+
+
+def linear_loss_section(d: dict) -> str:
+    """bench_linear_loss's table: extra peak memory and median time of each method, against the logits' size
+    and the matmul floor."""
+    rows = {r["method"]: r for r in d["rows"]}
+    floor = rows.get("matmul_floor", {}).get("median_s")
+    lines = [f"N={d['exits']} exits, {d['tokens']:,} tokens, H={d['hidden']}, V={d['vocab']:,}, {d['dtype']}; the "
+             f"N·T·V logits in fp32 would be {d['logits_fp32_mb']:,.0f} MB.", "",
+             "| method | extra peak memory | of the fp32 logits | fwd+bwd: median (runs) | vs the matmul floor |",
+             "|---|---|---|---|---|"]
+    for key, r in rows.items():
+        if "error" in r:
+            lines.append(f"| {LINEAR_NAMES.get(key, key)} | failed: {r['error']} | | | |")
+            continue
+        ratio = f"{r['median_s'] / floor:.2f}x" if floor else "-"
+        lines.append(f"| {LINEAR_NAMES.get(key, key)} | {r['extra_peak_mb']:,.0f} MB | "
+                     f"{r['extra_peak_pct_of_logits']:.1f}% | {r['median_s']:.2f} s ({min(r['times_s']):.2f}-"
+                     f"{max(r['times_s']):.2f}) | {ratio} |")
+    chunk = next((r["chunk_tokens"] for r in d["rows"] if "chunk_tokens" in r), None)
+    lines += ["", f"Chunks of {chunk} tokens; extra memory above the inputs "
+              f"({'torch.cuda.max_memory_allocated' if d['machine']['gpu'] else 'the resident set high-water mark'}"
+              f"), each method in its own process after a warm-up; on {describe(d['machine'])}: `{d['command']}`."]
+    return "\n".join(lines)
+
+
+def linear_headline(d: dict):
+    """The headline row of the fused linear loss: its extra memory against the materialised path's."""
+    rows = {r["method"]: r for r in d["rows"] if "error" not in r}
+    if "fused" not in rows or "materialised" not in rows:
+        return None
+    fast, base = rows["fused"]["extra_peak_mb"], rows["materialised"]["extra_peak_mb"]
+    row = (f"| fused linear MSD loss memory, N={d['exits']} T={d['tokens']} H={d['hidden']} V={d['vocab']} "
+           f"{d['dtype']} | {fast:,.0f} MB | {base:,.0f} MB | {base / fast:.1f}x less |")
+    note = (f"- Fused linear loss: extra peak memory of fwd+bwd against every exit's logits materialised, on "
+            f"{describe(d['machine'])}: `{d['command']}` (details: docs/linear.md).")
+    return row, note
 
 
 def update_readme() -> None:
@@ -204,6 +254,10 @@ def update_readme() -> None:
     update_readme_section("gpu-check", gpu_check_section())
     update_readme_section("compile-gate", compile_gate_section())
     update_readme_section("loss-target-cpu", cpu_target_section())
+    for dev in ("cpu", "cuda"):
+        lin = _load(f"linear_loss_{dev}.json")
+        if lin:
+            update_readme_section(f"linear-loss-{dev}", linear_loss_section(lin))
     gpu_runs = sorted(p.parent.name for p in (RESULTS / "gpu").glob("*/summary.json"))
     see_gpu = ("_The GPU check's tables (section \"GPU: what is checked, where, and how to check it\"), from "
                + ", ".join(f"`bench/results/gpu/{g}/`" for g in gpu_runs) + "._") if gpu_runs else None

@@ -66,6 +66,9 @@ def problem_grid(full: bool) -> List[Dict]:
     # alternated over the teacher and feature modes so every dtype, NP and kernel compiles both ways.
     for p in out:
         p["tau"] = 2.5 if p["teacher_last"] != (p["D"] > 0) else 3.0
+    # ignore_index (HAS_IGNORE: a select more in pass 2) on every bf16 problem, an LM's dtype.
+    for p in out:
+        p["ignore_index"] = -100 if p["dtype"] == "bfloat16" else None
     uniq, seen = [], set()
     for p in out:
         k = tuple(sorted(p.items()))
@@ -94,17 +97,18 @@ def _kernel_args(p: Dict):
     kernel = p.get("kernel", "fused")
     if kernel == "fused":
         args, kwargs = k.kernel_args(z, y, f, w, part, gz, gf, p.get("tau", 3.0), p["teacher_last"], p["B"], p["C"],
-                                     p["D"])
+                                     p["D"], p.get("ignore_index"))
         fn = kern._msd_loss_kernel
     else:
         plan = plans.launch_plan(N, p["C"], p["D"])
         _, CS = plans.split_plan(p["B"], p["C"], plan["BLOCK_C"], sms=132, forced=3)
         ws = torch.empty(16, dtype=torch.float32)
         args, kwargs = k.split_kernel_args(z, y, f, w, part, gz, gf, ws, torch.empty_like(ws), p.get("tau", 3.0),
-                                           p["teacher_last"], p["B"], p["C"], p["D"], CS)[kernel]
+                                           p["teacher_last"], p["B"], p["C"], p["D"], CS, p.get("ignore_index"))[kernel]
         fn = {"split_stats": kern._msd_split_stats_kernel, "split_main": kern._msd_split_main_kernel,
               "split_finish": kern._msd_split_finish_kernel}[kernel]
-    plan = {key: kwargs[key] for key in ("NP", "BLOCK_C", "BLOCK_D", "num_warps", "TAU_INT") if key in kwargs}
+    plan = {key: kwargs[key] for key in ("NP", "BLOCK_C", "BLOCK_D", "num_warps", "TAU_INT", "HAS_IGNORE")
+            if key in kwargs}
     return fn, args, kwargs, plan
 
 

@@ -45,6 +45,9 @@ def test_gate_compiles_every_launch_configuration(tmp_path):
     # both exp paths (integer tau: TAU_INT = 3; tau = 2.5: two exps) in every kernel
     for kernel in ("fused", "split_stats", "split_main"):
         assert {row["TAU_INT"] for row in rows if row.get("kernel", "fused") == kernel} == {0, 3}, kernel
+    # ignore_index's masking compiled in both kernels that read targets
+    for kernel in ("fused", "split_main"):
+        assert {row["HAS_IGNORE"] for row in rows if row.get("kernel", "fused") == kernel} == {False, True}, kernel
 
 
 def test_gate_rejects_a_size_cast_that_breaks_when_the_launcher_specialises_it():

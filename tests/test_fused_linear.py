@@ -164,3 +164,15 @@ def test_bad_inputs_name_the_argument(call, err, msg):
     hidden, heads, _, y = _problem(3, 2, 6, 8, 17, dtype=torch.float32)
     with pytest.raises(err, match=msg):
         call(hidden, heads[0], y)
+
+
+def test_the_docs_example_runs():
+    import pathlib
+    import re
+
+    page = (pathlib.Path(__file__).resolve().parent.parent / "docs" / "linear.md").read_text()
+    (block,) = re.findall(r"```python\n(.*?)```", page, re.S)
+    scope = {}
+    exec(compile(block, "docs/linear.md", "exec"), scope)
+    assert scope["hidden"][0].grad is not None and scope["lm_head"].grad is not None
+    assert scope["terms"].ce.shape == (4,)

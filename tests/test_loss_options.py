@@ -95,10 +95,40 @@ def test_a_changing_beta_tensor_compiles_once():
     assert len({round(v.item(), 6) for v in values}) > 1  # beta did change the loss
 
 
-def test_validate_true_under_fullgraph_says_what_to_do():
+@pytest.mark.parametrize("fullgraph", [True, False])
+def test_the_default_call_compiles_without_a_graph_break(fullgraph):
+    """validate=True (the default) under torch.compile: the trace-time checks run, the value checks (host
+    syncs) are left out, and nothing breaks the graph, with or without fullgraph."""
     import torch._dynamo
 
     torch._dynamo.reset()
-    z, y = torch.randn(N, B, C), torch.randint(0, C, (B,))
-    with pytest.raises(Exception, match="pass validate=False in compiled code"):
-        torch.compile(lambda z_: msd_loss(z_, y, validate=True), fullgraph=True, backend="aot_eager")(z)
+    torch._dynamo.utils.counters.clear()
+    z = [torch.randn(B, C, requires_grad=True) for _ in range(N)]
+    f = [torch.randn(B, 4, requires_grad=True) for _ in range(N)]
+    y = torch.randint(0, C, (B,))
+    got = torch.compile(lambda z_, f_: msd_loss(z_, y, f_, beta=0.2), fullgraph=fullgraph, backend="aot_eager")(z, f)
+    assert not torch._dynamo.utils.counters["graph_break"]
+    assert torch._dynamo.utils.counters["stats"]["unique_graphs"] == 1
+    torch.testing.assert_close(got, msd_loss(z, y, f, beta=0.2))
+    # the trace-time checks still run (under fullgraph torch reports the ValueError as an unsupported raise)
+    with pytest.raises(Exception, match="logits: need at least 2 exits"):
+        torch.compile(lambda z_: msd_loss(z_[:1], y), fullgraph=True, backend="aot_eager")(z)
+
+
+def test_the_default_call_on_cpu_skips_the_python_checks_the_kernel_makes(monkeypatch):
+    """validate=True on CPU lists goes straight to the C++ kernel (which checks the class range itself); a
+    call it rejects still gets the full path's message."""
+    from msd_fast import _ext
+    import msd_fast.loss.api as api
+
+    if not _ext.available():
+        pytest.skip("needs the C++ extension")
+    z = [torch.randn(B, C, requires_grad=True) for _ in range(N)]
+    y = torch.randint(0, C, (B,))
+    want = msd_loss(z, y, backend="reference")
+    real = api.normalize_inputs
+    monkeypatch.setattr(api, "normalize_inputs", lambda *a, **k: pytest.fail("the full path ran"))
+    torch.testing.assert_close(msd_loss(z, y), want)
+    monkeypatch.setattr(api, "normalize_inputs", real)
+    with pytest.raises(ValueError, match=r"target: class indices must lie in \[0, C=5\)"):
+        msd_loss(z, y + C)

@@ -18,7 +18,7 @@ from . import defaults
 from .backends import BACKENDS, fast_kernel_takes, resolve_backend
 from .fused import run_fused
 from .reference import combine_terms, reference_msd_terms
-from .validation import check_hparams, normalize_inputs
+from .validation import _uniform_exits, check_hparams, normalize_inputs
 
 
 class MSDTerms(NamedTuple):
@@ -58,6 +58,15 @@ def _hint_scale(feature_reduction: str, D: int) -> float:
 def _fused_weights(alpha: float, beta, hint_scale: float, device: torch.device) -> Tensor:
     """The fused operator's (w_ce, w_kd, w_feat), the hint's 1/D folded into w_feat."""
     return _weights(alpha, beta * hint_scale if hint_scale != 1.0 else beta, device)
+
+
+def _on_cpu(logits, features) -> bool:
+    """True for CPU exits that agree in shape, dtype and device (the dispatcher would route a meta tensor
+    among them to the fake kernel), with features that do too: what validate=True needs before the C++
+    kernel, which checks everything else, target range included."""
+    return (type(logits) in (list, tuple) and _uniform_exits(logits) and logits[0].device.type == "cpu"
+            and (features is None or (type(features) in (list, tuple) and _uniform_exits(features)
+                                      and features[0].device.type == "cpu")))
 
 
 def _fast_path(logits, target, features, alpha, temperature, beta, teacher, backend, feature_reduction,
@@ -112,12 +121,13 @@ def msd_loss(logits: Union[Tensor, Sequence[Tensor]], target: Tensor,
             kernel) or "triton" (its CUDA kernel). The fused kernels implement detach_teacher=True; with
             detach_teacher=False every backend uses the exact reference. "auto" falls back to the reference,
             with a one-time note, where the fused kernel does not take the call (e.g. N > 8 on CUDA).
-        validate: eager checks that need a host sync (target range, tensor beta); False for compiled
-            hot loops. With validate=False, eager, lists of exits and class-index targets, the fused
-            operator is called without the Python input checks (its kernels check every input themselves; a
-            call they reject goes through the full path, whose message names the bad argument). Unchecked, a class
-            index outside [0, C) raises in the C++ kernel and gives a NaN loss from the Triton kernel
-            (checking it on a GPU would need a host sync).
+        validate: eager checks that need a host sync (target range, tensor beta); under torch.compile only
+            the trace-time checks (shapes, dtypes, devices, hyper-parameters) run, so the default call
+            compiles without a graph break. Eager calls with lists of exits and class-index targets go
+            straight to the fused operator when no Python check is needed (validate=False, or CPU tensors,
+            whose C++ kernel checks the class indices itself); a call the kernel rejects goes through the
+            full path, whose message names the bad argument. Unchecked (validate=False on CUDA), a class
+            index outside [0, C) gives a NaN loss from the Triton kernel (checking it would need a host sync).
         return_terms: also return `MSDTerms`. With the reference backend the terms are differentiable;
             with the fused backends they are detached (for logging).
         label_smoothing: eps in [0, 1]: CE_n becomes (1 - eps) CE_n + eps mean_c(-log p_n), as in
@@ -131,8 +141,10 @@ def msd_loss(logits: Union[Tensor, Sequence[Tensor]], target: Tensor,
         A scalar loss: float32 (float64 for float64 inputs); gradients flow back in the input dtype.
     """
     check_hparams(alpha, temperature, beta, teacher, validate, label_smoothing, ignore_index, feature_reduction)
-    if (not validate and detach_teacher and not return_terms and not label_smoothing
-            and not torch.compiler.is_compiling()):
+    # The fast path when no Python check is needed: validate=False, or a CPU call, whose C++ kernel checks the
+    # class indices' range itself (a CUDA kernel could not without a host sync).
+    if (detach_teacher and not return_terms and not label_smoothing and not torch.compiler.is_compiling()
+            and (not validate or _on_cpu(logits, features))):
         total = _fast_path(logits, target, features, alpha, temperature, beta, teacher, backend, feature_reduction,
                            ignore_index)
         if total is not None:

@@ -94,16 +94,30 @@ def _weights(alpha: float, beta, hint_scale: float, dev: torch.device, acc: torc
 def _chunk_reference(z: List[Tensor], y: Tensor, f: List[Tensor], w: Tensor, tau: float, teacher: str,
                      detach: bool, ignore_index: Optional[int]):
     """(total, per_exit [3, N], grad z, grad f) of one chunk from the reference, by autograd: float64, no
-    extension, or detach_teacher=False."""
+    extension, or detach_teacher=False. z: N tensors [Tc, V] or [one stacked [N, Tc, V]], as the operator."""
     with torch.enable_grad():
-        zs = [t.detach().requires_grad_() for t in z]
+        zl = (z[0] if len(z) == 1 else torch.stack(z)).detach().requires_grad_()
         fs = [t.detach().requires_grad_() for t in f]
-        ce, kd, feat = reference_msd_terms(torch.stack(zs), y, torch.stack(fs) if fs else None, tau, teacher,
+        ce, kd, feat = reference_msd_terms(zl, y, torch.stack(fs) if fs else None, tau, teacher,
                                            detach, ignore_index=ignore_index)
         total = (w[0] * ce.sum() + w[1] * kd.sum() + w[2] * feat.sum()).to(w.dtype)
-        grads = torch.autograd.grad(total, zs + fs)
+        grads = torch.autograd.grad(total, [zl] + fs)
     per_exit = torch.stack([ce, kd, torch.cat([feat, feat.new_zeros(1)])]).detach().float()
-    return total.detach(), per_exit, list(grads[:len(zs)]), list(grads[len(zs):])
+    return total.detach(), per_exit, [grads[0]] if len(z) == 1 else list(grads[0].unbind(0)), list(grads[1:])
+
+
+def _linear(x: Tensor, w: Tensor, b: Optional[Tensor]) -> Tensor:
+    return x @ w.t() if b is None else torch.addmm(b, x, w.t())
+
+
+def _accumulate(acc: Tensor, a: Tensor, b: Tensor) -> None:
+    """acc += a @ b with acc in float32/float64: in place for matching dtypes; for half inputs the product is
+    formed in the inputs' dtype (fp32 accumulation inside the GEMM) and added, so no rounding to half
+    accumulates across chunks."""
+    if a.dtype == acc.dtype:
+        acc.addmm_(a, b)
+    else:
+        acc.add_(a @ b)
 
 
 def _forward(hidden, heads, biases, target, alpha, tau, beta, teacher, detach, ignore_index, feature_reduction,
@@ -127,15 +141,20 @@ def _forward(hidden, heads, biases, target, alpha, tau, beta, teacher, detach, i
     total = torch.zeros((), dtype=acc, device=dev)
     per_exit = torch.zeros(3, N, dtype=torch.float32, device=dev)
     step = chunk_tokens or chunk_tokens_for(N, V, dtype, dev)
+    # A shared head takes the chunk's N exits as one [N*Tc, H] matrix: one GEMM each for the logits, the
+    # hidden gradient and the weight gradient (K = N*Tc: N times fewer passes over the V x H accumulator).
+    shared = len(heads) == 1
     for c0 in range(0, T, step):
         c1 = min(T, c0 + step)
         hc = [h[c0:c1] for h in hs]
         yc = y[c0:c1]
         share = ((yc != ig).sum() if ig is not None else c1 - c0) * inv_k   # K_chunk / K
         wc = w0 * share
-        z = [torch.addmm(biases[n % len(biases)], hc[n], heads[n % len(heads)].t()) if biases is not None
-             else hc[n] @ heads[n % len(heads)].t() for n in range(N)]
-        f = [t.contiguous() for t in hc] if use_hint else []
+        rows = [torch.cat(hc)] if shared else hc                            # GEMM operands: 1 or N
+        z = [_linear(r, heads[k], biases[k] if biases is not None else None) for k, r in enumerate(rows)]
+        if shared:
+            z = [z[0].view(N, c1 - c0, V)]                                  # the operator's stacked form
+        f = hc if use_hint else []                                          # row slices: contiguous
         if name == "fused":
             tot, pe, gz, gf = torch.ops.msd_fast.fused_msd_loss.default(z, yc, f, wc, tau, teacher == "last", ig)
         else:
@@ -143,13 +162,15 @@ def _forward(hidden, heads, biases, target, alpha, tau, beta, teacher, detach, i
         del z
         total += tot.to(acc)
         per_exit += pe * share.float()
-        for n in range(N):
-            Wn = heads[n % len(heads)]
-            gh = gz[n] @ Wn
-            grad_h[n][c0:c1] = gh + gf[n] if f else gh
-            grad_w[n % len(heads)].addmm_(gz[n].t().to(acc), hc[n].to(acc))
+        for k, r in enumerate(rows):
+            g = gz[k].view(r.shape[0], V)
+            gh = g @ heads[k]
+            for n in (range(N) if shared else (k,)):
+                part = gh[(n if shared else 0) * (c1 - c0):][:c1 - c0]
+                grad_h[n][c0:c1] = part + gf[n] if f else part
+            _accumulate(grad_w[k], g.t(), r)
             if grad_b is not None:
-                grad_b[n % len(heads)] += gz[n].sum(0, dtype=acc)
+                grad_b[k] += g.sum(0, dtype=acc)
         del gz, gf
     if not use_hint:
         per_exit[2].zero_()
