@@ -195,7 +195,7 @@ def parse_problem(spec: str) -> Dict:
     p: Dict = {"teacher_last": False, "tau": 3.0}
     for item in filter(None, (t.strip() for t in spec.split(","))):
         key, _, value = item.partition("=")
-        if key in ("N", "B", "C", "D"):
+        if key in ("N", "B", "C", "D", "ignore_index"):
             p[key] = int(value)
         elif key == "tau":
             p[key] = float(value)
@@ -205,7 +205,7 @@ def parse_problem(spec: str) -> Dict:
             p[key] = value
         else:
             raise SystemExit(f"--profile: unknown key {key!r} in {spec!r} (N, B, C, D, dtype, teacher_last, kernel, "
-                             f"tau)")
+                             f"tau, ignore_index)")
     missing = [k for k in ("N", "B", "C", "D", "dtype") if k not in p]
     if missing:
         raise SystemExit(f"--profile: {spec!r} lacks {', '.join(missing)}")

@@ -202,6 +202,12 @@ def _msd_split_main_kernel(
         tl.store(part_ptr + 2 * N * B + part_off, feat, mask=row_ok)
     g_kd = _kd_grad_scale(w_ptr, tau, inv_b, n_f, TEACHER_LAST)
     g_ce = tl.load(w_ptr) * inv_b
+    if HAS_IGNORE:
+        # An ignored sample's gradient is 0 through its scales (0 for finite logits), not a select per element
+        # as in _msd_loss_kernel: here that select made ptxas spill inside the loop (sm_80, bf16, N = 3,
+        # teacher last, features; compile gate).
+        g_kd = tl.where(y != ign, g_kd, 0.0)
+        g_ce = tl.where(y != ign, g_ce, 0.0)
     kd_acc, r_acc = _kd_accumulators(NP, BLOCK_C, TILE_ACC)
     cols = tl.arange(0, BLOCK_C)
     c_lo = s * CS
@@ -211,14 +217,18 @@ def _msd_split_main_kernel(
     for c0 in range(0, c_hi - c_lo, BLOCK_C):
         c = c_lo + c0 + cols
         kd_acc, r_acc = _grad_chunk(z_row, g_row, c, c < c_hi, row_ok, is_last, y_col, m, lse, shift, g_ce * inv_s1,
-                                    inv_st, kd_acc, r_acc, g_kd, g_ce, n_f, inv_tau, k_tau, keep,
-                                    TEACHER_LAST, TAU_INT, TILE_ACC, HAS_IGNORE)
+                                    inv_st, kd_acc, r_acc, g_kd, g_ce, n_f, inv_tau, k_tau, row_ok,
+                                    TEACHER_LAST, TAU_INT, TILE_ACC, False)
     if TILE_ACC:
         kd_acc = tl.sum(kd_acc, axis=1)
         r_acc = tl.sum(r_acc, axis=1)
     out = wk_ptr + (b * S + s) * 2 * NP + rows
-    tl.store(out, tl.where(keep, kd_acc, 0.0))     # an ignored sample's KD sums are 0, so its KD_n is 0
-    tl.store(out + NP, tl.where(keep, r_acc, 0.0))
+    if HAS_IGNORE:  # an ignored sample's KD sums are 0, so its KD_n is 0; y is read again so that nothing
+        ignored = tl.load(y_ptr + b) == ign          # of it stays live through the loop (compile gate, sm_80)
+        kd_acc = tl.where(ignored, 0.0, kd_acc)
+        r_acc = tl.where(ignored, 0.0, r_acc)
+    tl.store(out, kd_acc)
+    tl.store(out + NP, r_acc)
 
 
 @triton.jit

@@ -41,6 +41,23 @@ def test_from_tensors_trains_with_a_torchvision_backbone(tmp_path, float_images)
                                                            exit_after=("layer2", "layer3")), which="last")
     for a, b in zip(loaded.state_dict().values(), net.state_dict().values()):  # bitwise equal
         torch.testing.assert_close(a.cpu(), b.cpu(), rtol=0, atol=0)
+    # The preprocessing travels with the model: EarlyExit on raw test images (uint8, or float 0..1) reaches the
+    # run's own test accuracy at the final exit, from the checkpoint and from a pickle-free export.
+    final_only = [float("inf")] * 2 + [0.0]
+    export_weights(tmp_path / "r", tmp_path / "export", which="last")
+    for m in (loaded, load_exported(tmp_path / "export", model=attach_exits(
+            torchvision.models.resnet18(num_classes=3), exit_after=("layer2", "layer3")))):
+        raw = data.test.images
+        pred, idx = EarlyExit(m, final_only)(raw)
+        assert (idx == 2).all()
+        assert 100.0 * (pred == y[300:]).float().mean().item() == pytest.approx(res["last"]["test_acc"][-1], abs=1e-6)
+    if raw.dtype == torch.uint8:  # the same images as floats in 0..1
+        assert torch.equal(EarlyExit(loaded, final_only)(raw.float() / 255)[0], pred)
+    with pytest.raises(ValueError, match="trained on 16x16 images, got 32x32"):
+        EarlyExit(loaded, final_only)(torch.zeros(1, 3, 32, 32, dtype=torch.uint8))
+    with pytest.raises(ValueError, match="carries no input preprocessing"):
+        EarlyExit(net, final_only)
+
 
 
 def test_from_torch_reads_tensor_datasets_and_image_folders(tmp_path):
@@ -125,15 +142,15 @@ def test_exportable_early_exit_torch_exports_and_matches_early_exit(name):
     srt = conf.sort(1).values  # thresholds midway between two samples' confidences, near the median:
     thr = ((srt[:, 5] + srt[:, 6]) / 2).tolist()  # about half leave at each exit, none sits on the edge
     thr[-1] = 0.0
-    prog = torch.export.export(ExportableEarlyExit(model, thr), (x[:1],))
-    ee = EarlyExit(model, thr)
+    prog = torch.export.export(ExportableEarlyExit(model, thr, preprocess=None), (x[:1],))
+    ee = EarlyExit(model, thr, preprocess=None)
     pred, idx = map(torch.cat, zip(*[ee(x[i:i + 1]) for i in range(len(x))]))
     with torch.no_grad():
         got = [prog.module()(x[i:i + 1]) for i in range(len(x))]
     assert [int(p) for p, _ in got] == pred.tolist() and [int(k) for _, k in got] == idx.tolist()
     assert len(set(idx.tolist())) > 1
     with pytest.raises(ValueError, match="takes one image"):
-        ExportableEarlyExit(model, thr)(x[:2])
+        ExportableEarlyExit(model, thr, preprocess=None)(x[:2])
 
 
 def test_evaluate_budget_fractions_strict_json_and_progress(tmp_path, capsys):
@@ -160,3 +177,15 @@ def test_evaluate_budget_fractions_strict_json_and_progress(tmp_path, capsys):
     assert evaluate_main(["--checkpoint", str(tmp_path / "r"), "--out-dir", str(tmp_path / "ev2"),
                           "--budget-fractions", "0.5"]) == 2  # dataset 'toy' is not in the table: one line
     assert "unknown dataset 'toy'" in capsys.readouterr().err
+    # the Python API takes the run's custom data
+    from msd_fast import evaluate_checkpoints
+
+    (ev,) = evaluate_checkpoints([str(tmp_path / "r")], data=data, budget_fractions=[0.6, 1.0], log=lambda m: None)
+    assert [a["top1"] for a in ev["anytime"]] == [a["top1"] for a in r["anytime"]]
+
+
+def test_datasets_print_their_shapes_not_their_pixels():
+    x, y = _toy(60)
+    data = from_tensors(x, y, val_size=10, name="toy")
+    assert repr(data) == "Dataset('toy': 3 classes, 3x16x16 images, train/val/test 50/10/10)"
+    assert repr(data.train) == "Split(50 images [3, 16, 16] torch.uint8, labels torch.int64)"

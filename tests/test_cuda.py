@@ -17,7 +17,6 @@ import torch
 from msd_fast import _ext, msd_loss
 from msd_fast.loss.fused import reduce_partials
 from msd_fast.models import create_model
-from bruteforce import exits_of
 import grad_scaling_checks as checks
 
 HAS_CUDA = torch.cuda.is_available()
@@ -70,17 +69,6 @@ def test_extreme_and_non_finite_logits(tau):
         zb = z.clone()
         zb[1, 3, 7] = bad
         assert not torch.isfinite(msd_loss(zb, y, f, backend="triton"))
-
-
-def test_opcheck_triton_op_and_cuda_reduction():
-    z, y, f = _inputs(3, 5, 37, 11, torch.float32)
-    w = torch.tensor([0.4, 0.6, 0.1], device=DEV)
-    op = torch.ops.msd_fast.fused_msd_loss.default
-    torch.library.opcheck(op, (exits_of(z), y, exits_of(f), w, 2.0, False))
-    torch.library.opcheck(op, (exits_of(z), y, [], w, 2.0, True))
-    if _ext.available() and _ext.has_cuda():
-        parts = torch.rand(3, 4, 33, device=DEV)
-        torch.library.opcheck(torch.ops.msd_fast.reduce_exit_losses.default, (parts, w))
 
 
 @pytest.mark.skipif(not (_ext.available() and _ext.has_cuda()), reason="extension built without CUDA sources")
@@ -180,7 +168,7 @@ def test_models_and_early_exit_on_cuda(name):
         torch.testing.assert_close(a.cpu(), b, rtol=1e-3, atol=1e-3)
     probs = torch.stack([z.float().softmax(-1) for z in out.logits]).cpu()
     thr = [0.6] * (model.num_exits - 1) + [0.0]
-    pred, idx = EarlyExit(model, thr)(x)
+    pred, idx = EarlyExit(model, thr, preprocess=None)(x)
     sim = simulate(probs, thr, [1] * model.num_exits)
     assert torch.equal(pred.cpu(), sim.predictions) and torch.equal(idx.cpu(), sim.exit_index)
 
@@ -233,52 +221,16 @@ def test_split_c_on_the_gpu_matches_one_program_per_sample_and_repeats(dtype, mo
         assert max([_rel_err(got[0], ref[0])] + [_rel_err(g, r) for g, r in zip(got[1], ref[1])]) < TOL[dtype]
 
 
-def test_list_inputs_from_separate_allocations_on_the_gpu():
-    z, y, f = _inputs(5, 33, 1000, 64, torch.bfloat16)
-    zl = [t.clone().requires_grad_() for t in z.unbind(0)]
-    fl = [t.clone().requires_grad_() for t in f.unbind(0)]
-    got = msd_loss(zl, y, fl, alpha=0.6, temperature=2.5, beta=0.3, backend="triton")
-    g = torch.autograd.grad(got, zl + fl)
-    ref, ref_grads = _loss_and_grads("reference", z, y, f, "all", dtype=torch.float64)
-    assert _rel_err(got, ref) < TOL[torch.bfloat16]
-    assert _rel_err(torch.stack(g[:5]), ref_grads[0]) < TOL[torch.bfloat16]
-    assert _rel_err(torch.stack(g[5:]), ref_grads[1]) < TOL[torch.bfloat16]
-
-
-@pytest.mark.parametrize("offset", [0, 1, 3])
-def test_exits_at_unaligned_addresses_give_the_aligned_answer(offset):
-    """The kernels use vector accesses as wide as every row start allows (`row_align`): exits that are views
-    at odd element offsets (and so a smaller alignment, down to one element) give the same answer (not bit
-    for bit: another tile layout sums in another order)."""
-    z, y, f = _inputs(4, 33, 1000, 64, torch.bfloat16)
-
-    def shifted(t):  # the same values, at `offset` elements past an aligned allocation
-        buf = torch.empty(t.numel() + offset, dtype=t.dtype, device=t.device)
-        out = buf[offset:].view_as(t)
-        out.copy_(t)
-        return out.requires_grad_()
-    base = [t.clone().requires_grad_() for t in z.unbind(0)], [t.clone().requires_grad_() for t in f.unbind(0)]
-    moved = [shifted(t) for t in z.unbind(0)], [shifted(t) for t in f.unbind(0)]
-    results = []
-    for zl, fl in (base, moved):
-        loss = msd_loss(zl, y, fl, alpha=0.6, temperature=2.5, beta=0.3, backend="triton")
-        results.append((loss, torch.autograd.grad(loss, zl + fl)))
-    assert _rel_err(results[1][0], results[0][0]) < 1e-5
-    assert all(_rel_err(b, a) < TOL[torch.bfloat16] for a, b in zip(results[0][1], results[1][1]))
-
-
-def test_fast_path_on_the_gpu_and_an_out_of_range_class():
-    """validate=False with lists goes straight to the operator (its Triton kernel checks the inputs on the
-    host): the same loss as the checked call; a class index outside [0, C) gives NaN, not a bad read."""
+def test_an_out_of_range_class_gives_nan_on_the_gpu_not_a_bad_read():
+    """validate=False on CUDA: a class index outside [0, C) gives NaN (no host sync checks it), and the CUDA
+    context stays usable (no illegal address)."""
     z, y, f = _inputs(4, 64, 1000, 32, torch.bfloat16)
     zl, fl = list(z.unbind(0)), list(f.unbind(0))
-    kw = dict(alpha=0.6, temperature=2.5, beta=0.3)
-    assert torch.equal(msd_loss(zl, y, fl, validate=False, **kw), msd_loss(zl, y, fl, validate=True, **kw))
     bad = y.clone()
     bad[5] = 1000
-    assert torch.isnan(msd_loss(zl, bad, fl, validate=False, **kw))
-    torch.cuda.synchronize()  # no illegal address: the context is still usable
-    assert torch.isfinite(msd_loss(zl, y, fl, validate=False, **kw))
+    assert torch.isnan(msd_loss(zl, bad, fl, validate=False))
+    torch.cuda.synchronize()
+    assert torch.isfinite(msd_loss(zl, y, fl, validate=False))
 
 
 NEEDS_CUDA_EXT = pytest.mark.skipif(not (_ext.available() and _ext.has_cuda()),

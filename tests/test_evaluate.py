@@ -33,7 +33,7 @@ def test_real_early_exit_equals_simulation_and_saves_compute(trained):
     flops = model.exit_flops((1, 16, 16))
     th = fit_thresholds(val_p, flops, 0.5 * (flops[0] + flops[-1]))
     sim = simulate(test_p, th, flops, data.test.labels)
-    preds, exit_idx = EarlyExit(model, th)(normalize(data.test.images, data.mean, data.std))
+    preds, exit_idx = EarlyExit(model, th, preprocess=None)(normalize(data.test.images, data.mean, data.std))
     assert torch.equal(exit_idx, sim.exit_index)
     assert torch.equal(preds, sim.predictions)
     spent = torch.tensor([float(f) for f in flops], dtype=torch.float64)[exit_idx].mean().item()

@@ -132,3 +132,25 @@ def test_the_default_call_on_cpu_skips_the_python_checks_the_kernel_makes(monkey
     monkeypatch.setattr(api, "normalize_inputs", real)
     with pytest.raises(ValueError, match=r"target: class indices must lie in \[0, C=5\)"):
         msd_loss(z, y + C)
+
+
+def test_a_float_beta_changing_inside_compiled_code_warns_once(monkeypatch):
+    """A float beta is a constant to the compiler: a constant one is fine (no warning), a changing one
+    recompiles for every value, and msd_loss says so once, at trace time, with the fix (no graph break)."""
+    import torch._dynamo
+    import msd_fast.loss.api as api
+
+    torch._dynamo.reset()
+    monkeypatch.setattr(api, "_FLOAT_BETA", {"first": None, "warned": False})
+    z, y = [torch.randn(B, C, requires_grad=True) for _ in range(N)], torch.randint(0, C, (B,))
+    f = [torch.randn(B, 4) for _ in range(N)]
+    fn = torch.compile(lambda b: msd_loss(z, y, f, beta=b), fullgraph=True, backend="aot_eager")
+    with warnings.catch_warnings(record=True) as w:
+        warnings.simplefilter("always")
+        fn(0.5)
+        fn(0.5)
+        assert not [x for x in w if "beta changed" in str(x.message)]
+        for b in (0.1, 0.2, 0.3):
+            torch.testing.assert_close(fn(b), msd_loss(z, y, f, beta=b))
+    said = [str(x.message) for x in w if "beta changed" in str(x.message)]
+    assert len(said) == 1 and "CosineBeta.tensor" in said[0]

@@ -88,4 +88,4 @@ def test_early_exit_refuses_a_nan_threshold():
         EarlyExit(model, [0.5, float("nan"), 0.5, 0.0])
     with pytest.raises(TypeError, match=r"thresholds\[0\]: expected a number, got str"):
         EarlyExit(model, ["high", 0.5, 0.5, 0.0])
-    assert EarlyExit(model, [float("inf"), 0.9, 0.5, float("-inf")]).thresholds[0] == float("inf")
+    assert EarlyExit(model, [float("inf"), 0.9, 0.5, float("-inf")], preprocess=None).thresholds[0] == float("inf")

@@ -84,6 +84,22 @@ def test_max_steps_inside_an_epoch_keeps_the_position_and_resumes_exactly(tmp_pa
         [h["train_loss"] for h in load_checkpoint(tmp_path / "cut")["history"]]
 
 
+def test_a_stop_inside_the_first_epoch_validates_and_chooses_best(tmp_path, capsys):
+    """--max-steps inside an epoch: the weights as they are get validated, results.json has real validation
+    figures (no NaN), best.pt exists and load_model reads it."""
+    from msd_fast import load_model
+
+    res = Trainer(_cfg(tmp_path, "cut", "--max-steps", "3")).fit()
+    out = capsys.readouterr().out
+    assert res["best_val"]["epoch"] == 0 and res["best_val"]["step"] == 3
+    assert res["last"]["val_acc"] == res["best_val"]["val_acc"] and all(v == v for v in res["last"]["val_acc"])
+    assert "best validation: the stop at step 3 (inside epoch 1)" in out and "nan" not in out
+    best = load_checkpoint(tmp_path / "cut" / "best.pt")
+    assert (best["epoch"], best["global_step"]) == (0, 3)
+    _assert_same_state(best["model"], _weights(tmp_path / "cut"))
+    assert load_model(tmp_path / "cut").num_exits == len(res["last"]["test_acc"])
+
+
 def test_ctrl_c_mid_epoch_saves_clean_checkpoint_and_resumes_exactly(tmp_path):
     Trainer(_cfg(tmp_path, "full", "--epochs", "1")).fit()
     t = Trainer(_cfg(tmp_path, "intr", "--epochs", "1"))

@@ -35,6 +35,9 @@ class Split:
     def __len__(self) -> int:
         return self.labels.shape[0]
 
+    def __repr__(self) -> str:  # the shapes, never the pixels
+        return f"Split({len(self)} images {list(self.images.shape[1:])} {self.images.dtype}, labels {self.labels.dtype})"
+
 
 @dataclass
 class Dataset:
@@ -55,6 +58,10 @@ class Dataset:
     @property
     def image_size(self) -> Tuple[int, int]:
         return tuple(self.train.images.shape[2:])
+
+    def __repr__(self) -> str:
+        return (f"Dataset({self.name!r}: {self.num_classes} classes, {self.in_channels}x{self.image_size[0]}x"
+                f"{self.image_size[1]} images, train/val/test {len(self.train)}/{len(self.val)}/{len(self.test)})")
 
 
 def _fashion_mnist(data_dir: Optional[str]) -> Tuple[Split, Split]:

@@ -2,15 +2,22 @@
 remaining ones continue through the network, so compute is really saved.
 
     ee = EarlyExit(model, thresholds)          # thresholds from msd_fast.evaluate.fit_thresholds
-    pred, exit_index = ee(x)
+    pred, exit_index = ee(x)                   # x: raw images, uint8 0..255 or float 0..1
+
+Both modules feed the model as it was trained: `preprocess="auto"` (the default) applies the normalisation
+that load_model / load_exported attached to the model (the training data's mean/std, checked against its
+channels and image size); pass a msd_fast.models.preprocess.Preprocess for a model built in code, or None
+for inputs that are already normalised. A model without one under "auto" is an error, not a silent guess.
 
 Its predictions equal `msd_fast.evaluate.simulate` for the same thresholds (tested). Data-dependent
 shapes make this an eager, inference-only path (it syncs with the host at every exit by design).
 """
-from typing import List, Sequence
+from typing import List, Optional, Sequence, Union
 
 import torch
 from torch import Tensor, nn
+
+from ..models.preprocess import Preprocess, preprocess_of
 
 
 def _select(state, keep: Tensor):
@@ -35,15 +42,32 @@ def _thresholds(model, thresholds: Sequence[float]) -> List[float]:
     return out
 
 
+def _preprocess(model, preprocess) -> Optional[Preprocess]:
+    if isinstance(preprocess, str) and preprocess == "auto":
+        pre = preprocess_of(model)
+        if pre is None:
+            raise ValueError("preprocess='auto': this model carries no input preprocessing (load it with "
+                             "load_model / load_exported, which attach the training data's); pass "
+                             "preprocess=Preprocess(mean, std) for raw images, or preprocess=None for inputs "
+                             "already normalised")
+        return pre
+    if preprocess is None or isinstance(preprocess, Preprocess):
+        return preprocess
+    raise TypeError(f"preprocess: expected 'auto', None or a Preprocess, got {type(preprocess).__name__}")
+
+
 class EarlyExit(nn.Module):
-    def __init__(self, model, thresholds: Sequence[float]):
+    def __init__(self, model, thresholds: Sequence[float], preprocess: Union[str, Preprocess, None] = "auto"):
         super().__init__()
         self.model = model
         self.thresholds: List[float] = _thresholds(model, thresholds)
+        self.preprocess = _preprocess(model, preprocess)
 
     @torch.no_grad()
     def forward(self, x: Tensor):
-        """Returns (predictions [B], exit index [B], 0-based)."""
+        """Raw images (or normalised ones with preprocess=None) -> (predictions [B], exit index [B], 0-based)."""
+        if self.preprocess is not None:
+            x = self.preprocess(x)
         model = self.model
         B = x.shape[0]
         preds = torch.empty(B, dtype=torch.long, device=x.device)
@@ -75,10 +99,11 @@ class ExportableEarlyExit(nn.Module):
         pred, exit_index = prog.module()(x[:1])      # [1] each; equal to EarlyExit(model, thresholds)(x[:1])
     """
 
-    def __init__(self, model, thresholds: Sequence[float]):
+    def __init__(self, model, thresholds: Sequence[float], preprocess: Union[str, Preprocess, None] = "auto"):
         super().__init__()
         self.model = model
         self.thresholds: List[float] = _thresholds(model, thresholds)
+        self.preprocess = _preprocess(model, preprocess)
 
     def _from(self, k: int, state):
         state = self.model.stage(k, state)
@@ -101,4 +126,4 @@ class ExportableEarlyExit(nn.Module):
         region inside torch.cond breaks torch.export): call it under torch.inference_mode() when eager."""
         if x.shape[0] != 1:
             raise ValueError(f"x: ExportableEarlyExit takes one image ([1, C, H, W]), got a batch of {x.shape[0]}")
-        return self._from(0, x)
+        return self._from(0, self.preprocess(x) if self.preprocess is not None else x)

@@ -75,7 +75,7 @@ def evaluate_run(run, data, budgets=None, n_budgets: int = 12, batch_size: int =
 @torch.no_grad()
 def measure_speed(model, data, thresholds, large_batch: int = 256, reps: int = 20) -> Dict[str, Any]:
     """Latency at batch 1 (median over samples) and throughput at a large batch, early exit vs full."""
-    ee = EarlyExit(model, thresholds)
+    ee = EarlyExit(model, thresholds, preprocess=None)  # timed on normalised inputs, as the full forward
     device = next(model.parameters()).device
     x_all = normalize(data.test.images[:max(large_batch, reps)].to(device), data.mean, data.std)
 
@@ -118,22 +118,25 @@ def budgets_from_fractions(fractions: Sequence[float], exit_flops: Sequence[int]
 
 def evaluate_checkpoints(checkpoints: Sequence[str], data_dir: Optional[str] = None, budgets=None,
                          budget_fractions=None, n_budgets: int = 12, device="cpu", batch_size: int = 1000,
-                         amp_dtype=None, measure: bool = False, log=print) -> List[Dict[str, Any]]:
-    """Evaluates every checkpoint (run directory or .pt file); raises EvalError / DataError / ValueError."""
+                         amp_dtype=None, measure: bool = False, log=print, data=None) -> List[Dict[str, Any]]:
+    """Evaluates every checkpoint (run directory or .pt file); raises EvalError / DataError / ValueError.
+    `data`: a msd_fast Dataset for runs trained on custom data (from_tensors / from_torch); without it each
+    run's dataset is loaded by the name its config holds."""
     runs = [load_run(c, data_dir, device) for c in checkpoints]
     cache: Dict[Any, Any] = {}
     results = []
     for i, run in enumerate(runs):
         log(f"[msd_fast.evaluate] {i + 1}/{len(runs)}: {run['path']}")
-        data = _dataset_for(run, cache)
+        data_k = data if data is not None else _dataset_for(run, cache)
         b = budgets
         if budget_fractions:
-            b = budgets_from_fractions(budget_fractions, run["model"].cost((data.in_channels, *data.image_size))["exit_flops"])
-        r = evaluate_run(run, data, b, n_budgets, batch_size, amp_dtype)
+            flops = run["model"].cost((data_k.in_channels, *data_k.image_size))["exit_flops"]
+            b = budgets_from_fractions(budget_fractions, flops)
+        r = evaluate_run(run, data_k, b, n_budgets, batch_size, amp_dtype)
         r.pop("_probs")
         if measure:
             mid = r["budgeted"][len(r["budgeted"]) // 2]
             r["speed"] = {"budget": mid["budget"], "thresholds": mid["thresholds"],
-                          **measure_speed(run["model"], data, mid["thresholds"])}
+                          **measure_speed(run["model"], data_k, mid["thresholds"])}
         results.append(r)
     return results

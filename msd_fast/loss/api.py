@@ -9,6 +9,7 @@ q = softmax(z / tau) (PyTorch's reduction="batchmean", times tau^2), T(n) = ever
 With detach_teacher=True (default) the teacher side q_j of every KL and the hint target F_N are
 stop-gradient constants.
 """
+import warnings
 from typing import NamedTuple, Optional, Sequence, Union
 
 import torch
@@ -16,6 +17,7 @@ from torch import Tensor, nn
 
 from . import defaults
 from .backends import BACKENDS, fast_kernel_takes, resolve_backend
+from . import fused
 from .fused import run_fused
 from .reference import combine_terms, reference_msd_terms
 from .validation import _uniform_exits, check_hparams, normalize_inputs
@@ -60,11 +62,33 @@ def _fused_weights(alpha: float, beta, hint_scale: float, device: torch.device) 
     return _weights(alpha, beta * hint_scale if hint_scale != 1.0 else beta, device)
 
 
+_FLOAT_BETA = {"first": None, "warned": False}
+FLOAT_BETA_WARNING = ("msd_loss: beta changed as a Python float inside torch.compile'd code; each new value is "
+                      "another compile (torch stops at its recompile limit). Pass beta as a tensor and update it "
+                      "in place: CosineBeta.tensor(...) / CosineBeta.fill_(beta, epoch)")
+
+
+def _note_traced_float_beta(ctx) -> None:
+    """Runs at trace time (torch._dynamo's comptime: no graph break): warns once when msd_loss is traced again
+    with another float beta, or with a float beta the compiler has made symbolic after a change."""
+    try:
+        value = ctx.get_local("beta").as_python_constant()
+    except Exception:  # noqa: BLE001 - a symbolic float: it already changed between calls
+        value = None
+    first = _FLOAT_BETA["first"]
+    if _FLOAT_BETA["first"] is None and value is not None:
+        _FLOAT_BETA["first"] = value
+    elif (value is None or value != first) and not _FLOAT_BETA["warned"]:
+        _FLOAT_BETA["warned"] = True
+        warnings.warn(FLOAT_BETA_WARNING, RuntimeWarning, stacklevel=2)
+
+
 def _on_cpu(logits, features) -> bool:
     """True for CPU exits that agree in shape, dtype and device (the dispatcher would route a meta tensor
     among them to the fake kernel), with features that do too: what validate=True needs before the C++
     kernel, which checks everything else, target range included."""
-    return (type(logits) in (list, tuple) and _uniform_exits(logits) and logits[0].device.type == "cpu"
+    return (fused.CPU_KERNEL_CHECKS_TARGETS and type(logits) in (list, tuple) and _uniform_exits(logits)
+            and logits[0].device.type == "cpu"
             and (features is None or (type(features) in (list, tuple) and _uniform_exits(features)
                                       and features[0].device.type == "cpu")))
 
@@ -141,6 +165,10 @@ def msd_loss(logits: Union[Tensor, Sequence[Tensor]], target: Tensor,
         A scalar loss: float32 (float64 for float64 inputs); gradients flow back in the input dtype.
     """
     check_hparams(alpha, temperature, beta, teacher, validate, label_smoothing, ignore_index, feature_reduction)
+    if torch.compiler.is_compiling() and not isinstance(beta, Tensor):
+        from torch._dynamo.comptime import comptime
+
+        comptime(_note_traced_float_beta)
     # The fast path when no Python check is needed: validate=False, or a CPU call, whose C++ kernel checks the
     # class indices' range itself (a CUDA kernel could not without a host sync).
     if (detach_teacher and not return_terms and not label_smoothing and not torch.compiler.is_compiling()

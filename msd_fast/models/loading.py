@@ -7,9 +7,12 @@
 
 Checkpoints are read with msd_fast.checkpoint.load_checkpoint (weights_only: nothing in them can run code).
 The export is a safetensors file (tensors only) and a JSON file (model name, classes, input channels, width,
-the data's normalisation, the per-exit FLOPs, and the SHA-256 of the weights file), so any tool can read it
+the input preprocessing (the training data's mean/std and image size), the per-exit FLOPs, and the SHA-256
+of the weights file), so any tool can read it
 without Python pickles. Every loader checks what it reads: the checksum (a weights file changed after export
 is refused), model.json's schema, and finite weights (a NaN or inf weight is refused, naming the tensor).
+Both loaders attach the preprocessing to the model (msd_fast.models.preprocess.preprocess_of), which
+EarlyExit applies to raw images.
 """
 import hashlib
 import json
@@ -19,6 +22,7 @@ from typing import Any, Dict
 import torch
 
 from .. import checkpoint as ckpt_format
+from .preprocess import Preprocess, attach, from_checkpoint
 
 
 def _run_checkpoint(path, which: str) -> pathlib.Path:
@@ -32,10 +36,10 @@ def _run_checkpoint(path, which: str) -> pathlib.Path:
 
 
 EXPORT_FORMAT = "msd_fast-export"
-EXPORT_VERSION = 2  # 2: model.json carries the weights file's SHA-256
+EXPORT_VERSION = 3  # 2: model.json carries the weights file's SHA-256; 3: and the input preprocessing
 EXPORT_KEYS = {"format": str, "format_version": int, "model": dict, "dataset": str, "epoch": int,
                "method": (str, type(None)), "exit_flops": (list, type(None)), "params": (int, type(None)),
-               "source": str, "weights_sha256": str}
+               "source": str, "weights_sha256": str, "preprocess": (dict, type(None))}
 SPEC_KEYS = {"name": str, "num_classes": int, "in_channels": int, "width": (int, float)}
 
 
@@ -107,7 +111,8 @@ def load_model(path, model=None, device="cpu", which: str = "best"):
     ckpt = ckpt_format.load_checkpoint(file)
     spec = ckpt_format.model_spec(ckpt)
     net = _build(spec, model, str(file))
-    return _load_weights(net, ckpt["model"], str(file), "" if model is not None else describe(spec)).to(device).eval()
+    net = _load_weights(net, ckpt["model"], str(file), "" if model is not None else describe(spec))
+    return attach(net, from_checkpoint(ckpt, str(file))).to(device).eval()
 
 
 def export_weights(path, out_dir, which: str = "best") -> Dict[str, str]:
@@ -127,6 +132,8 @@ def export_weights(path, out_dir, which: str = "best") -> Dict[str, str]:
             "dataset": ckpt["dataset"], "epoch": ckpt["epoch"], "method": cfg.get("method"),
             "exit_flops": ckpt["cost"].get("exit_flops"), "params": ckpt["cost"].get("params"),
             "source": str(file), "weights_sha256": _sha256(weights)}
+    pre = from_checkpoint(ckpt, str(file))
+    meta["preprocess"] = pre.as_dict() if pre is not None else None
     config.write_text(json.dumps(meta, indent=1))
     return {"weights": str(weights), "config": str(config)}
 
@@ -162,5 +169,7 @@ def load_exported(out_dir, model=None, device="cpu"):
         state = load_file(str(weights))
     except (SafetensorError, OSError, ValueError) as e:
         raise ValueError(f"{weights}: not a readable safetensors file ({e})") from None
+    pre = Preprocess.from_dict(meta["preprocess"], str(config)) if meta["preprocess"] is not None else None
     net = _build(meta["model"], model, str(d))
-    return _load_weights(net, state, str(weights), "" if model is not None else describe(meta["model"])).to(device).eval()
+    net = _load_weights(net, state, str(weights), "" if model is not None else describe(meta["model"]))
+    return attach(net, pre).to(device).eval()

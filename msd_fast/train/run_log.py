@@ -93,18 +93,21 @@ class RunLogger:
 # ------------------------------------------------------------------------------------------ results
 def results_dict(*, cfg: TrainConfig, epoch: int, steps: int, history: List[Dict[str, Any]],
                  last_test: Dict[str, Any], best: Dict[str, Any], cost: Dict[str, Any], input_size,
-                 wall_s: float, speed: Dict[str, Any], world_size: int) -> Dict[str, Any]:
-    """The run's results.json: per-exit accuracy at the last and at the best-validation epoch, costs, setup."""
+                 wall_s: float, speed: Dict[str, Any], world_size: int, last_val=None) -> Dict[str, Any]:
+    """The run's results.json: per-exit accuracy at the last and at the best-validation epoch, costs, setup.
+    last_val: the validation of a stop inside an epoch (else the last epoch's); best["step"], when present,
+    is the optimizer step of a best chosen at such a stop."""
     import platform
 
     import torch
 
-    last_val = history[-1]["val_acc"] if history else None
+    if last_val is None:
+        last_val = history[-1]["val_acc"] if history else None
     return {
         "dataset": cfg.dataset, "model": cfg.model, "method": cfg.method, "epochs_run": epoch, "steps": steps,
         "last": {"epoch": epoch, "val_acc": last_val, "test_acc": last_test["exits"],
                  "test_ensemble": last_test["ensemble"]},
-        "best_val": {"epoch": best["epoch"],
+        "best_val": {"epoch": best["epoch"], "step": best.get("step"),
                      "selected_by": "mean validation accuracy over exits" if cfg.best_metric == "mean"
                      else "last exit's validation accuracy",
                      "val_acc": best["val"] and best["val"]["exits"], "test_acc": best["test"] and best["test"]["exits"],
@@ -131,5 +134,8 @@ def format_results_table(r: Dict[str, Any]) -> str:
         lines.append(f"| {k + 1} | {r['exit_flops'][k] / 1e9:.4f} | {val_last:.2f} | {r['last']['test_acc'][k]:.2f} | "
                      f"{r['last']['test_ensemble'][k]:.2f} | {b['val_acc'][k] if b['val_acc'] else float('nan'):.2f} | "
                      f"{b['test_acc'][k] if b['test_acc'] else float('nan'):.2f} |")
-    lines.append(f"best-validation epoch: {b['epoch']} (selected by {b['selected_by']})")
+    where = f"epoch {b['epoch']}" if b.get("step") is None else \
+        f"the stop at step {b['step']} (inside epoch {b['epoch'] + 1})"
+    lines.append(f"best validation: {where} (selected by {b['selected_by']})" if b["epoch"] is not None
+                 else "best validation: none (no epoch was validated)")
     return "\n".join(lines)

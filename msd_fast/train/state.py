@@ -4,6 +4,7 @@ format itself (keys, version, safe loading) is msd_fast.checkpoint's."""
 from typing import Any, Dict
 
 from .. import checkpoint as ckpt_format
+from ..models.preprocess import Preprocess
 
 
 def training_state(t) -> Dict[str, Any]:
@@ -14,7 +15,8 @@ def training_state(t) -> Dict[str, Any]:
         model=t.model.state_dict(), optimizer=t.opt.state_dict(), scheduler=t.sched.state_dict(),
         scaler=t.scaler.state_dict(), epoch=t.epoch, step_in_epoch=t.step_in_epoch, global_step=t.global_step,
         aug_state=t.aug_state, sums=None if t.sums is None else {k: v.cpu() for k, v in t.sums.items()},
-        rng=ckpt_format.rng_state(), history=t.history, best=t.best, wall_s=t._wall(), cost=t.cost)
+        rng=ckpt_format.rng_state(), history=t.history, best=t.best, wall_s=t._wall(), cost=t.cost,
+        preprocess=Preprocess(tuple(t.data.mean), tuple(t.data.std), tuple(t.data.image_size)).as_dict())
 
 
 def _differs(t, ckpt: Dict[str, Any]) -> str:

@@ -92,6 +92,7 @@ class Trainer:
         self.epoch, self.step_in_epoch, self.global_step = 0, 0, 0
         self.aug_state: Optional[torch.Tensor] = None
         self.history, self.best = [], {"value": -1.0, "epoch": None, "val": None, "test": None}
+        self.stop_val = None  # validation of a stop inside an epoch (--max-steps), for results.json
         self.sums = None
         self.wall_before, self._session_start = 0.0, None
         self.interrupted, self._stop_requested, self._lock = False, False, None
@@ -213,7 +214,7 @@ class Trainer:
             return True
         if self.step_in_epoch < self.steps_per_epoch:  # --max-steps inside the epoch: keep the position
             self.aug_state = aug_gen.get_state()
-            self._save("last.pt")
+            self._validate_stop()
             if self.dist.is_main:
                 print(f"[msd_fast] stopped at --max-steps {cfg.max_steps} in epoch {self.epoch + 1}, step "
                       f"{self.step_in_epoch} of {self.steps_per_epoch}; the checkpoint keeps this position "
@@ -267,6 +268,22 @@ class Trainer:
                   f"val acc per exit {' / '.join(f'{a:.2f}' for a in exits)}  "
                   f"{row['images_per_s']:.0f} img/s  {epoch_time:.1f} s", flush=True)
 
+    def _validate_stop(self) -> None:
+        """A stop inside an epoch (--max-steps): the weights as they are get validated like an epoch's end, so
+        the run has validation figures and a best.pt (when they beat the best epoch so far); last.pt keeps
+        the position in the epoch."""
+        val = self._eval(self.data.val)
+        self.stop_val = val
+        exits = val["exits"]
+        metric = exits[-1] if self.cfg.best_metric == "last" else sum(exits) / len(exits)
+        improved = metric > self.best["value"]
+        if improved:
+            self.best = {"value": metric, "epoch": self.epoch, "step": self.global_step, "val": val,
+                         "test": self._eval(self.data.test)}
+        self._save("last.pt")
+        if improved:
+            self._save("best.pt")
+
     # ------------------------------------------------------------------------------- checkpoints
     def _save(self, name: str) -> None:
         if self.dist.is_main:
@@ -288,6 +305,7 @@ class Trainer:
     # ------------------------------------------------------------------------------------ the end
     def _finish(self) -> Dict[str, Any]:
         results = results_dict(cfg=self.cfg, epoch=self.epoch, steps=self.global_step, history=self.history,
+                               last_val=self.stop_val["exits"] if self.stop_val is not None else None,
                                last_test=self._eval(self.data.test), best=self.best, cost=self.cost,
                                input_size=self.input_size, wall_s=self.wall_before, speed=self.speed_report(),
                                world_size=self.dist.world_size)
