@@ -107,6 +107,28 @@ def test_attach_exits_on_a_timm_style_resnet_and_bad_backbones():
         attach_exits(torch.nn.Linear(3, 3))
 
 
+def test_the_final_exit_is_the_backbones_own_head():
+    """With the backbone's own fc, the final exit equals the backbone's forward: torchvision's avgpool, and timm's
+    global_pool (max, avg+max) and drop_rate, at an input size where the pooling matters."""
+    torch.manual_seed(0)
+    x = torch.randn(2, 3, 64, 64)
+    tv = torchvision.models.resnet18(num_classes=5).eval()
+    with torch.no_grad():
+        torch.testing.assert_close(attach_exits(tv).eval()(x).logits[-1], tv(x))
+    timm = pytest.importorskip("timm", reason="timm is an optional extra")
+    for pool in ("max", "avgmax", "catavgmax"):
+        net = timm.create_model("resnet18", num_classes=5, global_pool=pool, drop_rate=0.3).eval()
+        multi = attach_exits(net).eval()
+        with torch.no_grad():
+            torch.testing.assert_close(multi(x).logits[-1], net(x))
+        multi.train()
+        net.train()
+        torch.manual_seed(1)
+        a = multi.head(3, multi.stages[3](multi.stages[2](multi.stages[1](multi.stages[0](x)))))[0]
+        torch.manual_seed(1)
+        torch.testing.assert_close(a, net(x))  # the same dropout, in training too
+
+
 def test_registered_model_loads_by_name_and_exports_without_pickle(tmp_path):
     register_model("tiny_attached", lambda num_classes, in_channels=3, width=1.0: attach_exits(
         torchvision.models.resnet18(num_classes=num_classes)), overwrite=True)

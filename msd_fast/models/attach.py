@@ -9,8 +9,9 @@ after the stages you choose.
 
 Exit branch after a stage with c channels: 1x1 conv to the final feature width D, BatchNorm, ReLU, global
 average pooling -> the exit's feature (D, the same as the final exit's, so the feature hint needs no
-adapter), then a Linear classifier. The final exit is the backbone's own pooling and `fc` (a new `fc` when
-`num_classes` differs). The result follows the MultiExitNet protocol (stage/head/forward/cost), so it
+adapter), then a Linear classifier. The final exit is the backbone's own head: its pooling module (timm's
+`global_pool`, e.g. max or avg+max; torchvision's `avgpool`), its dropout (timm's `drop_rate`) and its `fc`
+(a new `fc` when `num_classes` differs), so with the same `fc` it equals the backbone's forward. The result follows the MultiExitNet protocol (stage/head/forward/cost), so it
 trains with msd_fast's Trainer and exits early with `msd_fast.evaluate.EarlyExit`.
 """
 from typing import Optional, Sequence
@@ -79,6 +80,10 @@ class AttachedExits(MultiExitNet):
         self.branches = nn.ModuleList(ExitBranch(_channels(getattr(backbone, s)), feature_dim, self.num_classes)
                                       for s in exit_after)
         self.fc = fc if fc.out_features == self.num_classes else nn.Linear(feature_dim, self.num_classes)
+        pool = getattr(backbone, "global_pool", None)
+        pool = pool if isinstance(pool, nn.Module) else getattr(backbone, "avgpool", None)
+        self.pool = pool if isinstance(pool, nn.Module) else nn.AdaptiveAvgPool2d(1)  # no parameters
+        self.drop_rate = float(getattr(backbone, "drop_rate", 0.0) or 0.0)
         self.num_exits = len(cuts)
         self.feature_dim = feature_dim
         self.exit_after = tuple(exit_after)
@@ -89,7 +94,9 @@ class AttachedExits(MultiExitNet):
     def head(self, k: int, state):
         if k < self.num_exits - 1:
             return self.branches[k](state)
-        f = torch.flatten(nn.functional.adaptive_avg_pool2d(state, 1), 1)
+        f = torch.flatten(self.pool(state), 1)
+        if self.drop_rate:
+            f = nn.functional.dropout(f, p=self.drop_rate, training=self.training)
         return self.fc(f), f
 
 
