@@ -1,6 +1,6 @@
 """Exits on an existing backbone: `attach_exits` turns a torchvision or timm ResNet-style network (a stem,
 stages `layer1`..`layer4`, global pooling and a final `fc`) into a multi-exit network with exit branches
-after the stages you choose.
+after the stages you choose; other families and any chain network go through msd_fast.models.chain.
 
     import torchvision
     net = attach_exits(torchvision.models.resnet18(num_classes=10), exit_after=("layer1", "layer2", "layer3"))
@@ -100,7 +100,29 @@ class AttachedExits(MultiExitNet):
         return self.fc(f), f
 
 
-def attach_exits(backbone: nn.Module, exit_after: Sequence[str] = ("layer1", "layer2", "layer3"),
-                 num_classes: Optional[int] = None) -> AttachedExits:
-    """See the module docstring."""
-    return AttachedExits(backbone, exit_after, num_classes)
+def _is_resnet(backbone: nn.Module) -> bool:
+    return all(isinstance(getattr(backbone, s, None), nn.Module) for s in STAGES) and \
+        isinstance(getattr(backbone, "fc", None), nn.Linear)
+
+
+def attach_exits(backbone: nn.Module, exit_after: Optional[Sequence[str]] = None, num_classes: Optional[int] = None,
+                 *, trunk: Optional[Sequence[str]] = None, head: Optional[nn.Module] = None, layout: str = "nchw",
+                 input_size: Optional[Sequence[int]] = None) -> MultiExitNet:
+    """Exits on a backbone. ResNet-style networks (torchvision / timm): `exit_after` stages from layer1..layer3
+    (default all three). Other families (torchvision ConvNeXt, EfficientNet, MobileNetV3, RegNet, Swin, ViT;
+    timm models with feature_info) and any chain network (`trunk=` module names in execution order, `head=` a
+    module returning (logits, feature), `layout=` of the trunk's outputs): msd_fast.models.chain, with
+    `exit_after` naming trunk pieces (default: the family's stages). `input_size` (C, H, W) is the probe that
+    finds each piece's width (default 3x64x64; a ViT's own image size). `num_classes` replaces the fc of a
+    ResNet; for other families create the backbone with the classes you want."""
+    if trunk is None and _is_resnet(backbone):
+        return AttachedExits(backbone, exit_after if exit_after is not None else STAGES[:-1], num_classes)
+    from .chain import chain_exits
+
+    size = tuple(input_size) if input_size is not None else (3, getattr(backbone, "image_size", 64),
+                                                            getattr(backbone, "image_size", 64))
+    multi = chain_exits(backbone, exit_after, torch.zeros(1, *size), trunk, head, layout)
+    if num_classes is not None and num_classes != multi.num_classes:
+        raise ValueError(f"num_classes: this backbone classifies into {multi.num_classes}; create it with "
+                         f"num_classes={num_classes} (only a ResNet's fc is replaced here)")
+    return multi
