@@ -176,3 +176,12 @@ def test_the_docs_example_runs():
     exec(compile(block, "docs/linear.md", "exec"), scope)
     assert scope["hidden"][0].grad is not None and scope["lm_head"].grad is not None
     assert scope["terms"].ce.shape == (4,)
+
+
+@pytest.mark.parametrize("teacher", ["all", "last"])
+def test_undetached_teachers_take_the_reference_per_chunk(teacher):
+    """detach_teacher=False (symmetric mutual learning): every exit's logits get the gradient of both sides of
+    each KL; the fused kernels implement detached teachers only, so each chunk runs the reference."""
+    args = _problem(3, 2, 7, 6, 11, bias=True, seed=13)
+    _compare(args, dict(alpha=0.5, temperature=2.0, teacher=teacher, beta=0.2, detach_teacher=False, chunk_tokens=3),
+             rtol=1e-10, atol=1e-12)
