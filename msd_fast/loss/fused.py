@@ -217,7 +217,9 @@ if _ext.available():
                                     setup_context=_reduce_setup_context)
 else:  # the schema, defined here; the CPU has no fused kernel then (backends.py falls back to the reference)
     _LIB = torch.library.Library("msd_fast", "DEF")
-    _LIB.define(SCHEMA)
+    # ignore_index without its default here: torch 2.11's dispatcher drops an argument equal to its default
+    # before a Python autograd rule sees it, and then refuses a backward that returns a slot for it
+    _LIB.define(SCHEMA.replace("int? ignore_index=None", "int? ignore_index"))
     torch.library.register_autograd(OP, _fused_backward, setup_context=_fused_setup_context)
 torch.library.register_fake(OP)(_fused_fake)
 torch.library.register_kernel(OP, "cuda")(_fused_triton)

@@ -7,7 +7,7 @@ h_n, accumulated in float32 (a bf16 accumulator drifts over many chunks). Every 
 forward; backward only scales them by the incoming gradient. Every mean is over the K kept tokens of the whole
 call: a chunk's weights carry K_chunk / K (device tensors: no host sync).
 """
-from typing import List, Optional, Sequence, Union
+from typing import List, Optional, Sequence, Tuple, Union
 
 import torch
 from torch import Tensor, nn
@@ -120,27 +120,46 @@ def _accumulate(acc: Tensor, a: Tensor, b: Tensor) -> None:
         acc.add_(a @ b)
 
 
-def _forward(hidden, heads, biases, target, alpha, tau, beta, teacher, detach, ignore_index, feature_reduction,
-             chunk_tokens):
-    """Loss, per-exit terms [3, N] and every gradient (hidden, heads, biases), chunk by chunk."""
+def _fused_linear_impl(hidden: List[Tensor], heads: List[Tensor], biases: List[Tensor], target: Tensor,
+                     w0: Tensor, tau: float, teacher_last: bool, detach: bool, use_hint: bool,
+                     ignore_index: Optional[int], step: int) -> Tuple[Tensor, Tensor, List[Tensor], List[Tensor],
+                                                                      List[Tensor]]:
+    """Loss, per-exit terms [3, N] and every gradient (hidden, heads, biases), chunk by chunk. One opaque op
+    to torch.compile: the chunk loop is not unrolled into the graph (and torch 2.11 mis-traced it)."""
+    total, per_exit, gh, gw, gb = _forward(hidden, heads, biases or None, target, w0, tau, teacher_last, detach,
+                                           use_hint, ignore_index, step)
+    return (total, per_exit, gh, [g.to(w.dtype) for g, w in zip(gw, heads)],
+            [g.to(b.dtype) for g, b in zip(gb, biases)] if biases else [])
+
+
+_fused_linear_op = torch.library.custom_op("msd_fast::fused_linear_msd", _fused_linear_impl, mutates_args=())
+
+
+@_fused_linear_op.register_fake
+def _fused_linear_fake(hidden, heads, biases, target, w0, tau, teacher_last, detach, use_hint, ignore_index, step):
+    acc = torch.float64 if hidden[0].dtype == torch.float64 else torch.float32
+    return (hidden[0].new_empty((), dtype=acc), hidden[0].new_empty((3, len(hidden)), dtype=torch.float32),
+            [torch.empty_like(h) for h in hidden], [torch.empty_like(w) for w in heads],
+            [torch.empty_like(b) for b in biases])
+
+
+def _forward(hidden, heads, biases, target, w0, tau, teacher_last, detach, use_hint, ignore_index, step):
     N, H = len(hidden), hidden[0].shape[-1]
     V, dev, dtype = heads[0].shape[0], hidden[0].device, hidden[0].dtype
     hs = [h.reshape(-1, H) for h in hidden]                     # [T, H] views of contiguous inputs
     y = target.reshape(-1)
     T = y.shape[0]
-    use_hint = isinstance(beta, Tensor) or beta != 0
     ig = ignore_index
+    teacher = "last" if teacher_last else "all"
     acc = torch.float64 if dtype == torch.float64 else torch.float32
     kept = (y != ig).sum() if ig is not None else torch.tensor(T, device=dev)
     inv_k = 1.0 / kept.clamp(min=1).to(acc)                      # device scalar: no host sync
-    w0 = _weights(alpha, beta, _hint_scale(feature_reduction, H) if use_hint else 1.0, dev, acc)
     name = resolve_backend("auto", dev, dtype, detach, N, teacher, True)
     grad_h = [torch.empty_like(h) for h in hs]
     grad_w = [torch.zeros(V, H, dtype=acc, device=dev) for _ in heads]
     grad_b = [torch.zeros(V, dtype=acc, device=dev) for _ in biases] if biases is not None else None
     total = torch.zeros((), dtype=acc, device=dev)
     per_exit = torch.zeros(3, N, dtype=torch.float32, device=dev)
-    step = chunk_tokens or chunk_tokens_for(N, V, dtype, dev)
     # A shared head takes the chunk's N exits as one [N*Tc, H] matrix: one GEMM each for the logits, the
     # hidden gradient and the weight gradient (K = N*Tc: N times fewer passes over the V x H accumulator).
     shared = len(heads) == 1
@@ -156,7 +175,7 @@ def _forward(hidden, heads, biases, target, alpha, tau, beta, teacher, detach, i
             z = [z[0].view(N, c1 - c0, V)]                                  # the operator's stacked form
         f = hc if use_hint else []                                          # row slices: contiguous
         if name == "fused":
-            tot, pe, gz, gf = torch.ops.msd_fast.fused_msd_loss.default(z, yc, f, wc, tau, teacher == "last", ig)
+            tot, pe, gz, gf = torch.ops.msd_fast.fused_msd_loss.default(z, yc, f, wc.float(), tau, teacher_last, ig)
         else:
             tot, pe, gz, gf = _chunk_reference(z, yc, f, wc.to(acc), tau, teacher, detach, ig)
         del z
@@ -182,13 +201,13 @@ class _FusedLinearMSD(torch.autograd.Function):
     """Inputs flattened for autograd: N hidden, then the heads, then the biases (0, 1 or N)."""
 
     @staticmethod
-    def forward(ctx, opts, target, *tensors):
-        N, n_heads, n_bias, hp = opts
-        hidden, heads = list(tensors[:N]), list(tensors[N:N + n_heads])
-        biases = list(tensors[N + n_heads:]) if n_bias else None
-        total, per_exit, gh, gw, gb = _forward(hidden, heads, biases, target, *hp)
-        gw = [g.to(w.dtype) for g, w in zip(gw, heads)]
-        gb = [g.to(b.dtype) for g, b in zip(gb, biases)] if biases is not None else []
+    def forward(ctx, opts, target, w0, *tensors):
+        N, n_heads, n_bias, hp, fused = opts
+        hidden, heads, biases = list(tensors[:N]), list(tensors[N:N + n_heads]), list(tensors[N + n_heads:])
+        # the fused kernels through the opaque op; the reference (it needs autograd, which an op's body does not
+        # have) as plain code
+        run = torch.ops.msd_fast.fused_linear_msd if fused else _fused_linear_impl
+        total, per_exit, gh, gw, gb = run(hidden, heads, biases, target, w0, *hp)
         ctx.save_for_backward(*gh, *gw, *gb)
         ctx.mark_non_differentiable(per_exit)
         return total, per_exit
@@ -197,13 +216,13 @@ class _FusedLinearMSD(torch.autograd.Function):
     def backward(ctx, grad_total, grad_per_exit):
         saved = ctx.saved_tensors
         if grad_total is None:
-            return (None, None) + (None,) * len(saved)
+            return (None, None, None) + (None,) * len(saved)
         # loss.backward() on a CPU loss passes exactly 1: the saved gradients are the answer (reading a CPU
         # scalar is no device sync); otherwise one product per gradient.
         if (not torch.compiler.is_compiling() and grad_total.device.type == "cpu" and not grad_total.requires_grad
                 and float(grad_total) == 1.0):
-            return (None, None, *saved)
-        return (None, None, *[g * grad_total.to(g.dtype) for g in saved])
+            return (None, None, None, *saved)
+        return (None, None, None, *[g * grad_total.to(g.dtype) for g in saved])
 
 
 def fused_linear_msd_loss(hidden: TensorOrSeq, weight: TensorOrSeq, target: Tensor, *,
@@ -242,10 +261,15 @@ def fused_linear_msd_loss(hidden: TensorOrSeq, weight: TensorOrSeq, target: Tens
                                         else _exit_list(bias, "bias", 1))
     _check(hs, heads, biases, target)
     hs = [h.contiguous() for h in hs]
-    hp = (float(alpha), float(temperature), beta, teacher, detach_teacher, ignore_index, feature_reduction,
-          chunk_tokens)
-    opts = (len(hs), len(heads), len(biases or ()), hp)
-    total, per_exit = _FusedLinearMSD.apply(opts, target, *hs, *heads, *(biases or ()))
+    h0 = hs[0]
+    use_hint = isinstance(beta, Tensor) or beta != 0
+    acc = torch.float64 if h0.dtype == torch.float64 else torch.float32
+    w0 = _weights(float(alpha), beta, _hint_scale(feature_reduction, h0.shape[-1]) if use_hint else 1.0, h0.device, acc)
+    step = chunk_tokens or chunk_tokens_for(len(hs), heads[0].shape[0], h0.dtype, h0.device)
+    hp = (float(temperature), teacher == "last", bool(detach_teacher), use_hint, ignore_index, int(step))
+    fused = resolve_backend("auto", h0.device, h0.dtype, detach_teacher, len(hs), teacher, True) == "fused"
+    opts = (len(hs), len(heads), len(biases or ()), hp, fused)
+    total, per_exit = _FusedLinearMSD.apply(opts, target, w0, *hs, *heads, *(biases or ()))
     if not return_terms:
         return total
     scale = _hint_scale(feature_reduction, hs[0].shape[-1])
