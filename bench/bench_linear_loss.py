@@ -11,10 +11,13 @@ without it, fwd+bwd of N exits through one shared head [V, H] on B*T tokens (10%
   logits of one exit in memory at a time).
 - matmul_floor_chunked: the same GEMMs over the fused loss's chunks, the N exits of a chunk as one matrix.
 
-Each method runs in its own child process: extra peak memory above the inputs is the high-water mark of the
-resident set (CPU; reset through /proc/self/clear_refs after a warm-up; glibc's mmap threshold fixed so freed
-buffers leave the process) or torch.cuda.max_memory_allocated (CUDA); time is the median of --reps runs after
-the warm-up. Results: bench/results/linear_loss_<device>.json; the table: docs/linear.md.
+Memory: each method in its own child process, extra peak memory above the inputs being the high-water mark
+of the resident set (CPU; reset through /proc/self/clear_refs after a warm-up; glibc's mmap threshold fixed
+so freed buffers leave the process) or torch.cuda.max_memory_allocated (CUDA). Time: every method in one
+more child, after a warm-up of each, in --reps interleaved rounds (one run of each method per round), so the
+machine's drift over minutes falls on all methods alike; medians per method, and per round the ratio to
+matmul_floor, whose median is reported. Results: bench/results/linear_loss_<device>.json; the table:
+docs/linear.md.
 
     python -m bench.bench_linear_loss                      # CPU: N=4, B*T=4096, H=512, V=32000, fp32
     python -m bench.bench_linear_loss --device cuda --tokens 8192 --hidden 4096 --vocab 128256 --dtype bfloat16
@@ -173,25 +176,35 @@ def _status_kb(key):
         return int(next(line.split()[1] for line in fh if line.startswith(key + ":")))
 
 
-def child(method, a):
-    dev = torch.device(a.device)
-    run = _run_fn(method, a, dev)
-    run()                                                          # warm-up (compiles, thread pools, caches)
-    base = _peak_start(dev)
+def _timed(run, dev) -> float:
     t0 = time.perf_counter()
     run()
     if dev.type == "cuda":
         torch.cuda.synchronize(dev)
-    times = [time.perf_counter() - t0]
-    extra = _peak_end(dev) - base
-    for _ in range(a.reps - 1):
-        t0 = time.perf_counter()
+    return time.perf_counter() - t0
+
+
+def child(method, a):
+    """One method's extra peak memory (after a warm-up)."""
+    dev = torch.device(a.device)
+    run = _run_fn(method, a, dev)
+    run()                                                          # warm-up (compiles, thread pools, caches)
+    base = _peak_start(dev)
+    run()
+    return {"method": method, "extra_peak_mb": (_peak_end(dev) - base) / 2 ** 20, "chunk_tokens": _chunk(a, dev)}
+
+
+def child_times(methods, a):
+    """Every method's times, interleaved: a warm-up of each, then --reps rounds of one run each."""
+    dev = torch.device(a.device)
+    runs = {m: _run_fn(m, a, dev) for m in methods}
+    for run in runs.values():
         run()
-        if dev.type == "cuda":
-            torch.cuda.synchronize(dev)
-        times.append(time.perf_counter() - t0)
-    return {"method": method, "extra_peak_mb": extra / 2 ** 20, "median_s": statistics.median(times),
-            "times_s": times, "chunk_tokens": _chunk(a, dev)}
+    times = {m: [] for m in methods}
+    for _ in range(a.reps):
+        for m, run in runs.items():
+            times[m].append(_timed(run, dev))
+    return times
 
 
 def main(argv=None):
@@ -207,6 +220,9 @@ def main(argv=None):
     p.add_argument("--out", default=None, help="JSON path (default bench/results/linear_loss_<device>.json)")
     p.add_argument("--child", default=None, help=argparse.SUPPRESS)
     a = p.parse_args(argv)
+    if a.child == "times":
+        print(json.dumps(child_times(a.methods.split(","), a)))
+        return 0
     if a.child:
         print(json.dumps(child(a.child, a)))
         return 0
@@ -220,17 +236,35 @@ def main(argv=None):
            "hidden": a.hidden, "vocab": a.vocab, "dtype": a.dtype, "logits_fp32_mb": logits_mb, "rows": []}
     env = dict(os.environ, MALLOC_MMAP_THRESHOLD_="65536")  # freed buffers go back to the OS: RSS peaks are real
     base = [sys.executable, "-m", "bench.bench_linear_loss", *(argv if argv is not None else sys.argv[1:])]
-    for method in a.methods.split(","):
-        r = subprocess.run(base + ["--child", method], capture_output=True, text=True, env=env,
+    def run_child(what):
+        r = subprocess.run(base + ["--child", what], capture_output=True, text=True, env=env,
                            cwd=pathlib.Path(__file__).resolve().parent.parent)
         if r.returncode != 0:
-            row = {"method": method, "error": (r.stderr.strip().splitlines() or ["?"])[-1]}
-        else:
-            row = json.loads(r.stdout.strip().splitlines()[-1])
+            return None, (r.stderr.strip().splitlines() or ["?"])[-1]
+        return json.loads(r.stdout.strip().splitlines()[-1]), None
+
+    methods = a.methods.split(",")
+    for method in methods:
+        row, err = run_child(method)
+        row = row or {"method": method, "error": err}
+        if "extra_peak_mb" in row:
             row["extra_peak_pct_of_logits"] = 100 * row["extra_peak_mb"] / logits_mb
         res["rows"].append(row)
         print(json.dumps(row))
         write_results(out, res)
+    times, err = run_child("times")
+    if times is None:
+        res["times_error"] = err
+    else:
+        floor = times.get("matmul_floor")
+        for row in res["rows"]:
+            t = times.get(row["method"])
+            if t is not None and "error" not in row:
+                row.update(median_s=statistics.median(t), times_s=t)
+                if floor:
+                    row["median_ratio_to_floor"] = statistics.median(x / f for x, f in zip(t, floor))
+    write_results(out, res)
+    print(json.dumps(times))
     return 0
 
 

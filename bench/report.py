@@ -216,23 +216,24 @@ def linear_loss_section(d: dict) -> str:
     """bench_linear_loss's table: extra peak memory and median time of each method, against the logits' size
     and the matmul floor."""
     rows = {r["method"]: r for r in d["rows"]}
-    floor = rows.get("matmul_floor", {}).get("median_s")
     lines = [f"N={d['exits']} exits, {d['tokens']:,} tokens, H={d['hidden']}, V={d['vocab']:,}, {d['dtype']}; the "
              f"N·T·V logits in fp32 would be {d['logits_fp32_mb']:,.0f} MB.", "",
-             "| method | extra peak memory | of the fp32 logits | fwd+bwd: median (runs) | vs the matmul floor |",
+             "| method | extra peak memory | of the fp32 logits | fwd+bwd: median (runs) | vs the floor, per round |",
              "|---|---|---|---|---|"]
     for key, r in rows.items():
         if "error" in r:
             lines.append(f"| {LINEAR_NAMES.get(key, key)} | failed: {r['error']} | | | |")
             continue
-        ratio = f"{r['median_s'] / floor:.2f}x" if floor else "-"
+        ratio = f"{r['median_ratio_to_floor']:.2f}x" if "median_ratio_to_floor" in r else "-"
         lines.append(f"| {LINEAR_NAMES.get(key, key)} | {r['extra_peak_mb']:,.0f} MB | "
                      f"{r['extra_peak_pct_of_logits']:.1f}% | {r['median_s']:.2f} s ({min(r['times_s']):.2f}-"
                      f"{max(r['times_s']):.2f}) | {ratio} |")
     chunk = next((r["chunk_tokens"] for r in d["rows"] if "chunk_tokens" in r), None)
     lines += ["", f"Chunks of {chunk} tokens; extra memory above the inputs "
               f"({'torch.cuda.max_memory_allocated' if d['machine']['gpu'] else 'the resident set high-water mark'}"
-              f"), each method in its own process after a warm-up; on {describe(d['machine'])}: `{d['command']}`."]
+              f"), each method in its own process after a warm-up; times from one more process, the methods "
+              f"interleaved round by round after a warm-up of each (ratio: median over rounds of time / the "
+              f"full-size GEMMs' time in that round); on {describe(d['machine'])}: `{d['command']}`."]
     return "\n".join(lines)
 
 
