@@ -6,6 +6,7 @@
     python -m experiments.suites --suite resnet         # multi-exit ResNet-18, the widest a CPU affords
     python -m experiments.suites --suite precision      # bf16 autocast vs fp32, joint and MSD, same seeds
     python -m experiments.suites --suite overfit        # 1,000 training images, 30 epochs: joint / BYOT / MSD
+    python -m experiments.suites --suite lm             # early-exit LM on real text: joint / BYOT / MSD (lm_suite.py)
     python -m experiments.suites --suite lowdata --seeds 5 --device cuda
 
 Every run is `python -m msd_fast.train` into runs/suites/<suite>/<method>-s<seed> and is skipped when its
@@ -206,10 +207,16 @@ def device_flags(a: argparse.Namespace) -> List[str]:
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--suite", choices=sorted(SUITES), required=True)
+    ap.add_argument("--suite", choices=sorted([*SUITES, "lm"]), required=True)
+    ap.add_argument("--scale", choices=("cpu", "gpu"), default="cpu",
+                    help="lm suite: the 2-core CPU setting, or the larger one for a GPU (lm_suite.GPU)")
     ap.add_argument("--no-readme", action="store_true", help="write the JSON and plots, leave the README alone")
     add_run_options(ap)
     a = ap.parse_args(argv)
+    if a.suite == "lm":
+        from experiments.lm_suite import main as lm_main
+
+        return lm_main(a)
     if a.readme_only:
         from bench.readme_sections import update_readme_section
 

@@ -7,6 +7,7 @@ Everything else is imported on first use, so `import msd_fast` stays light:
   data:     from_tensors, from_torch, load_dataset
   training: Trainer, train_config (the config keys and their defaults)
   early exit / evaluation: EarlyExit, evaluate_checkpoints
+  language models (the `lm` extra): attach_lm_exits
 """
 from .loss import (CosineBeta, FusedLinearMSDLoss, MSDLoss, MSDTerms, defaults, fused_linear_msd_loss, msd_loss,
                    reference_msd_terms)
@@ -17,7 +18,7 @@ _LAZY = {
     "create_model": "models", "list_models": "models", "register_model": "models", "attach_exits": "models",
     "load_model": "models", "export_weights": "models", "load_exported": "models",
     "from_tensors": "data", "from_torch": "data", "load_dataset": "data",
-    "Trainer": "train", "EarlyExit": "evaluate",
+    "Trainer": "train", "EarlyExit": "evaluate", "attach_lm_exits": "lm",
 }
 
 

@@ -185,3 +185,53 @@ def test_undetached_teachers_take_the_reference_per_chunk(teacher):
     args = _problem(3, 2, 7, 6, 11, bias=True, seed=13)
     _compare(args, dict(alpha=0.5, temperature=2.0, teacher=teacher, beta=0.2, detach_teacher=False, chunk_tokens=3),
              rtol=1e-10, atol=1e-12)
+
+
+def _weighted_reference(hidden, heads, biases, y, e, alpha, beta, teacher, detach):
+    """sum_n e_n * ((1 - alpha) CE_n + alpha KD_n + beta * hint_n) from the reference's per-exit terms."""
+    from msd_fast.loss import reference_msd_terms
+    from msd_fast.loss.api import _hint_scale
+
+    hidden, y = [h.reshape(-1, h.shape[-1]) for h in hidden], y.reshape(-1)
+    z = torch.stack([hidden[n] @ heads[n % len(heads)].t() + (biases[n % len(biases)] if biases else 0)
+                     for n in range(len(hidden))])
+    ce, kd, feat = reference_msd_terms(z, y, torch.stack(hidden), 3.0, teacher, detach, ignore_index=-100)
+    e = torch.tensor(e, dtype=ce.dtype)
+    return ((1 - alpha) * (e * ce).sum() + alpha * (e * kd).sum()
+            + beta * _hint_scale("mean", hidden[0].shape[-1]) * (e[:-1] * feat).sum())
+
+
+@pytest.mark.parametrize("N,per_exit,teacher,detach,dtype",
+                         [(2, False, "all", True, torch.float32), (3, True, "all", True, torch.float32),
+                          (4, False, "last", True, torch.float64), (5, True, "all", False, torch.float64),
+                          (8, False, "all", True, torch.float32), (3, False, "all", False, torch.float32)])
+def test_exit_weights_weigh_each_exits_terms(N, per_exit, teacher, detach, dtype):
+    from msd_fast.loss import exit_weight_schedule
+
+    args = _cast(_problem(N, 2, 5, 8, 19, per_exit=per_exit, bias=True), dtype)
+    e = exit_weight_schedule("inv_sqrt_l", [2 * n + 1 for n in range(N)])
+    kw = dict(alpha=0.4, beta=0.2, teacher=teacher, detach_teacher=detach)
+    got = _fused(*args, chunk_tokens=3, exit_weights=e, **kw)
+    ref = _weighted_reference(*args, e, 0.4, 0.2, teacher, detach)
+    tol = dict(rtol=1e-5, atol=1e-6) if dtype == torch.float32 else dict(rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(got.double(), ref.double(), **tol)
+    for a, b in zip(_grads(got, *args[:3]), _grads(ref, *args[:3])):
+        torch.testing.assert_close(a.double(), b.double(), **tol)
+
+
+def test_exit_weight_schedules_and_bad_weights():
+    from msd_fast.loss import EXIT_WEIGHT_SCHEDULES, exit_weight_schedule
+
+    d = [2, 4, 8]
+    assert exit_weight_schedule("uniform", d) == [1.0, 1.0, 1.0]
+    assert exit_weight_schedule("linear_l", d) == pytest.approx([3 * 2 / 14, 3 * 4 / 14, 3 * 8 / 14])
+    assert exit_weight_schedule("inv_l", d) == pytest.approx([3 * 0.5 / 0.875, 3 * 0.25 / 0.875, 3 * 0.125 / 0.875])
+    for k in EXIT_WEIGHT_SCHEDULES:
+        assert sum(exit_weight_schedule(k, d)) == pytest.approx(3.0)
+    with pytest.raises(ValueError, match="exit weight schedule must be one of"):
+        exit_weight_schedule("cubic", d)
+    hidden, heads, _, y = _problem(3, 1, 4, 6, 11)
+    for bad, err in (([1.0, 2.0], ValueError), ([1.0, -1.0, 1.0], ValueError), ([1.0, float("nan"), 1.0], ValueError),
+                     ("abc", TypeError)):
+        with pytest.raises(err, match="exit_weights"):
+            fused_linear_msd_loss(hidden, heads[0], y, exit_weights=bad)

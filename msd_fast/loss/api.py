@@ -76,7 +76,7 @@ def _note_traced_float_beta(ctx) -> None:
     except Exception:  # noqa: BLE001 - a symbolic float: it already changed between calls
         value = None
     first = _FLOAT_BETA["first"]
-    if _FLOAT_BETA["first"] is None and value is not None:
+    if first is None and value is not None:
         _FLOAT_BETA["first"] = value
     elif (value is None or value != first) and not _FLOAT_BETA["warned"]:
         _FLOAT_BETA["warned"] = True
@@ -95,8 +95,9 @@ def _on_cpu(logits, features) -> bool:
 
 def _fast_path(logits, target, features, alpha, temperature, beta, teacher, backend, feature_reduction,
                ignore_index):
-    """The fused operator called straight away for the hot-loop case (validate=False, eager, lists of exits
-    with class-index targets), or None when the call does not fit it. The full path's Python checks cost
+    """The fused operator called straight away for the hot-loop case (eager, lists of exits with class-index
+    targets; validate=False, or validate=True on CPU where the C++ kernel checks the targets itself: _on_cpu),
+    or None when the call does not fit it. The full path's Python checks cost
     about as much as the C++ kernel itself at training shapes, and both kernels of the operator check every
     input again (shapes, dtypes, devices, contiguity; the C++ one also the target range): so here they run
     only when the operator rejects the call, and the full path then repeats it and raises its own message."""

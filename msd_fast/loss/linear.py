@@ -13,9 +13,10 @@ import torch
 from torch import Tensor, nn
 
 from . import defaults
-from .api import MSDTerms, _fused_weights, _hint_scale
+from .api import MSDTerms, _hint_scale
 from .backends import resolve_backend
-from .reference import reference_msd_terms
+from .exit_weights import check_exit_weights
+from .linear_chunk import chunk_reference as _chunk_reference, head_weights as _weights
 from .validation import check_hparams
 
 TensorOrSeq = Union[Tensor, Sequence[Tensor]]
@@ -82,30 +83,6 @@ def _check(hidden: List[Tensor], heads: List[Tensor], biases: Optional[List[Tens
         raise ValueError(f"target is on {target.device} but hidden is on {h0.device}")
 
 
-def _weights(alpha: float, beta, hint_scale: float, dev: torch.device, acc: torch.dtype) -> Tensor:
-    """(w_ce, w_kd, w_feat) in the accumulation dtype (float64 inputs get float64 weights)."""
-    if acc == torch.float32:
-        return _fused_weights(alpha, beta, hint_scale, dev)
-    b = (beta.detach().to(dev, acc).reshape(1) if isinstance(beta, Tensor)
-         else torch.full((1,), float(beta), dtype=acc, device=dev)) * hint_scale
-    return torch.cat([torch.tensor([1.0 - alpha, alpha], dtype=acc, device=dev), b])
-
-
-def _chunk_reference(z: List[Tensor], y: Tensor, f: List[Tensor], w: Tensor, tau: float, teacher: str,
-                     detach: bool, ignore_index: Optional[int]):
-    """(total, per_exit [3, N], grad z, grad f) of one chunk from the reference, by autograd: float64, no
-    extension, or detach_teacher=False. z: N tensors [Tc, V] or [one stacked [N, Tc, V]], as the operator."""
-    with torch.enable_grad():
-        zl = (z[0] if len(z) == 1 else torch.stack(z)).detach().requires_grad_()
-        fs = [t.detach().requires_grad_() for t in f]
-        ce, kd, feat = reference_msd_terms(zl, y, torch.stack(fs) if fs else None, tau, teacher,
-                                           detach, ignore_index=ignore_index)
-        total = (w[0] * ce.sum() + w[1] * kd.sum() + w[2] * feat.sum()).to(w.dtype)
-        grads = torch.autograd.grad(total, [zl] + fs)
-    per_exit = torch.stack([ce, kd, torch.cat([feat, feat.new_zeros(1)])]).detach().float()
-    return total.detach(), per_exit, [grads[0]] if len(z) == 1 else list(grads[0].unbind(0)), list(grads[1:])
-
-
 def _linear(x: Tensor, w: Tensor, b: Optional[Tensor]) -> Tensor:
     return x @ w.t() if b is None else torch.addmm(b, x, w.t())
 
@@ -122,12 +99,13 @@ def _accumulate(acc: Tensor, a: Tensor, b: Tensor) -> None:
 
 def _fused_linear_impl(hidden: List[Tensor], heads: List[Tensor], biases: List[Tensor], target: Tensor,
                      w0: Tensor, tau: float, teacher_last: bool, detach: bool, use_hint: bool,
-                     ignore_index: Optional[int], step: int) -> Tuple[Tensor, Tensor, List[Tensor], List[Tensor],
+                     ignore_index: Optional[int], step: int,
+                     exit_weights: Optional[List[float]]) -> Tuple[Tensor, Tensor, List[Tensor], List[Tensor],
                                                                       List[Tensor]]:
     """Loss, per-exit terms [3, N] and every gradient (hidden, heads, biases), chunk by chunk. One opaque op
     to torch.compile: the chunk loop is not unrolled into the graph (and torch 2.11 mis-traced it)."""
     total, per_exit, gh, gw, gb = _forward(hidden, heads, biases or None, target, w0, tau, teacher_last, detach,
-                                           use_hint, ignore_index, step)
+                                           use_hint, ignore_index, step, exit_weights)
     return (total, per_exit, gh, [g.to(w.dtype) for g, w in zip(gw, heads)],
             [g.to(b.dtype) for g, b in zip(gb, biases)] if biases else [])
 
@@ -136,14 +114,15 @@ _fused_linear_op = torch.library.custom_op("msd_fast::fused_linear_msd", _fused_
 
 
 @_fused_linear_op.register_fake
-def _fused_linear_fake(hidden, heads, biases, target, w0, tau, teacher_last, detach, use_hint, ignore_index, step):
+def _fused_linear_fake(hidden, heads, biases, target, w0, tau, teacher_last, detach, use_hint, ignore_index, step,
+                       exit_weights):
     acc = torch.float64 if hidden[0].dtype == torch.float64 else torch.float32
     return (hidden[0].new_empty((), dtype=acc), hidden[0].new_empty((3, len(hidden)), dtype=torch.float32),
             [torch.empty_like(h) for h in hidden], [torch.empty_like(w) for w in heads],
             [torch.empty_like(b) for b in biases])
 
 
-def _forward(hidden, heads, biases, target, w0, tau, teacher_last, detach, use_hint, ignore_index, step):
+def _forward(hidden, heads, biases, target, w0, tau, teacher_last, detach, use_hint, ignore_index, step, exit_weights):
     N, H = len(hidden), hidden[0].shape[-1]
     V, dev, dtype = heads[0].shape[0], hidden[0].device, hidden[0].dtype
     hs = [h.reshape(-1, H) for h in hidden]                     # [T, H] views of contiguous inputs
@@ -163,6 +142,9 @@ def _forward(hidden, heads, biases, target, w0, tau, teacher_last, detach, use_h
     # A shared head takes the chunk's N exits as one [N*Tc, H] matrix: one GEMM each for the logits, the
     # hidden gradient and the weight gradient (K = N*Tc: N times fewer passes over the V x H accumulator).
     shared = len(heads) == 1
+    # Exit weights e_n (loss = sum_n e_n * exit n's terms): with detached teachers exit n's logits and hidden
+    # states get gradient only as the student of its own terms, so scaling them by e_n is exact.
+    ew = None if exit_weights is None else torch.tensor(exit_weights, dtype=acc, device=dev)
     for c0 in range(0, T, step):
         c1 = min(T, c0 + step)
         hc = [h[c0:c1] for h in hs]
@@ -176,8 +158,13 @@ def _forward(hidden, heads, biases, target, w0, tau, teacher_last, detach, use_h
         f = hc if use_hint else []                                          # row slices: contiguous
         if name == "fused":
             tot, pe, gz, gf = torch.ops.msd_fast.fused_msd_loss.default(z, yc, f, wc.float(), tau, teacher_last, ig)
+            if ew is not None:
+                tot = (wc.view(3, 1) * pe.to(acc) * ew).sum()
+                for k, g in enumerate(gz):
+                    g.mul_((ew.view(N, 1, 1) if shared else ew[k]).to(g.dtype))
+                gf = [g * ew[n].to(g.dtype) for n, g in enumerate(gf)]
         else:
-            tot, pe, gz, gf = _chunk_reference(z, yc, f, wc.to(acc), tau, teacher, detach, ig)
+            tot, pe, gz, gf = _chunk_reference(z, yc, f, wc.to(acc), tau, teacher, detach, ig, ew)
         del z
         total += tot.to(acc)
         per_exit += pe * share.float()
@@ -230,7 +217,7 @@ def fused_linear_msd_loss(hidden: TensorOrSeq, weight: TensorOrSeq, target: Tens
                           temperature: float = defaults.TEMPERATURE, beta: Union[float, Tensor] = defaults.BETA_BEGIN,
                           teacher: str = "all", detach_teacher: bool = True, ignore_index: Optional[int] = -100,
                           feature_reduction: str = defaults.FEATURE_REDUCTION, chunk_tokens: Optional[int] = None,
-                          return_terms: bool = False):
+                          exit_weights: Optional[Sequence[float]] = None, return_terms: bool = False):
     """The MSD loss of N exits through a linear head, equal in value and gradients to
     `msd_loss([h_n @ W_n.T + b_n for n], target, hidden if beta else None, ...)`, without the N x T x V
     logits in memory at once.
@@ -243,6 +230,8 @@ def fused_linear_msd_loss(hidden: TensorOrSeq, weight: TensorOrSeq, target: Tens
         bias: None, [V] (shared head) or N biases.
         alpha, temperature, teacher, detach_teacher, feature_reduction: as `msd_loss`.
         beta: weight of the hint that pulls each exit's hidden state towards the deepest one's (0: none).
+        exit_weights: N finite weights >= 0, one per exit: loss = sum_n e_n * (exit n's CE, KD and hint terms)
+            (per-exit loss weights, `exit_weight_schedule`); None: all 1.
         chunk_tokens: tokens per chunk; default: as many as keep the chunk's logits and their gradient under
             CHUNK_BYTES (64 MiB on CPU, 1 GiB on CUDA).
         return_terms: also return `MSDTerms` (per-exit means, detached).
@@ -266,7 +255,8 @@ def fused_linear_msd_loss(hidden: TensorOrSeq, weight: TensorOrSeq, target: Tens
     acc = torch.float64 if h0.dtype == torch.float64 else torch.float32
     w0 = _weights(float(alpha), beta, _hint_scale(feature_reduction, h0.shape[-1]) if use_hint else 1.0, h0.device, acc)
     step = chunk_tokens or chunk_tokens_for(len(hs), heads[0].shape[0], h0.dtype, h0.device)
-    hp = (float(temperature), teacher == "last", bool(detach_teacher), use_hint, ignore_index, int(step))
+    ew = check_exit_weights(exit_weights, len(hs))
+    hp = (float(temperature), teacher == "last", bool(detach_teacher), use_hint, ignore_index, int(step), ew)
     fused = resolve_backend("auto", h0.device, h0.dtype, detach_teacher, len(hs), teacher, True) == "fused"
     opts = (len(hs), len(heads), len(biases or ()), hp, fused)
     total, per_exit = _FusedLinearMSD.apply(opts, target, w0, *hs, *heads, *(biases or ()))
@@ -283,19 +273,20 @@ class FusedLinearMSDLoss(nn.Module):
     def __init__(self, alpha: float = defaults.ALPHA, temperature: float = defaults.TEMPERATURE,
                  beta: float = defaults.BETA_BEGIN, teacher: str = "all", detach_teacher: bool = True,
                  ignore_index: Optional[int] = -100, feature_reduction: str = defaults.FEATURE_REDUCTION,
-                 chunk_tokens: Optional[int] = None):
+                 chunk_tokens: Optional[int] = None, exit_weights: Optional[Sequence[float]] = None):
         super().__init__()
         check_hparams(alpha, temperature, beta, teacher, True, 0.0, ignore_index, feature_reduction)
         self.alpha, self.temperature, self.beta, self.teacher = float(alpha), float(temperature), beta, teacher
         self.detach_teacher, self.ignore_index, self.feature_reduction = detach_teacher, ignore_index, feature_reduction
-        self.chunk_tokens = chunk_tokens
+        self.chunk_tokens, self.exit_weights = chunk_tokens, exit_weights
 
     def forward(self, hidden, weight, target, bias=None, *, beta=None, return_terms: bool = False):
         return fused_linear_msd_loss(hidden, weight, target, bias=bias, alpha=self.alpha,
                                      temperature=self.temperature, beta=self.beta if beta is None else beta,
                                      teacher=self.teacher, detach_teacher=self.detach_teacher,
                                      ignore_index=self.ignore_index, feature_reduction=self.feature_reduction,
-                                     chunk_tokens=self.chunk_tokens, return_terms=return_terms)
+                                     chunk_tokens=self.chunk_tokens, exit_weights=self.exit_weights,
+                                     return_terms=return_terms)
 
     def extra_repr(self) -> str:
         return (f"alpha={self.alpha}, temperature={self.temperature}, beta={self.beta}, teacher={self.teacher!r}, "

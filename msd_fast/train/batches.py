@@ -32,6 +32,11 @@ class BatchSource:
         self.std = torch.tensor(data.std, dtype=torch.float32, device=device)
         self._perm_host, self._perm_dev = None, None
 
+    @property
+    def on_device(self) -> bool:
+        """Whether the training set lives on a CUDA device (a CUDA-graphed step needs it there)."""
+        return self.images.is_cuda
+
     def epoch_order(self, seed: int, epoch: int) -> Tuple[torch.Tensor, torch.Generator]:
         """The epoch's permutation of the training set and its augmentation generator (seeded by epoch)."""
         perm = torch.randperm(len(self.data.train), generator=torch.Generator().manual_seed(seed * 1_000_003 + epoch))

@@ -4,21 +4,25 @@ from typing import Any, Dict
 
 from ..data.datasets import DATASETS
 from ..loss import defaults as loss_defaults
+from ..loss.exit_weights import EXIT_WEIGHT_SCHEDULES
 from ..loss.validation import FEATURE_REDUCTIONS
+from ..lm.names import LM_DATASETS, LM_HEADS
 
 DEFAULT_PRESET = "fashion_mnist_cpu"
 
 DEFAULTS: Dict[str, Any] = {
-    # data
-    "dataset": "fashion-mnist", "data_dir": None, "val_size": None, "train_subset": 0, "split_seed": 0,
+    # task and data
+    "task": "image", "dataset": "fashion-mnist", "data_dir": None, "val_size": None, "train_subset": 0, "split_seed": 0,
     # model
     "model": "resnet18", "width": 1.0,
+    # language models (task: lm)
+    "seq_len": 128, "exit_layers": [], "lm_heads": "shared", "exit_weights": "uniform",
     # method and loss
     "method": "msd", "alpha": loss_defaults.ALPHA, "temperature": loss_defaults.TEMPERATURE,
     "beta_begin": loss_defaults.BETA_BEGIN, "beta_end": loss_defaults.BETA_END, "loss_backend": "auto",
     "feature_reduction": loss_defaults.FEATURE_REDUCTION, "label_smoothing": 0.0,
     # optimisation
-    "epochs": 3, "batch_size": 128, "accum_steps": 1, "lr": 0.1, "momentum": 0.9, "nesterov": True,
+    "optimizer": "sgd", "epochs": 3, "batch_size": 128, "accum_steps": 1, "lr": 0.1, "momentum": 0.9, "nesterov": True,
     "weight_decay": 5e-4, "lr_schedule": "cosine", "milestones": [], "gamma": 0.1, "warmup_epochs": 0.0,
     # speed (auto: per device)
     "device": "auto", "amp": "auto", "channels_last": "auto", "compile": "auto", "cuda_graph": "auto",
@@ -32,10 +36,21 @@ DEFAULTS: Dict[str, Any] = {
 
 CHOICES = {"feature_reduction": FEATURE_REDUCTIONS, "loss_backend": ("auto", "reference", "cpp", "triton"),
            "amp": ("auto", "none", "bf16", "fp16"), "lr_schedule": ("cosine", "multistep"),
-           "best_metric": ("mean", "last"), "dataset": DATASETS}
+           "best_metric": ("mean", "last"), "dataset": DATASETS + LM_DATASETS, "task": ("image", "lm"),
+           "lm_heads": LM_HEADS, "exit_weights": EXIT_WEIGHT_SCHEDULES, "optimizer": ("sgd", "adamw")}
 TRISTATE = ("channels_last", "compile", "cuda_graph", "data_on_device")  # auto | true | false
 
 HELP = {
+    "task": "image: classify images (multi-exit CNNs); lm: next-token prediction with exits on a causal LM "
+            "(dataset python-stdlib, models llama-tiny / qwen2-tiny / gpt2-tiny; needs the lm extra)",
+    "seq_len": "lm: tokens per training sequence (the model's context length)",
+    "exit_layers": "lm: 0-based decoder layers with an exit (the last layer is always one); empty: 4 exits "
+                   "spread evenly",
+    "lm_heads": "lm: shared (the model's final norm + head for every exit) or per_exit (a head per exit, "
+                "initialised from the model's)",
+    "exit_weights": "lm: per-exit loss weights by exit depth d (scaled to sum to the number of exits): uniform, "
+                    "linear_l, sqrt_l, inv_l, inv_sqrt_l",
+    "optimizer": "sgd (momentum, Nesterov) or adamw (betas 0.9, 0.95; weight_decay decoupled)",
     "feature_reduction": "the feature hint: mean or sum of the squared difference over the feature dimension",
     "label_smoothing": "label smoothing of every exit's cross-entropy (runs the reference loss when > 0)",
     "best_metric": "which validation accuracy picks the 'best' checkpoint: mean over exits, or the last exit",
@@ -46,7 +61,8 @@ HELP = {
     "data_on_device": "on CUDA, hold the training set on the GPU and augment there (auto: when it fits)",
     "max_steps": "stop after this many optimizer steps in total (0 = no limit; for smoke tests). A stop inside an "
                  "epoch checkpoints that position: --resume with a larger --max-steps (or 0) trains on from there",
-    "val_size": "images held out of the training set for validation (default 5000; synthetic 512)",
+    "val_size": "images held out of the training set for validation (default 5000; synthetic 512); task lm: "
+                "sequences of the corpus's val and test splits evaluated (default: all)",
 }
 
 

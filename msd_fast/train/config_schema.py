@@ -29,7 +29,10 @@ def _plain_name(v: str) -> bool:
 
 
 SCHEMA: Dict[str, Tuple[str, Any, str, bool]] = {  # key: (kind, check, wants, may be None)
-    "dataset": ("choice", *_ANY, False), "data_dir": ("str", *_ANY, True), "val_size": ("int", *_GE1, True),
+    "task": ("choice", *_ANY, False), "dataset": ("choice", *_ANY, False),
+    "seq_len": ("int", lambda v: 2 <= v <= 1 << 20, "in [2, 2**20]", False), "exit_layers": ("int_list", *_NONNEG, False),
+    "lm_heads": ("choice", *_ANY, False), "exit_weights": ("choice", *_ANY, False),
+    "optimizer": ("choice", *_ANY, False), "data_dir": ("str", *_ANY, True), "val_size": ("int", *_GE1, True),
     "train_subset": ("int", *_NONNEG, False), "split_seed": ("int", *_SEED, False),
     "model": ("str", *_ANY, False), "width": ("float", lambda v: 0 < v <= 64, "in (0, 64]", False),
     "method": ("choice", *_ANY, False), "alpha": ("float", *_ANY, False),  # loss ranges: check_hparams
@@ -140,7 +143,30 @@ def validate_config(cfg: Dict[str, Any], sources: Optional[Dict[str, str]] = Non
                           f"(from {sources.get('batch_size', 'the code default')} and "
                           f"{sources.get('accum_steps', 'the code default')})")
     from ..models import list_models  # imported here: the models package is heavier than this module
+    from ..lm.names import LM_DATASETS, LM_MODELS
 
+    def _src(k):
+        return sources.get(k, "the code default")
+
+    lm = cfg["task"] == "lm"
+    if not custom_data and (cfg["dataset"] in LM_DATASETS) != lm:
+        raise ConfigError(f"dataset {cfg['dataset']!r} (from {_src('dataset')}) is not a dataset of task "
+                          f"{cfg['task']!r} (from {_src('task')}); "
+                          + (f"language-model datasets: {', '.join(LM_DATASETS)}" if lm else "image datasets: "
+                             + ", ".join(d for d in CHOICES['dataset'] if d not in LM_DATASETS)))
+    if lm:
+        if not custom_model and cfg["model"] not in LM_MODELS:
+            raise ConfigError(f"model must be one of {', '.join(LM_MODELS)} for task lm; got {cfg['model']!r} "
+                              f"(from {_src('model')})")
+        for key, ok in (("label_smoothing", 0.0), ("loss_backend", "auto")):
+            if cfg[key] != ok:
+                raise ConfigError(f"{key} must be {ok!r} for task lm (the fused linear loss), got {cfg[key]!r} "
+                                  f"(from {_src(key)})")
+        return
+    for key in ("exit_layers", "lm_heads", "exit_weights", "seq_len"):
+        if cfg[key] != DEFAULTS[key]:
+            raise ConfigError(f"{key} applies to task lm only; task is {cfg['task']!r} (from {_src('task')}), "
+                              f"{key} is {cfg[key]!r} (from {_src(key)})")
     if not custom_model and cfg["model"] not in list_models():
         raise ConfigError(f"model must be one of {', '.join(list_models())}; got {cfg['model']!r} "
                           f"(from {sources.get('model', 'the code default')})")

@@ -1,4 +1,4 @@
-"""Optimizer and learning-rate schedule from the config: SGD (momentum, Nesterov, weight decay) with a
+"""Optimizer and learning-rate schedule from the config: SGD (momentum, Nesterov, weight decay) or AdamW with a
 per-step cosine or multi-step schedule and an optional linear warm-up."""
 import math
 
@@ -17,9 +17,12 @@ def build_optimizer(params, cfg: TrainConfig) -> torch.optim.Optimizer:
     """SGD with the config's momentum / Nesterov / weight decay; fused where torch supports it (the same update
     rule, computed in one pass per parameter)."""
     params = list(params)
+    fused = True if params and fused_supported(params) else None
+    if cfg.optimizer == "adamw":  # the transformer default: betas (0.9, 0.95), decoupled weight decay
+        return torch.optim.AdamW(params, lr=cfg.lr, betas=(0.9, 0.95), weight_decay=cfg.weight_decay, fused=fused)
     return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum,
                            nesterov=cfg.nesterov and cfg.momentum > 0, weight_decay=cfg.weight_decay,
-                           fused=True if params and fused_supported(params) else None)
+                           fused=fused)
 
 
 def lr_factor(step: int, cfg: TrainConfig, steps_per_epoch: int) -> float:

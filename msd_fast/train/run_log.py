@@ -93,7 +93,8 @@ class RunLogger:
 # ------------------------------------------------------------------------------------------ results
 def results_dict(*, cfg: TrainConfig, epoch: int, steps: int, history: List[Dict[str, Any]],
                  last_test: Dict[str, Any], best: Dict[str, Any], cost: Dict[str, Any], input_size,
-                 wall_s: float, speed: Dict[str, Any], world_size: int, last_val=None) -> Dict[str, Any]:
+                 wall_s: float, speed: Dict[str, Any], world_size: int, last_val=None,
+                 metric: str = "acc") -> Dict[str, Any]:
     """The run's results.json: per-exit accuracy at the last and at the best-validation epoch, costs, setup.
     last_val: the validation of a stop inside an epoch (else the last epoch's); best["step"], when present,
     is the optimizer step of a best chosen at such a stop."""
@@ -101,16 +102,19 @@ def results_dict(*, cfg: TrainConfig, epoch: int, steps: int, history: List[Dict
 
     import torch
 
+    m, what = metric, {"acc": "accuracy", "ppl": "perplexity"}.get(metric, metric)
     if last_val is None:
-        last_val = history[-1]["val_acc"] if history else None
+        last_val = history[-1][f"val_{m}"] if history else None
     return {
         "dataset": cfg.dataset, "model": cfg.model, "method": cfg.method, "epochs_run": epoch, "steps": steps,
-        "last": {"epoch": epoch, "val_acc": last_val, "test_acc": last_test["exits"],
+        "metric": m,
+        "last": {"epoch": epoch, f"val_{m}": last_val, f"test_{m}": last_test["exits"],
                  "test_ensemble": last_test["ensemble"]},
         "best_val": {"epoch": best["epoch"], "step": best.get("step"),
-                     "selected_by": "mean validation accuracy over exits" if cfg.best_metric == "mean"
-                     else "last exit's validation accuracy",
-                     "val_acc": best["val"] and best["val"]["exits"], "test_acc": best["test"] and best["test"]["exits"],
+                     "selected_by": f"mean validation {what} over exits" if cfg.best_metric == "mean"
+                     else f"last exit's validation {what}",
+                     f"val_{m}": best["val"] and best["val"]["exits"],
+                     f"test_{m}": best["test"] and best["test"]["exits"],
                      "test_ensemble": best["test"] and best["test"]["ensemble"]},
         "params": cost["params"], "exit_flops": cost["exit_flops"], "input_size": list(input_size),
         "wall_time_s": wall_s, "speed": speed, "world_size": world_size,
@@ -124,16 +128,19 @@ def write_results(run_dir: pathlib.Path, results: Dict[str, Any]) -> None:
 
 
 def format_results_table(r: Dict[str, Any]) -> str:
-    n = len(r["last"]["test_acc"])
-    lines = [f"Per-exit top-1 accuracy (%), {r['dataset']} / {r['model']} / {r['method']}",
+    m = r.get("metric", "acc")
+    nan, ens = float("nan"), r["last"]["test_ensemble"]
+    n = len(r["last"][f"test_{m}"])
+    title = "top-1 accuracy (%)" if m == "acc" else "perplexity" if m == "ppl" else m
+    lines = [f"Per-exit {title}, {r['dataset']} / {r['model']} / {r['method']}",
              "| exit | GFLOPs | val (last) | test (last) | test ensemble 1..k (last) | val (best) | test (best) |",
              "|---|---|---|---|---|---|---|"]
     b = r["best_val"]
     for k in range(n):
-        val_last = r["last"]["val_acc"][k] if r["last"]["val_acc"] else float("nan")
-        lines.append(f"| {k + 1} | {r['exit_flops'][k] / 1e9:.4f} | {val_last:.2f} | {r['last']['test_acc'][k]:.2f} | "
-                     f"{r['last']['test_ensemble'][k]:.2f} | {b['val_acc'][k] if b['val_acc'] else float('nan'):.2f} | "
-                     f"{b['test_acc'][k] if b['test_acc'] else float('nan'):.2f} |")
+        val_last = r["last"][f"val_{m}"][k] if r["last"][f"val_{m}"] else nan
+        lines.append(f"| {k + 1} | {r['exit_flops'][k] / 1e9:.4f} | {val_last:.2f} | {r['last'][f'test_{m}'][k]:.2f} | "
+                     f"{ens[k] if ens else nan:.2f} | {b[f'val_{m}'][k] if b[f'val_{m}'] else nan:.2f} | "
+                     f"{b[f'test_{m}'][k] if b[f'test_{m}'] else nan:.2f} |")
     where = f"epoch {b['epoch']}" if b.get("step") is None else \
         f"the stop at step {b['step']} (inside epoch {b['epoch'] + 1})"
     lines.append(f"best validation: {where} (selected by {b['selected_by']})" if b["epoch"] is not None

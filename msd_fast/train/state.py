@@ -4,28 +4,16 @@ format itself (keys, version, safe loading) is msd_fast.checkpoint's."""
 from typing import Any, Dict
 
 from .. import checkpoint as ckpt_format
-from ..models.preprocess import Preprocess
 
 
 def training_state(t) -> Dict[str, Any]:
     cfg = t.cfg
     return ckpt_format.pack(
-        config=cfg.as_dict(), model_name=cfg.model,
-        num_classes=t.data.num_classes, in_channels=t.data.in_channels, width=cfg.width, dataset=cfg.dataset,
+        config=cfg.as_dict(), **t.task.checkpoint_fields(),
         model=t.model.state_dict(), optimizer=t.opt.state_dict(), scheduler=t.sched.state_dict(),
         scaler=t.scaler.state_dict(), epoch=t.epoch, step_in_epoch=t.step_in_epoch, global_step=t.global_step,
         aug_state=t.aug_state, sums=None if t.sums is None else {k: v.cpu() for k, v in t.sums.items()},
-        rng=ckpt_format.rng_state(), history=t.history, best=t.best, wall_s=t._wall(), cost=t.cost,
-        preprocess=Preprocess(tuple(t.data.mean), tuple(t.data.std), tuple(t.data.image_size)).as_dict())
-
-
-def _differs(t, ckpt: Dict[str, Any]) -> str:
-    """'' when the checkpoint's model is the one this trainer built, else what differs."""
-    mine = {"model": t.cfg.model, "num_classes": t.data.num_classes, "in_channels": t.data.in_channels,
-            "width": t.cfg.width}
-    theirs = {"model": ckpt["model_name"], "num_classes": ckpt["num_classes"], "in_channels": ckpt["in_channels"],
-              "width": ckpt["width"]}
-    return ", ".join(f"{k} {theirs[k]!r} (this run: {mine[k]!r})" for k in mine if mine[k] != theirs[k])
+        rng=ckpt_format.rng_state(), history=t.history, best=t.best, wall_s=t._wall(), cost=t.cost)
 
 
 def _first_line(e: Exception) -> str:
@@ -38,7 +26,7 @@ def restore_training_state(t, ckpt: Dict[str, Any], path) -> None:
     """Restores t from ckpt; a checkpoint of another model, or state that does not fit the model, optimizer,
     schedule or grad scaler, raises CheckpointError naming `path` and what differs (the Trainer's start then
     fails: nothing half-restored is trained on)."""
-    why = _differs(t, ckpt)
+    why = t.task.differs(ckpt)
     if why:
         raise ckpt_format.CheckpointError(f"{path} belongs to another model: {why}")
     for what, obj, state in (("model weights", t.model, ckpt["model"]), ("optimizer state", t.opt, ckpt["optimizer"]),

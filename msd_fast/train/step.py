@@ -16,9 +16,10 @@ from .train_config import TrainConfig
 
 
 class TrainStep:
-    def __init__(self, *, model, ddp, criterion, opt, sched, scaler, method, device, amp_dtype, dist,
+    def __init__(self, *, model, ddp, criterion, count_correct, opt, sched, scaler, method, device, amp_dtype, dist,
                  accum_steps: int, compile: bool, make_batch, beta_sched: CosineBeta, beta_t: torch.Tensor):
         self.model, self.ddp, self.criterion, self.method = model, ddp, criterion, method
+        self.count_correct = count_correct  # (out, y) -> correct per computed exit: Task.correct
         self.make_batch = make_batch  # (idx, aug) -> (x, y): BatchSource.make
         self.opt, self.sched, self.scaler = opt, sched, scaler
         self.device, self.amp_dtype, self.dist, self.accum = device, amp_dtype, dist, accum_steps
@@ -27,16 +28,17 @@ class TrainStep:
         self.graph = None  # the GraphedStep replaying this step, while it can (build)
 
     @classmethod
-    def build(cls, *, cfg: TrainConfig, model, method, device, dist, speed: Speed, amp_dtype, steps_per_epoch: int,
+    def build(cls, *, cfg: TrainConfig, task, method, device, dist, speed: Speed, amp_dtype, steps_per_epoch: int,
               make_batch) -> "TrainStep":
         """The step of a config: the method's criterion, SGD and its schedule, the grad scaler (fp16), the beta
         schedule with beta as a device scalar (changes without recompiles or host syncs), DDP when distributed,
         the CUDA graph of the whole step when speed.cuda_graph."""
+        model = task.model
         opt = build_optimizer(model.parameters(), cfg)
         hint = method.uses_hint
         step = cls(model=model, ddp=DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda"
                                                             else None) if dist.enabled else model,
-                   criterion=method.build(cfg, model.num_exits), opt=opt,
+                   criterion=task.criterion(method.build(cfg, model.num_exits)), count_correct=task.correct, opt=opt,
                    sched=build_scheduler(opt, cfg, steps_per_epoch),
                    scaler=torch.amp.GradScaler(device.type, enabled=speed.amp == "fp16"), method=method, device=device,
                    amp_dtype=amp_dtype, dist=dist, accum_steps=cfg.accum_steps, compile=speed.compile,
@@ -52,7 +54,7 @@ class TrainStep:
         with torch.autocast(self.device.type, dtype=self.amp_dtype or torch.bfloat16, enabled=self.amp_dtype is not None):
             out = self.ddp(x, last_only=self.method.forward_exits == "last")
             loss, terms = self.criterion(out, y, beta)
-        correct = (torch.stack(out.logits).argmax(-1) == y).sum(1).float()  # [computed exits], one op for all
+        correct = self.count_correct(out, y)  # [computed exits]
         missing = self.model.num_exits - correct.shape[0]  # exits the method did not compute count as 0
         if missing:
             correct = torch.cat([correct.new_zeros(missing), correct])

@@ -36,10 +36,13 @@ def accumulate(sums: Sums, loss: torch.Tensor, terms: torch.Tensor, correct: tor
     sums["nonfinite"] += (~torch.isfinite(loss.detach())).float()
 
 
-def epoch_means(sums: Sums, num_exits: int, dist: DistInfo) -> Dict[str, Any]:
-    """Per-epoch training metrics summed over ranks (one host sync)."""
+def epoch_means(sums: Sums, num_exits: int, dist: DistInfo, train_acc: bool = True) -> Dict[str, Any]:
+    """Per-epoch training metrics summed over ranks (one host sync); train_acc: whether correct counts exist."""
     s = {k: all_reduce_sum(v.clone(), dist) for k, v in sums.items()}
     cnt = s["count"].item()
     terms, n = (s["terms"] / cnt).tolist(), num_exits
-    return {"train_loss": (s["loss"] / cnt).item(), "train_ce": terms[:n], "train_kd": terms[n:2 * n],
-            "train_feat": terms[2 * n:], "train_acc": (s["correct"] * 100.0 / cnt).tolist()}
+    out = {"train_loss": (s["loss"] / cnt).item(), "train_ce": terms[:n], "train_kd": terms[n:2 * n],
+           "train_feat": terms[2 * n:]}
+    if train_acc:
+        out["train_acc"] = (s["correct"] * 100.0 / cnt).tolist()
+    return out

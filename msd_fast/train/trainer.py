@@ -1,7 +1,8 @@
 """The training loop: epochs of steps, evaluation, checkpoints, resume, Ctrl-C and divergence handling.
 
-What is computed comes from elsewhere: the method (methods.py) builds the criterion, step.py runs one
-optimizer step, batches.py the data order and augmentation, speed.py the device policy, optim.py the
+What is computed comes from elsewhere: the task (task.py: images, or msd_fast.lm's language modelling) gives
+the data, model, batches, evaluation and checkpoint fields, the method (methods.py) builds the criterion,
+step.py runs one optimizer step, speed.py the device policy, optim.py the
 optimizer and schedule, run_dir.py the directory, run_log.py logs and results, state.py and
 msd_fast.checkpoint the checkpoint, train_config.py the frozen config. Library code raises; only cli.py turns
 errors into exit codes. A resumed run continues with exactly the batches the uninterrupted run would have seen."""
@@ -15,11 +16,7 @@ import torch
 
 from .. import checkpoint as ckpt_format
 from ..distributed import DistInfo, barrier, init_distributed
-from ..evaluate.predict import evaluate_split
-from ..data import load_dataset, normalize
-from ..models import check_exit_outputs, check_multi_exit, create_model
 from .args import check_trainer_args
-from .batches import BatchSource
 from .config import DEFAULTS, ConfigError
 from .graph import graph_unsupported
 from .methods import get_method
@@ -28,6 +25,7 @@ from .run_log import RunLogger, format_results_table, results_dict, write_result
 from .speed import AMP_DTYPES, resolve_speed
 from .state import restore_training_state, training_state
 from .step import TrainStep
+from .task import make_task
 from .train_config import TrainConfig
 from .sums import TrainingDiverged, check_finite, epoch_means, new_sums  # noqa: F401 (TrainingDiverged re-exported)
 
@@ -61,29 +59,18 @@ class Trainer:
         if G % (world * accum):
             raise ConfigError(f"--batch-size {G} must be divisible by world size x accum steps = {world * accum}")
 
-        self.data = data if data is not None else load_dataset(
-            cfg.dataset, cfg.data_dir, cfg.val_size, cfg.split_seed, cfg.train_subset)
-        self.steps_per_epoch = len(self.data.train) // G
+        self.task = task = make_task(cfg, self.device, self.dist, self.speed, self.amp_dtype, data, model)
+        self.data, self.model, self.batches = getattr(task, "data", None), task.model, task.batches
+        self.cost, self.input_size = task.cost, task.input_size
+        self.steps_per_epoch = task.train_size // G
         if self.steps_per_epoch < 1:
-            raise ConfigError(f"--batch-size {G} is larger than the training set ({len(self.data.train)} images)")
-        self.batches = BatchSource(self.data, self.device, self.dist, cfg, self.speed.channels_last)
-
-        torch.manual_seed(cfg.seed)
-        self.model = check_multi_exit(model) if model is not None else create_model(
-            cfg.model, self.data.num_classes, self.data.in_channels, cfg.width)
-        self.input_size = (self.data.in_channels, *self.data.image_size)
-        self.cost = self.model.cost(self.input_size)
-        mf = torch.channels_last if self.speed.channels_last else torch.contiguous_format
-        self.model = self.model.to(self.device, memory_format=mf)
-        probe = self.data.train.images[:3].to(self.device)
-        check_exit_outputs(self.model, normalize(probe, self.data.mean, self.data.std).contiguous(memory_format=mf),
-                           self.data.num_classes)
+            raise ConfigError(f"--batch-size {G} is larger than the training set ({task.train_size} samples)")
         why_not = graph_unsupported(self.device, self.speed.amp, self.dist.enabled, cfg.accum_steps,
-                                    self.batches.images.is_cuda)
+                                    self.batches.on_device)
         if cfg.cuda_graph is True and why_not:
             raise ConfigError(f"--cuda-graph true: {why_not}")
         self.speed = replace(self.speed, cuda_graph=cfg.cuda_graph in ("auto", True) and not why_not)
-        self.step = TrainStep.build(cfg=cfg, model=self.model, method=self.method, device=self.device,
+        self.step = TrainStep.build(cfg=cfg, task=task, method=self.method, device=self.device,
                                     dist=self.dist, speed=self.speed, amp_dtype=self.amp_dtype,
                                     steps_per_epoch=self.steps_per_epoch, make_batch=self.batches.make)
         self.opt, self.sched, self.scaler = self.step.opt, self.step.sched, self.step.scaler
@@ -91,7 +78,7 @@ class Trainer:
 
         self.epoch, self.step_in_epoch, self.global_step = 0, 0, 0
         self.aug_state: Optional[torch.Tensor] = None
-        self.history, self.best = [], {"value": -1.0, "epoch": None, "val": None, "test": None}
+        self.history, self.best = [], {"value": None, "epoch": None, "val": None, "test": None}
         self.stop_val = None  # validation of a stop inside an epoch (--max-steps), for results.json
         self.sums = None
         self.wall_before, self._session_start = 0.0, None
@@ -237,26 +224,31 @@ class Trainer:
         self._stop_requested = True
         print("\n[msd_fast] Ctrl-C: finishing the current step and saving a checkpoint (Ctrl-C again to abort)")
 
-    def _eval(self, split) -> Dict[str, Any]:
-        return evaluate_split(self.model, split, self.data.mean, self.data.std, self.cfg.eval_batch_size,
-                              self.device, self.speed.channels_last, self.amp_dtype, self.dist)
+    def _eval(self, split: str) -> Dict[str, Any]:
+        return self.task.evaluate(split)
+
+    def _improves(self, exits) -> Optional[float]:
+        """The validation score of per-exit values `exits` when it beats the best so far, else None."""
+        score = self.task.score(exits, self.cfg.best_metric)
+        return score if self.best["value"] is None or score > self.best["value"] else None
 
     def _end_epoch(self, images_per_s: float, epoch_time: float) -> None:
-        train = epoch_means(self.sums, self.model.num_exits, self.dist)
-        val = self._eval(self.data.val)
+        train = epoch_means(self.sums, self.model.num_exits, self.dist, self.task.train_acc)
+        val = self._eval("val")
+        m = self.task.metric
         row = {
             "epoch": self.epoch + 1, "step": self.global_step, "lr": self.opt.param_groups[0]["lr"],
-            "beta": float(self.beta_t), **train, "val_acc": val["exits"],
+            "beta": float(self.beta_t), **train, f"val_{m}": val["exits"],
             "val_ensemble": val["ensemble"], "images_per_s": images_per_s * self.dist.world_size,
             "epoch_time_s": epoch_time,
         }
         self.history.append(row)
         self.epoch, self.step_in_epoch, self.sums = self.epoch + 1, 0, None
         exits = val["exits"]
-        metric = exits[-1] if self.cfg.best_metric == "last" else sum(exits) / len(exits)
-        improved = metric > self.best["value"]
+        score = self._improves(exits)
+        improved = score is not None
         if improved:
-            self.best = {"value": metric, "epoch": self.epoch, "val": val, "test": self._eval(self.data.test)}
+            self.best = {"value": score, "epoch": self.epoch, "val": val, "test": self._eval("test")}
         # last.pt first: it records which epoch is best, so a kill between the two saves is repaired on
         # resume (run_dir.reconcile_best) and best.pt is never newer than last.pt.
         self._save("last.pt")
@@ -265,21 +257,20 @@ class Trainer:
         self.log.log_epoch(row, self.history)
         if self.dist.is_main:
             print(f"[msd_fast] epoch {self.epoch}/{self.cfg.epochs}  loss {row['train_loss']:.4f}  "
-                  f"val acc per exit {' / '.join(f'{a:.2f}' for a in exits)}  "
-                  f"{row['images_per_s']:.0f} img/s  {epoch_time:.1f} s", flush=True)
+                  f"val {m} per exit {' / '.join(f'{a:.2f}' for a in exits)}  "
+                  f"{row['images_per_s']:.0f} samples/s  {epoch_time:.1f} s", flush=True)
 
     def _validate_stop(self) -> None:
         """A stop inside an epoch (--max-steps): the weights as they are get validated like an epoch's end, so
         the run has validation figures and a best.pt (when they beat the best epoch so far); last.pt keeps
         the position in the epoch."""
-        val = self._eval(self.data.val)
+        val = self._eval("val")
         self.stop_val = val
-        exits = val["exits"]
-        metric = exits[-1] if self.cfg.best_metric == "last" else sum(exits) / len(exits)
-        improved = metric > self.best["value"]
+        score = self._improves(val["exits"])
+        improved = score is not None
         if improved:
-            self.best = {"value": metric, "epoch": self.epoch, "step": self.global_step, "val": val,
-                         "test": self._eval(self.data.test)}
+            self.best = {"value": score, "epoch": self.epoch, "step": self.global_step, "val": val,
+                         "test": self._eval("test")}
         self._save("last.pt")
         if improved:
             self._save("best.pt")
@@ -306,7 +297,8 @@ class Trainer:
     def _finish(self) -> Dict[str, Any]:
         results = results_dict(cfg=self.cfg, epoch=self.epoch, steps=self.global_step, history=self.history,
                                last_val=self.stop_val["exits"] if self.stop_val is not None else None,
-                               last_test=self._eval(self.data.test), best=self.best, cost=self.cost,
+                               last_test=self._eval("test"), best=self.best, cost=self.cost,
+                               metric=self.task.metric,
                                input_size=self.input_size, wall_s=self.wall_before, speed=self.speed_report(),
                                world_size=self.dist.world_size)
         if self.dist.is_main:

@@ -1,0 +1,169 @@
+"""Real text offline: a corpus of source files tokenised by a byte-level BPE trained here (HF `tokenizers`),
+cached as flat memmaps of token ids, and its reader.
+
+The default source is the Python standard library's own sources (`python-stdlib`: the running interpreter's
+stdlib directory, tests and vendored packages left out), present wherever Python is; any directory of text
+files works (`--source DIR --pattern '*.txt'`, e.g. Debian's python3.11-doc reST sources). Files are split
+into train / val / test by a hash of their path (5% / 5% to val / test), so no document straddles two splits;
+the BPE is trained on the train files only.
+
+A corpus directory holds tokenizer.json, {train,val,test}.bin (uint16 or uint32 token ids, the files joined
+with an end-of-text token) and meta.json (vocabulary size, dtype, token counts, the source, each .bin's
+sha256). Reading it runs no code: JSON and raw integers, checked against meta.json.
+"""
+import hashlib
+import json
+import pathlib
+import sysconfig
+from dataclasses import dataclass
+from typing import Dict, List, Optional, Tuple
+
+import numpy as np
+
+SPLITS = ("train", "val", "test")
+EOT = "<|endoftext|>"
+META_VERSION = 1
+_STDLIB_SKIP = ("test", "tests", "idlelib", "lib2to3", "site-packages", "dist-packages", "__pycache__", "turtledemo")
+
+
+class CorpusError(ValueError):
+    """A corpus that cannot be built or read, with what and where."""
+
+
+def stdlib_root() -> pathlib.Path:
+    return pathlib.Path(sysconfig.get_paths()["stdlib"])
+
+
+def source_files(source: str, pattern: str = "*.py") -> Tuple[pathlib.Path, List[pathlib.Path]]:
+    """(root, sorted files) of a source: 'python-stdlib' (the running Python's standard-library sources,
+    without its tests and vendored packages) or a directory searched for `pattern`."""
+    if source == "python-stdlib":
+        root = stdlib_root()
+        files = sorted(p for p in root.rglob("*.py") if not set(p.relative_to(root).parts[:-1]) & set(_STDLIB_SKIP))
+    else:
+        root = pathlib.Path(source)
+        if not root.is_dir():
+            raise CorpusError(f"source {source!r}: not 'python-stdlib' nor a directory")
+        files = sorted(p for p in root.rglob(pattern) if p.is_file())
+    if len(files) < 3:
+        raise CorpusError(f"source {source!r}: need at least 3 files matching {pattern!r} (one per split), "
+                          f"found {len(files)}")
+    return root, files
+
+
+def split_of(rel: str) -> str:
+    """A file's split from a hash of its relative path: stable across machines and file orders."""
+    h = int(hashlib.sha1(rel.encode()).hexdigest()[:8], 16) % 100
+    return "val" if h < 5 else "test" if h < 10 else "train"
+
+
+def _split_files(root: pathlib.Path, files: List[pathlib.Path]) -> Dict[str, List[pathlib.Path]]:
+    out: Dict[str, List[pathlib.Path]] = {s: [] for s in SPLITS}
+    for p in files:
+        out[split_of(p.relative_to(root).as_posix())].append(p)
+    for s in ("val", "test"):  # a small source: the hash may leave a split empty; take the train's last file
+        if not out[s]:
+            out[s].append(out["train"].pop())
+    if not out["train"]:
+        raise CorpusError("no file left for the train split")
+    return out
+
+
+def _read(p: pathlib.Path) -> str:
+    return p.read_bytes().decode("utf-8", errors="replace")
+
+
+def build_corpus(out_dir, source: str = "python-stdlib", vocab_size: int = 8192, pattern: str = "*.py",
+                 max_files: Optional[int] = None) -> Dict:
+    """Trains the BPE on the train files, writes tokenizer.json, the three .bin files and meta.json (last,
+    so a half-written corpus has no meta.json and is not read). Returns the meta dict."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    if not 256 < vocab_size <= 2 ** 20:
+        raise CorpusError(f"vocab_size must be in (256, {2 ** 20}], got {vocab_size}")
+    root, files = source_files(source, pattern)
+    parts = _split_files(root, files[:max_files] if max_files else files)
+    out = pathlib.Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "meta.json").unlink(missing_ok=True)
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=[EOT], show_progress=False,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    tok.train_from_iterator((_read(p) for p in parts["train"]), trainer=trainer)
+    tok.save(str(out / "tokenizer.json"))
+    eot = tok.token_to_id(EOT)
+    V = tok.get_vocab_size()
+    dtype = np.uint16 if V <= 2 ** 16 else np.uint32
+    meta = {"version": META_VERSION, "source": source, "pattern": pattern, "vocab_size": V, "eot_id": eot,
+            "dtype": np.dtype(dtype).name, "splits": {}}
+    for s in SPLITS:
+        ids: List[int] = []
+        for enc in tok.encode_batch([_read(p) for p in parts[s]]):
+            ids.extend(enc.ids)
+            ids.append(eot)
+        arr = np.asarray(ids, dtype=dtype)
+        arr.tofile(out / f"{s}.bin")
+        meta["splits"][s] = {"files": len(parts[s]), "tokens": int(arr.size),
+                             "sha256": hashlib.sha256(arr.tobytes()).hexdigest()}
+    (out / "meta.json").write_text(json.dumps(meta, indent=2))
+    return meta
+
+
+@dataclass
+class TokenCorpus:
+    """A built corpus, read: token ids per split (read-only memmaps), the vocabulary size and the directory."""
+    path: pathlib.Path
+    vocab_size: int
+    eot_id: int
+    splits: Dict[str, np.ndarray]
+    meta: Dict
+
+    def tokenizer(self):
+        from tokenizers import Tokenizer
+
+        return Tokenizer.from_file(str(self.path / "tokenizer.json"))
+
+
+def _need(cond: bool, path: pathlib.Path, what: str) -> None:
+    if not cond:
+        raise CorpusError(f"corpus {path}: {what}")
+
+
+def load_corpus(path, verify: bool = False) -> TokenCorpus:
+    """Reads a built corpus (build_corpus, or `python -m msd_fast.lm corpus`): meta.json checked for its keys
+    and types, each .bin's size against its token count and its ids against the vocabulary (verify=True
+    also checks the sha256 of each)."""
+    p = pathlib.Path(path)
+    meta_path = p / "meta.json"
+    _need(meta_path.is_file(), p, "no meta.json (build it with: python -m msd_fast.lm corpus --out "
+                                  f"{p})")
+    try:
+        meta = json.loads(meta_path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise CorpusError(f"corpus {p}: meta.json cannot be read ({e})") from None
+    _need(isinstance(meta, dict) and meta.get("version") == META_VERSION, p,
+          f"meta.json is not a version-{META_VERSION} corpus description")
+    V, dtype = meta.get("vocab_size"), meta.get("dtype")
+    _need(isinstance(V, int) and V > 1, p, f"meta.json vocab_size must be an integer > 1, got {V!r}")
+    _need(dtype in ("uint16", "uint32"), p, f"meta.json dtype must be uint16 or uint32, got {dtype!r}")
+    eot = meta.get("eot_id")
+    _need(isinstance(eot, int) and 0 <= eot < V, p, f"meta.json eot_id must be a token id, got {eot!r}")
+    splits = {}
+    for s in SPLITS:
+        info = (meta.get("splits") or {}).get(s)
+        _need(isinstance(info, dict) and isinstance(info.get("tokens"), int), p, f"meta.json lacks split {s!r}")
+        f = p / f"{s}.bin"
+        n = info["tokens"]
+        _need(f.is_file() and f.stat().st_size == n * np.dtype(dtype).itemsize, p,
+              f"{f.name} should hold {n} {dtype} token ids ({n * np.dtype(dtype).itemsize} bytes), found "
+              f"{f.stat().st_size if f.is_file() else 'no file'}")
+        _need(n >= 2, p, f"split {s!r} has {n} tokens; at least 2 are needed")
+        arr = np.memmap(f, dtype=dtype, mode="r", shape=(n,))
+        _need(int(arr.max()) < V, p, f"{f.name} holds token id {int(arr.max())} >= vocab_size {V}")
+        if verify:
+            _need(hashlib.sha256(arr.tobytes()).hexdigest() == info.get("sha256"), p, f"{f.name}: sha256 differs")
+        splits[s] = arr
+    return TokenCorpus(p, V, eot, splits, meta)
+

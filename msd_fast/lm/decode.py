@@ -1,0 +1,137 @@
+"""Early-exit greedy decoding: each new token leaves at the first exit whose top probability reaches a
+threshold, so the layers above that exit are not run for it then.
+
+The skipped layers' KV cache (what later tokens attend to) is filled by deferred recomputation: a token that
+left at exit layer l keeps its layer-l hidden state; the next token that goes deeper than l carries it along,
+so each deeper layer runs on [the skipped tokens..., the new token] at once, in order, and writes their keys
+and values. The cache therefore holds exactly what full-depth decoding would hold (the layer inputs are the
+same hidden states), and only the choice of the emitted token changes; layers are skipped for the tokens that
+exit and batched for the catch-up. At a threshold above 1 no token exits and the output is the full model's
+greedy decoding, token for token.
+
+The decoder calls the model's own decoder layers one at a time with its own cache object (transformers'
+DynamicCache), a causal mask for the rows it runs, and the positions (rotary embeddings for Llama / Qwen2,
+learned positions for GPT-2)."""
+import time
+from dataclasses import dataclass, field
+from typing import Dict, List, Optional, Sequence
+
+import torch
+import torch.nn.functional as F
+
+from .exits import LMExits
+from .family import cache_kwarg, layer_output
+
+
+@dataclass
+class Decoded:
+    tokens: List[int]                      # the generated tokens (prompt excluded)
+    exit_index: List[int]                  # per generated token, the exit it left at (0 = shallowest)
+    layers_used: List[int]                 # per generated token, the layers run for it before it was emitted
+    layer_rows: int = 0                    # decoder-layer rows computed in total (catch-up rows included)
+    seconds: float = 0.0
+    full_logits: Dict[int, torch.Tensor] = field(default_factory=dict)  # position -> final-layer logits
+
+
+class _Stepper:
+    """One sequence's decoding state: the cache, how many positions each layer has cached, and the latest
+    hidden state of every token whose deeper layers are still to run."""
+
+    def __init__(self, model: LMExits):
+        from .hf import transformers
+
+        tf = transformers()
+        self.m, self.base, self.fam = model, model.trunk, model.family
+        self.layers = model.trunk_layers
+        try:
+            self.cache = tf.DynamicCache(config=model.lm.config)
+        except TypeError:  # older transformers
+            self.cache = tf.DynamicCache()
+        self.kw = cache_kwarg(self.layers[0])
+        self.cached = [0] * len(self.layers)   # layer j has KV for positions [0, cached[j])
+        self.pending: Dict[int, torch.Tensor] = {}   # position -> its deepest computed layer output [H]
+        self.exit_at = {j: n for n, j in enumerate(model.exit_layers)}
+        self.rows = 0
+
+    def _embed(self, ids: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
+        x = getattr(self.base, self.fam.embed)(ids)
+        if self.fam.pos_embed:
+            x = x + getattr(self.base, self.fam.pos_embed)(pos)
+        return x
+
+    def _layer(self, j: int, x: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
+        q, k = x.shape[1], int(pos[0, -1]) + 1
+        allowed = torch.arange(k, device=x.device)[None, :] <= pos[0, :, None]
+        mask = torch.zeros(q, k, dtype=x.dtype, device=x.device).masked_fill_(~allowed, torch.finfo(x.dtype).min)
+        kw = {self.kw: self.cache, "attention_mask": mask[None, None], "use_cache": True, "position_ids": pos}
+        if self.fam.rotary:
+            kw["position_embeddings"] = getattr(self.base, self.fam.rotary)(x, pos)
+        self.rows += q
+        return layer_output(self.layers[j](x, **kw))
+
+    def _logits(self, n: int, h: torch.Tensor) -> torch.Tensor:
+        w, b = self.m.head(n)
+        return F.linear(self.m.norm(h), w, b)
+
+    def step(self, ids: torch.Tensor, threshold: float):
+        """Runs positions [p0, p0 + len(ids)) (a prompt, or one new token) from layer 0 until an exit is
+        confident about the last one or the last layer; returns (exit index, layers run, last logits)."""
+        p0 = self.cached[0]
+        p1 = p0 + ids.shape[0]
+        start = p0
+        x = self._embed(ids[None], torch.arange(p0, p1, device=ids.device)[None])
+        L = len(self.layers)
+        for j in range(L):
+            need = self.cached[j]
+            if need < start:  # tokens that left at layer j - 1 catch up here
+                x = torch.cat([torch.stack([self.pending.pop(t) for t in range(need, start)])[None], x], 1)
+                start = need
+            x = self._layer(j, x, torch.arange(start, p1, device=ids.device)[None])
+            self.cached[j] = p1
+            n = self.exit_at.get(j)
+            if n is None:
+                continue
+            logits = self._logits(n, x[0, -1])
+            if j == L - 1 or logits.softmax(-1).max() >= threshold:
+                if j < L - 1:
+                    for i, t in enumerate(range(start, p1)):
+                        self.pending[t] = x[0, i]
+                return n, j + 1, logits
+        raise AssertionError("the last layer is always an exit")
+
+
+@torch.no_grad()
+def early_exit_generate(model: LMExits, prompt: Sequence[int], max_new_tokens: int, threshold: float = 0.9,
+                        stop_token: Optional[int] = None, keep_full_logits: bool = False) -> Decoded:
+    """Greedy decoding of up to max_new_tokens after `prompt` with early exits at `threshold` (the top
+    probability an exit needs to emit the token; > 1: never exit early, i.e. full-depth greedy decoding).
+    The prompt runs at full depth. keep_full_logits: also keep, for every token emitted by the last exit, the
+    logits it was chosen from (tests compare them with a full forward)."""
+    if not isinstance(model, LMExits):
+        raise TypeError(f"model: expected an LMExits (attach_lm_exits), got {type(model).__name__}")
+    if len(prompt) < 1 or max_new_tokens < 0:
+        raise ValueError(f"need a prompt of at least one token and max_new_tokens >= 0, got {len(prompt)} and "
+                         f"{max_new_tokens}")
+    dev = next(model.parameters()).device
+    was = model.training
+    model.eval()
+    s = _Stepper(model)
+    out = Decoded([], [], [])
+    t0 = time.perf_counter()
+    _, _, logits = s.step(torch.tensor(list(prompt), device=dev), 2.0)
+    for _ in range(max_new_tokens):
+        tok = int(logits.argmax())
+        out.tokens.append(tok)
+        if stop_token is not None and tok == stop_token:
+            break
+        if len(out.tokens) == max_new_tokens:
+            break
+        n, used, logits = s.step(torch.tensor([tok], device=dev), threshold)
+        out.exit_index.append(n)
+        out.layers_used.append(used)
+        if keep_full_logits and n == model.num_exits - 1:
+            out.full_logits[len(prompt) + len(out.tokens) - 1] = logits.clone()
+    out.seconds = time.perf_counter() - t0
+    out.layer_rows = s.rows
+    model.train(was)
+    return out

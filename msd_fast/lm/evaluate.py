@@ -1,0 +1,125 @@
+"""Evaluating an LM with exits on a corpus split, teacher-forced: per-exit perplexity, and the early-exit
+curve (each token takes the first exit whose top probability reaches a threshold: perplexity, agreement with
+the last exit's prediction and the average layers used, per threshold). Also loads an LM run's checkpoint."""
+import math
+import pathlib
+from typing import Any, Dict, Optional, Sequence, Tuple
+
+import torch
+import torch.nn.functional as F
+
+from ..data import DataError
+
+EVAL_LOGIT_BYTES = 64 << 20  # one exit's evaluation logits per batch stay under this
+THRESHOLDS = (0.0, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99, 1.01)
+
+
+def windows(arr, seq_len: int, limit: int = 0) -> Tuple[torch.Tensor, int]:
+    """The tokens of consecutive, non-overlapping windows of seq_len + 1 (int64) and how many there are
+    (at most `limit` when > 0)."""
+    n = (len(arr) - 1) // seq_len
+    if limit:
+        n = min(n, limit)
+    return torch.from_numpy(arr[:n * seq_len + 1].astype("int64")), n
+
+
+def _batches(model, tokens, seq_len: int, batch_size: int, device, amp_dtype, limit: int = 0):
+    """(exit outputs, targets) per batch of windows, in eval mode, without gradients."""
+    toks, n = windows(tokens, seq_len, limit)
+    if n < 1:
+        raise DataError(f"a split of {len(tokens)} tokens holds no sequence of {seq_len} + 1")
+    b = max(1, min(batch_size, EVAL_LOGIT_BYTES // (seq_len * model.vocab_size * 4)))
+    offs = torch.arange(seq_len + 1)
+    for i in range(0, n, b):
+        seq = toks[torch.arange(i, min(n, i + b))[:, None] * seq_len + offs].to(device)
+        with torch.autocast(device.type, dtype=amp_dtype or torch.bfloat16, enabled=amp_dtype is not None):
+            out = model(seq[:, :-1])
+        yield out, seq[:, 1:]
+
+
+@torch.no_grad()
+def evaluate_lm(model, tokens, seq_len: int, batch_size: int, device, amp_dtype=None, limit: int = 0,
+                thresholds: Optional[Sequence[float]] = None) -> Dict[str, Any]:
+    """Per-exit perplexity (exp of the mean next-token CE), CE and top-1 accuracy (%) over a split cut into
+    windows of seq_len + 1 (the first `limit` when > 0): {"exits": ppl, "ce", "acc", "tokens", "ensemble":
+    None}; with thresholds, also "curve": the early-exit curve (early_exit_curve)."""
+    N = model.num_exits
+    ce = torch.zeros(N, dtype=torch.float64, device=device)
+    hit = torch.zeros(N, dtype=torch.float64, device=device)
+    conf, nll, pred = [], [], []
+    was = model.training
+    model.eval()
+    count = 0
+    for out, y in _batches(model, tokens, seq_len, batch_size, device, amp_dtype, limit):
+        c, l, p = [], [], []
+        for k in range(N):
+            z = model.logits(out, k).float().flatten(0, 1)
+            nl = F.cross_entropy(z, y.flatten(), reduction="none")
+            ce[k] += nl.sum().double()
+            top = z.argmax(-1)
+            hit[k] += (top == y.flatten()).sum()
+            if thresholds is not None:
+                c.append(z.softmax(-1).amax(-1))
+                l.append(nl)
+                p.append(top)
+        if thresholds is not None:
+            conf.append(torch.stack(c, 1))
+            nll.append(torch.stack(l, 1))
+            pred.append(torch.stack(p, 1))
+        count += y.numel()
+    model.train(was)
+    ces = (ce / count).tolist()
+    res = {"exits": [math.exp(c) for c in ces], "ce": ces, "acc": (hit * 100.0 / count).tolist(),
+           "tokens": count, "ensemble": None}
+    if thresholds is not None:
+        depth = [j + 1 for j in model.exit_layers]
+        res["curve"] = early_exit_curve(torch.cat(conf), torch.cat(nll), torch.cat(pred), depth, thresholds)
+    return res
+
+
+def early_exit_curve(conf: torch.Tensor, nll: torch.Tensor, pred: torch.Tensor, depth: Sequence[int],
+                     thresholds: Sequence[float]) -> list:
+    """Per threshold: each token leaves at the first exit whose top probability reaches it (else the last):
+    perplexity of the chosen exits, agreement (%) of their prediction with the last exit's, average layers used,
+    and the share of tokens per exit. conf / nll / pred: [tokens, N]."""
+    N = conf.shape[1]
+    d = torch.tensor(depth, dtype=torch.float64, device=conf.device)
+    rows = []
+    for t in thresholds:
+        ok = conf >= t
+        ok[:, -1] = True
+        first = ok.float().argmax(1)  # first exit that passes
+        pick = lambda a: a.gather(1, first[:, None])[:, 0]  # noqa: E731
+        rows.append({"threshold": float(t), "ppl": math.exp(pick(nll).double().mean().item()),
+                     "agreement": (pick(pred) == pred[:, -1]).double().mean().item() * 100.0,
+                     "avg_layers": d[first].mean().item(),
+                     "exit_share": torch.bincount(first, minlength=N).double().div(len(first)).tolist()})
+    return rows
+
+
+def load_lm(path, device: str = "cpu"):
+    """(model, checkpoint) of an LM run's checkpoint (a run directory -> its best.pt, else last.pt), or of an
+    export folder (export.py; the checkpoint part then holds its exits.json as "lm" and an empty "config")."""
+    from ..checkpoint import CheckpointError, load_checkpoint
+    from .models import create_lm
+
+    p = pathlib.Path(path)
+    if (p / "exits.json").is_file():
+        import json
+
+        from .export import load_lm_export
+
+        return load_lm_export(p, device), {"lm": json.loads((p / "exits.json").read_text()), "config": {}}
+    if p.is_dir():
+        p = p / "best.pt" if (p / "best.pt").exists() else p / "last.pt"
+    ckpt = load_checkpoint(p)
+    cfg, lm = ckpt["config"], ckpt.get("lm")
+    if cfg.get("task") != "lm" or not isinstance(lm, dict):
+        raise CheckpointError(f"{p} is not a language-model checkpoint (task {cfg.get('task', 'image')!r})")
+    model = create_lm(ckpt["model_name"], ckpt["num_classes"], lm["seq_len"], ckpt["width"], lm["exit_layers"],
+                      lm["heads"])
+    try:
+        model.load_state_dict(ckpt["model"])
+    except RuntimeError as e:
+        raise CheckpointError(f"{p}: its weights do not fit {ckpt['model_name']} ({str(e).splitlines()[0]})") from None
+    return model.to(device).eval(), ckpt

@@ -1,0 +1,123 @@
+"""Exits on a Hugging Face causal LM: `attach_lm_exits(model, exit_layers)` -> `LMExits`, whose forward gives
+each exit's final-normed hidden states and the head(s), for the fused linear MSD loss
+(msd_fast.loss.fused_linear_msd_loss): the N x B x T x V logits are never formed.
+
+Exit n reads the output of decoder layer exit_layers[n] (0-based) from the trunk's own hidden-state outputs
+(no second pass through the trunk) and applies the model's final norm to it, LayerSkip-style. The deepest exit
+is always the last layer and its hidden states are the trunk's `last_hidden_state`, so its logits are the
+model's own logits exactly. Heads: "shared" (every exit uses the model's lm_head) or "per_exit" (each
+shallower exit gets its own head, initialised from the model's; the deepest keeps the model's)."""
+from typing import List, NamedTuple, Optional, Sequence, Union
+
+from torch import Tensor, nn
+
+from .family import check_plain_head, family_of
+from .names import LM_HEADS as HEADS
+
+
+class LMExitOutput(NamedTuple):
+    hidden: List[Tensor]                 # N x [B, T, H] after the final norm, shallow to deep
+    weight: Union[Tensor, List[Tensor]]  # the shared head [V, H], or N heads
+    bias: Optional[Union[Tensor, List[Tensor]]]
+
+
+def even_exit_layers(num_layers: int, num_exits: int) -> List[int]:
+    """num_exits layers spread evenly over the depth, the last layer included: 8 layers, 4 exits -> 1, 3, 5, 7."""
+    if not 2 <= num_exits <= num_layers:
+        raise ValueError(f"num_exits must be in [2, {num_layers}] for a {num_layers}-layer model, got {num_exits}")
+    return [round((k + 1) * num_layers / num_exits) - 1 for k in range(num_exits)]
+
+
+class LMExits(nn.Module):
+    """A causal LM with exits (see the module docstring). forward(input_ids, last_only=False) -> LMExitOutput;
+    `logits(out, n)` forms one exit's logits (evaluation, decoding)."""
+
+    def __init__(self, lm: nn.Module, exit_layers: Sequence[int], heads: str = "shared"):
+        super().__init__()
+        self.family = family_of(lm)
+        check_plain_head(lm)
+        L = len(getattr(lm.base_model, self.family.layers))
+        layers = [int(x) for x in exit_layers]
+        if not layers or any(not 0 <= x < L for x in layers) or layers != sorted(set(layers)):
+            raise ValueError(f"exit_layers: expected increasing layer indices in [0, {L - 1}], got {list(exit_layers)}")
+        if layers[-1] != L - 1:
+            layers.append(L - 1)  # the deepest exit is the model's own output
+        if len(layers) < 2:
+            raise ValueError(f"exit_layers: need at least one exit before the last layer ({L - 1}), got "
+                             f"{list(exit_layers)}")
+        if heads not in HEADS:
+            raise ValueError(f"heads must be one of {', '.join(HEADS)}, got {heads!r}")
+        self.lm, self.exit_layers, self.heads = lm, tuple(layers), heads
+        head = lm.get_output_embeddings()
+        self.exit_heads = nn.ParameterList(
+            [nn.Parameter(head.weight.detach().clone()) for _ in layers[:-1]] if heads == "per_exit" else [])
+
+    @property
+    def num_exits(self) -> int:
+        return len(self.exit_layers)
+
+    @property
+    def num_layers(self) -> int:
+        return len(self.trunk_layers)
+
+    @property
+    def trunk(self) -> nn.Module:
+        return self.lm.base_model
+
+    @property
+    def trunk_layers(self) -> nn.ModuleList:
+        return getattr(self.trunk, self.family.layers)
+
+    @property
+    def norm(self) -> nn.Module:
+        return getattr(self.trunk, self.family.norm)
+
+    @property
+    def vocab_size(self) -> int:
+        return self.lm.get_output_embeddings().weight.shape[0]
+
+    def head(self, n: int):
+        """(weight [V, H], bias or None) of exit n (negative n counts from the deepest)."""
+        n = n % self.num_exits
+        lin = self.lm.get_output_embeddings()
+        w = self.exit_heads[n] if self.heads == "per_exit" and n < self.num_exits - 1 else lin.weight
+        return w, lin.bias
+
+    def forward(self, input_ids: Tensor, last_only: bool = False) -> LMExitOutput:
+        out = self.trunk(input_ids=input_ids, output_hidden_states=not last_only, use_cache=False)
+        deepest = out.last_hidden_state
+        if last_only:
+            hidden = [deepest]
+        else:  # hidden_states[j + 1] is the output of layer j; the last entry is already normed
+            hidden = [self.norm(out.hidden_states[j + 1]) for j in self.exit_layers[:-1]] + [deepest]
+        bias = self.lm.get_output_embeddings().bias
+        if self.heads == "shared" or last_only:
+            return LMExitOutput(hidden, self.head(-1)[0], bias)
+        return LMExitOutput(hidden, [self.head(n)[0] for n in range(self.num_exits)],
+                            None if bias is None else [bias] * self.num_exits)
+
+    def logits(self, out: LMExitOutput, n: int) -> Tensor:
+        """Exit n's logits [..., V] from a forward's output (n indexes out.hidden)."""
+        w = out.weight if isinstance(out.weight, Tensor) else out.weight[n]
+        b = out.bias if out.bias is None or isinstance(out.bias, Tensor) else out.bias[n]
+        return nn.functional.linear(out.hidden[n], w, b)
+
+    def extra_repr(self) -> str:
+        return f"family={self.family.name}, exit_layers={list(self.exit_layers)}, heads={self.heads!r}"
+
+
+def attach_lm_exits(model: nn.Module, exit_layers: Optional[Sequence[int]] = None, heads: str = "shared",
+                    num_exits: int = 4) -> LMExits:
+    """Exits on a Hugging Face causal LM (Llama, Qwen2, GPT-2 families).
+
+    exit_layers: 0-based decoder layers whose outputs are exits; the last layer is added when missing.
+        Default: `num_exits` layers spread evenly (even_exit_layers).
+    heads: "shared" (the model's final norm + lm_head for every exit) or "per_exit" (a head per shallower exit
+        initialised from the model's; the norm stays shared).
+
+    The result's forward(input_ids) gives LMExitOutput(hidden, weight, bias) for
+    `fused_linear_msd_loss(out.hidden, out.weight, target, bias=out.bias)`."""
+    fam = family_of(model)
+    if exit_layers is None:
+        exit_layers = even_exit_layers(len(getattr(model.base_model, fam.layers)), num_exits)
+    return LMExits(model, exit_layers, heads)

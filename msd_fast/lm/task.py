@@ -1,0 +1,171 @@
+"""The language-model task of `python -m msd_fast.train` (msd_fast.train.task's interface): a built corpus
+(corpus.py) cut into sequences of seq_len + 1 tokens, a causal LM with exits (models.py), the method's
+criterion computed by the fused linear MSD loss (the N x B x T x V logits never exist), and per-exit
+validation perplexity.
+
+Targets: position t of a sequence predicts token t + 1 (inputs s[:-1], targets s[1:]), HF's own convention.
+Sequences are the corpus split cut into consecutive, non-overlapping windows; an epoch visits every training
+window once in a seeded order, like an image epoch."""
+import pathlib
+from typing import Any, Dict, List, NamedTuple, Optional, Tuple
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..data import DataError
+from ..loss import FusedLinearMSDLoss, exit_weight_schedule
+from ..train.methods import FinalExitCE, MultiExitCriterion
+from ..train.task import Task
+from .corpus import CorpusError, load_corpus
+from .evaluate import evaluate_lm, windows
+from .models import create_lm
+
+DEFAULT_CORPUS = "data/python-stdlib-bpe"
+
+
+def corpus_dir(data_dir: Optional[str]) -> pathlib.Path:
+    return pathlib.Path(data_dir or DEFAULT_CORPUS)
+
+
+class LMCriterion(nn.Module):
+    """A method's MSD criterion (MultiExitCriterion: alpha, temperature, teacher, hint) on an LM's exits,
+    through the fused linear MSD loss; targets equal to -100 are ignored."""
+
+    def __init__(self, crit: MultiExitCriterion, exit_weights):
+        super().__init__()
+        L = crit.loss
+        self.hint = crit.hint
+        self.loss = FusedLinearMSDLoss(alpha=L.alpha, temperature=L.temperature, teacher=L.teacher,
+                                       detach_teacher=L.detach_teacher, feature_reduction=L.feature_reduction,
+                                       exit_weights=exit_weights)
+
+    def forward(self, out, target: torch.Tensor, beta: torch.Tensor):
+        dt = out.hidden[0].dtype  # under autocast the hidden states are half, the parameters float32
+        w = out.weight.to(dt) if isinstance(out.weight, torch.Tensor) else [x.to(dt) for x in out.weight]
+        b = out.bias if out.bias is None else (out.bias.to(dt) if isinstance(out.bias, torch.Tensor)
+                                               else [x.to(dt) for x in out.bias])
+        return self.loss(out.hidden, w, target, b, beta=beta if self.hint else 0.0, return_terms=True)
+
+
+class _Logits(NamedTuple):
+    logits: List[torch.Tensor]
+
+
+class LMFinalCE(nn.Module):
+    """The final exit's cross-entropy only (method plain) on an LM: its logits [B, T, V] are formed once."""
+
+    def __init__(self, crit: FinalExitCE):
+        super().__init__()
+        self.inner = crit
+
+    def forward(self, out, target, beta):
+        w = out.weight if isinstance(out.weight, torch.Tensor) else out.weight[-1]
+        logits = F.linear(out.hidden[-1], w.to(out.hidden[-1].dtype), out.bias if not isinstance(out.bias, list)
+                          else out.bias[-1])
+        return self.inner(_Logits([logits.flatten(0, -2)]), target.flatten(), beta)
+
+
+class TokenBatches:
+    """Training batches of token windows (batches.py's protocol): draw -> (idx [b], aug [0, b]),
+    make -> (inputs [b, T], targets [b, T]) on the device, no host sync."""
+
+    def __init__(self, tokens: torch.Tensor, n_seq: int, seq_len: int, device, dist, batch_size: int):
+        self.tokens = tokens.to(device)
+        self.n_seq, self.T, self.dist, self.batch_size = n_seq, seq_len, dist, batch_size
+        self.offsets = torch.arange(seq_len + 1, device=device)
+        self._perm_host, self._perm_dev = None, None
+
+    @property
+    def on_device(self) -> bool:
+        return self.tokens.is_cuda
+
+    def epoch_order(self, seed: int, epoch: int) -> Tuple[torch.Tensor, torch.Generator]:
+        perm = torch.randperm(self.n_seq, generator=torch.Generator().manual_seed(seed * 1_000_003 + epoch))
+        return perm, torch.Generator().manual_seed(seed * 7919 + epoch + 1)
+
+    def draw(self, perm: torch.Tensor, step: int, aug_gen: torch.Generator):
+        if self._perm_host is not perm:  # once per epoch
+            self._perm_host, self._perm_dev = perm, perm.to(self.tokens.device)
+        G, r, w = self.batch_size, self.dist.rank, self.dist.world_size
+        idx = self._perm_dev[step * G:(step + 1) * G][r::w]
+        return idx, idx.new_zeros((0, idx.shape[0]))
+
+    def make(self, idx: torch.Tensor, aug: torch.Tensor):
+        seq = self.tokens[idx[:, None] * self.T + self.offsets]
+        return seq[:, :-1], seq[:, 1:]
+
+
+class LMTask(Task):
+    metric, higher_is_better, train_acc = "ppl", False, False
+
+    def __init__(self, cfg, device, dist, speed, amp_dtype, data=None, model=None):
+        if data is not None:
+            raise ValueError("data: task lm reads its corpus from --data-dir (python -m msd_fast.lm corpus builds "
+                             "it); a Dataset object is for image tasks")
+        self.cfg, self.device, self.dist, self.amp_dtype = cfg, device, dist, amp_dtype
+        path = corpus_dir(cfg.data_dir)
+        try:
+            self.corpus = load_corpus(path)
+        except CorpusError as e:
+            raise DataError(f"{e}. Build it with: python -m msd_fast.lm corpus --out {path}") from None
+        T = cfg.seq_len
+        tokens, n = windows(self.corpus.splits["train"], T, cfg.train_subset)
+        if n < 1:
+            raise DataError(f"corpus {path}: the train split has {tokens.numel()} tokens, fewer than one sequence "
+                            f"of --seq-len {T} + 1")
+        self.train_size = n
+        self.batches = TokenBatches(tokens, n, T, device, dist, cfg.batch_size)
+        torch.manual_seed(cfg.seed)
+        if model is None:
+            model = create_lm(cfg.model, self.corpus.vocab_size, T, cfg.width, cfg.exit_layers, cfg.lm_heads)
+        self.model = model.to(device)
+        if self.model.vocab_size != self.corpus.vocab_size:
+            raise ValueError(f"model: its head has {self.model.vocab_size} tokens, the corpus {self.corpus.vocab_size}")
+        self.exit_weights = exit_weight_schedule(cfg.exit_weights, [d + 1 for d in self.model.exit_layers])
+        self.input_size = (T,)
+        self.cost = lm_cost(self.model, T)
+
+    def criterion(self, criterion):
+        if isinstance(criterion, MultiExitCriterion):
+            return LMCriterion(criterion, self.exit_weights)
+        if isinstance(criterion, FinalExitCE):
+            return LMFinalCE(criterion)
+        raise ValueError(f"task lm: the method's criterion {type(criterion).__name__} has no language-model form "
+                         f"(MSD-loss methods and plain have one)")
+
+    def correct(self, out, y):
+        return torch.zeros(len(out.hidden), device=y.device)  # no token accuracy in training: no logits formed
+
+    @torch.no_grad()
+    def evaluate(self, split: str) -> Dict[str, Any]:
+        return evaluate_lm(self.model, self.corpus.splits[split], self.cfg.seq_len, self.cfg.eval_batch_size,
+                           self.device, self.amp_dtype, limit=self.cfg.val_size or 0)
+
+    def checkpoint_fields(self) -> Dict[str, Any]:
+        m = self.model
+        return {"model_name": self.cfg.model, "num_classes": self.corpus.vocab_size, "in_channels": 0,
+                "width": self.cfg.width, "dataset": self.cfg.dataset,
+                "lm": {"seq_len": self.cfg.seq_len, "exit_layers": list(m.exit_layers), "heads": m.heads,
+                       "corpus_train_sha256": self.corpus.meta["splits"]["train"].get("sha256")}}
+
+
+def lm_cost(model, seq_len: int) -> Dict[str, Any]:
+    """Parameters and FLOPs per sequence up to each exit (torch.utils.flop_counter on one forward of seq_len
+    tokens: the embedding and layers up to the exit, plus the head)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    dev = next(model.parameters()).device
+    x = torch.zeros(1, seq_len, dtype=torch.long, device=dev)
+    counter = FlopCounterMode(display=False)
+    with torch.no_grad(), counter:
+        model(x)
+    per_module = counter.get_flop_counts()
+    layer_flops = []
+    for j in range(model.num_layers):
+        key = next((k for k in per_module if k.endswith(f".{model.family.layers}.{j}")), None)
+        layer_flops.append(sum(per_module[key].values()) if key else 0)
+    H = model.head(-1)[0].shape[1]
+    head = 2 * seq_len * H * model.vocab_size
+    exit_flops = [sum(layer_flops[:j + 1]) + head for j in model.exit_layers]
+    return {"params": sum(p.numel() for p in model.parameters()), "exit_flops": exit_flops}

@@ -1,0 +1,101 @@
+"""What the training loop needs from a kind of data and model, as one small interface: the loop (trainer.py)
+calls it and never asks which task it runs. Two implementations: `ImageTask` here (image classification,
+multi-exit CNNs) and msd_fast.lm.task.LMTask (next-token prediction, exits on a causal LM).
+
+A task provides: the model (forward(x, last_only=...)), the batches (epoch_order / draw / make: batches.py's
+protocol), the criterion of a method, per-exit correct counts for the training log, evaluation of a split
+(per-exit values of its metric), the cost table, and the checkpoint fields that say which model it is."""
+from typing import Any, Dict, Optional
+
+import torch
+from torch import nn
+
+from ..data import load_dataset, normalize
+from ..evaluate.predict import evaluate_split
+from ..models import check_exit_outputs, check_multi_exit, create_model
+from ..models.preprocess import Preprocess
+from .batches import BatchSource
+
+
+class Task:
+    """metric: the name of the per-exit validation metric ("acc", "ppl"); higher_is_better: its direction.
+    train_acc: whether `correct` counts anything (the training log's train_acc)."""
+    metric: str = "acc"
+    higher_is_better: bool = True
+    train_acc: bool = True
+    model: nn.Module
+    batches: Any
+    train_size: int
+    cost: Dict[str, Any]
+    input_size: tuple
+
+    def criterion(self, criterion: nn.Module) -> nn.Module:
+        """The method's criterion (methods.py), adapted to this task's model output."""
+        return criterion
+
+    def correct(self, out, y: torch.Tensor) -> torch.Tensor:
+        """Per computed exit, how many of the batch's samples it gets right (device tensor, no host sync)."""
+        raise NotImplementedError
+
+    def evaluate(self, split: str) -> Dict[str, Any]:
+        """{"exits": [metric per exit], "ensemble": value or None} on split "val" or "test"."""
+        raise NotImplementedError
+
+    def score(self, exits, best_metric: str) -> float:
+        """The value best.pt is chosen by, larger is better: the mean over exits or the last exit's metric."""
+        v = exits[-1] if best_metric == "last" else sum(exits) / len(exits)
+        return v if self.higher_is_better else -v
+
+    def checkpoint_fields(self) -> Dict[str, Any]:
+        raise NotImplementedError
+
+    def differs(self, ckpt: Dict[str, Any]) -> str:
+        """'' when a checkpoint's model is this task's model, else what differs."""
+        mine = self.checkpoint_fields()
+        keys = ("model_name", "num_classes", "in_channels", "width")
+        return ", ".join(f"{k.replace('model_name', 'model')} {ckpt.get(k)!r} (this run: {mine[k]!r})"
+                         for k in keys if mine[k] != ckpt.get(k))
+
+
+class ImageTask(Task):
+    """Image classification: a msd_fast Dataset in memory, augmented on the device; accuracy per exit."""
+
+    def __init__(self, cfg, device: torch.device, dist, speed, amp_dtype, data=None, model=None):
+        self.cfg, self.device, self.dist, self.speed, self.amp_dtype = cfg, device, dist, speed, amp_dtype
+        self.data = data if data is not None else load_dataset(
+            cfg.dataset, cfg.data_dir, cfg.val_size, cfg.split_seed, cfg.train_subset)
+        self.train_size = len(self.data.train)
+        self.batches = BatchSource(self.data, device, dist, cfg, speed.channels_last)
+        torch.manual_seed(cfg.seed)
+        model = check_multi_exit(model) if model is not None else create_model(
+            cfg.model, self.data.num_classes, self.data.in_channels, cfg.width)
+        self.input_size = (self.data.in_channels, *self.data.image_size)
+        self.cost = model.cost(self.input_size)
+        mf = torch.channels_last if speed.channels_last else torch.contiguous_format
+        self.model = model.to(device, memory_format=mf)
+        probe = self.data.train.images[:3].to(device)
+        check_exit_outputs(self.model, normalize(probe, self.data.mean, self.data.std).contiguous(memory_format=mf),
+                           self.data.num_classes)
+
+    def correct(self, out, y):
+        return (torch.stack(out.logits).argmax(-1) == y).sum(1).float()  # [computed exits], one op for all
+
+    def evaluate(self, split: str) -> Dict[str, Any]:
+        return evaluate_split(self.model, getattr(self.data, split), self.data.mean, self.data.std,
+                              self.cfg.eval_batch_size, self.device, self.speed.channels_last, self.amp_dtype,
+                              self.dist)
+
+    def checkpoint_fields(self, preprocess: Optional[bool] = True) -> Dict[str, Any]:
+        d = self.data
+        return {"model_name": self.cfg.model, "num_classes": d.num_classes, "in_channels": d.in_channels,
+                "width": self.cfg.width, "dataset": self.cfg.dataset,
+                "preprocess": Preprocess(tuple(d.mean), tuple(d.std), tuple(d.image_size)).as_dict()}
+
+
+def make_task(cfg, device: torch.device, dist, speed, amp_dtype, data=None, model=None) -> Task:
+    """The task of a config (cfg.task): "image" or "lm" (msd_fast.lm, needs the `lm` extra)."""
+    if cfg.task == "lm":
+        from ..lm.task import LMTask  # transformers is imported only by runs that train a language model
+
+        return LMTask(cfg, device, dist, speed, amp_dtype, data, model)
+    return ImageTask(cfg, device, dist, speed, amp_dtype, data, model)

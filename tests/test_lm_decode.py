@@ -1,0 +1,85 @@
+"""Early-exit greedy decoding: with no early exit it is the full model's greedy decoding token for token, and
+when tokens do exit early the deferred KV recomputation leaves the cache exactly as full depth would (the
+tokens that go to the last layer get the full model's logits for the sequence so far)."""
+import pytest
+import torch
+
+from lm_helpers import need_transformers
+
+
+def _model(name):
+    need_transformers()
+    from msd_fast.lm.models import create_lm
+
+    torch.manual_seed(1)
+    return create_lm(name, 120, 64, width=0.5).eval()
+
+
+def _greedy(m, prompt, k):
+    seq = list(prompt)
+    with torch.no_grad():
+        for _ in range(k):
+            seq.append(int(m.lm(input_ids=torch.tensor([seq])).logits[0, -1].argmax()))
+    return seq[len(prompt):]
+
+
+@pytest.mark.parametrize("name", ["llama-tiny", "qwen2-tiny", "gpt2-tiny"])
+def test_no_early_exit_is_full_greedy_decoding(name):
+    from msd_fast.lm.decode import early_exit_generate
+
+    m = _model(name)
+    prompt = torch.randint(0, 120, (7,)).tolist()
+    out = early_exit_generate(m, prompt, 12, threshold=1.5)
+    assert out.tokens == _greedy(m, prompt, 12)
+    assert set(out.layers_used) == {8} and out.layer_rows == 8 * (7 + 11)
+
+
+@pytest.mark.parametrize("name", ["llama-tiny", "gpt2-tiny"])
+def test_tokens_after_early_exits_see_the_full_depth_cache(name):
+    from msd_fast.lm.decode import early_exit_generate
+
+    m = _model(name)
+    prompt = torch.randint(0, 120, (7,)).tolist()
+    conf = []  # the first exit's confidence along the full-depth decode: a threshold between its values mixes
+    full = early_exit_generate(m, prompt, 24, threshold=1.5)
+    seq = prompt + full.tokens
+    with torch.no_grad():
+        out = m(torch.tensor([seq]))
+        for n in range(m.num_exits - 1):
+            conf.append(m.logits(out, n)[0, len(prompt):].softmax(-1).amax(-1))
+    th = torch.cat(conf).median().item()
+    out = early_exit_generate(m, prompt, 24, threshold=th, keep_full_logits=True)
+    assert 0 < len(out.full_logits) < len(out.exit_index), out.exit_index
+    assert len(set(out.exit_index)) >= 2
+    seq = prompt + out.tokens
+    with torch.no_grad():
+        ref = m.lm(input_ids=torch.tensor([seq])).logits[0]
+    for pos, logits in out.full_logits.items():
+        torch.testing.assert_close(logits, ref[pos], rtol=1e-4, atol=1e-5)
+    shallow = [u for u, n in zip(out.layers_used, out.exit_index) if n < m.num_exits - 1]
+    assert shallow and max(shallow) < 8
+
+
+def test_threshold_zero_leaves_at_the_first_exit_and_bad_calls_are_refused():
+    from msd_fast.lm.decode import early_exit_generate
+
+    m = _model("qwen2-tiny")
+    out = early_exit_generate(m, [3, 4, 5], 6, threshold=0.0)
+    assert set(out.exit_index) == {0} and set(out.layers_used) == {m.exit_layers[0] + 1}
+    with pytest.raises(ValueError, match="prompt"):
+        early_exit_generate(m, [], 3)
+    with pytest.raises(TypeError, match="LMExits"):
+        early_exit_generate(m.lm, [1], 3)
+
+
+def test_early_exit_curve_picks_the_first_confident_exit():
+    from msd_fast.lm.evaluate import early_exit_curve
+
+    conf = torch.tensor([[0.9, 0.5, 0.1], [0.2, 0.8, 0.3], [0.1, 0.1, 0.1]])
+    nll = torch.tensor([[1.0, 2.0, 3.0], [4.0, 5.0, 6.0], [7.0, 8.0, 9.0]])
+    pred = torch.tensor([[1, 2, 1], [3, 4, 4], [5, 6, 7]])
+    rows = early_exit_curve(conf, nll, pred, [2, 4, 8], [0.7, 1.1])
+    assert rows[0]["avg_layers"] == pytest.approx((2 + 4 + 8) / 3)
+    assert rows[0]["ppl"] == pytest.approx(torch.tensor([1.0, 5.0, 9.0]).mean().exp().item())
+    assert rows[0]["agreement"] == pytest.approx(100.0) and rows[0]["exit_share"] == pytest.approx([1 / 3] * 3)
+    assert rows[1]["avg_layers"] == 8 and rows[1]["ppl"] == pytest.approx(torch.tensor(6.0).exp().item())

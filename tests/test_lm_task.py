@@ -1,0 +1,111 @@
+"""The language-model task through the same trainer, CLI, run directories, checkpoints and resume as images:
+tiny corpora and models, CPU, seconds."""
+import json
+
+import pytest
+import torch
+
+from lm_helpers import tiny_corpus
+
+
+def _cfg(tmp_path, corpus, **kw):
+    cfg = {"task": "lm", "dataset": "python-stdlib", "data_dir": str(corpus), "model": "llama-tiny", "width": 0.5,
+           "seq_len": 16, "batch_size": 4, "epochs": 2, "optimizer": "adamw", "lr": 3e-3, "weight_decay": 0.0,
+           "amp": "none", "compile": False, "out_dir": str(tmp_path / "runs"), "progress": False,
+           "tensorboard": False, "eval_batch_size": 8, "val_size": 6, "exit_layers": [1, 4], "log_interval": 2}
+    cfg.update(kw)
+    return cfg
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    return tiny_corpus(tmp_path_factory.mktemp("lm"))
+
+
+@pytest.mark.parametrize("method", ["msd", "byot", "joint", "plain"])
+def test_each_method_trains_and_reports_per_exit_perplexity(tmp_path, corpus, method):
+    from msd_fast import Trainer
+
+    t = Trainer(_cfg(tmp_path, corpus, method=method, epochs=1, beta_begin=0.1, beta_end=0.1))
+    res = t.fit()
+    assert res["metric"] == "ppl" and len(res["last"]["test_ppl"]) == 3
+    ppl = res["last"]["test_ppl"]
+    assert all(1.0 < p < 1e4 for p in ppl), ppl
+    hist = [json.loads(x) for x in (t.run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert "train_acc" not in hist[-1] and len(hist[-1]["train_ce"]) == 3
+    if method == "plain":
+        assert hist[-1]["train_ce"][:2] == [0.0, 0.0]
+    ck = torch.load(t.run_dir / "last.pt", weights_only=True)
+    assert ck["lm"]["exit_layers"] == [1, 4, 7] and ck["num_classes"] == t.task.corpus.vocab_size
+
+
+def test_training_lowers_perplexity_and_resume_continues_exactly(tmp_path, corpus):
+    from msd_fast import Trainer
+
+    full = Trainer(_cfg(tmp_path, corpus, run_name="full")).fit()
+    first = full["last"]["val_ppl"]
+    hist0 = json.loads((tmp_path / "runs" / "full" / "metrics.jsonl").read_text().splitlines()[0])
+    assert all(a < b for a, b in zip(first, hist0["val_ppl"])) or first[-1] < hist0["val_ppl"][-1]
+    part = Trainer(_cfg(tmp_path, corpus, run_name="part", epochs=2, max_steps=3))
+    part.fit()
+    cfg = _cfg(tmp_path, corpus, run_name="part")
+    cfg["resume"] = str(tmp_path / "runs" / "part")
+    rest = Trainer(cfg).fit()
+    torch.testing.assert_close(torch.tensor(rest["last"]["val_ppl"]), torch.tensor(first), rtol=1e-4, atol=0)
+
+
+def test_exit_weight_schedules_and_per_exit_heads_train(tmp_path, corpus):
+    from msd_fast import Trainer
+    from msd_fast.loss import exit_weight_schedule
+
+    t = Trainer(_cfg(tmp_path, corpus, epochs=1, exit_weights="linear_l", lm_heads="per_exit", max_steps=2))
+    assert t.task.exit_weights == pytest.approx(exit_weight_schedule("linear_l", [2, 5, 8]))
+    assert t.task.exit_weights == pytest.approx([3 * 2 / 15, 3 * 5 / 15, 3 * 8 / 15])
+    t.fit()
+
+
+def test_config_refuses_mixed_tasks(tmp_path, corpus):
+    from msd_fast.train.config import ConfigError
+    from msd_fast.train.train_config import TrainConfig
+
+    with pytest.raises(ConfigError, match="is not a dataset of task 'lm'"):
+        TrainConfig.from_mapping(_cfg(tmp_path, corpus, dataset="fashion-mnist"))
+    with pytest.raises(ConfigError, match="model must be one of llama-tiny"):
+        TrainConfig.from_mapping(_cfg(tmp_path, corpus, model="resnet18"))
+    with pytest.raises(ConfigError, match="label_smoothing must be 0.0 for task lm"):
+        TrainConfig.from_mapping(_cfg(tmp_path, corpus, label_smoothing=0.1))
+    with pytest.raises(ConfigError, match="exit_layers applies to task lm only"):
+        TrainConfig.from_mapping({"exit_layers": [1, 2]})
+    with pytest.raises(ConfigError, match="exit_weights must be one of"):
+        TrainConfig.from_mapping(_cfg(tmp_path, corpus, exit_weights="cubic"))
+
+
+def test_cli_train_evaluate_decode(tmp_path, corpus, capsys):
+    from msd_fast.lm.cli import main as lm_main
+    from msd_fast.train.cli import main as train_main
+
+    argv = ["-c", "lm_stdlib_cpu", "--data-dir", str(corpus), "--seq-len", "16", "--width", "0.5",
+            "--batch-size", "4", "--train-subset", "0", "--max-steps", "3", "--val-size", "4", "--out-dir",
+            str(tmp_path / "runs"), "--run-name", "cli", "--no-progress", "--tensorboard", "false"]
+    assert train_main(argv) == 0
+    run = tmp_path / "runs" / "cli"
+    assert lm_main(["evaluate", str(run), "--max-sequences", "4", "--json", str(tmp_path / "e.json")]) == 0
+    e = json.loads((tmp_path / "e.json").read_text())
+    assert len(e["exits"]) == 4 and e["curve"][-1]["avg_layers"] == 8.0 and e["curve"][0]["avg_layers"] == 2.0
+    assert lm_main(["decode", str(run), "--prompts", "2", "--prompt-tokens", "6", "--new-tokens", "5",
+                    "--thresholds", "0.0", "--json", str(tmp_path / "d.json")]) == 0
+    d = json.loads((tmp_path / "d.json").read_text())
+    assert d["rows"][0]["threshold"] is None and d["rows"][0]["agreement"] == 100.0
+    assert d["rows"][1]["avg_layers"] == 2.0
+    assert lm_main(["export", str(run), str(tmp_path / "export")]) == 0
+    assert lm_main(["evaluate", str(tmp_path / "export"), "--data-dir", str(corpus), "--max-sequences", "4",
+                    "--json", str(tmp_path / "e2.json")]) == 0
+    assert json.loads((tmp_path / "e2.json").read_text())["exits"] == e["exits"]
+    (tmp_path / "export" / "hf" / "config.json").write_text("{}")
+    assert lm_main(["evaluate", str(tmp_path / "export"), "--data-dir", str(corpus)]) == 2
+    assert "SHA-256 does not match" in capsys.readouterr().err
+    assert lm_main(["evaluate", str(tmp_path / "nope")]) == 2
+    assert "error" in capsys.readouterr().err
+    missing = [x if x != str(corpus) else str(tmp_path / "missing") for x in argv]
+    assert train_main([x if x != "cli" else "x" for x in missing]) == 2
+    assert "python -m msd_fast.lm corpus --out" in capsys.readouterr().err
