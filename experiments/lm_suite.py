@@ -24,7 +24,7 @@ KD = ["--alpha", "0.3", "--temperature", "3", "--beta-begin", "0", "--beta-end",
 METHODS = {"joint": ["--method", "joint"], "byot": ["--method", "byot", *KD], "msd": ["--method", "msd", *KD]}
 PAIRS = [("msd", "joint"), ("byot", "joint"), ("msd", "byot")]
 CURVE_THRESHOLDS = (0.0, 0.3, 0.5, 0.7, 0.8, 0.9, 0.95, 1.01)
-DECODE_THRESHOLDS = (0.5, 0.7, 0.9)
+DECODE_THRESHOLDS = (0.2, 0.3, 0.5, 0.9)
 WHAT = ("Early-exit language model on real text: a tiny Llama (8 layers, hidden 128, exits after layers 2 / 4 / "
         "6 / 8 through the model's shared norm and head) trained from scratch for one epoch over 6,000 sequences of "
         "128 tokens (768k tokens) of the Python standard library's sources, BPE vocabulary 8,192; joint = the "

@@ -4,21 +4,14 @@ out/hf/ (the trunk and head by `save_pretrained`: config.json + model.safetensor
 layers, heads, the run, and the sha256 of every weight file). `load_lm_export(out)` reads it back with
 `from_pretrained` on the local folder (safetensors only; nothing is downloaded, no pickle is read) and checks
 the hashes first."""
-import hashlib
 import json
 import pathlib
 import shutil
 from typing import Dict
 
+from ..models.loading import _sha256  # the image exports' file hash
+
 EXPORT_FORMAT, EXPORT_VERSION = "msd_fast-lm-export", 1
-
-
-def _sha256(p: pathlib.Path) -> str:
-    h = hashlib.sha256()
-    with open(p, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def export_lm(run, out_dir, data_dir=None) -> Dict[str, str]:

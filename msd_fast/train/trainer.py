@@ -73,8 +73,8 @@ class Trainer:
         self.step = TrainStep.build(cfg=cfg, task=task, method=self.method, device=self.device,
                                     dist=self.dist, speed=self.speed, amp_dtype=self.amp_dtype,
                                     steps_per_epoch=self.steps_per_epoch, make_batch=self.batches.make)
-        self.opt, self.sched, self.scaler = self.step.opt, self.step.sched, self.step.scaler
-        self.beta_sched, self.beta_t = self.step.beta_sched, self.step.beta_t
+        self.opt, self.sched, self.scaler, self.beta_sched, self.beta_t = (
+            self.step.opt, self.step.sched, self.step.scaler, self.step.beta_sched, self.step.beta_t)
 
         self.epoch, self.step_in_epoch, self.global_step = 0, 0, 0
         self.aug_state: Optional[torch.Tensor] = None
@@ -126,8 +126,7 @@ class Trainer:
             self._lock = None
 
     # ------------------------------------------------------------------------------------- the step
-    def _train_step(self, idx: torch.Tensor, aug: torch.Tensor) -> None:
-        """One optimizer step on the batch drawn as (idx, aug) (BatchSource.draw)."""
+    def _train_step(self, idx: torch.Tensor, aug: torch.Tensor) -> None:  # the batch drawn as (idx, aug)
         self.step(idx, aug, self.beta_t, self.sums)
 
     def _check_finite(self) -> None:
@@ -224,13 +223,21 @@ class Trainer:
         self._stop_requested = True
         print("\n[msd_fast] Ctrl-C: finishing the current step and saving a checkpoint (Ctrl-C again to abort)")
 
-    def _eval(self, split: str) -> Dict[str, Any]:
+    def _eval(self, split: str) -> Dict[str, Any]:  # "val" or "test"
         return self.task.evaluate(split)
 
-    def _improves(self, exits) -> Optional[float]:
-        """The validation score of per-exit values `exits` when it beats the best so far, else None."""
-        score = self.task.score(exits, self.cfg.best_metric)
-        return score if self.best["value"] is None or score > self.best["value"] else None
+    def _save_validated(self, val: Dict[str, Any], **where) -> None:
+        """Saves last.pt, and best.pt when `val`'s score (task.score) beats the best so far (recorded with the
+        test split's figures and `where`: the step of a stop inside an epoch). last.pt first: it records which
+        epoch is best, so a kill between the two saves is repaired on resume (run_dir.reconcile_best) and
+        best.pt is never newer than last.pt."""
+        score = self.task.score(val["exits"], self.cfg.best_metric)
+        improved = self.best["value"] is None or score > self.best["value"]
+        if improved:
+            self.best = {"value": score, "epoch": self.epoch, **where, "val": val, "test": self._eval("test")}
+        self._save("last.pt")
+        if improved:
+            self._save("best.pt")
 
     def _end_epoch(self, images_per_s: float, epoch_time: float) -> None:
         train = epoch_means(self.sums, self.model.num_exits, self.dist, self.task.train_acc)
@@ -244,36 +251,19 @@ class Trainer:
         }
         self.history.append(row)
         self.epoch, self.step_in_epoch, self.sums = self.epoch + 1, 0, None
-        exits = val["exits"]
-        score = self._improves(exits)
-        improved = score is not None
-        if improved:
-            self.best = {"value": score, "epoch": self.epoch, "val": val, "test": self._eval("test")}
-        # last.pt first: it records which epoch is best, so a kill between the two saves is repaired on
-        # resume (run_dir.reconcile_best) and best.pt is never newer than last.pt.
-        self._save("last.pt")
-        if improved:
-            self._save("best.pt")
+        self._save_validated(val)
         self.log.log_epoch(row, self.history)
         if self.dist.is_main:
             print(f"[msd_fast] epoch {self.epoch}/{self.cfg.epochs}  loss {row['train_loss']:.4f}  "
-                  f"val {m} per exit {' / '.join(f'{a:.2f}' for a in exits)}  "
+                  f"val {m} per exit {' / '.join(f'{a:.2f}' for a in val['exits'])}  "
                   f"{row['images_per_s']:.0f} samples/s  {epoch_time:.1f} s", flush=True)
 
     def _validate_stop(self) -> None:
         """A stop inside an epoch (--max-steps): the weights as they are get validated like an epoch's end, so
         the run has validation figures and a best.pt (when they beat the best epoch so far); last.pt keeps
         the position in the epoch."""
-        val = self._eval("val")
-        self.stop_val = val
-        score = self._improves(val["exits"])
-        improved = score is not None
-        if improved:
-            self.best = {"value": score, "epoch": self.epoch, "step": self.global_step, "val": val,
-                         "test": self._eval("test")}
-        self._save("last.pt")
-        if improved:
-            self._save("best.pt")
+        self.stop_val = self._eval("val")
+        self._save_validated(self.stop_val, step=self.global_step)
 
     # ------------------------------------------------------------------------------- checkpoints
     def _save(self, name: str) -> None:
