@@ -15,6 +15,7 @@ from torch import nn
 
 from ..data import DataError
 from ..loss import FusedLinearMSDLoss, exit_weight_schedule
+from ..train.batches import epoch_order
 from ..train.methods import FinalExitCE, MultiExitCriterion
 from ..train.task import Task
 from .corpus import CorpusError, load_corpus
@@ -81,8 +82,7 @@ class TokenBatches:
         return self.tokens.is_cuda
 
     def epoch_order(self, seed: int, epoch: int) -> Tuple[torch.Tensor, torch.Generator]:
-        perm = torch.randperm(self.n_seq, generator=torch.Generator().manual_seed(seed * 1_000_003 + epoch))
-        return perm, torch.Generator().manual_seed(seed * 7919 + epoch + 1)
+        return epoch_order(self.n_seq, seed, epoch)
 
     def draw(self, perm: torch.Tensor, step: int, aug_gen: torch.Generator):
         if self._perm_host is not perm:  # once per epoch

@@ -18,6 +18,13 @@ from ..distributed import DistInfo
 from .train_config import TrainConfig
 
 
+def epoch_order(n: int, seed: int, epoch: int) -> Tuple[torch.Tensor, torch.Generator]:
+    """An epoch's permutation of n training samples and its augmentation generator, both seeded by (seed,
+    epoch): every task's batches use it, so a resumed run sees the same order."""
+    perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed * 1_000_003 + epoch))
+    return perm, torch.Generator().manual_seed(seed * 7919 + epoch + 1)
+
+
 class BatchSource:
     def __init__(self, data, device: torch.device, dist: DistInfo, cfg: TrainConfig, channels_last: bool):
         self.data, self.device, self.dist, self.channels_last = data, device, dist, channels_last
@@ -38,9 +45,7 @@ class BatchSource:
         return self.images.is_cuda
 
     def epoch_order(self, seed: int, epoch: int) -> Tuple[torch.Tensor, torch.Generator]:
-        """The epoch's permutation of the training set and its augmentation generator (seeded by epoch)."""
-        perm = torch.randperm(len(self.data.train), generator=torch.Generator().manual_seed(seed * 1_000_003 + epoch))
-        return perm, torch.Generator().manual_seed(seed * 7919 + epoch + 1)
+        return epoch_order(len(self.data.train), seed, epoch)
 
     def _to_device(self, t: torch.Tensor) -> torch.Tensor:
         """A small host tensor on the training device without a host sync (pinned, non-blocking on CUDA)."""
