@@ -109,3 +109,14 @@ def test_cli_train_evaluate_decode(tmp_path, corpus, capsys):
     missing = [x if x != str(corpus) else str(tmp_path / "missing") for x in argv]
     assert train_main([x if x != "cli" else "x" for x in missing]) == 2
     assert "python -m msd_fast.lm corpus --out" in capsys.readouterr().err
+
+
+def test_the_image_path_never_imports_transformers():
+    import subprocess
+    import sys
+
+    code = ("import sys, msd_fast, msd_fast.train.trainer, msd_fast.evaluate.run, msd_fast.models\n"
+            "from msd_fast.train.config import resolve_config\nresolve_config([])\n"
+            "print(sorted(m for m in ('transformers', 'tokenizers') if m in sys.modules))")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0 and r.stdout.strip() == "[]", r.stdout + r.stderr
