@@ -28,6 +28,14 @@ def even_exit_layers(num_layers: int, num_exits: int) -> List[int]:
     return [round((k + 1) * num_layers / num_exits) - 1 for k in range(num_exits)]
 
 
+def exit_logits(out: LMExitOutput, n: int) -> Tensor:
+    """Exit n's logits [..., V] from a forward's output (n indexes out.hidden), in the hidden states' dtype."""
+    w = out.weight if isinstance(out.weight, Tensor) else out.weight[n]
+    b = out.bias if out.bias is None or isinstance(out.bias, Tensor) else out.bias[n]
+    dt = out.hidden[n].dtype
+    return nn.functional.linear(out.hidden[n], w.to(dt), None if b is None else b.to(dt))
+
+
 class LMExits(nn.Module):
     """A causal LM with exits (see the module docstring). forward(input_ids, last_only=False) -> LMExitOutput;
     `logits(out, n)` forms one exit's logits (evaluation, decoding)."""
@@ -97,10 +105,7 @@ class LMExits(nn.Module):
                             None if bias is None else [bias] * self.num_exits)
 
     def logits(self, out: LMExitOutput, n: int) -> Tensor:
-        """Exit n's logits [..., V] from a forward's output (n indexes out.hidden)."""
-        w = out.weight if isinstance(out.weight, Tensor) else out.weight[n]
-        b = out.bias if out.bias is None or isinstance(out.bias, Tensor) else out.bias[n]
-        return nn.functional.linear(out.hidden[n], w, b)
+        return exit_logits(out, n)
 
     def extra_repr(self) -> str:
         return f"family={self.family.name}, exit_layers={list(self.exit_layers)}, heads={self.heads!r}"

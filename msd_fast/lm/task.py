@@ -10,7 +10,6 @@ import pathlib
 from typing import Any, Dict, List, NamedTuple, Optional, Tuple
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from ..data import DataError
@@ -20,6 +19,7 @@ from ..train.methods import FinalExitCE, MultiExitCriterion
 from ..train.task import Task
 from .corpus import CorpusError, load_corpus
 from .evaluate import evaluate_lm, windows
+from .exits import exit_logits
 from .models import create_lm
 
 DEFAULT_CORPUS = "data/python-stdlib-bpe"
@@ -61,9 +61,7 @@ class LMFinalCE(nn.Module):
         self.inner = crit
 
     def forward(self, out, target, beta):
-        w = out.weight if isinstance(out.weight, torch.Tensor) else out.weight[-1]
-        logits = F.linear(out.hidden[-1], w.to(out.hidden[-1].dtype), out.bias if not isinstance(out.bias, list)
-                          else out.bias[-1])
+        logits = exit_logits(out, len(out.hidden) - 1)
         return self.inner(_Logits([logits.flatten(0, -2)]), target.flatten(), beta)
 
 

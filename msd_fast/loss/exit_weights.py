@@ -13,7 +13,7 @@ def check_exit_weights(exit_weights, n: int) -> Optional[List[float]]:
         raise TypeError(f"exit_weights: expected None or {n} numbers, got {exit_weights!r}") from None
     if len(ew) != n or not all(math.isfinite(x) and x >= 0 for x in ew):
         raise ValueError(f"exit_weights: expected {n} finite numbers >= 0 (one per exit), got {exit_weights!r}")
-    return ew
+    return None if all(x == 1.0 for x in ew) else ew  # all ones is the unweighted loss: no extra pass
 
 
 def exit_weight_schedule(kind: str, depths: Sequence[int]) -> List[float]:
