@@ -211,6 +211,8 @@ def main(argv=None) -> int:
     ap.add_argument("--scale", choices=("cpu", "gpu"), default="cpu",
                     help="lm suite: the 2-core CPU setting, or the larger one for a GPU (lm_suite.GPU)")
     ap.add_argument("--no-readme", action="store_true", help="write the JSON and plots, leave the README alone")
+    ap.add_argument("--remeasure-decoding", action="store_true",
+                    help="lm suite: measure decoding again on the kept runs (runs/suites/lm); train nothing")
     add_run_options(ap)
     a = ap.parse_args(argv)
     if a.suite == "lm":

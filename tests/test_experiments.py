@@ -98,13 +98,17 @@ def test_lm_suite_table_has_every_method_threshold_and_difference():
 
     curve = [{"threshold": t, "ppl": 10.0 + i, "agreement": 90.0, "avg_layers": 2.0 + i / 2}
              for i, t in enumerate(lm_suite.CURVE_THRESHOLDS)]
-    dec = [{"threshold": t, "tokens_per_s": 100.0, "agreement": 95.0, "identical": 50.0, "avg_layers": 5.0}
-           for t in (None, *lm_suite.DECODE_THRESHOLDS)]
+    dec = [{"threshold": t, "tokens_per_s": 100.0, "speed_vs_full": 1.25, "agreement": 95.0, "identical": 50.0,
+            "avg_layers": 5.0, "weights_vs_full": 0.5, "exits": None} for t in (None, *lm_suite.DECODE_THRESHOLDS)]
+    dec.append({**dec[1], "exits": [0]})
     res = {"what": "W.", "seeds": 3, "exit_layers": [2, 4, 6, 8], "machine": "M", "train_min": 60.0,
            "methods": {m: {"mean": [40.0, 30.0, 20.0, 10.0]} for m in lm_suite.METHODS},
            "differences": {f"{a}_minus_{b}": {"mean": [-1.0] * 4, "ci95": [0.5] * 4} for a, b in lm_suite.PAIRS},
+           "val_differences": {f"{a}_minus_{b}": {"mean": [-2.0] * 4, "ci95": [0.25] * 4} for a, b in lm_suite.PAIRS},
            "curve": {m: curve for m in lm_suite.METHODS}, "decode": {m: dec for m in lm_suite.METHODS}}
     text = lm_suite.table(res)
     assert "| msd | 40.00 | 30.00 | 20.00 | 10.00 |" in text and "| msd minus joint | -1.00 ± 0.50 |" in text
     assert text.count("\n| 0.") + text.count("\n| 1.") >= len(lm_suite.CURVE_THRESHOLDS) + len(lm_suite.DECODE_THRESHOLDS)
-    assert "| full depth | 100 / 95 / 5.00 |" in text
+    assert "| msd minus joint (validation) | -2.00 ± 0.25 |" in text
+    assert "| full depth | 100 / 1.25x / 95 / 5.00 / 0.50 |" in text
+    assert f"| {lm_suite.DECODE_THRESHOLDS[0]:.2f}, exit 1 only | 100 / 1.25x" in text

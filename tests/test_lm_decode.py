@@ -31,7 +31,9 @@ def test_no_early_exit_is_full_greedy_decoding(name):
     prompt = torch.randint(0, 120, (7,)).tolist()
     out = early_exit_generate(m, prompt, 12, threshold=1.5)
     assert out.tokens == _greedy(m, prompt, 12)
-    assert set(out.layers_used) == {8} and out.layer_rows == 8 * (7 + 11)
+    # after the prompt: 11 tokens through 8 layers, one row per call, only the last head applied
+    assert set(out.layers_used) == {8} and out.layer_rows == out.layer_calls == 8 * 11
+    assert out.head_checks == 11 and out.seconds > 0 and out.prefill_seconds > 0
 
 
 @pytest.mark.parametrize("name", ["llama-tiny", "gpt2-tiny"])
@@ -58,6 +60,9 @@ def test_tokens_after_early_exits_see_the_full_depth_cache(name):
         torch.testing.assert_close(logits, ref[pos], rtol=1e-4, atol=1e-5)
     shallow = [u for u, n in zip(out.layers_used, out.exit_index) if n < m.num_exits - 1]
     assert shallow and max(shallow) < 8
+    # the catch-up rides along: fewer layer calls than full depth, never more rows
+    assert out.layer_calls < full.layer_calls and out.layer_rows <= full.layer_rows
+    assert out.head_checks == sum(n + 1 for n in out.exit_index)
 
 
 def test_threshold_zero_leaves_at_the_first_exit_and_bad_calls_are_refused():
@@ -68,6 +73,24 @@ def test_threshold_zero_leaves_at_the_first_exit_and_bad_calls_are_refused():
     assert set(out.exit_index) == {0} and set(out.layers_used) == {m.exit_layers[0] + 1}
     with pytest.raises(ValueError, match="prompt"):
         early_exit_generate(m, [], 3)
+    with pytest.raises(ValueError, match=r"exits: expected exit indices in \[0, 3\]"):
+        early_exit_generate(m, [1], 3, exits=[4])
+    assert m.training is False
+
+
+def test_checking_fewer_exits_emits_only_from_them():
+    from msd_fast.lm.decode import early_exit_generate
+
+    m = _model("llama-tiny")
+    prompt = [3, 4, 5, 6]
+    every = early_exit_generate(m, prompt, 10, threshold=0.0)
+    only = early_exit_generate(m, prompt, 10, threshold=0.0, exits=[1])
+    assert set(every.exit_index) == {0} and set(only.exit_index) == {1}
+    assert set(only.layers_used) == {m.exit_layers[1] + 1} and only.head_checks == len(only.exit_index)
+    # an exit that never passes the threshold costs a check and emits nothing: the last exit emits, at full depth
+    none = early_exit_generate(m, prompt, 10, threshold=1.0 - 1e-9, exits=[2])
+    full = early_exit_generate(m, prompt, 10, threshold=2.0)
+    assert none.tokens == full.tokens and none.head_checks == 2 * len(none.exit_index)
     with pytest.raises(TypeError, match="LMExits"):
         early_exit_generate(m.lm, [1], 3)
 

@@ -93,10 +93,21 @@ def test_cli_train_evaluate_decode(tmp_path, corpus, capsys):
     e = json.loads((tmp_path / "e.json").read_text())
     assert len(e["exits"]) == 4 and e["curve"][-1]["avg_layers"] == 8.0 and e["curve"][0]["avg_layers"] == 2.0
     assert lm_main(["decode", str(run), "--prompts", "2", "--prompt-tokens", "6", "--new-tokens", "5",
-                    "--thresholds", "0.0", "--json", str(tmp_path / "d.json")]) == 0
+                    "--thresholds", "0.0", "--rounds", "2", "--json", str(tmp_path / "d.json")]) == 0
     d = json.loads((tmp_path / "d.json").read_text())
-    assert d["rows"][0]["threshold"] is None and d["rows"][0]["agreement"] == 100.0
-    assert d["rows"][1]["avg_layers"] == 2.0
+    full, first = d["rows"]
+    assert full["threshold"] is None and full["agreement"] == 100.0 and full["speed_vs_full"] == 1.0
+    assert (full["layer_calls_per_token"], full["head_checks_per_token"], full["weights_vs_full"]) == (8.0, 1.0, 1.0)
+    # threshold 0: every token leaves at layer 2 after one head check, and no later token catches it up
+    assert (first["avg_layers"], first["layer_calls_per_token"], first["head_checks_per_token"]) == (2.0, 2.0, 1.0)
+    assert 0 < first["weights_vs_full"] < 1 and first["tokens_per_s"] > 0
+    assert lm_main(["decode", str(run), "--rounds", "0"]) == 2
+    assert lm_main(["decode", str(run), "--prompts", "1", "--prompt-tokens", "4", "--new-tokens", "3", "--rounds",
+                    "1", "--thresholds", "0.0", "--check-exits", "1", "--json", str(tmp_path / "d1.json")]) == 0
+    full, every, one = json.loads((tmp_path / "d1.json").read_text())["rows"]
+    assert (every["exits"], one["exits"], one["avg_layers"]) == (None, [1], 4.0)
+    assert lm_main(["decode", str(run), "--check-exits", "7"]) == 2
+    assert "exits: expected exit indices" in capsys.readouterr().err
     assert lm_main(["export", str(run), str(tmp_path / "export")]) == 0
     assert lm_main(["evaluate", str(tmp_path / "export"), "--data-dir", str(corpus), "--max-sequences", "4",
                     "--json", str(tmp_path / "e2.json")]) == 0

@@ -3,16 +3,17 @@ lm_stdlib_cpu trains).
 
     python -m msd_fast.lm corpus [--out data/python-stdlib-bpe] [--source python-stdlib|DIR] [--vocab-size 8192]
     python -m msd_fast.lm evaluate RUN [--split test] [--max-sequences K] [--json FILE]
-    python -m msd_fast.lm decode RUN [--prompt TEXT | --prompts K] [--new-tokens 64] [--thresholds ...] [--json FILE]
+    python -m msd_fast.lm decode RUN [--prompt TEXT | --prompts K] [--new-tokens 48] [--rounds 3] [--thresholds ...]
+                                     [--check-exits K ...] [--json FILE]
     python -m msd_fast.lm export RUN OUT       # a Hugging Face model folder + the exits (export.py)
 
 evaluate: per-exit perplexity and the early-exit curve (teacher-forced); decode: early-exit greedy decoding
-(decode.py) at each threshold against full-depth decoding: tokens/s, agreement, layers used.
+(decode.py) at each threshold against full-depth decoding, interleaved in rounds (decode_sweep.py): tokens/s
+and its ratio to full depth, agreement, layers used, layer calls, head checks and weights read per token.
 Exit status: 0 done, 2 bad arguments, corpus or checkpoint (one line on stderr)."""
 import argparse
 import json
 import pathlib
-import statistics
 import sys
 from typing import List, Optional
 
@@ -52,34 +53,6 @@ def cmd_evaluate(a) -> dict:
     return {"run": str(a.run), "split": a.split, "exit_layers": list(model.exit_layers), **res}
 
 
-def decode_prompts(corpus, k: int, length: int, split: str = "test") -> List[List[int]]:
-    """k prompts of `length` tokens, evenly spaced through a corpus split."""
-    arr = corpus.splits[split]
-    step = max(1, (len(arr) - length) // k)
-    return [arr[i * step:i * step + length].astype("int64").tolist() for i in range(k)]
-
-
-def decode_sweep(model, prompts: List[List[int]], new_tokens: int, thresholds) -> List[dict]:
-    """Per threshold: tokens/s (median over prompts), agreement (%) with full-depth greedy decoding position by
-    position, the share of outputs identical to it, average layers used per token."""
-    from .decode import early_exit_generate
-
-    early_exit_generate(model, prompts[0], min(new_tokens, 8), 2.0)  # warm-up, not timed
-    full = [early_exit_generate(model, p, new_tokens, 2.0) for p in prompts]
-    rows = []
-    for t in [2.0] + [t for t in thresholds if t <= 1.0]:
-        runs = full if t == 2.0 else [early_exit_generate(model, p, new_tokens, t) for p in prompts]
-        same = [sum(a == b for a, b in zip(r.tokens, f.tokens)) / max(1, len(f.tokens)) for r, f in zip(runs, full)]
-        used = [u for r in runs for u in r.layers_used]
-        rows.append({"threshold": t if t <= 1.0 else None,
-                     "tokens_per_s": statistics.median(len(r.tokens) / r.seconds for r in runs),
-                     "agreement": 100.0 * statistics.mean(same),
-                     "identical": 100.0 * statistics.mean(float(r.tokens == f.tokens) for r, f in zip(runs, full)),
-                     "avg_layers": statistics.mean(used) if used else float(model.num_layers),
-                     "layer_rows_per_token": statistics.mean(r.layer_rows / max(1, len(r.tokens)) for r in runs)})
-    return rows
-
-
 def cmd_export(a) -> dict:
     from .export import export_lm
 
@@ -89,6 +62,8 @@ def cmd_export(a) -> dict:
 
 
 def cmd_decode(a) -> dict:
+    from .decode_sweep import decode_prompts, decode_sweep
+
     model, ckpt = load_lm(a.run, a.device)
     corpus = _corpus_of(ckpt, a.data_dir)
     tok = corpus.tokenizer()
@@ -96,20 +71,24 @@ def cmd_decode(a) -> dict:
     if not all(prompts):
         raise ValueError("--prompt: the text encodes to no tokens")
     torch.set_num_threads(a.threads) if a.threads else None
-    rows = decode_sweep(model, prompts, a.new_tokens, a.thresholds)
-    print("| threshold | tokens/s | agreement with full depth (%) | identical outputs (%) | avg layers |\n"
-          "|---|---|---|---|---|")
+    sets = (None,) + ((tuple(a.check_exits),) if a.check_exits else ())
+    rows = decode_sweep(model, prompts, a.new_tokens, a.thresholds, a.rounds, exit_sets=sets)
+    print("| threshold | exits checked | tokens/s | x full depth | agreement with full depth (%) | "
+          "identical outputs (%) | layers before emitting | layer calls / token | head checks / token | weights read x full |\n"
+          "|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         th = "full depth" if r["threshold"] is None else f"{r['threshold']:.2f}"
-        print(f"| {th} | {r['tokens_per_s']:.1f} | {r['agreement']:.1f} | {r['identical']:.0f} | "
-              f"{r['avg_layers']:.2f} |")
+        ex = "last" if r["threshold"] is None else "all" if r["exits"] is None else " ".join(map(str, r["exits"]))
+        print(f"| {th} | {ex} | {r['tokens_per_s']:.1f} | {r['speed_vs_full']:.2f} | {r['agreement']:.1f} | "
+              f"{r['identical']:.0f} | {r['avg_layers']:.2f} | {r['layer_calls_per_token']:.2f} | "
+              f"{r['head_checks_per_token']:.2f} | {r['weights_vs_full']:.2f} |")
     if a.prompt:
         from .decode import early_exit_generate
 
         g = early_exit_generate(model, prompts[0], a.new_tokens, a.thresholds[-1] if a.thresholds else 0.9)
         print(tok.decode(prompts[0] + g.tokens))
-    return {"run": str(a.run), "prompts": len(prompts), "new_tokens": a.new_tokens, "device": a.device,
-            "threads": torch.get_num_threads(), "rows": rows}
+    return {"run": str(a.run), "prompts": len(prompts), "new_tokens": a.new_tokens, "rounds": a.rounds,
+            "device": a.device, "threads": torch.get_num_threads(), "rows": rows}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -140,6 +119,9 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--prompts", type=int, default=8)
     d.add_argument("--prompt-tokens", type=int, default=32)
     d.add_argument("--new-tokens", type=int, default=48)
+    d.add_argument("--check-exits", type=int, nargs="*", default=None,
+                   help="also decode checking only these exits' confidence (0-based; the last always emits)")
+    d.add_argument("--rounds", type=int, default=3, help="timing rounds, settings interleaved (decode_sweep.py)")
     d.add_argument("--threads", type=int, default=0)
     return p
 

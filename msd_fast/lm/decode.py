@@ -28,8 +28,11 @@ class Decoded:
     tokens: List[int]                      # the generated tokens (prompt excluded)
     exit_index: List[int]                  # per generated token, the exit it left at (0 = shallowest)
     layers_used: List[int]                 # per generated token, the layers run for it before it was emitted
-    layer_rows: int = 0                    # decoder-layer rows computed in total (catch-up rows included)
-    seconds: float = 0.0
+    layer_rows: int = 0                    # decoder-layer rows run after the prompt (catch-up rows included)
+    layer_calls: int = 0                   # decoder-layer calls after the prompt (each reads the layer's weights)
+    head_checks: int = 0                   # exit heads applied after the prompt (each reads a V x H matrix)
+    prefill_seconds: float = 0.0           # the prompt, at full depth
+    seconds: float = 0.0                   # the generation after the prompt
     full_logits: Dict[int, torch.Tensor] = field(default_factory=dict)  # position -> final-layer logits
 
 
@@ -37,7 +40,7 @@ class _Stepper:
     """One sequence's decoding state: the cache, how many positions each layer has cached, and the latest
     hidden state of every token whose deeper layers are still to run."""
 
-    def __init__(self, model: LMExits):
+    def __init__(self, model: LMExits, exits: Sequence[int]):
         from .hf import transformers
 
         tf = transformers()
@@ -50,8 +53,8 @@ class _Stepper:
         self.kw = cache_kwarg(self.layers[0])
         self.cached = [0] * len(self.layers)   # layer j has KV for positions [0, cached[j])
         self.pending: Dict[int, torch.Tensor] = {}   # position -> its deepest computed layer output [H]
-        self.exit_at = {j: n for n, j in enumerate(model.exit_layers)}
-        self.rows = 0
+        self.exit_at = {model.exit_layers[n]: n for n in exits}  # the exits checked, by layer
+        self.rows = self.calls = self.checks = 0
 
     def _embed(self, ids: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
         x = getattr(self.base, self.fam.embed)(ids)
@@ -67,9 +70,11 @@ class _Stepper:
         if self.fam.rotary:
             kw["position_embeddings"] = getattr(self.base, self.fam.rotary)(x, pos)
         self.rows += q
+        self.calls += 1
         return layer_output(self.layers[j](x, **kw))
 
     def _logits(self, n: int, h: torch.Tensor) -> torch.Tensor:
+        self.checks += 1
         w, b = self.m.head(n)
         return F.linear(self.m.norm(h), w, b)
 
@@ -89,7 +94,7 @@ class _Stepper:
             x = self._layer(j, x, torch.arange(start, p1, device=ids.device)[None])
             self.cached[j] = p1
             n = self.exit_at.get(j)
-            if n is None:
+            if n is None or (threshold > 1.0 and j < L - 1):  # full depth checks no intermediate exit
                 continue
             logits = self._logits(n, x[0, -1])
             if j == L - 1 or logits.softmax(-1).max() >= threshold:
@@ -102,23 +107,31 @@ class _Stepper:
 
 @torch.no_grad()
 def early_exit_generate(model: LMExits, prompt: Sequence[int], max_new_tokens: int, threshold: float = 0.9,
-                        stop_token: Optional[int] = None, keep_full_logits: bool = False) -> Decoded:
+                        stop_token: Optional[int] = None, keep_full_logits: bool = False,
+                        exits: Optional[Sequence[int]] = None) -> Decoded:
     """Greedy decoding of up to max_new_tokens after `prompt` with early exits at `threshold` (the top
     probability an exit needs to emit the token; > 1: never exit early, i.e. full-depth greedy decoding).
-    The prompt runs at full depth. keep_full_logits: also keep, for every token emitted by the last exit, the
-    logits it was chosen from (tests compare them with a full forward)."""
+    The prompt runs at full depth. exits: the exit indices whose confidence is checked (default all; the last
+    exit always emits what reaches it): each check reads a V x H head, so checking fewer exits can pay where
+    a head costs more than the layers between exits. keep_full_logits: also keep, for every token emitted by
+    the last exit, the logits it was chosen from (tests compare them with a full forward)."""
     if not isinstance(model, LMExits):
         raise TypeError(f"model: expected an LMExits (attach_lm_exits), got {type(model).__name__}")
     if len(prompt) < 1 or max_new_tokens < 0:
         raise ValueError(f"need a prompt of at least one token and max_new_tokens >= 0, got {len(prompt)} and "
                          f"{max_new_tokens}")
+    last = model.num_exits - 1
+    if exits is not None and any(not 0 <= int(n) <= last for n in exits):
+        raise ValueError(f"exits: expected exit indices in [0, {last}], got {list(exits)}")
     dev = next(model.parameters()).device
     was = model.training
     model.eval()
-    s = _Stepper(model)
+    s = _Stepper(model, sorted({int(n) for n in (range(last) if exits is None else exits)} | {last}))
     out = Decoded([], [], [])
     t0 = time.perf_counter()
     _, _, logits = s.step(torch.tensor(list(prompt), device=dev), 2.0)
+    t1 = time.perf_counter()
+    s.rows = s.calls = s.checks = 0
     for _ in range(max_new_tokens):
         tok = int(logits.argmax())
         out.tokens.append(tok)
@@ -131,7 +144,7 @@ def early_exit_generate(model: LMExits, prompt: Sequence[int], max_new_tokens: i
         out.layers_used.append(used)
         if keep_full_logits and n == model.num_exits - 1:
             out.full_logits[len(prompt) + len(out.tokens) - 1] = logits.clone()
-    out.seconds = time.perf_counter() - t0
-    out.layer_rows = s.rows
+    out.prefill_seconds, out.seconds = t1 - t0, time.perf_counter() - t1
+    out.layer_rows, out.layer_calls, out.head_checks = s.rows, s.calls, s.checks
     model.train(was)
     return out
