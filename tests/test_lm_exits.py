@@ -34,6 +34,24 @@ def test_deepest_exit_is_the_models_own_logits_and_loss(name):
 
 
 @pytest.mark.parametrize("name", FAMILIES)
+def test_a_padded_batch_takes_the_attention_mask_like_the_model(name):
+    from msd_fast.loss import fused_linear_msd_loss
+
+    m = _model(name)
+    x = torch.randint(0, 97, (2, 10))
+    mask = torch.ones_like(x)
+    mask[0, :4] = 0  # left padding, as HF tokenizers pad for generation
+    labels = x.masked_fill(mask == 0, -100)
+    ref = m.lm(input_ids=x, attention_mask=mask, labels=labels)
+    out = m(x, attention_mask=mask)
+    torch.testing.assert_close(m.logits(out, -1), ref.logits, rtol=0, atol=0)
+    assert not torch.allclose(m(x).hidden[0][0], out.hidden[0][0])  # the mask reaches the shallow exits too
+    target = torch.cat([labels[:, 1:], torch.full((2, 1), -100)], 1)
+    _, terms = fused_linear_msd_loss(out.hidden, out.weight, target, alpha=0.0, beta=0.0, return_terms=True)
+    torch.testing.assert_close(terms.ce[-1], ref.loss, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("name", FAMILIES)
 def test_shallow_exits_are_the_normed_layer_outputs(name):
     m = _model(name)
     x = torch.randint(0, 97, (2, 9))

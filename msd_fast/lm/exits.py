@@ -37,7 +37,8 @@ def exit_logits(out: LMExitOutput, n: int) -> Tensor:
 
 
 class LMExits(nn.Module):
-    """A causal LM with exits (see the module docstring). forward(input_ids, last_only=False) -> LMExitOutput;
+    """A causal LM with exits (see the module docstring). forward(input_ids, attention_mask=None, *,
+    last_only=False, **trunk_kwargs) -> LMExitOutput;
     `logits(out, n)` forms one exit's logits (evaluation, decoding)."""
 
     def __init__(self, lm: nn.Module, exit_layers: Sequence[int], heads: str = "shared"):
@@ -91,8 +92,11 @@ class LMExits(nn.Module):
         w = self.exit_heads[n] if self.heads == "per_exit" and n < self.num_exits - 1 else lin.weight
         return w, lin.bias
 
-    def forward(self, input_ids: Tensor, last_only: bool = False) -> LMExitOutput:
-        out = self.trunk(input_ids=input_ids, output_hidden_states=not last_only, use_cache=False)
+    def forward(self, input_ids: Tensor, attention_mask: Optional[Tensor] = None, *, last_only: bool = False,
+                **trunk_kwargs) -> LMExitOutput:
+        """attention_mask and trunk_kwargs (position_ids, ...) go to the trunk as in the model's own forward."""
+        out = self.trunk(input_ids=input_ids, attention_mask=attention_mask, output_hidden_states=not last_only,
+                         use_cache=False, **trunk_kwargs)
         deepest = out.last_hidden_state
         if last_only:
             hidden = [deepest]
