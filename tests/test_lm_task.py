@@ -88,6 +88,8 @@ def test_cli_train_evaluate_decode(tmp_path, corpus, capsys):
             "--batch-size", "4", "--train-subset", "0", "--max-steps", "3", "--val-size", "4", "--out-dir",
             str(tmp_path / "runs"), "--run-name", "cli", "--no-progress", "--tensorboard", "false"]
     assert train_main(argv) == 0
+    table = capsys.readouterr().out.split("Per-exit perplexity")[1]
+    assert "| exit | GFLOPs | val (last) | test (last) | val (best) | test (best) |" in table and "nan" not in table
     run = tmp_path / "runs" / "cli"
     assert lm_main(["evaluate", str(run), "--max-sequences", "4", "--json", str(tmp_path / "e.json")]) == 0
     e = json.loads((tmp_path / "e.json").read_text())

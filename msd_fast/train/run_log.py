@@ -132,15 +132,15 @@ def format_results_table(r: Dict[str, Any]) -> str:
     nan, ens = float("nan"), r["last"]["test_ensemble"]
     n = len(r["last"][f"test_{m}"])
     title = "top-1 accuracy (%)" if m == "acc" else "perplexity" if m == "ppl" else m
+    cols = ["val (last)", "test (last)"] + (["test ensemble 1..k (last)"] if ens else []) + ["val (best)", "test (best)"]
     lines = [f"Per-exit {title}, {r['dataset']} / {r['model']} / {r['method']}",
-             "| exit | GFLOPs | val (last) | test (last) | test ensemble 1..k (last) | val (best) | test (best) |",
-             "|---|---|---|---|---|---|---|"]
+             "| exit | GFLOPs | " + " | ".join(cols) + " |", "|---" * (len(cols) + 2) + "|"]
     b = r["best_val"]
     for k in range(n):
-        val_last = r["last"][f"val_{m}"][k] if r["last"][f"val_{m}"] else nan
-        lines.append(f"| {k + 1} | {r['exit_flops'][k] / 1e9:.4f} | {val_last:.2f} | {r['last'][f'test_{m}'][k]:.2f} | "
-                     f"{ens[k] if ens else nan:.2f} | {b[f'val_{m}'][k] if b[f'val_{m}'] else nan:.2f} | "
-                     f"{b[f'test_{m}'][k] if b[f'test_{m}'] else nan:.2f} |")
+        cells = [r["last"][f"val_{m}"][k] if r["last"][f"val_{m}"] else nan, r["last"][f"test_{m}"][k]]
+        cells += [ens[k]] if ens else []  # tasks without an ensemble (lm) have no column for it
+        cells += [b[f"val_{m}"][k] if b[f"val_{m}"] else nan, b[f"test_{m}"][k] if b[f"test_{m}"] else nan]
+        lines.append(f"| {k + 1} | {r['exit_flops'][k] / 1e9:.4f} | " + " | ".join(f"{c:.2f}" for c in cells) + " |")
     where = f"epoch {b['epoch']}" if b.get("step") is None else \
         f"the stop at step {b['step']} (inside epoch {b['epoch'] + 1})"
     lines.append(f"best validation: {where} (selected by {b['selected_by']})" if b["epoch"] is not None
