@@ -219,6 +219,46 @@ def test_exit_weights_weigh_each_exits_terms(N, per_exit, teacher, detach, dtype
         torch.testing.assert_close(a.double(), b.double(), **tol)
 
 
+@pytest.mark.parametrize("detach", [True, False])
+def test_exit_weights_as_a_tensor_are_read_at_each_call(detach):
+    """A device tensor of weights (what a curriculum updates in place between steps) gives the list's values and
+    gradients, zeros included, and is read afresh by every call, compiled or not."""
+    args = _problem(4, 2, 5, 8, 13, bias=True, dtype=torch.float32)
+    kw = dict(alpha=0.3, beta=0.1, chunk_tokens=4, detach_teacher=detach)
+    ew = torch.tensor([1.0, 0.0, 2.0, 1.0])
+    compiled = torch.compile(lambda h, w, b, t, e: fused_linear_msd_loss(h, w, t, bias=b, exit_weights=e, **kw),
+                             fullgraph=True, backend="aot_eager")
+    for e in ([1.0, 0.0, 2.0, 1.0], [0.0, 1.0, 1.0, 1.0]):
+        ew.copy_(torch.tensor(e))
+        ref = _fused(*args, exit_weights=e, **kw)
+        ref_grads = _grads(ref, *args[:3])
+        calls = [_fused(*args, exit_weights=ew, **kw)]
+        if detach:  # detach_teacher=False runs the reference by autograd inside the loss: not traceable whole
+            calls.append(compiled(args[0], args[1][0], args[2][0], args[3], ew))
+        for got in calls:
+            torch.testing.assert_close(got, ref)
+            for a, b in zip(_grads(got, *args[:3]), ref_grads):
+                torch.testing.assert_close(a, b)
+    hidden, heads, _, y = args
+    for bad in (torch.ones(3), torch.ones(4, dtype=torch.int64), torch.ones(4, requires_grad=True)):
+        with pytest.raises(ValueError, match=r"exit_weights: expected a floating tensor of shape \[4\]"):
+            fused_linear_msd_loss(hidden, heads[0], y, exit_weights=bad)
+
+
+def test_exit_curricula_switch_exits_on_by_step_and_progress():
+    from msd_fast.loss import ExitCurriculum
+
+    rot = ExitCurriculum("rotational", [1, 3, 5, 7], 8)
+    assert [rot.index(s, 0.0) for s in range(5)] == [0, 1, 2, 0, 1]
+    assert rot.patterns([1.0, 2.0, 3.0, 4.0], "cpu").tolist() == [[1, 0, 0, 4], [0, 2, 0, 4], [0, 0, 3, 4]]
+    grad = ExitCurriculum("gradual", [1, 3, 5, 7], 8)  # exit after layer j on from 0.5 * (8 - j) / 8
+    assert grad.patterns([1.0] * 4, "cpu").tolist() == [[0, 0, 0, 1], [0, 0, 1, 1], [0, 1, 1, 1], [1, 1, 1, 1]]
+    assert [grad.index(0, p) for p in (0.0, 0.18, 0.1875, 0.3125, 0.4374, 0.4375, 1.0)] == [0, 0, 1, 2, 2, 3, 3]
+    assert ExitCurriculum("none", [1, 7], 8).patterns([0.5, 1.5], "cpu").tolist() == [[0.5, 1.5]]
+    with pytest.raises(ValueError, match="exit curriculum must be one of none, rotational, gradual"):
+        ExitCurriculum("random", [1, 7], 8)
+
+
 def test_exit_weight_schedules_and_bad_weights():
     from msd_fast.loss import EXIT_WEIGHT_SCHEDULES, exit_weight_schedule
 
@@ -226,6 +266,7 @@ def test_exit_weight_schedules_and_bad_weights():
     assert exit_weight_schedule("uniform", d) == [1.0, 1.0, 1.0]
     assert exit_weight_schedule("linear_l", d) == pytest.approx([3 * 2 / 14, 3 * 4 / 14, 3 * 8 / 14])
     assert exit_weight_schedule("inv_l", d) == pytest.approx([3 * 0.5 / 0.875, 3 * 0.25 / 0.875, 3 * 0.125 / 0.875])
+    assert exit_weight_schedule("sum_l", d) == pytest.approx([3 * 2 / 22, 3 * 6 / 22, 3 * 14 / 22])
     for k in EXIT_WEIGHT_SCHEDULES:
         assert sum(exit_weight_schedule(k, d)) == pytest.approx(3.0)
     with pytest.raises(ValueError, match="exit weight schedule must be one of"):

@@ -64,6 +64,41 @@ def test_exit_weight_schedules_and_per_exit_heads_train(tmp_path, corpus):
     t.fit()
 
 
+@pytest.mark.parametrize("curriculum,steps,pattern", [("rotational", 5, [1, 0, 1]), ("gradual", 3, [0, 1, 1])])
+def test_exit_curricula_switch_exits_per_step_and_resume_where_they_were(tmp_path, corpus, curriculum, steps,
+                                                                         pattern):
+    from msd_fast import Trainer
+    from msd_fast.loss import exit_weight_schedule
+
+    # 12 training windows / batch 4: 3 steps per epoch, 6 planned. The last step run is steps - 1: rotational
+    # step 4 trains exit 4 % 2 = 0; gradual at 2/6 of training has layer 4's exit on (from 0.5 * 4/8), not
+    # layer 1's (from 0.5 * 7/8)
+    t = Trainer(_cfg(tmp_path, corpus, exit_curriculum=curriculum, exit_weights="sqrt_l", lm_heads="per_exit",
+                     train_subset=12, run_name="c", max_steps=steps))
+    base = exit_weight_schedule("sqrt_l", [2, 5, 8])
+    t.fit()
+    assert t.task.exit_weights_t.tolist() == pytest.approx([b * m for b, m in zip(base, pattern)])
+    cfg = _cfg(tmp_path, corpus, exit_curriculum=curriculum, exit_weights="sqrt_l", lm_heads="per_exit",
+               train_subset=12, run_name="c", max_steps=0)
+    cfg["resume"] = str(tmp_path / "runs" / "c")
+    r = Trainer(cfg)
+    assert r.global_step == steps and r.fit()["last"]["val_ppl"]
+    assert r.task.exit_weights_t.tolist() == pytest.approx([0.0, base[1], base[2]] if curriculum == "rotational"
+                                                           else base)  # step 5 (rotational); all on (gradual)
+
+
+def test_a_switched_off_exit_gets_no_gradient_through_its_own_terms(tmp_path, corpus):
+    from msd_fast import Trainer
+
+    t = Trainer(_cfg(tmp_path, corpus, exit_curriculum="rotational", lm_heads="per_exit", max_steps=1))
+    crit = t.task.criterion(t.method.build(t.cfg, t.model.num_exits))
+    x, y = t.batches.make(torch.arange(4), None)
+    loss, _ = crit(t.model(x), y, torch.zeros(()))
+    loss.backward()
+    heads = t.model.exit_heads  # step 0: exit 0 and the last train; exit 1 only teaches (detached)
+    assert heads[0].grad.abs().sum() > 0 and heads[1].grad is not None and heads[1].grad.abs().sum() == 0
+
+
 def test_config_refuses_mixed_tasks(tmp_path, corpus):
     from msd_fast.train.config import ConfigError
     from msd_fast.train.train_config import TrainConfig
@@ -78,6 +113,10 @@ def test_config_refuses_mixed_tasks(tmp_path, corpus):
         TrainConfig.from_mapping({"exit_layers": [1, 2]})
     with pytest.raises(ConfigError, match="exit_weights must be one of"):
         TrainConfig.from_mapping(_cfg(tmp_path, corpus, exit_weights="cubic"))
+    with pytest.raises(ConfigError, match="exit_curriculum must be one of none, rotational, gradual"):
+        TrainConfig.from_mapping(_cfg(tmp_path, corpus, exit_curriculum="random"))
+    with pytest.raises(ConfigError, match="exit_curriculum applies to task lm only"):
+        TrainConfig.from_mapping({"exit_curriculum": "gradual"})
 
 
 def test_cli_train_evaluate_decode(tmp_path, corpus, capsys):

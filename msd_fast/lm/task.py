@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from ..data import DataError
-from ..loss import FusedLinearMSDLoss, exit_weight_schedule
+from ..loss import ExitCurriculum, FusedLinearMSDLoss, exit_weight_schedule
 from ..train.batches import epoch_order
 from ..train.methods import FinalExitCE, MultiExitCriterion
 from ..train.task import Task
@@ -31,7 +31,8 @@ def corpus_dir(data_dir: Optional[str]) -> pathlib.Path:
 
 class LMCriterion(nn.Module):
     """A method's MSD criterion (MultiExitCriterion: alpha, temperature, teacher, hint) on an LM's exits,
-    through the fused linear MSD loss; targets equal to -100 are ignored."""
+    through the fused linear MSD loss; targets equal to -100 are ignored. exit_weights: None, or a device tensor
+    [N] that a curriculum may change in place between steps."""
 
     def __init__(self, crit: MultiExitCriterion, exit_weights):
         super().__init__()
@@ -121,16 +122,28 @@ class LMTask(Task):
         if self.model.vocab_size != self.corpus.vocab_size:
             raise ValueError(f"model: its head has {self.model.vocab_size} tokens, the corpus {self.corpus.vocab_size}")
         self.exit_weights = exit_weight_schedule(cfg.exit_weights, [d + 1 for d in self.model.exit_layers])
+        self.curriculum = ExitCurriculum(cfg.exit_curriculum, self.model.exit_layers, self.model.num_layers)
+        # the loss reads exit_weights_t; before_step copies the step's pattern in (device to device, no sync)
+        plain = cfg.exit_curriculum == "none" and all(w == 1.0 for w in self.exit_weights)
+        self.weight_patterns = None if plain else self.curriculum.patterns(self.exit_weights, device)
+        self.exit_weights_t = None if plain else self.weight_patterns[0].clone()
+        self._pattern = 0
         self.input_size = (T,)
         self.cost = lm_cost(self.model, T)
 
     def criterion(self, criterion):
         if isinstance(criterion, MultiExitCriterion):
-            return LMCriterion(criterion, self.exit_weights)
+            return LMCriterion(criterion, self.exit_weights_t)
         if isinstance(criterion, FinalExitCE):
             return LMFinalCE(criterion)
         raise ValueError(f"task lm: the method's criterion {type(criterion).__name__} has no language-model form "
                          f"(MSD-loss methods and plain have one)")
+
+    def before_step(self, step: int, progress: float) -> None:
+        k = self.curriculum.index(step, progress)
+        if self.weight_patterns is not None and k != self._pattern:
+            self.exit_weights_t.copy_(self.weight_patterns[k])
+            self._pattern = k
 
     def correct(self, out, y):
         return torch.zeros(len(out.hidden), device=y.device)  # no token accuracy in training: no logits formed

@@ -100,8 +100,7 @@ def _accumulate(acc: Tensor, a: Tensor, b: Tensor) -> None:
 def _fused_linear_impl(hidden: List[Tensor], heads: List[Tensor], biases: List[Tensor], target: Tensor,
                      w0: Tensor, tau: float, teacher_last: bool, detach: bool, use_hint: bool,
                      ignore_index: Optional[int], step: int,
-                     exit_weights: Optional[List[float]]) -> Tuple[Tensor, Tensor, List[Tensor], List[Tensor],
-                                                                      List[Tensor]]:
+                     exit_weights: Optional[Tensor]) -> Tuple[Tensor, Tensor, List[Tensor], List[Tensor], List[Tensor]]:
     """Loss, per-exit terms [3, N] and every gradient (hidden, heads, biases), chunk by chunk. One opaque op
     to torch.compile: the chunk loop is not unrolled into the graph (and torch 2.11 mis-traced it)."""
     total, per_exit, gh, gw, gb = _forward(hidden, heads, biases or None, target, w0, tau, teacher_last, detach,
@@ -144,7 +143,7 @@ def _forward(hidden, heads, biases, target, w0, tau, teacher_last, detach, use_h
     shared = len(heads) == 1
     # Exit weights e_n (loss = sum_n e_n * exit n's terms): with detached teachers exit n's logits and hidden
     # states get gradient only as the student of its own terms, so scaling them by e_n is exact.
-    ew = None if exit_weights is None else torch.tensor(exit_weights, dtype=acc, device=dev)
+    ew = None if exit_weights is None else exit_weights.to(acc)
     for c0 in range(0, T, step):
         c1 = min(T, c0 + step)
         hc = [h[c0:c1] for h in hs]
@@ -188,13 +187,13 @@ class _FusedLinearMSD(torch.autograd.Function):
     """Inputs flattened for autograd: N hidden, then the heads, then the biases (0, 1 or N)."""
 
     @staticmethod
-    def forward(ctx, opts, target, w0, *tensors):
+    def forward(ctx, opts, target, w0, ew, *tensors):
         N, n_heads, n_bias, hp, fused = opts
         hidden, heads, biases = list(tensors[:N]), list(tensors[N:N + n_heads]), list(tensors[N + n_heads:])
         # the fused kernels through the opaque op; the reference (it needs autograd, which an op's body does not
         # have) as plain code
         run = torch.ops.msd_fast.fused_linear_msd if fused else _fused_linear_impl
-        total, per_exit, gh, gw, gb = run(hidden, heads, biases, target, w0, *hp)
+        total, per_exit, gh, gw, gb = run(hidden, heads, biases, target, w0, *hp, ew)
         ctx.save_for_backward(*gh, *gw, *gb)
         ctx.mark_non_differentiable(per_exit)
         return total, per_exit
@@ -203,13 +202,13 @@ class _FusedLinearMSD(torch.autograd.Function):
     def backward(ctx, grad_total, grad_per_exit):
         saved = ctx.saved_tensors
         if grad_total is None:
-            return (None, None, None) + (None,) * len(saved)
+            return (None, None, None, None) + (None,) * len(saved)
         # loss.backward() on a CPU loss passes exactly 1: the saved gradients are the answer (reading a CPU
         # scalar is no device sync); otherwise one product per gradient.
         if (not torch.compiler.is_compiling() and grad_total.device.type == "cpu" and not grad_total.requires_grad
                 and float(grad_total) == 1.0):
-            return (None, None, None, *saved)
-        return (None, None, None, *[g * grad_total.to(g.dtype) for g in saved])
+            return (None, None, None, None, *saved)
+        return (None, None, None, None, *[g * grad_total.to(g.dtype) for g in saved])
 
 
 def fused_linear_msd_loss(hidden: TensorOrSeq, weight: TensorOrSeq, target: Tensor, *,
@@ -217,7 +216,7 @@ def fused_linear_msd_loss(hidden: TensorOrSeq, weight: TensorOrSeq, target: Tens
                           temperature: float = defaults.TEMPERATURE, beta: Union[float, Tensor] = defaults.BETA_BEGIN,
                           teacher: str = "all", detach_teacher: bool = True, ignore_index: Optional[int] = -100,
                           feature_reduction: str = defaults.FEATURE_REDUCTION, chunk_tokens: Optional[int] = None,
-                          exit_weights: Optional[Sequence[float]] = None, return_terms: bool = False):
+                          exit_weights: Optional[Union[Sequence[float], Tensor]] = None, return_terms: bool = False):
     """The MSD loss of N exits through a linear head, equal in value and gradients to
     `msd_loss([h_n @ W_n.T + b_n for n], target, hidden if beta else None, ...)`, without the N x T x V
     logits in memory at once.
@@ -231,7 +230,9 @@ def fused_linear_msd_loss(hidden: TensorOrSeq, weight: TensorOrSeq, target: Tens
         alpha, temperature, teacher, detach_teacher, feature_reduction: as `msd_loss`.
         beta: weight of the hint that pulls each exit's hidden state towards the deepest one's (0: none).
         exit_weights: N finite weights >= 0, one per exit: loss = sum_n e_n * (exit n's CE, KD and hint terms)
-            (per-exit loss weights, `exit_weight_schedule`); None: all 1.
+            (per-exit loss weights, `exit_weight_schedule`); None: all 1. A float tensor [N] on the hidden
+            states' device is used unread, so a schedule may change it in place between steps (curricula,
+            CUDA graphs); no gradient flows to it.
         chunk_tokens: tokens per chunk; default: as many as keep the chunk's logits and their gradient under
             CHUNK_BYTES (64 MiB on CPU, 1 GiB on CUDA).
         return_terms: also return `MSDTerms` (per-exit means, detached).
@@ -255,11 +256,11 @@ def fused_linear_msd_loss(hidden: TensorOrSeq, weight: TensorOrSeq, target: Tens
     acc = torch.float64 if h0.dtype == torch.float64 else torch.float32
     w0 = _weights(float(alpha), beta, _hint_scale(feature_reduction, h0.shape[-1]) if use_hint else 1.0, h0.device, acc)
     step = chunk_tokens or chunk_tokens_for(len(hs), heads[0].shape[0], h0.dtype, h0.device)
-    ew = check_exit_weights(exit_weights, len(hs))
-    hp = (float(temperature), teacher == "last", bool(detach_teacher), use_hint, ignore_index, int(step), ew)
+    ew = check_exit_weights(exit_weights, len(hs), h0.device, acc)
+    hp = (float(temperature), teacher == "last", bool(detach_teacher), use_hint, ignore_index, int(step))
     fused = resolve_backend("auto", h0.device, h0.dtype, detach_teacher, len(hs), teacher, True) == "fused"
     opts = (len(hs), len(heads), len(biases or ()), hp, fused)
-    total, per_exit = _FusedLinearMSD.apply(opts, target, w0, *hs, *heads, *(biases or ()))
+    total, per_exit = _FusedLinearMSD.apply(opts, target, w0, ew, *hs, *heads, *(biases or ()))
     if not return_terms:
         return total
     scale = _hint_scale(feature_reduction, hs[0].shape[-1])
@@ -273,7 +274,7 @@ class FusedLinearMSDLoss(nn.Module):
     def __init__(self, alpha: float = defaults.ALPHA, temperature: float = defaults.TEMPERATURE,
                  beta: float = defaults.BETA_BEGIN, teacher: str = "all", detach_teacher: bool = True,
                  ignore_index: Optional[int] = -100, feature_reduction: str = defaults.FEATURE_REDUCTION,
-                 chunk_tokens: Optional[int] = None, exit_weights: Optional[Sequence[float]] = None):
+                 chunk_tokens: Optional[int] = None, exit_weights: Optional[Union[Sequence[float], Tensor]] = None):
         super().__init__()
         check_hparams(alpha, temperature, beta, teacher, True, 0.0, ignore_index, feature_reduction)
         self.alpha, self.temperature, self.beta, self.teacher = float(alpha), float(temperature), beta, teacher

@@ -4,7 +4,7 @@ from typing import Any, Dict
 
 from ..data.datasets import DATASETS
 from ..loss import defaults as loss_defaults
-from ..loss.exit_weights import EXIT_WEIGHT_SCHEDULES
+from ..loss.exit_weights import EXIT_CURRICULA, EXIT_WEIGHT_SCHEDULES
 from ..loss.validation import FEATURE_REDUCTIONS
 from ..lm.names import LM_DATASETS, LM_HEADS
 
@@ -17,6 +17,7 @@ DEFAULTS: Dict[str, Any] = {
     "model": "resnet18", "width": 1.0,
     # language models (task: lm)
     "seq_len": 128, "exit_layers": [], "lm_heads": "shared", "exit_weights": "uniform",
+    "exit_curriculum": "none",
     # method and loss
     "method": "msd", "alpha": loss_defaults.ALPHA, "temperature": loss_defaults.TEMPERATURE,
     "beta_begin": loss_defaults.BETA_BEGIN, "beta_end": loss_defaults.BETA_END, "loss_backend": "auto",
@@ -37,7 +38,8 @@ DEFAULTS: Dict[str, Any] = {
 CHOICES = {"feature_reduction": FEATURE_REDUCTIONS, "loss_backend": ("auto", "reference", "cpp", "triton"),
            "amp": ("auto", "none", "bf16", "fp16"), "lr_schedule": ("cosine", "multistep"),
            "best_metric": ("mean", "last"), "dataset": DATASETS + LM_DATASETS, "task": ("image", "lm"),
-           "lm_heads": LM_HEADS, "exit_weights": EXIT_WEIGHT_SCHEDULES, "optimizer": ("sgd", "adamw")}
+           "lm_heads": LM_HEADS, "exit_weights": EXIT_WEIGHT_SCHEDULES, "exit_curriculum": EXIT_CURRICULA,
+           "optimizer": ("sgd", "adamw")}
 TRISTATE = ("channels_last", "compile", "cuda_graph", "data_on_device")  # auto | true | false
 
 HELP = {
@@ -49,7 +51,10 @@ HELP = {
     "lm_heads": "lm: shared (the model's final norm + head for every exit) or per_exit (a head per exit, "
                 "initialised from the model's)",
     "exit_weights": "lm: per-exit loss weights by exit depth d (scaled to sum to the number of exits): uniform, "
-                    "linear_l, sqrt_l, inv_l, inv_sqrt_l",
+                    "linear_l, sum_l, sqrt_l, inv_l, inv_sqrt_l",
+    "exit_curriculum": "lm: which exits train at each step (the last always does): none; rotational (one "
+                       "shallower exit per step, in turn); gradual (switched on from the deepest down, all by "
+                       "half of training)",
     "optimizer": "sgd (momentum, Nesterov) or adamw (betas 0.9, 0.95; weight_decay decoupled)",
     "feature_reduction": "the feature hint: mean or sum of the squared difference over the feature dimension",
     "label_smoothing": "label smoothing of every exit's cross-entropy (runs the reference loss when > 0)",

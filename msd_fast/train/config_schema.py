@@ -32,6 +32,7 @@ SCHEMA: Dict[str, Tuple[str, Any, str, bool]] = {  # key: (kind, check, wants, m
     "task": ("choice", *_ANY, False), "dataset": ("choice", *_ANY, False),
     "seq_len": ("int", lambda v: 2 <= v <= 1 << 20, "in [2, 2**20]", False), "exit_layers": ("int_list", *_NONNEG, False),
     "lm_heads": ("choice", *_ANY, False), "exit_weights": ("choice", *_ANY, False),
+    "exit_curriculum": ("choice", *_ANY, False),
     "optimizer": ("choice", *_ANY, False), "data_dir": ("str", *_ANY, True), "val_size": ("int", *_GE1, True),
     "train_subset": ("int", *_NONNEG, False), "split_seed": ("int", *_SEED, False),
     "model": ("str", *_ANY, False), "width": ("float", lambda v: 0 < v <= 64, "in (0, 64]", False),
@@ -163,7 +164,7 @@ def validate_config(cfg: Dict[str, Any], sources: Optional[Dict[str, str]] = Non
                 raise ConfigError(f"{key} must be {ok!r} for task lm (the fused linear loss), got {cfg[key]!r} "
                                   f"(from {_src(key)})")
         return
-    for key in ("exit_layers", "lm_heads", "exit_weights", "seq_len"):
+    for key in ("exit_layers", "lm_heads", "exit_weights", "exit_curriculum", "seq_len"):
         if cfg[key] != DEFAULTS[key]:
             raise ConfigError(f"{key} applies to task lm only; task is {cfg['task']!r} (from {_src('task')}), "
                               f"{key} is {cfg[key]!r} (from {_src(key)})")

@@ -3,8 +3,9 @@ calls it and never asks which task it runs. Two implementations: `ImageTask` her
 multi-exit CNNs) and msd_fast.lm.task.LMTask (next-token prediction, exits on a causal LM).
 
 A task provides: the model (forward(x, last_only=...)), the batches (epoch_order / draw / make: batches.py's
-protocol), the criterion of a method, per-exit correct counts for the training log, evaluation of a split
-(per-exit values of its metric), the cost table, and the checkpoint fields that say which model it is."""
+protocol), the criterion of a method, per-step schedules (before_step), per-exit correct counts for the
+training log, evaluation of a split (per-exit values of its metric), the cost table, and the checkpoint fields
+that say which model it is."""
 from typing import Any, Dict, Optional
 
 import torch
@@ -32,6 +33,10 @@ class Task:
     def criterion(self, criterion: nn.Module) -> nn.Module:
         """The method's criterion (methods.py), adapted to this task's model output."""
         return criterion
+
+    def before_step(self, step: int, progress: float) -> None:
+        """Called before optimizer step `step` (0-based, global) at `progress` (fraction of the planned epochs):
+        per-step schedules the task owns update device tensors in place here (no host sync); default none."""
 
     def correct(self, out, y: torch.Tensor) -> torch.Tensor:
         """Per computed exit, how many of the batch's samples it gets right (device tensor, no host sync)."""

@@ -1,10 +1,10 @@
 """The training loop: epochs of steps, evaluation, checkpoints, resume, Ctrl-C and divergence handling.
 
 What is computed comes from elsewhere: the task (task.py: images, or msd_fast.lm's language modelling) gives
-the data, model, batches, evaluation and checkpoint fields, the method (methods.py) builds the criterion,
-step.py runs one optimizer step, speed.py the device policy, optim.py the
-optimizer and schedule, run_dir.py the directory, run_log.py logs and results, state.py and
-msd_fast.checkpoint the checkpoint, train_config.py the frozen config. Library code raises; only cli.py turns
+the data, model, batches, evaluation, per-step schedules and checkpoint fields, the method (methods.py) builds
+the criterion, step.py runs one optimizer step, speed.py the device policy, optim.py the optimizer and schedule,
+run_dir.py the directory, run_log.py logs and results, state.py and msd_fast.checkpoint the checkpoint,
+train_config.py the frozen config. Library code raises; only cli.py turns
 errors into exit codes. A resumed run continues with exactly the batches the uninterrupted run would have seen."""
 import pathlib
 import signal
@@ -52,16 +52,14 @@ class Trainer:
         self.dist: DistInfo = init_distributed(self.device.type)
         if self.dist.enabled and self.device.type == "cuda":
             self.device = torch.device("cuda", self.dist.local_rank)
-        if cfg.num_threads:
-            torch.set_num_threads(cfg.num_threads)
+        torch.set_num_threads(cfg.num_threads) if cfg.num_threads else None
         self.amp_dtype = AMP_DTYPES[self.speed.amp]
         G, world, accum = cfg.batch_size, self.dist.world_size, cfg.accum_steps
         if G % (world * accum):
             raise ConfigError(f"--batch-size {G} must be divisible by world size x accum steps = {world * accum}")
-
         self.task = task = make_task(cfg, self.device, self.dist, self.speed, self.amp_dtype, data, model)
-        self.data, self.model, self.batches = getattr(task, "data", None), task.model, task.batches
-        self.cost, self.input_size = task.cost, task.input_size
+        self.data, self.model, self.batches, self.cost, self.input_size = (
+            getattr(task, "data", None), task.model, task.batches, task.cost, task.input_size)
         self.steps_per_epoch = task.train_size // G
         if self.steps_per_epoch < 1:
             raise ConfigError(f"--batch-size {G} is larger than the training set ({task.train_size} samples)")
@@ -135,7 +133,9 @@ class Trainer:
     def _step_at(self, perm: torch.Tensor, aug_gen: torch.Generator) -> None:
         """One optimizer step on global batch number `step_in_epoch` of this epoch's permutation."""
         idx, aug = self.batches.draw(perm, self.step_in_epoch, aug_gen)
-        self.beta_t.fill_(self.beta_sched(self.epoch + self.step_in_epoch / self.steps_per_epoch))
+        done = self.epoch + self.step_in_epoch / self.steps_per_epoch  # epochs
+        self.beta_t.fill_(self.beta_sched(done))
+        self.task.before_step(self.global_step, done / self.cfg.epochs)
         self._train_step(idx, aug)
         self.step_in_epoch += 1
         self.global_step += 1
