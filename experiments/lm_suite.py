@@ -26,7 +26,8 @@ METHODS = {"joint": ["--method", "joint"], "byot": ["--method", "byot", *KD], "m
 PAIRS = [("msd", "joint"), ("byot", "joint"), ("msd", "byot")]
 CURVE_THRESHOLDS = (0.0, 0.3, 0.5, 0.7, 0.8, 0.9, 0.95, 1.01)
 DECODE_THRESHOLDS = (0.2, 0.3, 0.5, 0.9)
-DECODE = {"prompts": 8, "prompt_tokens": 32, "new_tokens": 48, "rounds": 3, "exit_sets": [None, [0]]}
+DECODE = {"prompts": 8, "prompt_tokens": 32, "new_tokens": 48, "rounds": 3, "exit_sets": [None, [0]],
+          "drafts": [[0, 2], [0, 4], [1, 4]]}
 WHAT = ("Early-exit language model on real text: a tiny Llama (8 layers, hidden 128, exits after layers 2 / 4 / "
         "6 / 8 through the model's shared norm and head) trained from scratch for one epoch over 6,000 sequences of "
         "128 tokens (768k tokens) of the Python standard library's sources, BPE vocabulary 8,192; joint = the "
@@ -73,7 +74,7 @@ def decoding(runs: Dict[str, List[str]], corpus) -> dict:
 
     prompts = decode_prompts(corpus, DECODE["prompts"], DECODE["prompt_tokens"])
     return {m: decode_sweep(load_lm(dirs[0])[0], prompts, DECODE["new_tokens"], DECODE_THRESHOLDS, DECODE["rounds"],
-                            exit_sets=DECODE["exit_sets"]) for m, dirs in runs.items()}
+                            exit_sets=DECODE["exit_sets"], drafts=DECODE["drafts"]) for m, dirs in runs.items()}
 
 
 def table(res: dict) -> str:
@@ -98,7 +99,9 @@ def table(res: dict) -> str:
         lines.append(f"| {t:.2f} | " + " | ".join(
             f"{c[i]['ppl']:.1f} / {c[i]['agreement']:.0f} / {c[i]['avg_layers']:.2f}" for c in res["curve"].values())
             + " |")
-    dec = DECODE
+    from msd_fast.lm.decode_sweep import setting_label
+
+    dec, first = DECODE, next(iter(res["decode"].values()))
     lines += ["", f"Early-exit greedy decoding (seed 0; {dec['prompts']} prompts of {dec['prompt_tokens']} test tokens, "
               f"{dec['new_tokens']} new tokens, batch 1, KV of skipped layers by deferred recomputation; settings "
               f"interleaved over {dec['rounds']} rounds): tokens/s (median) / speed against full depth (median of "
@@ -106,12 +109,22 @@ def table(res: dict) -> str:
               "weights read per token against full depth (layer calls and head checks). Rows marked *exit 1 only* "
               "check the confidence of the first exit alone (one head check before the last layer).", "",
               "| threshold | " + " | ".join(res["decode"]) + " |", "|---" * (len(res["decode"]) + 1) + "|"]
-    for i, row in enumerate(next(iter(res["decode"].values()))):
-        th = "full depth" if row["threshold"] is None else f"{row['threshold']:.2f}"
-        th += "" if not row.get("exits") else ", exit " + " ".join(str(n + 1) for n in row["exits"]) + " only"
-        lines.append(f"| {th} | " + " | ".join(
-            f"{d[i]['tokens_per_s']:.0f} / {d[i]['speed_vs_full']:.2f}x / {d[i]['agreement']:.0f} / "
-            f"{d[i]['avg_layers']:.2f} / {d[i]['weights_vs_full']:.2f}" for d in res["decode"].values()) + " |")
+    for i, row in enumerate(first):
+        if row.get("draft_exit") is None:
+            lines.append(f"| {setting_label(row)} | " + " | ".join(
+                f"{d[i]['tokens_per_s']:.0f} / {d[i]['speed_vs_full']:.2f}x / {d[i]['agreement']:.0f} / "
+                f"{d[i]['avg_layers']:.2f} / {d[i]['weights_vs_full']:.2f}" for d in res["decode"].values()) + " |")
+    spec = [i for i, row in enumerate(first) if row.get("draft_exit") is not None]
+    if spec:
+        lines += ["", "Self-speculative decoding in the same runs (an early exit drafts, the deeper layers verify "
+                  "the drafts in one call per layer; the output is full-depth decoding's, token for token): tokens/s "
+                  "(median) / speed against full depth / tokens that came from the drafts (%) / weights read per "
+                  "token against full depth.", "",
+                  "| setting | " + " | ".join(res["decode"]) + " |", "|---" * (len(res["decode"]) + 1) + "|"]
+        for i in spec:
+            lines.append(f"| {setting_label(first[i])} | " + " | ".join(
+                f"{d[i]['tokens_per_s']:.0f} / {d[i]['speed_vs_full']:.2f}x / {d[i]['early_share']:.0f} / "
+                f"{d[i]['weights_vs_full']:.2f}" for d in res["decode"].values()) + " |")
     if res.get("decode_machine"):
         lines += ["", f"Decoding measured on {res['decode_machine']}."]
     return "\n".join(lines)

@@ -101,6 +101,7 @@ def test_lm_suite_table_has_every_method_threshold_and_difference():
     dec = [{"threshold": t, "tokens_per_s": 100.0, "speed_vs_full": 1.25, "agreement": 95.0, "identical": 50.0,
             "avg_layers": 5.0, "weights_vs_full": 0.5, "exits": None} for t in (None, *lm_suite.DECODE_THRESHOLDS)]
     dec.append({**dec[1], "exits": [0]})
+    dec.append({**dec[0], "draft_exit": 0, "draft_tokens": 4, "early_share": 75.0, "speed_vs_full": 1.5})
     res = {"what": "W.", "seeds": 3, "exit_layers": [2, 4, 6, 8], "machine": "M", "train_min": 60.0,
            "methods": {m: {"mean": [40.0, 30.0, 20.0, 10.0]} for m in lm_suite.METHODS},
            "differences": {f"{a}_minus_{b}": {"mean": [-1.0] * 4, "ci95": [0.5] * 4} for a, b in lm_suite.PAIRS},
@@ -112,3 +113,4 @@ def test_lm_suite_table_has_every_method_threshold_and_difference():
     assert "| msd minus joint (validation) | -2.00 ± 0.25 |" in text
     assert "| full depth | 100 / 1.25x / 95 / 5.00 / 0.50 |" in text
     assert f"| {lm_suite.DECODE_THRESHOLDS[0]:.2f}, exit 1 only | 100 / 1.25x" in text
+    assert "| self-speculative, exit 1 drafts 4 | 100 / 1.50x / 75 / 0.50 |" in text

@@ -106,3 +106,38 @@ def test_early_exit_curve_picks_the_first_confident_exit():
     assert rows[0]["ppl"] == pytest.approx(torch.tensor([1.0, 5.0, 9.0]).mean().exp().item())
     assert rows[0]["agreement"] == pytest.approx(100.0) and rows[0]["exit_share"] == pytest.approx([1 / 3] * 3)
     assert rows[1]["avg_layers"] == 8 and rows[1]["ppl"] == pytest.approx(torch.tensor(6.0).exp().item())
+
+
+@pytest.mark.parametrize("name,draft_exit,k", [("llama-tiny", 0, 3), ("qwen2-tiny", 1, 1), ("gpt2-tiny", 2, 5),
+                                               ("llama-tiny", 1, 4)])
+def test_self_speculative_decoding_is_full_greedy_decoding(name, draft_exit, k):
+    from msd_fast.lm.speculative import self_speculative_generate
+
+    m = _model(name)
+    prompt = torch.randint(0, 120, (6,)).tolist()
+    out = self_speculative_generate(m, prompt, 15, draft_exit=draft_exit, draft_tokens=k)
+    assert out.tokens == _greedy(m, prompt, 15)
+    assert len(out.exit_index) == len(out.layers_used) == 14 and set(out.layers_used) == {8}
+    assert set(out.exit_index) <= {draft_exit, m.num_exits - 1}
+
+
+def test_self_speculative_decoding_accepts_drafts_the_deeper_layers_agree_with():
+    from msd_fast.lm.speculative import self_speculative_generate
+
+    m = _model("llama-tiny")
+    with torch.no_grad():  # layers after the first exit's become the identity: its drafts are the full model's
+        for layer in m.trunk_layers[m.exit_layers[0] + 1:]:
+            layer.self_attn.o_proj.weight.zero_()
+            layer.mlp.down_proj.weight.zero_()
+    prompt = [5, 6, 7]
+    out = self_speculative_generate(m, prompt, 13, draft_exit=0, draft_tokens=4)
+    assert out.tokens == _greedy(m, prompt, 13) and set(out.exit_index) == {0}
+    # 12 tokens after the first, 4 per round: 3 rounds of 4 drafts (2 layers + a head each), 6 deeper layers and
+    # one head per round on 4 rows
+    assert out.layer_calls == 3 * (4 * 2 + 6) and out.head_checks == 3 * (4 + 1) and out.layer_rows == 3 * (8 + 24)
+    stop = out.tokens[3]
+    early = self_speculative_generate(m, prompt, 13, draft_exit=0, draft_tokens=4, stop_token=stop)
+    assert early.tokens == out.tokens[:out.tokens.index(stop) + 1]
+    for bad in (dict(draft_exit=3), dict(draft_exit=-1), dict(draft_tokens=0)):
+        with pytest.raises(ValueError, match="draft_exit: expected an exit in \\[0, 2\\]"):
+            self_speculative_generate(m, prompt, 3, **bad)

@@ -144,9 +144,11 @@ def test_cli_train_evaluate_decode(tmp_path, corpus, capsys):
     assert 0 < first["weights_vs_full"] < 1 and first["tokens_per_s"] > 0
     assert lm_main(["decode", str(run), "--rounds", "0"]) == 2
     assert lm_main(["decode", str(run), "--prompts", "1", "--prompt-tokens", "4", "--new-tokens", "3", "--rounds",
-                    "1", "--thresholds", "0.0", "--check-exits", "1", "--json", str(tmp_path / "d1.json")]) == 0
-    full, every, one = json.loads((tmp_path / "d1.json").read_text())["rows"]
+                    "1", "--thresholds", "0.0", "--check-exits", "1", "--draft-tokens", "2", "--json",
+                    str(tmp_path / "d1.json")]) == 0
+    full, every, one, spec = json.loads((tmp_path / "d1.json").read_text())["rows"]
     assert (every["exits"], one["exits"], one["avg_layers"]) == (None, [1], 4.0)
+    assert (spec["draft_exit"], spec["draft_tokens"], spec["identical"]) == (0, 2, 100.0)
     assert lm_main(["decode", str(run), "--check-exits", "7"]) == 2
     assert "exits: expected exit indices" in capsys.readouterr().err
     assert lm_main(["export", str(run), str(tmp_path / "export")]) == 0

@@ -1,9 +1,10 @@
 """Early-exit language models: exits on a Hugging Face causal LM (exits.py) trained with the fused linear MSD
 loss, the LM task of `python -m msd_fast.train` (task.py), an offline corpus with a locally trained BPE
-(corpus.py) and early-exit greedy decoding (decode.py). `python -m msd_fast.lm` builds the corpus, evaluates
-and decodes. Needs the `lm` extra (transformers, tokenizers); nothing here is imported by the image path."""
+(corpus.py), early-exit greedy decoding (decode.py) and self-speculative decoding (speculative.py).
+`python -m msd_fast.lm` builds the corpus, evaluates and decodes. Needs the `lm` extra (transformers,
+tokenizers); nothing here is imported by the image path."""
 _LAZY = {"attach_lm_exits": "exits", "LMExits": "exits", "LMExitOutput": "exits", "build_corpus": "corpus",
-         "load_corpus": "corpus", "early_exit_generate": "decode"}
+         "load_corpus": "corpus", "early_exit_generate": "decode", "self_speculative_generate": "speculative"}
 
 
 def __getattr__(name):

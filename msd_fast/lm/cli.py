@@ -4,12 +4,13 @@ lm_stdlib_cpu trains).
     python -m msd_fast.lm corpus [--out data/python-stdlib-bpe] [--source python-stdlib|DIR] [--vocab-size 8192]
     python -m msd_fast.lm evaluate RUN [--split test] [--max-sequences K] [--json FILE]
     python -m msd_fast.lm decode RUN [--prompt TEXT | --prompts K] [--new-tokens 48] [--rounds 3] [--thresholds ...]
-                                     [--check-exits K ...] [--json FILE]
+                                     [--check-exits K ...] [--draft-tokens K ...] [--draft-exit N] [--json FILE]
     python -m msd_fast.lm export RUN OUT       # a Hugging Face model folder + the exits (export.py)
 
 evaluate: per-exit perplexity and the early-exit curve (teacher-forced); decode: early-exit greedy decoding
-(decode.py) at each threshold against full-depth decoding, interleaved in rounds (decode_sweep.py): tokens/s
-and its ratio to full depth, agreement, layers used, layer calls, head checks and weights read per token.
+(decode.py) at each threshold, and self-speculative decoding (speculative.py), against full-depth decoding,
+interleaved in rounds (decode_sweep.py): tokens/s and its ratio to full depth, agreement, layers used, layer
+calls, head checks and weights read per token.
 Exit status: 0 done, 2 bad arguments, corpus or checkpoint (one line on stderr)."""
 import argparse
 import json
@@ -62,7 +63,7 @@ def cmd_export(a) -> dict:
 
 
 def cmd_decode(a) -> dict:
-    from .decode_sweep import decode_prompts, decode_sweep
+    from .decode_sweep import decode_prompts, decode_sweep, setting_label
 
     model, ckpt = load_lm(a.run, a.device)
     corpus = _corpus_of(ckpt, a.data_dir)
@@ -72,16 +73,15 @@ def cmd_decode(a) -> dict:
         raise ValueError("--prompt: the text encodes to no tokens")
     torch.set_num_threads(a.threads) if a.threads else None
     sets = (None,) + ((tuple(a.check_exits),) if a.check_exits else ())
-    rows = decode_sweep(model, prompts, a.new_tokens, a.thresholds, a.rounds, exit_sets=sets)
-    print("| threshold | exits checked | tokens/s | x full depth | agreement with full depth (%) | "
-          "identical outputs (%) | layers before emitting | layer calls / token | head checks / token | weights read x full |\n"
-          "|---|---|---|---|---|---|---|---|---|---|")
+    drafts = [(a.draft_exit, k) for k in a.draft_tokens]
+    rows = decode_sweep(model, prompts, a.new_tokens, a.thresholds, a.rounds, exit_sets=sets, drafts=drafts)
+    print("| setting | tokens/s | x full depth | agreement with full depth (%) | identical outputs (%) | "
+          "layers before emitting | from early exits (%) | layer calls / token | head checks / token | "
+          "weights read x full |\n|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
-        th = "full depth" if r["threshold"] is None else f"{r['threshold']:.2f}"
-        ex = "last" if r["threshold"] is None else "all" if r["exits"] is None else " ".join(map(str, r["exits"]))
-        print(f"| {th} | {ex} | {r['tokens_per_s']:.1f} | {r['speed_vs_full']:.2f} | {r['agreement']:.1f} | "
-              f"{r['identical']:.0f} | {r['avg_layers']:.2f} | {r['layer_calls_per_token']:.2f} | "
-              f"{r['head_checks_per_token']:.2f} | {r['weights_vs_full']:.2f} |")
+        print(f"| {setting_label(r)} | {r['tokens_per_s']:.1f} | {r['speed_vs_full']:.2f} | {r['agreement']:.1f} | "
+              f"{r['identical']:.0f} | {r['avg_layers']:.2f} | {r['early_share']:.0f} | "
+              f"{r['layer_calls_per_token']:.2f} | {r['head_checks_per_token']:.2f} | {r['weights_vs_full']:.2f} |")
     if a.prompt:
         from .decode import early_exit_generate
 
@@ -121,6 +121,9 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--new-tokens", type=int, default=48)
     d.add_argument("--check-exits", type=int, nargs="*", default=None,
                    help="also decode checking only these exits' confidence (0-based; the last always emits)")
+    d.add_argument("--draft-tokens", type=int, nargs="*", default=[],
+                   help="also self-speculative decoding drafting K tokens at a time (speculative.py)")
+    d.add_argument("--draft-exit", type=int, default=0, help="the exit that drafts (0-based, not the last)")
     d.add_argument("--rounds", type=int, default=3, help="timing rounds, settings interleaved (decode_sweep.py)")
     d.add_argument("--threads", type=int, default=0)
     return p
