@@ -16,7 +16,7 @@ import argparse
 import json
 import pathlib
 import sys
-from typing import List, Optional
+from typing import Optional
 
 import torch
 

@@ -105,6 +105,15 @@ class _Stepper:
         raise AssertionError("the last layer is always an exit")
 
 
+def check_decode_args(model, prompt: Sequence[int], max_new_tokens: int) -> None:
+    """What every decoder needs: an LMExits, a prompt of at least one token, max_new_tokens >= 0."""
+    if not isinstance(model, LMExits):
+        raise TypeError(f"model: expected an LMExits (attach_lm_exits), got {type(model).__name__}")
+    if len(prompt) < 1 or max_new_tokens < 0:
+        raise ValueError(f"need a prompt of at least one token and max_new_tokens >= 0, got {len(prompt)} and "
+                         f"{max_new_tokens}")
+
+
 @torch.no_grad()
 def early_exit_generate(model: LMExits, prompt: Sequence[int], max_new_tokens: int, threshold: float = 0.9,
                         stop_token: Optional[int] = None, keep_full_logits: bool = False,
@@ -115,11 +124,7 @@ def early_exit_generate(model: LMExits, prompt: Sequence[int], max_new_tokens: i
     exit always emits what reaches it): each check reads a V x H head, so checking fewer exits can pay where
     a head costs more than the layers between exits. keep_full_logits: also keep, for every token emitted by
     the last exit, the logits it was chosen from (tests compare them with a full forward)."""
-    if not isinstance(model, LMExits):
-        raise TypeError(f"model: expected an LMExits (attach_lm_exits), got {type(model).__name__}")
-    if len(prompt) < 1 or max_new_tokens < 0:
-        raise ValueError(f"need a prompt of at least one token and max_new_tokens >= 0, got {len(prompt)} and "
-                         f"{max_new_tokens}")
+    check_decode_args(model, prompt, max_new_tokens)
     last = model.num_exits - 1
     if exits is not None and any(not 0 <= int(n) <= last for n in exits):
         raise ValueError(f"exits: expected exit indices in [0, {last}], got {list(exits)}")

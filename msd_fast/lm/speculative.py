@@ -17,7 +17,7 @@ from typing import Optional, Sequence
 
 import torch
 
-from .decode import Decoded, _Stepper
+from .decode import Decoded, _Stepper, check_decode_args
 from .exits import LMExits
 
 
@@ -28,11 +28,7 @@ def self_speculative_generate(model: LMExits, prompt: Sequence[int], max_new_tok
     `draft_exit` (0-based, not the last) and verified by the rest of the model. Decoded.exit_index says which
     exit each token after the first came from (the draft exit for accepted drafts, the last for the rest);
     every token is verified at full depth (layers_used = L)."""
-    if not isinstance(model, LMExits):
-        raise TypeError(f"model: expected an LMExits (attach_lm_exits), got {type(model).__name__}")
-    if len(prompt) < 1 or max_new_tokens < 0:
-        raise ValueError(f"need a prompt of at least one token and max_new_tokens >= 0, got {len(prompt)} and "
-                         f"{max_new_tokens}")
+    check_decode_args(model, prompt, max_new_tokens)
     last = model.num_exits - 1
     if not 0 <= int(draft_exit) < last or int(draft_tokens) < 1:
         raise ValueError(f"draft_exit: expected an exit in [0, {last - 1}] and draft_tokens >= 1, got {draft_exit} "
