@@ -3,6 +3,7 @@ values and the gradients of hidden, weight and bias, in float64 (the chunked ref
 operator (C++ kernel; the Triton kernel through the interpreter), LM conventions (ignore_index=-100,
 [B, T, V] logits), torch.compile, and the errors."""
 import itertools
+import math
 import random
 
 import pytest
@@ -249,13 +250,17 @@ def test_exit_curricula_switch_exits_on_by_step_and_progress():
     from msd_fast.loss import ExitCurriculum
 
     rot = ExitCurriculum("rotational", [1, 3, 5, 7], 8)
-    assert [rot.index(s, 0.0) for s in range(5)] == [0, 1, 2, 0, 1]
+    assert [rot.at(s, 0.0) for s in range(5)] == [(0, 1.0), (1, 1.0), (2, 1.0), (0, 1.0), (1, 1.0)]
     assert rot.patterns([1.0, 2.0, 3.0, 4.0], "cpu").tolist() == [[1, 0, 0, 4], [0, 2, 0, 4], [0, 0, 3, 4]]
     grad = ExitCurriculum("gradual", [1, 3, 5, 7], 8)  # exit after layer j on from 0.5 * (8 - j) / 8
     assert grad.patterns([1.0] * 4, "cpu").tolist() == [[0, 0, 0, 1], [0, 0, 1, 1], [0, 1, 1, 1], [1, 1, 1, 1]]
-    assert [grad.index(0, p) for p in (0.0, 0.18, 0.1875, 0.3125, 0.4374, 0.4375, 1.0)] == [0, 0, 1, 2, 2, 3, 3]
+    assert [grad.at(0, p)[0] for p in (0.0, 0.18, 0.1875, 0.3125, 0.4374, 0.4375, 1.0)] == [0, 0, 1, 2, 2, 3, 3]
+    lin, cos = ExitCurriculum("warmup_linear", [1, 7], 8), ExitCurriculum("warmup_cosine", [1, 7], 8)
+    assert [lin.at(9, p) for p in (0.0, 0.25, 0.5, 0.9)] == [(0, 0.0), (0, 0.5), (0, 1.0), (0, 1.0)]
+    assert [cos.at(9, p)[1] for p in (0.0, 0.25, 0.5)] == pytest.approx([0.0, 0.5, 1.0])
+    assert cos.at(0, 0.125)[1] == pytest.approx(0.5 * (1 - math.cos(math.pi / 4)))
     assert ExitCurriculum("none", [1, 7], 8).patterns([0.5, 1.5], "cpu").tolist() == [[0.5, 1.5]]
-    with pytest.raises(ValueError, match="exit curriculum must be one of none, rotational, gradual"):
+    with pytest.raises(ValueError, match="exit curriculum must be one of none, rotational, gradual, warmup_linear"):
         ExitCurriculum("random", [1, 7], 8)
 
 

@@ -64,7 +64,8 @@ def test_exit_weight_schedules_and_per_exit_heads_train(tmp_path, corpus):
     t.fit()
 
 
-@pytest.mark.parametrize("curriculum,steps,pattern", [("rotational", 5, [1, 0, 1]), ("gradual", 3, [0, 1, 1])])
+@pytest.mark.parametrize("curriculum,steps,pattern", [("rotational", 5, [1, 0, 1]), ("gradual", 3, [0, 1, 1]),
+                                                      ("warmup_linear", 2, [1 / 3, 1 / 3, 1])])
 def test_exit_curricula_switch_exits_per_step_and_resume_where_they_were(tmp_path, corpus, curriculum, steps,
                                                                          pattern):
     from msd_fast import Trainer
@@ -72,7 +73,7 @@ def test_exit_curricula_switch_exits_per_step_and_resume_where_they_were(tmp_pat
 
     # 12 training windows / batch 4: 3 steps per epoch, 6 planned. The last step run is steps - 1: rotational
     # step 4 trains exit 4 % 2 = 0; gradual at 2/6 of training has layer 4's exit on (from 0.5 * 4/8), not
-    # layer 1's (from 0.5 * 7/8)
+    # layer 1's (from 0.5 * 7/8); warmup_linear at step 1 (1/6 of training) weighs the shallower exits 1/6 / 0.5
     t = Trainer(_cfg(tmp_path, corpus, exit_curriculum=curriculum, exit_weights="sqrt_l", lm_heads="per_exit",
                      train_subset=12, run_name="c", max_steps=steps))
     base = exit_weight_schedule("sqrt_l", [2, 5, 8])
@@ -84,7 +85,7 @@ def test_exit_curricula_switch_exits_per_step_and_resume_where_they_were(tmp_pat
     r = Trainer(cfg)
     assert r.global_step == steps and r.fit()["last"]["val_ppl"]
     assert r.task.exit_weights_t.tolist() == pytest.approx([0.0, base[1], base[2]] if curriculum == "rotational"
-                                                           else base)  # step 5 (rotational); all on (gradual)
+                                                           else base)  # step 5 (rotational); all on (the others)
 
 
 def test_a_switched_off_exit_gets_no_gradient_through_its_own_terms(tmp_path, corpus):

@@ -123,11 +123,16 @@ class LMTask(Task):
             raise ValueError(f"model: its head has {self.model.vocab_size} tokens, the corpus {self.corpus.vocab_size}")
         self.exit_weights = exit_weight_schedule(cfg.exit_weights, [d + 1 for d in self.model.exit_layers])
         self.curriculum = ExitCurriculum(cfg.exit_curriculum, self.model.exit_layers, self.model.num_layers)
-        # the loss reads exit_weights_t; before_step copies the step's pattern in (device to device, no sync)
+        # the loss reads exit_weights_t; before_step writes the step's weights into it (on the device, no sync):
+        # the last exit's part plus a * the shallower exits' part of pattern k
         plain = cfg.exit_curriculum == "none" and all(w == 1.0 for w in self.exit_weights)
-        self.weight_patterns = None if plain else self.curriculum.patterns(self.exit_weights, device)
-        self.exit_weights_t = None if plain else self.weight_patterns[0].clone()
-        self._pattern = 0
+        self.exit_weights_t, self._at = None, (0, 1.0)
+        if not plain:
+            pat = self.curriculum.patterns(self.exit_weights, "cpu")
+            last, early = torch.zeros_like(pat[0]), pat.clone()
+            last[-1], early[:, -1] = self.exit_weights[-1], 0.0
+            self._last_part, self._early_parts = last.to(device), early.to(device)
+            self.exit_weights_t = pat[0].to(device)  # pattern 0 at scale 1
         self.input_size = (T,)
         self.cost = lm_cost(self.model, T)
 
@@ -140,10 +145,10 @@ class LMTask(Task):
                          f"(MSD-loss methods and plain have one)")
 
     def before_step(self, step: int, progress: float) -> None:
-        k = self.curriculum.index(step, progress)
-        if self.weight_patterns is not None and k != self._pattern:
-            self.exit_weights_t.copy_(self.weight_patterns[k])
-            self._pattern = k
+        at = self.curriculum.at(step, progress)
+        if self.exit_weights_t is not None and at != self._at:
+            torch.add(self._last_part, self._early_parts[at[0]], alpha=at[1], out=self.exit_weights_t)
+            self._at = at
 
     def correct(self, out, y):
         return torch.zeros(len(out.hidden), device=y.device)  # no token accuracy in training: no logits formed

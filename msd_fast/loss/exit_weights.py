@@ -2,7 +2,7 @@
 schedules (uniform and the depth-weighted ones of early-exit LM training), of the curricula that switch
 exits on and off during training, and of what a weight may be."""
 import math
-from typing import List, Optional, Sequence
+from typing import List, Optional, Sequence, Tuple
 
 import torch
 
@@ -47,19 +47,22 @@ def exit_weight_schedule(kind: str, depths: Sequence[int]) -> List[float]:
 
 
 EXIT_WEIGHT_SCHEDULES = ("uniform", "linear_l", "sum_l", "sqrt_l", "inv_l", "inv_sqrt_l")
-EXIT_CURRICULA = ("none", "rotational", "gradual")
-GRADUAL_FRACTION = 0.5  # gradual: every exit is on by this fraction of training
+EXIT_CURRICULA = ("none", "rotational", "gradual", "warmup_linear", "warmup_cosine")
+CURRICULUM_FRACTION = 0.5  # gradual / warmup_*: every exit trains at its full weight from this fraction of training
 
 
 class ExitCurriculum:
-    """Which exits train at each step (LayerSkip's curricula), as 0/1 masks on the exit weights; the last exit
-    always trains. none: every exit, always. rotational: one shallower exit per step, in turn (step s: exit
-    s mod (N - 1)). gradual: exits switch on from the deepest down; the exit after 0-based layer j (of L)
-    switches on at fraction GRADUAL_FRACTION * (L - j) / L of training, so the shallowest last. A switched-
-    off exit has weight 0 in its own terms; under MSD it still teaches the others.
+    """Which exits train at each step, and how much, as multipliers on the shallower exits' weights; the last
+    exit always trains at its weight. LayerSkip's curricula switch exits on and off: none (every exit, always);
+    rotational (one shallower exit per step, in turn: step s trains exit s mod (N - 1)); gradual (from the
+    deepest down: the exit after 0-based layer j of L switches on at CURRICULUM_FRACTION * (L - j) / L of
+    training, the shallowest last). EE-LLM's warm-ups raise every shallower exit's weight from 0 to its full
+    value by CURRICULUM_FRACTION of training: warmup_linear, warmup_cosine (half a cosine). An exit at weight
+    0 is not trained by its own terms; under MSD it still teaches the others.
 
-    The masks are a few patterns on the device (`weights(k)`), chosen by the host from the step alone
-    (`index(step, progress)`), so a resumed run continues the curriculum and a step never syncs."""
+    `at(step, progress)` -> (pattern k, scale a): step `step`'s weights are base_last + a * base_early * mask_k
+    (`patterns`). The host picks them from the step alone, so a resumed run continues the curriculum, and the
+    task writes them to a device tensor without a host sync."""
 
     def __init__(self, kind: str, exit_layers: Sequence[int], num_layers: int):
         if kind not in EXIT_CURRICULA:
@@ -69,17 +72,23 @@ class ExitCurriculum:
             self.masks = [[float(n == k or n == self.n - 1) for n in range(self.n)] for k in range(self.n - 1)]
         elif kind == "gradual":  # pattern k: the k deepest shallower exits on
             self.masks = [[float(n >= self.n - 1 - k) for n in range(self.n)] for k in range(self.n)]
-            self.starts = sorted(GRADUAL_FRACTION * (num_layers - j) / num_layers for j in exit_layers[:-1])
+            self.starts = sorted(CURRICULUM_FRACTION * (num_layers - j) / num_layers for j in exit_layers[:-1])
         else:
             self.masks = [[1.0] * self.n]
 
-    def index(self, step: int, progress: float) -> int:
-        """The pattern of optimizer step `step` (0-based) at `progress` (fraction of the planned training)."""
+    def at(self, step: int, progress: float) -> Tuple[int, float]:
+        """(pattern, scale of the shallower exits) of optimizer step `step` (0-based) at `progress` (fraction
+        of the planned training)."""
         if self.kind == "rotational":
-            return step % (self.n - 1)
+            return step % (self.n - 1), 1.0
         if self.kind == "gradual":
-            return sum(progress >= s for s in self.starts)
-        return 0
+            return sum(progress >= s for s in self.starts), 1.0
+        ramp = min(1.0, max(0.0, progress) / CURRICULUM_FRACTION)
+        if self.kind == "warmup_linear":
+            return 0, ramp
+        if self.kind == "warmup_cosine":
+            return 0, 0.5 * (1.0 - math.cos(math.pi * ramp))
+        return 0, 1.0
 
     def patterns(self, base: Sequence[float], device, dtype=torch.float32) -> torch.Tensor:
         """[patterns, N]: the base weights times each mask."""

@@ -52,9 +52,10 @@ HELP = {
                 "initialised from the model's)",
     "exit_weights": "lm: per-exit loss weights by exit depth d (scaled to sum to the number of exits): uniform, "
                     "linear_l, sum_l, sqrt_l, inv_l, inv_sqrt_l",
-    "exit_curriculum": "lm: which exits train at each step (the last always does): none; rotational (one "
-                       "shallower exit per step, in turn); gradual (switched on from the deepest down, all by "
-                       "half of training)",
+    "exit_curriculum": "lm: which exits train at each step, and how much (the last always does, fully): none; "
+                       "rotational (one shallower exit per step, in turn); gradual (switched on from the deepest "
+                       "down, all by half of training); warmup_linear / warmup_cosine (the shallower exits' "
+                       "weights rise from 0 to full by half of training)",
     "optimizer": "sgd (momentum, Nesterov) or adamw (betas 0.9, 0.95; weight_decay decoupled)",
     "feature_reduction": "the feature hint: mean or sum of the squared difference over the feature dimension",
     "label_smoothing": "label smoothing of every exit's cross-entropy (runs the reference loss when > 0)",
