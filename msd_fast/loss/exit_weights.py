@@ -1,6 +1,7 @@
 """Per-exit loss weights: loss = sum_n e_n * (exit n's CE, KD and hint terms). One declaration of the depth
 schedules (uniform and the depth-weighted ones of early-exit LM training), of the curricula that switch
 exits on and off during training, and of what a weight may be."""
+import itertools
 import math
 from typing import List, Optional, Sequence, Tuple
 
@@ -30,23 +31,30 @@ def check_exit_weights(exit_weights, n: int, device: torch.device, dtype: torch.
     return torch.tensor(ew, dtype=dtype, device=device)
 
 
+_SCHEDULES = {  # raw weights from the exits' 1-based depths d_1 < ... < d_N, before scaling to sum to N
+    "uniform": lambda d: [1.0] * len(d),
+    "linear_l": lambda d: [float(x) for x in d],
+    "sum_l": lambda d: list(itertools.accumulate(float(x) for x in d)),
+    "sqrt_l": lambda d: [math.sqrt(x) for x in d],
+    "inv_l": lambda d: [1.0 / x for x in d],
+    "inv_sqrt_l": lambda d: [1.0 / math.sqrt(x) for x in d],
+}
+EXIT_WEIGHT_SCHEDULES = tuple(_SCHEDULES)
+
+
 def exit_weight_schedule(kind: str, depths: Sequence[int]) -> List[float]:
     """Per-exit loss weights for exits at 1-based layer depths d_n, scaled to sum to N (uniform: all 1):
     uniform, linear_l (d), sum_l (d_1 + ... + d_n), sqrt_l (sqrt d), inv_l (1/d), inv_sqrt_l (1/sqrt d): the
     depth schedules of early-exit LM training (deeper exits weigh more under linear_l / sum_l / sqrt_l,
     shallower under inv_*)."""
-    f = {"uniform": lambda d: 1.0, "linear_l": float, "sum_l": None, "sqrt_l": math.sqrt, "inv_l": lambda d: 1.0 / d,
-         "inv_sqrt_l": lambda d: 1.0 / math.sqrt(d)}
-    if kind not in f:
-        raise ValueError(f"exit weight schedule must be one of {', '.join(f)}, got {kind!r}")
+    if kind not in _SCHEDULES:
+        raise ValueError(f"exit weight schedule must be one of {', '.join(_SCHEDULES)}, got {kind!r}")
     if not depths or any(int(d) < 1 for d in depths):
         raise ValueError(f"depths: expected 1-based layer depths >= 1, got {list(depths)}")
-    raw = [float(sum(int(x) for x in depths[:n + 1])) for n in range(len(depths))] if kind == "sum_l" else \
-        [f[kind](int(d)) for d in depths]
+    raw = _SCHEDULES[kind]([int(d) for d in depths])
     return [len(raw) * r / sum(raw) for r in raw]
 
 
-EXIT_WEIGHT_SCHEDULES = ("uniform", "linear_l", "sum_l", "sqrt_l", "inv_l", "inv_sqrt_l")
 EXIT_CURRICULA = ("none", "rotational", "gradual", "warmup_linear", "warmup_cosine")
 CURRICULUM_FRACTION = 0.5  # gradual / warmup_*: every exit trains at its full weight from this fraction of training
 

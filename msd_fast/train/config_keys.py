@@ -4,7 +4,7 @@ from typing import Any, Dict
 
 from ..data.datasets import DATASETS
 from ..loss import defaults as loss_defaults
-from ..loss.exit_weights import EXIT_CURRICULA, EXIT_WEIGHT_SCHEDULES
+from ..loss.exit_weights import CURRICULUM_FRACTION, EXIT_CURRICULA, EXIT_WEIGHT_SCHEDULES
 from ..loss.validation import FEATURE_REDUCTIONS
 from ..lm.names import LM_DATASETS, LM_HEADS
 
@@ -54,8 +54,8 @@ HELP = {
                     "linear_l, sum_l, sqrt_l, inv_l, inv_sqrt_l",
     "exit_curriculum": "lm: which exits train at each step, and how much (the last always does, fully): none; "
                        "rotational (one shallower exit per step, in turn); gradual (switched on from the deepest "
-                       "down, all by half of training); warmup_linear / warmup_cosine (the shallower exits' "
-                       "weights rise from 0 to full by half of training)",
+                       f"down, all by {CURRICULUM_FRACTION:g} of training); warmup_linear / warmup_cosine (the "
+                       f"shallower exits' weights rise from 0 to full by {CURRICULUM_FRACTION:g} of training)",
     "optimizer": "sgd (momentum, Nesterov) or adamw (betas 0.9, 0.95; weight_decay decoupled)",
     "feature_reduction": "the feature hint: mean or sum of the squared difference over the feature dimension",
     "label_smoothing": "label smoothing of every exit's cross-entropy (runs the reference loss when > 0)",
