@@ -252,6 +252,8 @@ def test_exit_curricula_switch_exits_on_by_step_and_progress():
     rot = ExitCurriculum("rotational", [1, 3, 5, 7], 8)
     assert [rot.at(s, 0.0) for s in range(5)] == [(0, 1.0), (1, 1.0), (2, 1.0), (0, 1.0), (1, 1.0)]
     assert rot.patterns([1.0, 2.0, 3.0, 4.0], "cpu").tolist() == [[1, 0, 0, 4], [0, 2, 0, 4], [0, 0, 3, 4]]
+    last, shallower = rot.parts([1.0, 2.0, 3.0, 4.0], "cpu")  # weights at (k, a): last + a * shallower[k]
+    assert last.tolist() == [0, 0, 0, 4] and (last + 0.5 * shallower[1]).tolist() == [0, 1, 0, 4]
     grad = ExitCurriculum("gradual", [1, 3, 5, 7], 8)  # exit after layer j on from 0.5 * (8 - j) / 8
     assert grad.patterns([1.0] * 4, "cpu").tolist() == [[0, 0, 0, 1], [0, 0, 1, 1], [0, 1, 1, 1], [1, 1, 1, 1]]
     assert [grad.at(0, p)[0] for p in (0.0, 0.18, 0.1875, 0.3125, 0.4374, 0.4375, 1.0)] == [0, 0, 1, 2, 2, 3, 3]

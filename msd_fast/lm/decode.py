@@ -78,6 +78,20 @@ class _Stepper:
         w, b = self.m.head(n)
         return F.linear(self.m.norm(h), w, b)
 
+    def prefill(self, prompt: Sequence[int]) -> torch.Tensor:
+        """Runs the prompt at full depth (timed apart, its rows not counted); the last position's logits."""
+        self.t0 = time.perf_counter()
+        _, _, logits = self.step(torch.tensor(list(prompt), device=next(self.m.parameters()).device), 2.0)
+        self.t1 = time.perf_counter()
+        self.rows = self.calls = self.checks = 0
+        return logits
+
+    def finish(self, out: "Decoded") -> "Decoded":
+        """Fills the timings and counters into `out`."""
+        out.prefill_seconds, out.seconds = self.t1 - self.t0, time.perf_counter() - self.t1
+        out.layer_rows, out.layer_calls, out.head_checks = self.rows, self.calls, self.checks
+        return out
+
     def step(self, ids: torch.Tensor, threshold: float):
         """Runs positions [p0, p0 + len(ids)) (a prompt, or one new token) from layer 0 until an exit is
         confident about the last one or the last layer; returns (exit index, layers run, last logits)."""
@@ -133,10 +147,7 @@ def early_exit_generate(model: LMExits, prompt: Sequence[int], max_new_tokens: i
     model.eval()
     s = _Stepper(model, sorted({int(n) for n in (range(last) if exits is None else exits)} | {last}))
     out = Decoded([], [], [])
-    t0 = time.perf_counter()
-    _, _, logits = s.step(torch.tensor(list(prompt), device=dev), 2.0)
-    t1 = time.perf_counter()
-    s.rows = s.calls = s.checks = 0
+    logits = s.prefill(prompt)
     for _ in range(max_new_tokens):
         tok = int(logits.argmax())
         out.tokens.append(tok)
@@ -149,7 +160,5 @@ def early_exit_generate(model: LMExits, prompt: Sequence[int], max_new_tokens: i
         out.layers_used.append(used)
         if keep_full_logits and n == model.num_exits - 1:
             out.full_logits[len(prompt) + len(out.tokens) - 1] = logits.clone()
-    out.prefill_seconds, out.seconds = t1 - t0, time.perf_counter() - t1
-    out.layer_rows, out.layer_calls, out.head_checks = s.rows, s.calls, s.checks
     model.train(was)
-    return out
+    return s.finish(out)

@@ -12,7 +12,6 @@ between 1 and k tokens, each equal to full-depth greedy decoding's.
 Cost per round: k x (l + 1 layer calls + a head) to draft, then L - 1 - l layer calls and one head, on k rows.
 It pays where the draft is often right and a layer call costs more than its rows (batch-1 decoding is bound by
 reading the weights)."""
-import time
 from typing import Optional, Sequence
 
 import torch
@@ -39,11 +38,7 @@ def self_speculative_generate(model: LMExits, prompt: Sequence[int], max_new_tok
     s = _Stepper(model, [last])
     L, jd, k = model.num_layers, model.exit_layers[draft_exit], int(draft_tokens)
     out = Decoded([], [], [])
-    t0 = time.perf_counter()
-    _, _, logits = s.step(torch.tensor(list(prompt), device=dev), 2.0)
-    t1 = time.perf_counter()
-    s.rows = s.calls = s.checks = 0
-    out.tokens.append(int(logits.argmax()))
+    out.tokens.append(int(s.prefill(prompt).argmax()))
 
     def done() -> bool:
         return len(out.tokens) >= max_new_tokens or (stop_token is not None and out.tokens[-1] == stop_token)
@@ -71,13 +66,11 @@ def self_speculative_generate(model: LMExits, prompt: Sequence[int], max_new_tok
             out.layers_used.append(L)
             if done():
                 break
-        keep = min(len(emitted), k)  # positions p0 .. p0 + keep - 1 stay in the cache: t0 and accepted drafts
+        keep = len(emitted)  # positions p0 .. p0 + keep - 1 stay in the cache: t0 and the accepted drafts
         if keep < k:
             s.cache.crop(-(k - keep))
         s.cached = [p0 + keep] * L
     out.tokens = out.tokens[:max_new_tokens]
     out.exit_index, out.layers_used = out.exit_index[:len(out.tokens) - 1], out.layers_used[:len(out.tokens) - 1]
-    out.prefill_seconds, out.seconds = t1 - t0, time.perf_counter() - t1
-    out.layer_rows, out.layer_calls, out.head_checks = s.rows, s.calls, s.checks
     model.train(was)
-    return out
+    return s.finish(out)

@@ -123,16 +123,13 @@ class LMTask(Task):
             raise ValueError(f"model: its head has {self.model.vocab_size} tokens, the corpus {self.corpus.vocab_size}")
         self.exit_weights = exit_weight_schedule(cfg.exit_weights, [d + 1 for d in self.model.exit_layers])
         self.curriculum = ExitCurriculum(cfg.exit_curriculum, self.model.exit_layers, self.model.num_layers)
-        # the loss reads exit_weights_t; before_step writes the step's weights into it (on the device, no sync):
-        # the last exit's part plus a * the shallower exits' part of pattern k
+        # the loss reads exit_weights_t; before_step writes each step's weights into it (on the device, no sync)
         plain = cfg.exit_curriculum == "none" and all(w == 1.0 for w in self.exit_weights)
-        self.exit_weights_t, self._at = None, (0, 1.0)
+        self.exit_weights_t, self._at = None, None
         if not plain:
-            pat = self.curriculum.patterns(self.exit_weights, "cpu")
-            last, early = torch.zeros_like(pat[0]), pat.clone()
-            last[-1], early[:, -1] = self.exit_weights[-1], 0.0
-            self._last_part, self._early_parts = last.to(device), early.to(device)
-            self.exit_weights_t = pat[0].to(device)  # pattern 0 at scale 1
+            self._last_part, self._shallower_parts = self.curriculum.parts(self.exit_weights, device)
+            self.exit_weights_t = torch.empty_like(self._last_part)
+            self.before_step(0, 0.0)
         self.input_size = (T,)
         self.cost = lm_cost(self.model, T)
 
@@ -147,7 +144,7 @@ class LMTask(Task):
     def before_step(self, step: int, progress: float) -> None:
         at = self.curriculum.at(step, progress)
         if self.exit_weights_t is not None and at != self._at:
-            torch.add(self._last_part, self._early_parts[at[0]], alpha=at[1], out=self.exit_weights_t)
+            torch.add(self._last_part, self._shallower_parts[at[0]], alpha=at[1], out=self.exit_weights_t)
             self._at = at
 
     def correct(self, out, y):

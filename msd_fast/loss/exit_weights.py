@@ -101,3 +101,11 @@ class ExitCurriculum:
     def patterns(self, base: Sequence[float], device, dtype=torch.float32) -> torch.Tensor:
         """[patterns, N]: the base weights times each mask."""
         return torch.tensor([[b * m for b, m in zip(base, mask)] for mask in self.masks], dtype=dtype, device=device)
+
+    def parts(self, base: Sequence[float], device) -> Tuple[torch.Tensor, torch.Tensor]:
+        """(the last exit's part [N], the shallower exits' part of each pattern [patterns, N]) on `device`:
+        the weights of `at(...) = (k, a)` are last + a * shallower[k], one op."""
+        pat = self.patterns(base, "cpu")
+        last, shallower = torch.zeros_like(pat[0]), pat.clone()
+        last[-1], shallower[:, -1] = pat[0, -1], 0.0
+        return last.to(device), shallower.to(device)
