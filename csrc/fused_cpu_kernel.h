@@ -88,11 +88,11 @@ template <> inline f16_t from_float<f16_t>(float x) {  // round to nearest even,
 
 
 // Scratch rows are padded to whole vectors with -inf: pads never win a row's max (an all -inf row gives
-// NaN, as the reference does) and their exp is exactly 0. After the shift, dz is stored clamped at
-// kMinShifted so that the dot products never form 0 * -inf; a class that far below the row's max has
-// q = p = 0 either way.
+// NaN, as the reference does) and their exp is exactly 0. After the shift, an -inf dz (a pad) is stored as
+// kMinShifted, the lowest finite float, so that the dot products never form 0 * -inf; every finite dz is
+// kept as it is (a class 1e30 below the row's max still counts in KL(q_j || q_n) where q_j is not 0).
 constexpr float kPadLogit = -__builtin_inff();
-constexpr float kMinShifted = -1e30f;
+constexpr float kMinShifted = -3.40282347e38f;  // -FLT_MAX
 
 template <typename scalar_t>
 inline vf16 load_as_float(const scalar_t* p) {

@@ -52,7 +52,8 @@ def curves(runs: Dict[str, List[str]], corpus) -> dict:
     """The teacher-forced early-exit curve per method, mean over seeds."""
     import torch
 
-    from msd_fast.lm.evaluate import evaluate_lm, load_lm
+    from msd_fast.lm.evaluate import evaluate_lm
+    from msd_fast.lm.load import load_lm
 
     out = {}
     for m, dirs in runs.items():
@@ -70,7 +71,7 @@ def curves(runs: Dict[str, List[str]], corpus) -> dict:
 def decoding(runs: Dict[str, List[str]], corpus) -> dict:
     """Early-exit greedy decoding of each method's seed-0 model against its full depth (decode_sweep.py)."""
     from msd_fast.lm.decode_sweep import decode_prompts, decode_sweep
-    from msd_fast.lm.evaluate import load_lm
+    from msd_fast.lm.load import load_lm
 
     prompts = decode_prompts(corpus, DECODE["prompts"], DECODE["prompt_tokens"])
     return {m: decode_sweep(load_lm(dirs[0])[0], prompts, DECODE["new_tokens"], DECODE_THRESHOLDS, DECODE["rounds"],

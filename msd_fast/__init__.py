@@ -9,8 +9,18 @@ Everything else is imported on first use, so `import msd_fast` stays light:
   early exit / evaluation: EarlyExit, evaluate_checkpoints
   language models (the `lm` extra): attach_lm_exits
 """
-from .loss import (CosineBeta, FusedLinearMSDLoss, MSDLoss, MSDTerms, defaults, fused_linear_msd_loss, msd_loss,
-                   reference_msd_terms)
+import sys as _sys
+
+try:
+    from .loss import (CosineBeta, FusedLinearMSDLoss, MSDLoss, MSDTerms, defaults, fused_linear_msd_loss,
+                       msd_loss, reference_msd_terms)
+except KeyboardInterrupt:
+    # A Ctrl-C while `python -m msd_fast.<command>` imports torch (sys.argv[0] is "-m" while Python locates the
+    # module): one line and status 130, as the commands end after one later. An importing program gets it as is.
+    if _sys.argv[:1] == ["-m"]:
+        print("[msd_fast] interrupted by Ctrl-C while starting; nothing was written", file=_sys.stderr)
+        raise SystemExit(130) from None
+    raise
 
 __version__ = "0.1.0"
 

@@ -42,17 +42,19 @@ def test_reader_refuses_damaged_corpora(tmp_path):
     (path / "val.bin").write_bytes((path / "val.bin").read_bytes()[:-2])
     with pytest.raises(CorpusError, match="val.bin should hold"):
         load_corpus(path)
+    (path / "val.bin").write_bytes(b"\0\0" * meta["splits"]["val"]["tokens"])
+    with pytest.raises(CorpusError, match="val.bin: its SHA-256 does not match meta.json"):
+        load_corpus(path)
     ids = np.fromfile(path / "test.bin", dtype=np.uint16)
     ids[0] = meta["vocab_size"] + 5
     ids.tofile(path / "test.bin")
-    (path / "val.bin").write_bytes(b"\0\0" * meta["splits"]["val"]["tokens"])
     with pytest.raises(CorpusError, match="holds token id"):
-        load_corpus(path)
+        load_corpus(path, verify=False)
     (path / "meta.json").write_text(json.dumps({**meta, "dtype": "float32"}))
     with pytest.raises(CorpusError, match="dtype must be"):
         load_corpus(path)
     (path / "meta.json").write_text("{not json")
-    with pytest.raises(CorpusError, match="cannot be read"):
+    with pytest.raises(CorpusError, match="not a readable corpus meta.json"):
         load_corpus(path)
 
 

@@ -138,6 +138,8 @@ def test_self_speculative_decoding_accepts_drafts_the_deeper_layers_agree_with()
     stop = out.tokens[3]
     early = self_speculative_generate(m, prompt, 13, draft_exit=0, draft_tokens=4, stop_token=stop)
     assert early.tokens == out.tokens[:out.tokens.index(stop) + 1]
-    for bad in (dict(draft_exit=3), dict(draft_exit=-1), dict(draft_tokens=0)):
-        with pytest.raises(ValueError, match="draft_exit: expected an exit in \\[0, 2\\]"):
+    for bad, what in ((dict(draft_exit=3), "draft_exit: expected an exit index in \\[0, 2\\]"),
+                      (dict(draft_exit=-1), "draft_exit: expected an exit index in \\[0, 2\\]"),
+                      (dict(draft_tokens=0), "draft_tokens: expected an int >= 1")):
+        with pytest.raises(ValueError, match=what):
             self_speculative_generate(m, prompt, 3, **bad)

@@ -144,6 +144,7 @@ def test_cli_train_evaluate_decode(tmp_path, corpus, capsys):
     assert (first["avg_layers"], first["layer_calls_per_token"], first["head_checks_per_token"]) == (2.0, 2.0, 1.0)
     assert 0 < first["weights_vs_full"] < 1 and first["tokens_per_s"] > 0
     assert lm_main(["decode", str(run), "--rounds", "0"]) == 2
+    assert "--rounds: expected an integer >= 1, got 0" in capsys.readouterr().err
     assert lm_main(["decode", str(run), "--prompts", "1", "--prompt-tokens", "4", "--new-tokens", "3", "--rounds",
                     "1", "--thresholds", "0.0", "--check-exits", "1", "--draft-tokens", "2", "--json",
                     str(tmp_path / "d1.json")]) == 0
@@ -151,7 +152,7 @@ def test_cli_train_evaluate_decode(tmp_path, corpus, capsys):
     assert (every["exits"], one["exits"], one["avg_layers"]) == (None, [1], 4.0)
     assert (spec["draft_exit"], spec["draft_tokens"], spec["identical"]) == (0, 2, 100.0)
     assert lm_main(["decode", str(run), "--check-exits", "7"]) == 2
-    assert "exits: expected exit indices" in capsys.readouterr().err
+    assert "--check-exits: the model has exits 0..3, got [7]" in capsys.readouterr().err
     assert lm_main(["export", str(run), str(tmp_path / "export")]) == 0
     assert lm_main(["evaluate", str(tmp_path / "export"), "--data-dir", str(corpus), "--max-sequences", "4",
                     "--json", str(tmp_path / "e2.json")]) == 0

@@ -14,6 +14,8 @@ import sys
 
 import torch
 
+from ..devices import parse_device
+
 from ..data import DataError
 from .report import markdown, write_reports
 from .run import EvalError, evaluate_checkpoints
@@ -55,11 +57,9 @@ def main(argv=None) -> int:
     ap = build_parser()
     args = ap.parse_args(argv)
     try:
-        device = torch.device(args.device)
-    except RuntimeError:
-        ap.error(f"--device: expected cpu, cuda or cuda:K, got {args.device!r}")
-    if device.type == "cuda" and not torch.cuda.is_available():
-        ap.error("--device cuda: no CUDA device is available here; use --device cpu")
+        device = parse_device(args.device)
+    except ValueError as e:
+        ap.error(str(e))
     amp_dtype = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}[args.amp]
     log = (lambda msg: print(msg, file=sys.stderr, flush=True)) if args.progress else (lambda msg: None)
     try:

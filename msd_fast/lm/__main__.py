@@ -1,6 +1,11 @@
-"""python -m msd_fast.lm (cli.py)."""
+"""python -m msd_fast.lm (cli.py). A Ctrl-C while the imports run (the first second or so) ends with one line
+and status 130, as one during the work does."""
 import sys
 
-from .cli import main
+try:
+    from .cli import main
+except KeyboardInterrupt:
+    print("[msd_fast.lm] interrupted by Ctrl-C", file=sys.stderr)
+    sys.exit(130)
 
 sys.exit(main())

@@ -11,24 +11,33 @@ evaluate: per-exit perplexity and the early-exit curve (teacher-forced); decode:
 (decode.py) at each threshold, and self-speculative decoding (speculative.py), against full-depth decoding,
 interleaved in rounds (decode_sweep.py): tokens/s and its ratio to full depth, agreement, layers used, layer
 calls, head checks and weights read per token.
-Exit status: 0 done, 2 bad arguments, corpus or checkpoint (one line on stderr)."""
+Every argument and file is checked before work starts. Exit status: 0 done, 1 a result could not be written,
+2 bad arguments, corpus, checkpoint or export (one line on stderr), 130 interrupted by Ctrl-C."""
 import argparse
 import json
+import math
 import pathlib
 import sys
-from typing import Optional
 
 import torch
 
 from ..checkpoint import CheckpointError
 from ..data import DataError
-from .corpus import CorpusError, build_corpus, load_corpus
-from .evaluate import THRESHOLDS, evaluate_lm, load_lm
+from ..devices import parse_device
+from ..files import check_writable
+from .corpus import CorpusError, build_corpus, check_same_corpus, load_corpus
+from .evaluate import THRESHOLDS, evaluate_lm
+from .load import load_lm
 from .task import DEFAULT_CORPUS, corpus_dir
 
+EXIT_INTERRUPTED = 130
 
-def _corpus_of(ckpt, data_dir: Optional[str]):
-    return load_corpus(corpus_dir(data_dir or ckpt["config"].get("data_dir")))
+
+def _corpus_of(rec, data_dir, what: str):
+    """The corpus to evaluate or decode on: --data-dir, else the run's; it must be the one trained on."""
+    corpus = load_corpus(corpus_dir(data_dir or rec["config"].get("data_dir")))
+    check_same_corpus(corpus, rec["trained_on"], what)
+    return corpus
 
 
 def cmd_corpus(a) -> dict:
@@ -41,9 +50,9 @@ def cmd_corpus(a) -> dict:
 
 
 def cmd_evaluate(a) -> dict:
-    model, ckpt = load_lm(a.run, a.device)
-    corpus = _corpus_of(ckpt, a.data_dir)
-    T = ckpt["lm"]["seq_len"]
+    model, rec = load_lm(a.run, a.device)
+    corpus = _corpus_of(rec, a.data_dir, a.run)
+    T = rec["lm"]["seq_len"]
     res = evaluate_lm(model, corpus.splits[a.split], T, 64, torch.device(a.device), limit=a.max_sequences,
                       thresholds=a.thresholds)
     print(f"per-exit perplexity on {a.split} ({res['tokens']:,} tokens), exits after layers "
@@ -63,14 +72,23 @@ def cmd_export(a) -> dict:
 
 
 def cmd_decode(a) -> dict:
+    from .decode import check_decode_args
     from .decode_sweep import decode_prompts, decode_sweep, setting_label
 
-    model, ckpt = load_lm(a.run, a.device)
-    corpus = _corpus_of(ckpt, a.data_dir)
+    model, rec = load_lm(a.run, a.device)
+    corpus = _corpus_of(rec, a.data_dir, a.run)
     tok = corpus.tokenizer()
-    prompts = [tok.encode(a.prompt).ids] if a.prompt else decode_prompts(corpus, a.prompts, a.prompt_tokens)
+    prompts = [tok.encode(a.prompt).ids] if a.prompt is not None else decode_prompts(corpus, a.prompts,
+                                                                                      a.prompt_tokens)
     if not all(prompts):
         raise ValueError("--prompt: the text encodes to no tokens")
+    if not 0 <= a.draft_exit < model.num_exits - 1 and a.draft_tokens:
+        raise ValueError(f"--draft-exit: expected an exit in [0, {model.num_exits - 2}] (not the last), got "
+                         f"{a.draft_exit}")
+    if a.check_exits and max(a.check_exits) >= model.num_exits:
+        raise ValueError(f"--check-exits: the model has exits 0..{model.num_exits - 1}, got {a.check_exits}")
+    for p in prompts:
+        check_decode_args(model, p, a.new_tokens)
     torch.set_num_threads(a.threads) if a.threads else None
     sets = (None,) + ((tuple(a.check_exits),) if a.check_exits else ())
     drafts = [(a.draft_exit, k) for k in a.draft_tokens]
@@ -82,7 +100,7 @@ def cmd_decode(a) -> dict:
         print(f"| {setting_label(r)} | {r['tokens_per_s']:.1f} | {r['speed_vs_full']:.2f} | {r['agreement']:.1f} | "
               f"{r['identical']:.0f} | {r['avg_layers']:.2f} | {r['early_share']:.0f} | "
               f"{r['layer_calls_per_token']:.2f} | {r['head_checks_per_token']:.2f} | {r['weights_vs_full']:.2f} |")
-    if a.prompt:
+    if a.prompt is not None:
         from .decode import early_exit_generate
 
         g = early_exit_generate(model, prompts[0], a.new_tokens, a.thresholds[-1] if a.thresholds else 0.9)
@@ -91,18 +109,48 @@ def cmd_decode(a) -> dict:
             "device": a.device, "threads": torch.get_num_threads(), "rows": rows}
 
 
+def check_args(a) -> None:
+    """The arguments' own rules, checked before any file is read or written (ValueError naming the flag)."""
+    def at_least(flag: str, v, lo: int) -> None:
+        if v is not None and v < lo:
+            raise ValueError(f"{flag}: expected an integer >= {lo}, got {v}")
+
+    if a.cmd in ("evaluate", "decode"):
+        parse_device(a.device)
+        bad = [t for t in a.thresholds if not math.isfinite(t) or t < 0]
+        if bad:
+            raise ValueError(f"--thresholds: expected finite numbers >= 0 (above 1: never exit early), got {bad[0]}")
+        if a.json:
+            check_writable(a.json, "--json", False)
+    if a.cmd == "evaluate":
+        at_least("--max-sequences", a.max_sequences, 0)
+    if a.cmd == "decode":
+        for flag, v, lo in (("--new-tokens", a.new_tokens, 1), ("--prompts", a.prompts, 1),
+                            ("--prompt-tokens", a.prompt_tokens, 1), ("--rounds", a.rounds, 1),
+                            ("--threads", a.threads, 0), ("--draft-exit", a.draft_exit, 0)):
+            at_least(flag, v, lo)
+        for flag, vs, lo in (("--draft-tokens", a.draft_tokens, 1), ("--check-exits", a.check_exits or [], 0)):
+            for v in vs:
+                at_least(flag, v, lo)
+        if a.draft_tokens and max(a.draft_tokens) > a.new_tokens:
+            raise ValueError(f"--draft-tokens: at most --new-tokens ({a.new_tokens}) tokens can be drafted, got "
+                             f"{max(a.draft_tokens)}")
+    if a.cmd in ("corpus", "export"):
+        check_writable(a.out, "--out" if a.cmd == "corpus" else "out", True)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m msd_fast.lm", description=__doc__.split("\n\n")[0])
     sub = p.add_subparsers(dest="cmd", required=True)
     c = sub.add_parser("corpus", help="tokenise a source with a BPE trained here; cache it as memmaps")
     c.add_argument("--out", default=DEFAULT_CORPUS)
     c.add_argument("--source", default="python-stdlib", help="python-stdlib or a directory of text files")
-    c.add_argument("--pattern", default="*.py", help="files of a source directory to read")
+    c.add_argument("--pattern", default=None, help="files of a source directory to read (default *.py)")
     c.add_argument("--vocab-size", type=int, default=8192)
     for name, h in (("evaluate", "per-exit perplexity and the early-exit curve"),
                     ("decode", "early-exit greedy decoding against full depth")):
         e = sub.add_parser(name, help=h)
-        e.add_argument("run", help="an LM run directory (its best.pt) or checkpoint")
+        e.add_argument("run", help="an LM run directory (its best.pt), checkpoint or export folder")
         e.add_argument("--data-dir", default=None, help="the corpus (default: the run's)")
         e.add_argument("--device", default="cpu")
         e.add_argument("--thresholds", type=float, nargs="*", default=list(THRESHOLDS))
@@ -132,12 +180,19 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv=None) -> int:
     a = build_parser().parse_args(argv)
     try:
+        check_args(a)
         res = {"corpus": cmd_corpus, "evaluate": cmd_evaluate, "decode": cmd_decode, "export": cmd_export}[a.cmd](a)
-    except (CorpusError, DataError, CheckpointError, FileNotFoundError, ValueError, ImportError) as e:
+        if getattr(a, "json", None):
+            pathlib.Path(a.json).write_text(json.dumps(res, indent=1))
+    except (CorpusError, DataError, CheckpointError, FileNotFoundError, ValueError, TypeError, ImportError) as e:
         print(f"[msd_fast.lm] error: {e}", file=sys.stderr)
         return 2
-    if getattr(a, "json", None):
-        pathlib.Path(a.json).write_text(json.dumps(res, indent=1))
+    except OSError as e:  # a result could not be written (disk full, permissions)
+        print(f"[msd_fast.lm] error: could not write {e.filename or 'a file'}: {e.strerror or e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("[msd_fast.lm] interrupted by Ctrl-C", file=sys.stderr)
+        return EXIT_INTERRUPTED
     return 0
 
 

@@ -9,7 +9,8 @@ the BPE is trained on the train files only.
 
 A corpus directory holds tokenizer.json, {train,val,test}.bin (uint16 or uint32 token ids, the files joined
 with an end-of-text token) and meta.json (vocabulary size, dtype, token counts, the source, each .bin's
-sha256). Reading it runs no code: JSON and raw integers, checked against meta.json.
+sha256, and tokenizer.json's). Reading it runs no code: JSON and raw integers, checked against meta.json,
+hashes included, before training or evaluation reads a token.
 """
 import hashlib
 import json
@@ -20,9 +21,13 @@ from typing import Dict, List, Optional, Tuple
 
 import numpy as np
 
+from ..files import MAX_JSON_BYTES, check_sha256, check_writable, is_sha256, read_json_object, sha256_of
+from .names import MAX_VOCAB
+
 SPLITS = ("train", "val", "test")
 EOT = "<|endoftext|>"
-META_VERSION = 1
+META_VERSION = 2  # 2: meta.json records tokenizer.json's SHA-256
+READ_VERSIONS = (1, 2)
 _STDLIB_SKIP = ("test", "tests", "idlelib", "lib2to3", "site-packages", "dist-packages", "__pycache__", "turtledemo")
 
 
@@ -73,14 +78,18 @@ def _read(p: pathlib.Path) -> str:
     return p.read_bytes().decode("utf-8", errors="replace")
 
 
-def build_corpus(out_dir, source: str = "python-stdlib", vocab_size: int = 8192, pattern: str = "*.py",
+def build_corpus(out_dir, source: str = "python-stdlib", vocab_size: int = 8192, pattern: Optional[str] = None,
                  max_files: Optional[int] = None) -> Dict:
     """Trains the BPE on the train files, writes tokenizer.json, the three .bin files and meta.json (last,
     so a half-written corpus has no meta.json and is not read). Returns the meta dict."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
-    if not 256 < vocab_size <= 2 ** 20:
-        raise CorpusError(f"vocab_size must be in (256, {2 ** 20}], got {vocab_size}")
+    if isinstance(vocab_size, bool) or not isinstance(vocab_size, int) or not 256 < vocab_size <= MAX_VOCAB:
+        raise CorpusError(f"vocab_size must be an integer in (256, {MAX_VOCAB}], got {vocab_size!r}")
+    if source == "python-stdlib" and pattern not in (None, "*.py"):
+        raise CorpusError(f"--pattern {pattern!r}: applies to a source directory; python-stdlib reads its *.py files")
+    pattern = pattern or "*.py"
+    check_writable(out_dir, "--out", True, CorpusError)
     root, files = source_files(source, pattern)
     parts = _split_files(root, files[:max_files] if max_files else files)
     out = pathlib.Path(out_dir)
@@ -97,7 +106,7 @@ def build_corpus(out_dir, source: str = "python-stdlib", vocab_size: int = 8192,
     V = tok.get_vocab_size()
     dtype = np.uint16 if V <= 2 ** 16 else np.uint32
     meta = {"version": META_VERSION, "source": source, "pattern": pattern, "vocab_size": V, "eot_id": eot,
-            "dtype": np.dtype(dtype).name, "splits": {}}
+            "dtype": np.dtype(dtype).name, "tokenizer_sha256": sha256_of(out / "tokenizer.json"), "splits": {}}
     for s in SPLITS:
         ids: List[int] = []
         for enc in tok.encode_batch([_read(p) for p in parts[s]]):
@@ -120,10 +129,32 @@ class TokenCorpus:
     splits: Dict[str, np.ndarray]
     meta: Dict
 
+    @property
+    def train_sha256(self) -> str:
+        """What identifies the corpus a model was trained on (checkpoints and exports record it)."""
+        return self.meta["splits"]["train"]["sha256"]
+
     def tokenizer(self):
+        """The corpus's tokenizer.json, checked: its SHA-256 against meta.json (version 2 corpora), readable
+        by HF tokenizers, and of the corpus's vocabulary size."""
         from tokenizers import Tokenizer
 
-        return Tokenizer.from_file(str(self.path / "tokenizer.json"))
+        f = self.path / "tokenizer.json"
+        if not f.is_file():
+            raise CorpusError(f"corpus {self.path}: no tokenizer.json (build the corpus again with: python -m "
+                              f"msd_fast.lm corpus --out {self.path})")
+        if self.meta["version"] >= 2:
+            check_sha256(f, self.meta.get("tokenizer_sha256"), "meta.json's tokenizer_sha256", CorpusError)
+        if f.stat().st_size > MAX_JSON_BYTES:
+            raise CorpusError(f"{f}: {f.stat().st_size:,} bytes, more than a tokenizer may have")
+        try:
+            tok = Tokenizer.from_str(f.read_bytes().decode("utf-8"))
+        except Exception as e:  # noqa: BLE001 - the Rust parser's errors: one line naming the file
+            raise CorpusError(f"{f}: not a readable tokenizer ({type(e).__name__}: {str(e)[:160]})") from None
+        if tok.get_vocab_size() != self.vocab_size:
+            raise CorpusError(f"{f}: a vocabulary of {tok.get_vocab_size()} tokens, but meta.json says "
+                              f"{self.vocab_size}")
+        return tok
 
 
 def _need(cond: bool, path: pathlib.Path, what: str) -> None:
@@ -131,39 +162,55 @@ def _need(cond: bool, path: pathlib.Path, what: str) -> None:
         raise CorpusError(f"corpus {path}: {what}")
 
 
-def load_corpus(path, verify: bool = False) -> TokenCorpus:
-    """Reads a built corpus (build_corpus, or `python -m msd_fast.lm corpus`): meta.json checked for its keys
-    and types, each .bin's size against its token count and its ids against the vocabulary (verify=True
-    also checks the sha256 of each)."""
+def check_same_corpus(corpus: TokenCorpus, trained_on: Dict, where: str) -> None:
+    """The corpus is the one `where` (a checkpoint or an export) was trained on: the same vocabulary size and
+    the same train split, by its SHA-256. trained_on: {"vocab_size": int, "train_sha256": str}."""
+    V, sha = trained_on.get("vocab_size"), trained_on.get("train_sha256")
+    if V != corpus.vocab_size:
+        raise CorpusError(f"corpus {corpus.path}: a vocabulary of {corpus.vocab_size} tokens, but {where} has "
+                          f"{V}: pass the corpus it was trained on (--data-dir)")
+    if not is_sha256(sha):
+        raise CorpusError(f"{where}: records no SHA-256 of its training corpus (got {sha!r:.80})")
+    if sha != corpus.train_sha256:
+        raise CorpusError(f"corpus {corpus.path}: its train split (SHA-256 {corpus.train_sha256[:12]}...) is not "
+                          f"the one {where} was trained on ({sha[:12]}...): pass that corpus (--data-dir)")
+
+
+def load_corpus(path, verify: bool = True) -> TokenCorpus:
+    """Reads a built corpus (build_corpus, or `python -m msd_fast.lm corpus`): meta.json checked for its keys,
+    types and bounds before anything is mapped, each .bin's size against its token count, its ids against the
+    vocabulary and (verify, the default) its SHA-256 against meta.json."""
     p = pathlib.Path(path)
     meta_path = p / "meta.json"
     _need(meta_path.is_file(), p, "no meta.json (build it with: python -m msd_fast.lm corpus --out "
                                   f"{p})")
-    try:
-        meta = json.loads(meta_path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise CorpusError(f"corpus {p}: meta.json cannot be read ({e})") from None
-    _need(isinstance(meta, dict) and meta.get("version") == META_VERSION, p,
-          f"meta.json is not a version-{META_VERSION} corpus description")
+    meta = read_json_object(meta_path, "corpus meta.json", CorpusError)
+    _need(meta.get("version") in READ_VERSIONS, p, f"meta.json is not a version-{META_VERSION} corpus description "
+                                                   f"(version {meta.get('version')!r:.40})")
     V, dtype = meta.get("vocab_size"), meta.get("dtype")
-    _need(isinstance(V, int) and V > 1, p, f"meta.json vocab_size must be an integer > 1, got {V!r}")
-    _need(dtype in ("uint16", "uint32"), p, f"meta.json dtype must be uint16 or uint32, got {dtype!r}")
+    _need(dtype in ("uint16", "uint32"), p, f"meta.json dtype must be uint16 or uint32, got {dtype!r:.40}")
+    top = min(MAX_VOCAB, np.iinfo(dtype).max + 1)
+    _need(isinstance(V, int) and not isinstance(V, bool) and 1 < V <= top, p,
+          f"meta.json vocab_size must be an integer in [2, {top}] ({dtype} ids), got {V!r:.40}")
     eot = meta.get("eot_id")
-    _need(isinstance(eot, int) and 0 <= eot < V, p, f"meta.json eot_id must be a token id, got {eot!r}")
+    _need(isinstance(eot, int) and not isinstance(eot, bool) and 0 <= eot < V, p,
+          f"meta.json eot_id must be a token id, got {eot!r:.40}")
+    _need(isinstance(meta.get("splits"), dict), p, f"meta.json splits must be an object with {', '.join(SPLITS)}")
     splits = {}
     for s in SPLITS:
-        info = (meta.get("splits") or {}).get(s)
-        _need(isinstance(info, dict) and isinstance(info.get("tokens"), int), p, f"meta.json lacks split {s!r}")
+        info = meta["splits"].get(s)
+        _need(isinstance(info, dict) and isinstance(info.get("tokens"), int) and not isinstance(info["tokens"], bool),
+              p, f"meta.json lacks split {s!r} (an object with its token count)")
         f = p / f"{s}.bin"
         n = info["tokens"]
-        _need(f.is_file() and f.stat().st_size == n * np.dtype(dtype).itemsize, p,
-              f"{f.name} should hold {n} {dtype} token ids ({n * np.dtype(dtype).itemsize} bytes), found "
-              f"{f.stat().st_size if f.is_file() else 'no file'}")
         _need(n >= 2, p, f"split {s!r} has {n} tokens; at least 2 are needed")
+        size = np.dtype(dtype).itemsize
+        _need(f.is_file() and f.stat().st_size == n * size, p,
+              f"{f.name} should hold {n} {dtype} token ids ({n * size} bytes), found "
+              f"{f.stat().st_size if f.is_file() else 'no file'}")
+        if verify:
+            check_sha256(f, info.get("sha256"), f"meta.json's splits.{s}.sha256", CorpusError)
         arr = np.memmap(f, dtype=dtype, mode="r", shape=(n,))
         _need(int(arr.max()) < V, p, f"{f.name} holds token id {int(arr.max())} >= vocab_size {V}")
-        if verify:
-            _need(hashlib.sha256(arr.tobytes()).hexdigest() == info.get("sha256"), p, f"{f.name}: sha256 differs")
         splits[s] = arr
     return TokenCorpus(p, V, eot, splits, meta)
-

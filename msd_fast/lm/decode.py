@@ -12,6 +12,8 @@ greedy decoding, token for token.
 The decoder calls the model's own decoder layers one at a time with its own cache object (transformers'
 DynamicCache), a causal mask for the rows it runs, and the positions (rotary embeddings for Llama / Qwen2,
 learned positions for GPT-2)."""
+import math
+import numbers
 import time
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Sequence
@@ -20,7 +22,7 @@ import torch
 import torch.nn.functional as F
 
 from .exits import LMExits
-from .family import cache_kwarg, layer_output
+from .family import cache_kwarg, layer_output, max_positions
 
 
 @dataclass
@@ -119,13 +121,35 @@ class _Stepper:
         raise AssertionError("the last layer is always an exit")
 
 
-def check_decode_args(model, prompt: Sequence[int], max_new_tokens: int) -> None:
-    """What every decoder needs: an LMExits, a prompt of at least one token, max_new_tokens >= 0."""
+def check_decode_args(model, prompt: Sequence[int], max_new_tokens: int) -> List[int]:
+    """What every decoder needs: an LMExits; a prompt of at least one token id in [0, V); max_new_tokens an
+    int >= 0; the prompt and the new tokens within the model's positions. Returns the prompt as ints."""
     if not isinstance(model, LMExits):
         raise TypeError(f"model: expected an LMExits (attach_lm_exits), got {type(model).__name__}")
-    if len(prompt) < 1 or max_new_tokens < 0:
-        raise ValueError(f"need a prompt of at least one token and max_new_tokens >= 0, got {len(prompt)} and "
-                         f"{max_new_tokens}")
+    if isinstance(prompt, torch.Tensor):
+        prompt = prompt.tolist() if prompt.dim() == 1 and not prompt.is_floating_point() else [prompt]
+    ids = list(prompt) if isinstance(prompt, (list, tuple, range)) else None
+    if ids is None or any(isinstance(t, bool) or not isinstance(t, numbers.Integral) for t in ids):
+        raise TypeError(f"prompt: expected a sequence of token ids (ints), got {type(prompt).__name__}")
+    if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, numbers.Integral) or max_new_tokens < 0:
+        raise ValueError(f"max_new_tokens: expected an int >= 0, got {max_new_tokens!r}")
+    if not ids:
+        raise ValueError("prompt: need at least one token")
+    V = model.vocab_size
+    if min(ids) < 0 or max(ids) >= V:
+        raise ValueError(f"prompt: token ids must lie in [0, {V}) (the model's vocabulary), got {min(ids)}..{max(ids)}")
+    top = max_positions(model.lm)
+    if top is not None and len(ids) + max_new_tokens > top:
+        raise ValueError(f"prompt: {len(ids)} tokens + max_new_tokens {max_new_tokens} exceed the model's "
+                         f"{top} positions")
+    return [int(t) for t in ids]
+
+
+def check_threshold(threshold) -> float:
+    if isinstance(threshold, bool) or not isinstance(threshold, numbers.Real) or not math.isfinite(threshold) \
+            or threshold < 0:
+        raise ValueError(f"threshold: expected a finite number >= 0 (above 1: never exit early), got {threshold!r}")
+    return float(threshold)
 
 
 @torch.no_grad()
@@ -138,7 +162,8 @@ def early_exit_generate(model: LMExits, prompt: Sequence[int], max_new_tokens: i
     exit always emits what reaches it): each check reads a V x H head, so checking fewer exits can pay where
     a head costs more than the layers between exits. keep_full_logits: also keep, for every token emitted by
     the last exit, the logits it was chosen from (tests compare them with a full forward)."""
-    check_decode_args(model, prompt, max_new_tokens)
+    prompt = check_decode_args(model, prompt, max_new_tokens)
+    threshold = check_threshold(threshold)
     last = model.num_exits - 1
     if exits is not None and any(not 0 <= int(n) <= last for n in exits):
         raise ValueError(f"exits: expected exit indices in [0, {last}], got {list(exits)}")

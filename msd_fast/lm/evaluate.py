@@ -1,8 +1,7 @@
 """Evaluating an LM with exits on a corpus split, teacher-forced: per-exit perplexity, and the early-exit
 curve (each token takes the first exit whose top probability reaches a threshold: perplexity, agreement with
-the last exit's prediction and the average layers used, per threshold). Also loads an LM run's checkpoint."""
+the last exit's prediction and the average layers used, per threshold)."""
 import math
-import pathlib
 from typing import Any, Dict, Optional, Sequence, Tuple
 
 import torch
@@ -95,31 +94,3 @@ def early_exit_curve(conf: torch.Tensor, nll: torch.Tensor, pred: torch.Tensor, 
                      "avg_layers": d[first].mean().item(),
                      "exit_share": torch.bincount(first, minlength=N).double().div(len(first)).tolist()})
     return rows
-
-
-def load_lm(path, device: str = "cpu"):
-    """(model, checkpoint) of an LM run's checkpoint (a run directory -> its best.pt, else last.pt), or of an
-    export folder (export.py; the checkpoint part then holds its exits.json as "lm" and an empty "config")."""
-    from ..checkpoint import CheckpointError, load_checkpoint
-    from .models import create_lm
-
-    p = pathlib.Path(path)
-    if (p / "exits.json").is_file():
-        import json
-
-        from .export import load_lm_export
-
-        return load_lm_export(p, device), {"lm": json.loads((p / "exits.json").read_text()), "config": {}}
-    if p.is_dir():
-        p = p / "best.pt" if (p / "best.pt").exists() else p / "last.pt"
-    ckpt = load_checkpoint(p)
-    cfg, lm = ckpt["config"], ckpt.get("lm")
-    if cfg.get("task") != "lm" or not isinstance(lm, dict):
-        raise CheckpointError(f"{p} is not a language-model checkpoint (task {cfg.get('task', 'image')!r})")
-    model = create_lm(ckpt["model_name"], ckpt["num_classes"], lm["seq_len"], ckpt["width"], lm["exit_layers"],
-                      lm["heads"])
-    try:
-        model.load_state_dict(ckpt["model"])
-    except RuntimeError as e:
-        raise CheckpointError(f"{p}: its weights do not fit {ckpt['model_name']} ({str(e).splitlines()[0]})") from None
-    return model.to(device).eval(), ckpt

@@ -7,6 +7,7 @@ Exit n reads the output of decoder layer exit_layers[n] (0-based) from the trunk
 is always the last layer and its hidden states are the trunk's `last_hidden_state`, so its logits are the
 model's own logits exactly. Heads: "shared" (every exit uses the model's lm_head) or "per_exit" (each
 shallower exit gets its own head, initialised from the model's; the deepest keeps the model's)."""
+import numbers
 from typing import List, NamedTuple, Optional, Sequence, Union
 
 from torch import Tensor, nn
@@ -28,6 +29,16 @@ def even_exit_layers(num_layers: int, num_exits: int) -> List[int]:
     return [round((k + 1) * num_layers / num_exits) - 1 for k in range(num_exits)]
 
 
+def _layer_indices(exit_layers) -> List[int]:
+    """A list or tuple of integer layer indices (Python or NumPy ints) as ints; anything else (floats, strings,
+    tensors, bools) is refused rather than truncated or parsed."""
+    if not isinstance(exit_layers, (list, tuple, range)) or any(
+            isinstance(x, bool) or not isinstance(x, numbers.Integral) for x in exit_layers):
+        got = type(exit_layers).__name__ if not isinstance(exit_layers, (list, tuple, range)) else repr(list(exit_layers))
+        raise ValueError(f"exit_layers: expected a list of integer layer indices, got {got:.80}")
+    return [int(x) for x in exit_layers]
+
+
 def exit_logits(out: LMExitOutput, n: int) -> Tensor:
     """Exit n's logits [..., V] from a forward's output (n indexes out.hidden), in the hidden states' dtype."""
     w = out.weight if isinstance(out.weight, Tensor) else out.weight[n]
@@ -46,7 +57,7 @@ class LMExits(nn.Module):
         self.family = family_of(lm)
         check_plain_head(lm)
         L = len(getattr(lm.base_model, self.family.layers))
-        layers = [int(x) for x in exit_layers]
+        layers = _layer_indices(exit_layers)
         if not layers or any(not 0 <= x < L for x in layers) or layers != sorted(set(layers)):
             raise ValueError(f"exit_layers: expected increasing layer indices in [0, {L - 1}], got {list(exit_layers)}")
         if layers[-1] != L - 1:

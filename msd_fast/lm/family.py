@@ -64,3 +64,12 @@ def cache_kwarg(layer: nn.Module) -> str:
 def layer_output(out) -> torch.Tensor:
     """A decoder layer's hidden states (some transformers versions return a tuple)."""
     return out[0] if isinstance(out, tuple) else out
+
+
+def max_positions(lm: nn.Module) -> Optional[int]:
+    """The positions a model is configured for (Llama / Qwen2: max_position_embeddings, GPT-2: n_positions)."""
+    for key in ("max_position_embeddings", "n_positions"):
+        v = getattr(lm.config, key, None)
+        if isinstance(v, int) and v > 0:
+            return v
+    return None

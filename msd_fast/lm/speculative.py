@@ -12,6 +12,7 @@ between 1 and k tokens, each equal to full-depth greedy decoding's.
 Cost per round: k x (l + 1 layer calls + a head) to draft, then L - 1 - l layer calls and one head, on k rows.
 It pays where the draft is often right and a layer call costs more than its rows (batch-1 decoding is bound by
 reading the weights)."""
+import numbers
 from typing import Optional, Sequence
 
 import torch
@@ -27,16 +28,17 @@ def self_speculative_generate(model: LMExits, prompt: Sequence[int], max_new_tok
     `draft_exit` (0-based, not the last) and verified by the rest of the model. Decoded.exit_index says which
     exit each token after the first came from (the draft exit for accepted drafts, the last for the rest);
     every token is verified at full depth (layers_used = L)."""
-    check_decode_args(model, prompt, max_new_tokens)
+    prompt = check_decode_args(model, prompt, max_new_tokens)
     last = model.num_exits - 1
-    if not 0 <= int(draft_exit) < last or int(draft_tokens) < 1:
-        raise ValueError(f"draft_exit: expected an exit in [0, {last - 1}] and draft_tokens >= 1, got {draft_exit} "
-                         f"and {draft_tokens}")
+    if isinstance(draft_exit, bool) or not isinstance(draft_exit, numbers.Integral) or not 0 <= draft_exit < last:
+        raise ValueError(f"draft_exit: expected an exit index in [0, {last - 1}] (not the last), got {draft_exit!r}")
+    if isinstance(draft_tokens, bool) or not isinstance(draft_tokens, numbers.Integral) or draft_tokens < 1:
+        raise ValueError(f"draft_tokens: expected an int >= 1, got {draft_tokens!r}")
     dev = next(model.parameters()).device
     was = model.training
     model.eval()
     s = _Stepper(model, [last])
-    L, jd, k = model.num_layers, model.exit_layers[draft_exit], int(draft_tokens)
+    L, jd = model.num_layers, model.exit_layers[draft_exit]
     out = Decoded([], [], [])
     out.tokens.append(int(s.prefill(prompt).argmax()))
 
@@ -45,6 +47,7 @@ def self_speculative_generate(model: LMExits, prompt: Sequence[int], max_new_tok
 
     while not done():
         p0 = s.cached[0]
+        k = min(int(draft_tokens), max_new_tokens - len(out.tokens))  # never draft past the tokens still wanted
         tok, hid, drafts = out.tokens[-1], [], []
         for i in range(k):  # draft: one token at a time through layers 0..jd
             x = s._embed(torch.tensor([[tok]], device=dev), torch.tensor([[p0 + i]], device=dev))

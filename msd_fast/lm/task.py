@@ -19,7 +19,8 @@ from ..train.methods import FinalExitCE, MultiExitCriterion
 from ..train.task import Task
 from .corpus import CorpusError, load_corpus
 from .evaluate import evaluate_lm, windows
-from .exits import exit_logits
+from .exits import LMExits, exit_logits
+from .load import check_resume_fits
 from .models import create_lm
 
 DEFAULT_CORPUS = "data/python-stdlib-bpe"
@@ -40,7 +41,7 @@ class LMCriterion(nn.Module):
         self.hint = crit.hint
         self.loss = FusedLinearMSDLoss(alpha=L.alpha, temperature=L.temperature, teacher=L.teacher,
                                        detach_teacher=L.detach_teacher, feature_reduction=L.feature_reduction,
-                                       exit_weights=exit_weights)
+                                       exit_weights=exit_weights, validate=False)  # ids checked by load_corpus
 
     def forward(self, out, target: torch.Tensor, beta: torch.Tensor):
         dt = out.hidden[0].dtype  # under autocast the hidden states are half, the parameters float32
@@ -107,20 +108,32 @@ class LMTask(Task):
         try:
             self.corpus = load_corpus(path)
         except CorpusError as e:
-            raise DataError(f"{e}. Build it with: python -m msd_fast.lm corpus --out {path}") from None
+            hint = "" if "msd_fast.lm corpus" in str(e) else f". Build it with: python -m msd_fast.lm corpus --out {path}"
+            raise DataError(f"{e}{hint}") from None
         T = cfg.seq_len
         tokens, n = windows(self.corpus.splits["train"], T, cfg.train_subset)
         if n < 1:
             raise DataError(f"corpus {path}: the train split has {tokens.numel()} tokens, fewer than one sequence "
                             f"of --seq-len {T} + 1")
+        for split in ("val", "test"):  # found now, not after the first epoch
+            if windows(self.corpus.splits[split], T)[1] < 1:
+                raise DataError(f"corpus {path}: the {split} split ({split}.bin, {len(self.corpus.splits[split])} "
+                                f"tokens) holds no sequence of --seq-len {T} + 1")
         self.train_size = n
         self.batches = TokenBatches(tokens, n, T, device, dist, cfg.batch_size)
         torch.manual_seed(cfg.seed)
         if model is None:
-            model = create_lm(cfg.model, self.corpus.vocab_size, T, cfg.width, cfg.exit_layers, cfg.lm_heads)
+            args = (cfg.model, self.corpus.vocab_size, T, cfg.width, cfg.exit_layers, cfg.lm_heads)
+            if cfg.resume:  # a checkpoint's config that does not fit its weights is refused before allocating
+                with torch.device("meta"):
+                    check_resume_fits(create_lm(*args), cfg.resume)
+            model = create_lm(*args)
+        elif not isinstance(model, LMExits):
+            raise TypeError(f"model: task lm trains an LMExits (msd_fast.lm.attach_lm_exits), got {type(model).__name__}")
+        if model.vocab_size != self.corpus.vocab_size:
+            raise ValueError(f"model: its head has {model.vocab_size} tokens, but the corpus {path} has a vocabulary "
+                             f"of {self.corpus.vocab_size}")
         self.model = model.to(device)
-        if self.model.vocab_size != self.corpus.vocab_size:
-            raise ValueError(f"model: its head has {self.model.vocab_size} tokens, the corpus {self.corpus.vocab_size}")
         self.exit_weights = exit_weight_schedule(cfg.exit_weights, [d + 1 for d in self.model.exit_layers])
         self.curriculum = ExitCurriculum(cfg.exit_curriculum, self.model.exit_layers, self.model.num_layers)
         # the loss reads exit_weights_t; before_step writes each step's weights into it (on the device, no sync)
@@ -160,7 +173,20 @@ class LMTask(Task):
         return {"model_name": self.cfg.model, "num_classes": self.corpus.vocab_size, "in_channels": 0,
                 "width": self.cfg.width, "dataset": self.cfg.dataset,
                 "lm": {"seq_len": self.cfg.seq_len, "exit_layers": list(m.exit_layers), "heads": m.heads,
-                       "corpus_train_sha256": self.corpus.meta["splits"]["train"].get("sha256")}}
+                       "corpus_train_sha256": self.corpus.train_sha256}}
+
+    def differs(self, ckpt: Dict[str, Any]) -> str:
+        """Also the exits, the sequence length and the corpus: a resume onto another corpus (--data-dir) would
+        train on other data without a word."""
+        why = super().differs(ckpt)
+        mine, theirs = self.checkpoint_fields()["lm"], ckpt.get("lm") if isinstance(ckpt.get("lm"), dict) else {}
+        more = [f"{k} {theirs.get(k)!r} (this run: {mine[k]!r})" for k in ("seq_len", "exit_layers", "heads")
+                if theirs.get(k) != mine[k]]
+        if theirs.get("corpus_train_sha256") != mine["corpus_train_sha256"]:
+            more.append(f"its corpus's train split (SHA-256 {str(theirs.get('corpus_train_sha256'))[:12]}...) is not "
+                        f"{self.corpus.path}'s ({mine['corpus_train_sha256'][:12]}...): resume with the corpus it was "
+                        f"trained on (--data-dir)")
+        return ", ".join(([why] if why else []) + more)
 
 
 def lm_cost(model, seq_len: int) -> Dict[str, Any]:

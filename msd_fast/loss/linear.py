@@ -17,7 +17,7 @@ from .api import MSDTerms, _hint_scale
 from .backends import resolve_backend
 from .exit_weights import check_exit_weights
 from .linear_chunk import chunk_reference as _chunk_reference, head_weights as _weights
-from .validation import check_hparams
+from .validation import check_class_indices, check_hparams
 
 TensorOrSeq = Union[Tensor, Sequence[Tensor]]
 # The chunk's logits and their gradient (2 x N x Tc x V in the hidden states' dtype) stay under this many
@@ -216,7 +216,8 @@ def fused_linear_msd_loss(hidden: TensorOrSeq, weight: TensorOrSeq, target: Tens
                           temperature: float = defaults.TEMPERATURE, beta: Union[float, Tensor] = defaults.BETA_BEGIN,
                           teacher: str = "all", detach_teacher: bool = True, ignore_index: Optional[int] = -100,
                           feature_reduction: str = defaults.FEATURE_REDUCTION, chunk_tokens: Optional[int] = None,
-                          exit_weights: Optional[Union[Sequence[float], Tensor]] = None, return_terms: bool = False):
+                          exit_weights: Optional[Union[Sequence[float], Tensor]] = None, return_terms: bool = False,
+                          validate: bool = True):
     """The MSD loss of N exits through a linear head, equal in value and gradients to
     `msd_loss([h_n @ W_n.T + b_n for n], target, hidden if beta else None, ...)`, without the N x T x V
     logits in memory at once.
@@ -236,6 +237,8 @@ def fused_linear_msd_loss(hidden: TensorOrSeq, weight: TensorOrSeq, target: Tens
         chunk_tokens: tokens per chunk; default: as many as keep the chunk's logits and their gradient under
             CHUNK_BYTES (64 MiB on CPU, 1 GiB on CUDA).
         return_terms: also return `MSDTerms` (per-exit means, detached).
+        validate: check in eager mode that every kept target lies in [0, V) (a host sync on CUDA; never under
+            torch.compile). False where the targets are known good (the LM task's corpus ids are checked on load).
 
     The fused operator runs each chunk (its C++ kernel on CPU, Triton on CUDA; the reference by autograd for
     float64, detach_teacher=False or where the operator has no kernel). Gradients are computed in the forward
@@ -250,6 +253,8 @@ def fused_linear_msd_loss(hidden: TensorOrSeq, weight: TensorOrSeq, target: Tens
     biases = None if bias is None else ([bias] if isinstance(bias, Tensor) and bias.dim() == 1
                                         else _exit_list(bias, "bias", 1))
     _check(hs, heads, biases, target)
+    if validate and not torch.compiler.is_compiling() and target.numel():
+        check_class_indices(target, heads[0].shape[0], ignore_index)
     hs = [h.contiguous() for h in hs]
     h0 = hs[0]
     use_hint = isinstance(beta, Tensor) or beta != 0
@@ -268,18 +273,19 @@ def fused_linear_msd_loss(hidden: TensorOrSeq, weight: TensorOrSeq, target: Tens
 
 
 class FusedLinearMSDLoss(nn.Module):
-    """Module form of `fused_linear_msd_loss`; holds the hyper-parameters. forward(hidden, weight, target,
-    bias=None, *, beta=None, return_terms=False); `beta=` overrides the constant (a schedule)."""
+    """Module form of `fused_linear_msd_loss`; holds the hyper-parameters (and validate). forward(hidden, weight,
+    target, bias=None, *, beta=None, return_terms=False); `beta=` overrides the constant (a schedule)."""
 
     def __init__(self, alpha: float = defaults.ALPHA, temperature: float = defaults.TEMPERATURE,
                  beta: float = defaults.BETA_BEGIN, teacher: str = "all", detach_teacher: bool = True,
                  ignore_index: Optional[int] = -100, feature_reduction: str = defaults.FEATURE_REDUCTION,
-                 chunk_tokens: Optional[int] = None, exit_weights: Optional[Union[Sequence[float], Tensor]] = None):
+                 chunk_tokens: Optional[int] = None, exit_weights: Optional[Union[Sequence[float], Tensor]] = None,
+                 validate: bool = True):
         super().__init__()
         check_hparams(alpha, temperature, beta, teacher, True, 0.0, ignore_index, feature_reduction)
         self.alpha, self.temperature, self.beta, self.teacher = float(alpha), float(temperature), beta, teacher
         self.detach_teacher, self.ignore_index, self.feature_reduction = detach_teacher, ignore_index, feature_reduction
-        self.chunk_tokens, self.exit_weights = chunk_tokens, exit_weights
+        self.chunk_tokens, self.exit_weights, self.validate = chunk_tokens, exit_weights, validate
 
     def forward(self, hidden, weight, target, bias=None, *, beta=None, return_terms: bool = False):
         return fused_linear_msd_loss(hidden, weight, target, bias=bias, alpha=self.alpha,
@@ -287,7 +293,7 @@ class FusedLinearMSDLoss(nn.Module):
                                      teacher=self.teacher, detach_teacher=self.detach_teacher,
                                      ignore_index=self.ignore_index, feature_reduction=self.feature_reduction,
                                      chunk_tokens=self.chunk_tokens, exit_weights=self.exit_weights,
-                                     return_terms=return_terms)
+                                     return_terms=return_terms, validate=self.validate)
 
     def extra_repr(self) -> str:
         return (f"alpha={self.alpha}, temperature={self.temperature}, beta={self.beta}, teacher={self.teacher!r}, "

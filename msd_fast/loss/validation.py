@@ -157,6 +157,16 @@ def check_hparams(alpha, temperature, beta, teacher: str, validate: bool, label_
         raise ValueError(f"teacher must be one of {TEACHERS} ('all' = MSD, 'last' = BYOT), got {teacher!r}")
 
 
+def check_class_indices(target: Tensor, C: int, ignore_index: Optional[int], name: str = "target") -> None:
+    """Every class index not equal to ignore_index lies in [0, C) (a host sync: eager validation only)."""
+    valid = target if ignore_index is None else target[target != ignore_index]
+    lo, hi = torch.aminmax(valid.reshape(-1)) if valid.numel() else (torch.zeros(()), torch.zeros(()))
+    if int(lo) < 0 or int(hi) >= C:
+        hint = " (-100 is HF's label for ignored positions: pass ignore_index=-100)" \
+            if int(lo) == -100 and ignore_index is None else ""
+        raise ValueError(f"{name}: class indices must lie in [0, C={C}), got min {int(lo)}, max {int(hi)}{hint}")
+
+
 def normalize_inputs(logits: TensorOrSeq, target: Tensor, features: Optional[TensorOrSeq], validate: bool,
                      ignore_index: Optional[int] = None):
     """Returns (logits: Exits of N [B, C], target [B], features: Exits of N [B, D] or None). Logits [..., C]
@@ -201,12 +211,7 @@ def normalize_inputs(logits: TensorOrSeq, target: Tensor, features: Optional[Ten
             raise ValueError(f"target: soft targets must be probabilities whose rows sum to 1; row {worst} sums to "
                              f"{float(sums[worst]):.4g}")
     elif validate and B > 0:
-        valid = target if ignore_index is None else target[target != ignore_index]
-        lo, hi = torch.aminmax(valid) if valid.numel() else (torch.zeros(()), torch.zeros(()))
-        if int(lo) < 0 or int(hi) >= C:
-            hint = " (-100 is HF's label for ignored positions: pass ignore_index=-100)" \
-                if int(lo) == -100 and ignore_index is None else ""
-            raise ValueError(f"target: class indices must lie in [0, C={C}), got min {int(lo)}, max {int(hi)}{hint}")
+        check_class_indices(target, C, ignore_index)
     f = None
     if features is not None:
         f = _exits(features, "features", "D")

@@ -14,7 +14,6 @@ is refused), model.json's schema, and finite weights (a NaN or inf weight is ref
 Both loaders attach the preprocessing to the model (msd_fast.models.preprocess.preprocess_of), which
 EarlyExit applies to raw images.
 """
-import hashlib
 import json
 import pathlib
 from typing import Any, Dict
@@ -22,6 +21,8 @@ from typing import Any, Dict
 import torch
 
 from .. import checkpoint as ckpt_format
+from ..files import check_finite as _check_finite, check_schema as _check_schema, read_format_file
+from ..files import sha256_of as _sha256
 from .preprocess import Preprocess, attach, from_checkpoint
 
 
@@ -60,12 +61,6 @@ def _build(spec: Dict[str, Any], model, where: str):
     return create_model(**spec)
 
 
-def _check_finite(state: Dict[str, torch.Tensor], where: str) -> None:
-    for name, t in state.items():
-        if t.is_floating_point() and not bool(torch.isfinite(t).all()):
-            raise ValueError(f"{where}: weight {name!r} holds NaN or infinite values (a diverged run?); not loaded")
-
-
 def describe(spec: Dict[str, Any]) -> str:
     return f"a {spec['name']} with {spec['num_classes']} classes and {spec['in_channels']} input channels"
 
@@ -81,26 +76,6 @@ def _load_weights(model, state: Dict[str, torch.Tensor], where: str, what: str =
         raise ValueError(f"{where}: its weights do not fit {what or type(model).__name__} "
                          f"({lines[0][:200]}{more})") from None
     return model
-
-
-def _sha256(path: pathlib.Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
-def _check_schema(obj: Any, keys: Dict[str, Any], where: str) -> None:
-    if not isinstance(obj, dict):
-        raise ValueError(f"{where}: expected a JSON object, got a {type(obj).__name__}")
-    missing, extra = sorted(set(keys) - set(obj)), sorted(set(obj) - set(keys))
-    if missing or extra:
-        raise ValueError(f"{where}: " + "; ".join(([f"missing keys {missing}"] if missing else [])
-                                                  + ([f"unknown keys {extra}"] if extra else [])))
-    for k, types in keys.items():
-        if not isinstance(obj[k], types) or isinstance(obj[k], bool):
-            raise ValueError(f"{where}: {k!r} is {obj[k]!r}, of the wrong type")
 
 
 def load_model(path, model=None, device="cpu", which: str = "best"):
@@ -147,18 +122,8 @@ def load_exported(out_dir, model=None, device="cpu"):
     _check_model_arg(model)
     d = pathlib.Path(out_dir)
     config, weights = d / "model.json", d / "model.safetensors"
-    try:
-        meta = json.loads(config.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise ValueError(f"{config}: not a msd_fast export ({e})") from None
-    if not isinstance(meta, dict):
-        raise ValueError(f"{config}: not a msd_fast export: expected a JSON object, got a {type(meta).__name__}")
-    if meta.get("format") != EXPORT_FORMAT:
-        raise ValueError(f"{config}: not a msd_fast export (format {meta.get('format')!r})")
-    if meta.get("format_version") != EXPORT_VERSION:
-        raise ValueError(f"{config}: export format version {meta.get('format_version')!r}; this msd_fast reads "
-                         f"version {EXPORT_VERSION} (with a checksum of the weights): export the run again")
-    _check_schema(meta, EXPORT_KEYS, str(config))
+    meta = read_format_file(config, "msd_fast export", EXPORT_FORMAT, EXPORT_VERSION,
+                            "with a checksum of the weights", EXPORT_KEYS)
     _check_schema(meta["model"], SPEC_KEYS, f"{config} 'model'")
     if not weights.is_file():
         raise ValueError(f"{weights}: missing (an export is model.json and model.safetensors side by side)")

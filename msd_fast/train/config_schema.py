@@ -4,6 +4,7 @@ rules between keys. Errors name the key, the value and where it came from."""
 import math
 from typing import Any, Dict, Optional, Tuple
 
+from ..lm.names import MAX_SEQ_LEN
 from .config_keys import CHOICES, DEFAULTS
 
 
@@ -30,7 +31,7 @@ def _plain_name(v: str) -> bool:
 
 SCHEMA: Dict[str, Tuple[str, Any, str, bool]] = {  # key: (kind, check, wants, may be None)
     "task": ("choice", *_ANY, False), "dataset": ("choice", *_ANY, False),
-    "seq_len": ("int", lambda v: 2 <= v <= 1 << 20, "in [2, 2**20]", False), "exit_layers": ("int_list", *_NONNEG, False),
+    "seq_len": ("int", lambda v: 2 <= v <= MAX_SEQ_LEN, f"in [2, {MAX_SEQ_LEN}]", False), "exit_layers": ("int_list", *_NONNEG, False),
     "lm_heads": ("choice", *_ANY, False), "exit_weights": ("choice", *_ANY, False),
     "exit_curriculum": ("choice", *_ANY, False),
     "optimizer": ("choice", *_ANY, False), "data_dir": ("str", *_ANY, True), "val_size": ("int", *_GE1, True),

@@ -10,7 +10,8 @@ run uses them, so two runs can never write into one directory.
 import errno
 import os
 import pathlib
-import tempfile
+
+from ..files import check_writable
 
 try:
     import fcntl
@@ -32,20 +33,7 @@ def _why(e: OSError) -> str:
 
 def check_output_dir(out_dir) -> None:
     """Raises RunDirError unless out_dir is (or can be created as) a directory we can write in."""
-    p = pathlib.Path(out_dir).absolute()
-    probe = p
-    while not probe.exists():
-        if probe.parent == probe:
-            break
-        probe = probe.parent
-    if not probe.is_dir():
-        raise RunDirError(f"--out-dir {out_dir}: {probe} is a file, not a directory")
-    try:
-        fd, tmp = tempfile.mkstemp(prefix=".msd_fast-write-test-", dir=probe)
-        os.close(fd)
-        os.unlink(tmp)
-    except OSError as e:
-        raise RunDirError(f"--out-dir {out_dir}: cannot create files in {probe} ({_why(e)})") from None
+    check_writable(out_dir, "--out-dir", True, RunDirError)
 
 
 def create_run_dir(path) -> pathlib.Path:
@@ -114,8 +102,16 @@ def new_run_dir(cfg) -> "tuple":  # cfg: a TrainConfig
 
     name = cfg.run_name or f"{cfg.dataset}-{cfg.model}-{cfg.method}-s{cfg.seed}-{time.strftime('%Y%m%d-%H%M%S')}"
     run_dir = create_run_dir(pathlib.Path(cfg.out_dir) / name)
-    lock = RunLock(run_dir)
-    save_config(cfg.as_dict(), run_dir / "config.yaml")
+    lock = None
+    try:
+        lock = RunLock(run_dir)
+        save_config(cfg.as_dict(), run_dir / "config.yaml")
+    except (OSError, RunDirError) as e:  # a full disk at the start: nothing is left behind
+        if lock is not None:
+            lock.release()
+        remove_run_dir(run_dir)
+        why = f"cannot write {run_dir / 'config.yaml'} ({_why(e)})" if isinstance(e, OSError) else str(e)
+        raise RunDirError(f"{why}; the new run directory was removed") from None
     return run_dir, lock
 
 
