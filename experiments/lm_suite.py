@@ -15,7 +15,7 @@ import statistics
 import time
 from typing import Dict, List
 
-from experiments.suites import OUT, ROOT, RUNS, device_flags, paired, run
+from experiments.runs import OUT, ROOT, RUNS, device_flags, paired, run
 
 CPU = ["-c", "lm_stdlib_cpu", "--train-subset", "6000", "--epochs", "1", "--batch-size", "32", "--val-size", "300",
        "--no-progress", "--tensorboard", "false"]
@@ -37,7 +37,7 @@ WHAT = ("Early-exit language model on real text: a tiny Llama (8 layers, hidden 
 
 def ensure_corpus() -> str:
     from msd_fast.lm.corpus import CorpusError, build_corpus, load_corpus
-    from msd_fast.lm.task import DEFAULT_CORPUS
+    from msd_fast.lm.corpus import DEFAULT_CORPUS
 
     path = ROOT / DEFAULT_CORPUS
     try:

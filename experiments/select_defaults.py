@@ -23,7 +23,8 @@ import statistics
 import sys
 from typing import Dict, List
 
-from experiments.suites import OUT, SUITES, add_run_options, device_flags, paired, run
+from experiments.runs import OUT, add_run_options, device_flags, paired, run
+from experiments.suites import SUITES
 from msd_fast.loss import defaults
 
 # param -> (the train flag, the defaults module's name, candidates)

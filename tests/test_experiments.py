@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from experiments import select_defaults, suites
+from experiments import runs, select_defaults
 from msd_fast.train.config import resolve_config, save_config
 
 FLAGS = ["--dataset", "synthetic", "--model", "resnet18", "--width", "0.125", "--epochs", "1"]
@@ -21,23 +21,23 @@ def _fake_run(run_dir, argv, amp="bf16", val=(80.0, 82.0)):
 def test_recipe_mismatch_names_the_changed_keys(tmp_path):
     argv = FLAGS + ["--method", "msd", "--alpha", "0.3"]
     _fake_run(tmp_path / "r", argv)
-    assert suites.recipe_mismatch(tmp_path / "r", argv) == []
-    assert suites.recipe_mismatch(tmp_path / "r", argv + ["--device", "cpu", "--num-threads", "1"]) == []
-    assert suites.recipe_mismatch(tmp_path / "r", argv + ["--alpha", "0.1"]) == ["alpha: run 0.3, now 0.1"]
+    assert runs.recipe_mismatch(tmp_path / "r", argv) == []
+    assert runs.recipe_mismatch(tmp_path / "r", argv + ["--device", "cpu", "--num-threads", "1"]) == []
+    assert runs.recipe_mismatch(tmp_path / "r", argv + ["--alpha", "0.1"]) == ["alpha: run 0.3, now 0.1"]
     # amp auto is compared as what the run resolved it to
-    assert suites.recipe_mismatch(tmp_path / "r", argv + ["--amp", "bf16"]) == []
-    assert suites.recipe_mismatch(tmp_path / "r", argv + ["--amp", "none"]) == ["amp: run 'auto', now 'none'"]
+    assert runs.recipe_mismatch(tmp_path / "r", argv + ["--amp", "bf16"]) == []
+    assert runs.recipe_mismatch(tmp_path / "r", argv + ["--amp", "none"]) == ["amp: run 'auto', now 'none'"]
 
 
 def test_joint_runs_ignore_the_distillation_keys(tmp_path):
     argv = FLAGS + ["--method", "joint"]
     _fake_run(tmp_path / "j", argv + ["--alpha", "0.5", "--beta-begin", "3.2", "--temperature", "4"])
-    assert suites.recipe_mismatch(tmp_path / "j", argv) == []
-    assert suites.recipe_mismatch(tmp_path / "j", argv + ["--lr", "0.2"]) == ["lr: run 0.1, now 0.2"]
+    assert runs.recipe_mismatch(tmp_path / "j", argv) == []
+    assert runs.recipe_mismatch(tmp_path / "j", argv + ["--lr", "0.2"]) == ["lr: run 0.1, now 0.2"]
 
 
 def test_run_retrains_a_stale_run_and_keeps_the_old_one(tmp_path, monkeypatch):
-    monkeypatch.setattr(suites, "RUNS", tmp_path)
+    monkeypatch.setattr(runs, "RUNS", tmp_path)
     calls = []
 
     def fake_train(cmd, **kw):  # stands in for `python -m msd_fast.train ...`
@@ -45,24 +45,24 @@ def test_run_retrains_a_stale_run_and_keeps_the_old_one(tmp_path, monkeypatch):
         argv = cmd[3:]
         _fake_run(tmp_path / "s" / argv[argv.index("--run-name") + 1], argv)
 
-    monkeypatch.setattr(suites.subprocess, "run", fake_train)
+    monkeypatch.setattr(runs.subprocess, "run", fake_train)
     flags = FLAGS + ["--method", "msd", "--alpha", "0.3"]
-    suites.run("s", "msd", 0, flags, [])
-    suites.run("s", "msd", 0, flags, [])  # finished, same recipe: reused
+    runs.run("s", "msd", 0, flags, [])
+    runs.run("s", "msd", 0, flags, [])  # finished, same recipe: reused
     assert len(calls) == 1
-    suites.run("s", "msd", 0, FLAGS + ["--method", "msd", "--alpha", "0.2"], [])
+    runs.run("s", "msd", 0, FLAGS + ["--method", "msd", "--alpha", "0.2"], [])
     assert len(calls) == 2
     assert (tmp_path / "s" / "msd-s0.stale-1" / "results.json").exists()
     assert "alpha: 0.2" in (tmp_path / "s" / "msd-s0" / "config.yaml").read_text()
     # a run stopped part-way (config, no results) under an old recipe is not resumed with it
     (tmp_path / "s" / "msd-s0" / "results.json").unlink()
-    suites.run("s", "msd", 0, FLAGS + ["--method", "msd", "--alpha", "0.1"], [])
+    runs.run("s", "msd", 0, FLAGS + ["--method", "msd", "--alpha", "0.1"], [])
     assert len(calls) == 3 and (tmp_path / "s" / "msd-s0.stale-2" / "config.yaml").exists()
     assert calls[-1][3] != "--resume"
 
 
 def test_paired_interval():
-    d = suites.paired([[1.0, 2.0], [3.0, 2.0], [2.0, 2.0]], [[0.0, 2.0], [1.0, 2.0], [2.0, 2.0]])
+    d = runs.paired([[1.0, 2.0], [3.0, 2.0], [2.0, 2.0]], [[0.0, 2.0], [1.0, 2.0], [2.0, 2.0]])
     assert d["mean"] == pytest.approx([1.0, 0.0])
     assert d["ci95"][0] == pytest.approx(4.303 * 1.0 / 3 ** 0.5) and d["ci95"][1] == 0.0
 

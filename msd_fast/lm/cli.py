@@ -25,10 +25,9 @@ from ..checkpoint import CheckpointError
 from ..data import DataError
 from ..devices import parse_device
 from ..files import check_writable
-from .corpus import CorpusError, build_corpus, check_same_corpus, load_corpus
+from .corpus import DEFAULT_CORPUS, CorpusError, build_corpus, check_same_corpus, corpus_dir, load_corpus
 from .evaluate import THRESHOLDS, evaluate_lm
 from .load import load_lm
-from .task import DEFAULT_CORPUS, corpus_dir
 
 EXIT_INTERRUPTED = 130
 

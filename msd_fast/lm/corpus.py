@@ -31,6 +31,13 @@ READ_VERSIONS = (1, 2)
 _STDLIB_SKIP = ("test", "tests", "idlelib", "lib2to3", "site-packages", "dist-packages", "__pycache__", "turtledemo")
 
 
+DEFAULT_CORPUS = "data/python-stdlib-bpe"  # where `python -m msd_fast.lm corpus` writes and the LM task reads
+
+
+def corpus_dir(data_dir: Optional[str]) -> pathlib.Path:
+    return pathlib.Path(data_dir or DEFAULT_CORPUS)
+
+
 class CorpusError(ValueError):
     """A corpus that cannot be built or read, with what and where."""
 

@@ -6,8 +6,7 @@ validation perplexity.
 Targets: position t of a sequence predicts token t + 1 (inputs s[:-1], targets s[1:]), HF's own convention.
 Sequences are the corpus split cut into consecutive, non-overlapping windows; an epoch visits every training
 window once in a seeded order, like an image epoch."""
-import pathlib
-from typing import Any, Dict, List, NamedTuple, Optional, Tuple
+from typing import Any, Dict, List, NamedTuple, Tuple
 
 import torch
 from torch import nn
@@ -17,18 +16,11 @@ from ..loss import ExitCurriculum, FusedLinearMSDLoss, exit_weight_schedule
 from ..train.batches import epoch_order
 from ..train.methods import FinalExitCE, MultiExitCriterion
 from ..train.task import Task
-from .corpus import CorpusError, load_corpus
+from .corpus import CorpusError, corpus_dir, load_corpus
 from .evaluate import evaluate_lm, windows
 from .exits import LMExits, exit_logits
 from .load import check_resume_fits
 from .models import create_lm
-
-DEFAULT_CORPUS = "data/python-stdlib-bpe"
-
-
-def corpus_dir(data_dir: Optional[str]) -> pathlib.Path:
-    return pathlib.Path(data_dir or DEFAULT_CORPUS)
-
 
 class LMCriterion(nn.Module):
     """A method's MSD criterion (MultiExitCriterion: alpha, temperature, teacher, hint) on an LM's exits,

@@ -20,6 +20,7 @@ import torch
 from torch import nn
 
 from .base import MultiExitNet
+from .branch import ExitBranch
 
 STAGES = ("layer1", "layer2", "layer3", "layer4")
 
@@ -37,18 +38,6 @@ def _channels(stage: nn.Module) -> int:
     if not convs:
         raise ValueError("backbone: a stage without convolutions")
     return convs[-1].out_channels
-
-
-class ExitBranch(nn.Module):
-    def __init__(self, in_channels: int, feature_dim: int, num_classes: int):
-        super().__init__()
-        self.proj = nn.Sequential(nn.Conv2d(in_channels, feature_dim, 1, bias=False), nn.BatchNorm2d(feature_dim),
-                                  nn.ReLU(inplace=True))
-        self.fc = nn.Linear(feature_dim, num_classes)
-
-    def forward(self, x: torch.Tensor):
-        f = torch.flatten(nn.functional.adaptive_avg_pool2d(self.proj(x), 1), 1)
-        return self.fc(f), f
 
 
 class AttachedExits(MultiExitNet):

@@ -16,7 +16,7 @@ from typing import List, Optional, Sequence, Tuple
 import torch
 from torch import nn
 
-from .attach import ExitBranch
+from .branch import ExitBranch
 from .base import MultiExitNet
 
 LAYOUTS = ("nchw", "nhwc", "tokens")

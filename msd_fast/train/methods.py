@@ -13,14 +13,15 @@ per-exit terms (ce [N], kd [N], feat [N-1]) for logging, detached or not.
         def build(self, cfg, num_exits):       # cfg: the run's frozen TrainConfig (cfg.alpha, ...)
             return MyCriterion(...)
 """
-from typing import Dict, Type
+from typing import TYPE_CHECKING, Dict, Type
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from ..loss import MSDLoss, MSDTerms
-from .train_config import TrainConfig
+if TYPE_CHECKING:  # annotations only: the config imports this module's registry
+    from .train_config import TrainConfig
 
 
 class Method:
@@ -38,7 +39,7 @@ class Method:
     unused_keys: tuple = ()
     help: str = ""
 
-    def build(self, cfg: TrainConfig, num_exits: int) -> nn.Module:
+    def build(self, cfg: "TrainConfig", num_exits: int) -> nn.Module:
         raise NotImplementedError
 
 
@@ -89,7 +90,7 @@ def get_method(name: str) -> Method:
     return METHODS[name]
 
 
-def _msd_loss(cfg: TrainConfig, uses_hint: bool, **kw) -> MultiExitCriterion:
+def _msd_loss(cfg: "TrainConfig", uses_hint: bool, **kw) -> MultiExitCriterion:
     """The MSD loss of a method; uses_hint is the method's flag (the one that sets its beta schedule)."""
     kw.setdefault("alpha", cfg.alpha)
     hint = uses_hint and (cfg.beta_begin != 0.0 or cfg.beta_end != 0.0)  # the schedule is not 0 throughout

@@ -97,10 +97,14 @@ class ImageTask(Task):
                 "preprocess": Preprocess(tuple(d.mean), tuple(d.std), tuple(d.image_size)).as_dict()}
 
 
-def make_task(cfg, device: torch.device, dist, speed, amp_dtype, data=None, model=None) -> Task:
-    """The task of a config (cfg.task): "image" or "lm" (msd_fast.lm, needs the `lm` extra)."""
-    if cfg.task == "lm":
-        from ..lm.task import LMTask  # transformers is imported only by runs that train a language model
+# Tasks by name, found lazily ("module:class", as Hugging Face's auto mappings do): train/ imports no task, and
+# an image run never imports transformers.
+TASKS = {"image": "msd_fast.train.task:ImageTask", "lm": "msd_fast.lm.task:LMTask"}
 
-        return LMTask(cfg, device, dist, speed, amp_dtype, data, model)
-    return ImageTask(cfg, device, dist, speed, amp_dtype, data, model)
+
+def make_task(cfg, device: torch.device, dist, speed, amp_dtype, data=None, model=None) -> Task:
+    """The task of a config (cfg.task, a key of TASKS)."""
+    import importlib
+
+    module, _, name = TASKS[cfg.task].partition(":")
+    return getattr(importlib.import_module(module), name)(cfg, device, dist, speed, amp_dtype, data, model)
