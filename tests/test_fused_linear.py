@@ -191,7 +191,7 @@ def test_undetached_teachers_take_the_reference_per_chunk(teacher):
 def _weighted_reference(hidden, heads, biases, y, e, alpha, beta, teacher, detach):
     """sum_n e_n * ((1 - alpha) CE_n + alpha KD_n + beta * hint_n) from the reference's per-exit terms."""
     from msd_fast.loss import reference_msd_terms
-    from msd_fast.loss.api import _hint_scale
+    from msd_fast.loss.api import feature_hint_scale
 
     hidden, y = [h.reshape(-1, h.shape[-1]) for h in hidden], y.reshape(-1)
     z = torch.stack([hidden[n] @ heads[n % len(heads)].t() + (biases[n % len(biases)] if biases else 0)
@@ -199,7 +199,7 @@ def _weighted_reference(hidden, heads, biases, y, e, alpha, beta, teacher, detac
     ce, kd, feat = reference_msd_terms(z, y, torch.stack(hidden), 3.0, teacher, detach, ignore_index=-100)
     e = torch.tensor(e, dtype=ce.dtype)
     return ((1 - alpha) * (e * ce).sum() + alpha * (e * kd).sum()
-            + beta * _hint_scale("mean", hidden[0].shape[-1]) * (e[:-1] * feat).sum())
+            + beta * feature_hint_scale("mean", hidden[0].shape[-1]) * (e[:-1] * feat).sum())
 
 
 @pytest.mark.parametrize("N,per_exit,teacher,detach,dtype",

@@ -34,8 +34,8 @@ def run(tmp_path_factory):
 def _decode(run, capsys, *args):
     from msd_fast.lm.cli import main
 
-    rc = main(["decode", str(run["run"]), "--prompts", "1", "--prompt-tokens", "4", "--new-tokens", "4", "--rounds", "1",
-               "--thresholds", "0.5", *map(str, args)])
+    rc = main(["decode", str(run["run"]), "--prompts", "1", "--prompt-tokens", "4", "--new-tokens", "4",
+               "--rounds", "1", "--thresholds", "0.5", *map(str, args)])
     err = capsys.readouterr().err
     assert "Traceback" not in err and len(err.strip().splitlines()) <= 1, err
     return rc, err

@@ -15,7 +15,7 @@ import torch
 from torch import Tensor
 
 from .checks import class_labels, image_values, one_label
-from .datasets import Dataset, Split, _hold_out
+from .datasets import Dataset, Split, hold_out
 
 
 def _as_image_tensor(img, where: str) -> Tensor:
@@ -98,7 +98,7 @@ def from_splits(train: Split, val: Optional[Split] = None, test: Optional[Split]
         if val_size <= 0:
             raise ValueError("val_size: give a validation split or hold out val_size > 0 training images "
                              "(checkpoints are selected on it, never on the test set)")
-        train, val = _hold_out(train, val_size, split_seed)
+        train, val = hold_out(train, val_size, split_seed)
     test = val if test is None else test
     shapes = {tuple(s.images.shape[1:]) for s in (train, val, test)}
     if len(shapes) != 1:

@@ -156,7 +156,7 @@ def _synthetic(num_classes: int = 10, n_train: int = 2048, n_test: int = 512, si
     return make(n_train), make(n_test)
 
 
-def _hold_out(train: Split, val_size: int, seed: int) -> Tuple[Split, Split]:
+def hold_out(train: Split, val_size: int, seed: int) -> Tuple[Split, Split]:
     if not 0 <= val_size < len(train):
         raise ValueError(f"val_size must be in [0, {len(train)}), got {val_size}")
     perm = torch.randperm(len(train), generator=torch.Generator().manual_seed(seed))
@@ -196,7 +196,7 @@ def load_dataset(name: str, data_dir: Optional[str] = None, val_size: Optional[i
         raise ValueError(f"unknown dataset {name!r}; choose one of {DATASETS}")
     info = DATASET_TABLE[name]
     train, test = info.read(data_dir)
-    train, val = _hold_out(train, info.default_val if val_size is None else val_size, split_seed)
+    train, val = hold_out(train, info.default_val if val_size is None else val_size, split_seed)
     if train_subset and train_subset < len(train):
         train = Split(train.images[:train_subset], train.labels[:train_subset])
     return Dataset(name, train, val, test, info.num_classes, info.mean, info.std, crop_padding=info.crop_padding,

@@ -8,7 +8,7 @@ import torch
 
 from ..checkpoint import load_checkpoint, model_spec
 from ..data import load_dataset, normalize
-from ..models.loading import _build, _load_weights, describe
+from ..models.loading import build_model, describe, load_weights
 from .early_exit import anytime, budget_sweep, default_budgets
 from .inference import EarlyExit
 from .predict import predict_probs
@@ -31,7 +31,7 @@ def load_run(path: str, data_dir=None, device="cpu"):
     cfg = ckpt["config"]
     try:  # the one weight loader: unregistered models, weights that do not fit and NaN weights get one line
         spec = model_spec(ckpt)
-        model = _load_weights(_build(spec, None, str(p)), ckpt["model"], str(p), describe(spec))
+        model = load_weights(build_model(spec, None, str(p)), ckpt["model"], str(p), describe(spec))
     except ValueError as e:
         raise EvalError(f"--checkpoint {path}: {e}") from None
     model.to(device).eval()

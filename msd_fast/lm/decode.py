@@ -38,7 +38,7 @@ class Decoded:
     full_logits: Dict[int, torch.Tensor] = field(default_factory=dict)  # position -> final-layer logits
 
 
-class _Stepper:
+class Stepper:
     """One sequence's decoding state: the cache, how many positions each layer has cached, and the latest
     hidden state of every token whose deeper layers are still to run."""
 
@@ -58,13 +58,13 @@ class _Stepper:
         self.exit_at = {model.exit_layers[n]: n for n in exits}  # the exits checked, by layer
         self.rows = self.calls = self.checks = 0
 
-    def _embed(self, ids: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
+    def embed(self, ids: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
         x = getattr(self.base, self.fam.embed)(ids)
         if self.fam.pos_embed:
             x = x + getattr(self.base, self.fam.pos_embed)(pos)
         return x
 
-    def _layer(self, j: int, x: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
+    def layer(self, j: int, x: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
         q, k = x.shape[1], int(pos[0, -1]) + 1
         allowed = torch.arange(k, device=x.device)[None, :] <= pos[0, :, None]
         mask = torch.zeros(q, k, dtype=x.dtype, device=x.device).masked_fill_(~allowed, torch.finfo(x.dtype).min)
@@ -75,7 +75,7 @@ class _Stepper:
         self.calls += 1
         return layer_output(self.layers[j](x, **kw))
 
-    def _logits(self, n: int, h: torch.Tensor) -> torch.Tensor:
+    def logits(self, n: int, h: torch.Tensor) -> torch.Tensor:
         self.checks += 1
         w, b = self.m.head(n)
         return F.linear(self.m.norm(h), w, b)
@@ -100,19 +100,19 @@ class _Stepper:
         p0 = self.cached[0]
         p1 = p0 + ids.shape[0]
         start = p0
-        x = self._embed(ids[None], torch.arange(p0, p1, device=ids.device)[None])
+        x = self.embed(ids[None], torch.arange(p0, p1, device=ids.device)[None])
         L = len(self.layers)
         for j in range(L):
             need = self.cached[j]
             if need < start:  # tokens that left at layer j - 1 catch up here
                 x = torch.cat([torch.stack([self.pending.pop(t) for t in range(need, start)])[None], x], 1)
                 start = need
-            x = self._layer(j, x, torch.arange(start, p1, device=ids.device)[None])
+            x = self.layer(j, x, torch.arange(start, p1, device=ids.device)[None])
             self.cached[j] = p1
             n = self.exit_at.get(j)
             if n is None or (threshold > 1.0 and j < L - 1):  # full depth checks no intermediate exit
                 continue
-            logits = self._logits(n, x[0, -1])
+            logits = self.logits(n, x[0, -1])
             if j == L - 1 or logits.softmax(-1).max() >= threshold:
                 if j < L - 1:
                     for i, t in enumerate(range(start, p1)):
@@ -170,7 +170,7 @@ def early_exit_generate(model: LMExits, prompt: Sequence[int], max_new_tokens: i
     dev = next(model.parameters()).device
     was = model.training
     model.eval()
-    s = _Stepper(model, sorted({int(n) for n in (range(last) if exits is None else exits)} | {last}))
+    s = Stepper(model, sorted({int(n) for n in (range(last) if exits is None else exits)} | {last}))
     out = Decoded([], [], [])
     logits = s.prefill(prompt)
     for _ in range(max_new_tokens):

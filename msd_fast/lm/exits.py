@@ -34,7 +34,8 @@ def _layer_indices(exit_layers) -> List[int]:
     tensors, bools) is refused rather than truncated or parsed."""
     if not isinstance(exit_layers, (list, tuple, range)) or any(
             isinstance(x, bool) or not isinstance(x, numbers.Integral) for x in exit_layers):
-        got = type(exit_layers).__name__ if not isinstance(exit_layers, (list, tuple, range)) else repr(list(exit_layers))
+        seq = isinstance(exit_layers, (list, tuple, range))
+        got = repr(list(exit_layers)) if seq else type(exit_layers).__name__
         raise ValueError(f"exit_layers: expected a list of integer layer indices, got {got:.80}")
     return [int(x) for x in exit_layers]
 

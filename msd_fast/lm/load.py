@@ -155,7 +155,7 @@ def _read_meta(d: pathlib.Path) -> Dict[str, Any]:
     return meta
 
 
-def _build(d: pathlib.Path, vocab_size: int):
+def _build_export_model(d: pathlib.Path, vocab_size: int):
     """The causal LM of hf/config.json with the weights of hf/model.safetensors, checked (module docstring)."""
     from safetensors.torch import load_file
 
@@ -205,7 +205,7 @@ def load_lm_export(out_dir, device: str = "cpu") -> Tuple[Any, Dict[str, Any]]:
 
     d = pathlib.Path(out_dir)
     meta = _read_meta(d)
-    lm = _build(d, meta["trained_on"]["vocab_size"])
+    lm = _build_export_model(d, meta["trained_on"]["vocab_size"])
     try:
         model = LMExits(lm, meta["exit_layers"], meta["heads"])
     except ValueError as e:

@@ -17,7 +17,7 @@ from typing import Optional, Sequence
 
 import torch
 
-from .decode import Decoded, _Stepper, check_decode_args
+from .decode import Decoded, Stepper, check_decode_args
 from .exits import LMExits
 
 
@@ -37,7 +37,7 @@ def self_speculative_generate(model: LMExits, prompt: Sequence[int], max_new_tok
     dev = next(model.parameters()).device
     was = model.training
     model.eval()
-    s = _Stepper(model, [last])
+    s = Stepper(model, [last])
     L, jd = model.num_layers, model.exit_layers[draft_exit]
     out = Decoded([], [], [])
     out.tokens.append(int(s.prefill(prompt).argmax()))
@@ -50,17 +50,17 @@ def self_speculative_generate(model: LMExits, prompt: Sequence[int], max_new_tok
         k = min(int(draft_tokens), max_new_tokens - len(out.tokens))  # never draft past the tokens still wanted
         tok, hid, drafts = out.tokens[-1], [], []
         for i in range(k):  # draft: one token at a time through layers 0..jd
-            x = s._embed(torch.tensor([[tok]], device=dev), torch.tensor([[p0 + i]], device=dev))
+            x = s.embed(torch.tensor([[tok]], device=dev), torch.tensor([[p0 + i]], device=dev))
             for j in range(jd + 1):
-                x = s._layer(j, x, torch.tensor([[p0 + i]], device=dev))
+                x = s.layer(j, x, torch.tensor([[p0 + i]], device=dev))
             hid.append(x[0, -1])
-            tok = int(s._logits(draft_exit, x[0, -1]).argmax())
+            tok = int(s.logits(draft_exit, x[0, -1]).argmax())
             drafts.append(tok)
         pos = torch.arange(p0, p0 + k, device=dev)[None]
         x = torch.stack(hid)[None]
         for j in range(jd + 1, L):  # verify: the k drafted positions through the deeper layers at once
-            x = s._layer(j, x, pos)
-        full = s._logits(last, x[0]).argmax(-1).tolist()
+            x = s.layer(j, x, pos)
+        full = s.logits(last, x[0]).argmax(-1).tolist()
         n_ok = next((i for i in range(k) if drafts[i] != full[i]), k)
         emitted = drafts[:n_ok] + ([full[n_ok]] if n_ok < k else [])
         for i, t in enumerate(emitted):

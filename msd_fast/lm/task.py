@@ -100,7 +100,8 @@ class LMTask(Task):
         try:
             self.corpus = load_corpus(path)
         except CorpusError as e:
-            hint = "" if "msd_fast.lm corpus" in str(e) else f". Build it with: python -m msd_fast.lm corpus --out {path}"
+            hint = "" if "msd_fast.lm corpus" in str(e) else \
+                f". Build it with: python -m msd_fast.lm corpus --out {path}"
             raise DataError(f"{e}{hint}") from None
         T = cfg.seq_len
         tokens, n = windows(self.corpus.splits["train"], T, cfg.train_subset)
@@ -121,7 +122,8 @@ class LMTask(Task):
                     check_resume_fits(create_lm(*args), cfg.resume)
             model = create_lm(*args)
         elif not isinstance(model, LMExits):
-            raise TypeError(f"model: task lm trains an LMExits (msd_fast.lm.attach_lm_exits), got {type(model).__name__}")
+            raise TypeError(f"model: task lm trains an LMExits (msd_fast.lm.attach_lm_exits), got "
+                            f"{type(model).__name__}")
         if model.vocab_size != self.corpus.vocab_size:
             raise ValueError(f"model: its head has {model.vocab_size} tokens, but the corpus {path} has a vocabulary "
                              f"of {self.corpus.vocab_size}")

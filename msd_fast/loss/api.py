@@ -20,7 +20,7 @@ from .backends import BACKENDS, fast_kernel_takes, resolve_backend
 from . import fused
 from .fused import run_fused
 from .reference import combine_terms, reference_msd_terms
-from .validation import _uniform_exits, check_hparams, normalize_inputs
+from .validation import uniform_exits, check_hparams, normalize_inputs
 
 
 class MSDTerms(NamedTuple):
@@ -52,12 +52,12 @@ def _weights(alpha: float, beta, device: torch.device) -> Tensor:
     return w
 
 
-def _hint_scale(feature_reduction: str, D: int) -> float:
+def feature_hint_scale(feature_reduction: str, D: int) -> float:
     """feature_reduction="mean" is "sum" with the hint weighted by 1/D: the kernels compute the sum over D."""
     return 1.0 / D if (feature_reduction == "mean" and D > 0) else 1.0
 
 
-def _fused_weights(alpha: float, beta, hint_scale: float, device: torch.device) -> Tensor:
+def fused_term_weights(alpha: float, beta, hint_scale: float, device: torch.device) -> Tensor:
     """The fused operator's (w_ce, w_kd, w_feat), the hint's 1/D folded into w_feat."""
     return _weights(alpha, beta * hint_scale if hint_scale != 1.0 else beta, device)
 
@@ -87,9 +87,9 @@ def _on_cpu(logits, features) -> bool:
     """True for CPU exits that agree in shape, dtype and device (the dispatcher would route a meta tensor
     among them to the fake kernel), with features that do too: what validate=True needs before the C++
     kernel, which checks everything else, target range included."""
-    return (fused.CPU_KERNEL_CHECKS_TARGETS and type(logits) in (list, tuple) and _uniform_exits(logits)
+    return (fused.CPU_KERNEL_CHECKS_TARGETS and type(logits) in (list, tuple) and uniform_exits(logits)
             and logits[0].device.type == "cpu"
-            and (features is None or (type(features) in (list, tuple) and _uniform_exits(features)
+            and (features is None or (type(features) in (list, tuple) and uniform_exits(features)
                                       and features[0].device.type == "cpu")))
 
 
@@ -114,7 +114,7 @@ def _fast_path(logits, target, features, alpha, temperature, beta, teacher, back
         feats, D = features, features[0].shape[1]
     else:
         return None
-    w = _fused_weights(alpha, beta, _hint_scale(feature_reduction, D), z0.device)
+    w = fused_term_weights(alpha, beta, feature_hint_scale(feature_reduction, D), z0.device)
     try:
         return run_fused(logits, target, feats, w, float(temperature), teacher == "last", ignore_index)[0]
     except (RuntimeError, TypeError):
@@ -182,7 +182,7 @@ def msd_loss(logits: Union[Tensor, Sequence[Tensor]], target: Tensor,
     z0 = zx.ref
     N = len(zx.parts)
     D = fx.ref.shape[1] if fx is not None else 0
-    feat_scale = _hint_scale(feature_reduction, D)
+    feat_scale = feature_hint_scale(feature_reduction, D)
     plain = not y.is_floating_point() and not label_smoothing
     name = resolve_backend(backend, z0.device, z0.dtype, detach_teacher, N, teacher, plain)
     if name == "reference":
@@ -197,7 +197,7 @@ def msd_loss(logits: Union[Tensor, Sequence[Tensor]], target: Tensor,
         # .to / .contiguous() are no-ops for the usual outputs of a Linear layer.
         zs = zx.op_list(z0.dtype)
         fs = fx.op_list(z0.dtype) if fx is not None else []
-        w = _fused_weights(alpha, beta, feat_scale, z0.device)
+        w = fused_term_weights(alpha, beta, feat_scale, z0.device)
         total, per_exit = run_fused(zs, y.contiguous(), fs, w, float(temperature), teacher == "last",
                                     None if y.is_floating_point() else ignore_index)
         if not return_terms:

@@ -13,10 +13,10 @@ import torch
 from torch import Tensor, nn
 
 from . import defaults
-from .api import MSDTerms, _hint_scale
+from .api import MSDTerms, feature_hint_scale
 from .backends import resolve_backend
 from .exit_weights import check_exit_weights
-from .linear_chunk import chunk_reference as _chunk_reference, head_weights as _weights
+from .linear_chunk import chunk_reference, head_weights
 from .validation import check_class_indices, check_hparams
 
 TensorOrSeq = Union[Tensor, Sequence[Tensor]]
@@ -163,7 +163,7 @@ def _forward(hidden, heads, biases, target, w0, tau, teacher_last, detach, use_h
                     g.mul_((ew.view(N, 1, 1) if shared else ew[k]).to(g.dtype))
                 gf = [g * ew[n].to(g.dtype) for n, g in enumerate(gf)]
         else:
-            tot, pe, gz, gf = _chunk_reference(z, yc, f, wc.to(acc), tau, teacher, detach, ig, ew)
+            tot, pe, gz, gf = chunk_reference(z, yc, f, wc.to(acc), tau, teacher, detach, ig, ew)
         del z
         total += tot.to(acc)
         per_exit += pe * share.float()
@@ -259,7 +259,8 @@ def fused_linear_msd_loss(hidden: TensorOrSeq, weight: TensorOrSeq, target: Tens
     h0 = hs[0]
     use_hint = isinstance(beta, Tensor) or beta != 0
     acc = torch.float64 if h0.dtype == torch.float64 else torch.float32
-    w0 = _weights(float(alpha), beta, _hint_scale(feature_reduction, h0.shape[-1]) if use_hint else 1.0, h0.device, acc)
+    hint = feature_hint_scale(feature_reduction, h0.shape[-1]) if use_hint else 1.0
+    w0 = head_weights(float(alpha), beta, hint, h0.device, acc)
     step = chunk_tokens or chunk_tokens_for(len(hs), heads[0].shape[0], h0.dtype, h0.device)
     ew = check_exit_weights(exit_weights, len(hs), h0.device, acc)
     hp = (float(temperature), teacher == "last", bool(detach_teacher), use_hint, ignore_index, int(step))
@@ -268,7 +269,7 @@ def fused_linear_msd_loss(hidden: TensorOrSeq, weight: TensorOrSeq, target: Tens
     total, per_exit = _FusedLinearMSD.apply(opts, target, w0, ew, *hs, *heads, *(biases or ()))
     if not return_terms:
         return total
-    scale = _hint_scale(feature_reduction, hs[0].shape[-1])
+    scale = feature_hint_scale(feature_reduction, hs[0].shape[-1])
     return total, MSDTerms(per_exit[0], per_exit[1], per_exit[2, :len(hs) - 1] * scale)
 
 

@@ -6,14 +6,14 @@ from typing import List, Optional
 import torch
 from torch import Tensor
 
-from .api import _fused_weights
+from .api import fused_term_weights
 from .reference import reference_msd_terms
 
 
 def head_weights(alpha: float, beta, hint_scale: float, dev: torch.device, acc: torch.dtype) -> Tensor:
     """(w_ce, w_kd, w_feat) in the accumulation dtype (float64 inputs get float64 weights)."""
     if acc == torch.float32:
-        return _fused_weights(alpha, beta, hint_scale, dev)
+        return fused_term_weights(alpha, beta, hint_scale, dev)
     b = (beta.detach().to(dev, acc).reshape(1) if isinstance(beta, Tensor)
          else torch.full((1,), float(beta), dtype=acc, device=dev)) * hint_scale
     return torch.cat([torch.tensor([1.0 - alpha, alpha], dtype=acc, device=dev), b])

@@ -48,7 +48,7 @@ class Exits:
         return [(t if t.dtype == dtype else t.to(dtype)).contiguous() for t in self.parts]
 
 
-def _uniform_exits(x) -> bool:
+def uniform_exits(x) -> bool:
     """True when x holds >= 2 tensors [..., X] (at least 2-D) of one shape, dtype and device: the common
     case, checked with the fewest attribute reads (this runs on every loss call; the messages come from the
     slow path)."""
@@ -65,7 +65,7 @@ def _uniform_exits(x) -> bool:
 
 
 def _raise_exits_mismatch(x, name: str, feature_dim: str) -> None:
-    """The error for a sequence of exits that `_uniform_exits` rejected, naming the first bad element."""
+    """The error for a sequence of exits that `uniform_exits` rejected, naming the first bad element."""
     if not all(isinstance(t, Tensor) for t in x):
         raise TypeError(f"{name}: expected a sequence of tensors, got element types "
                         f"{[type(t).__name__ for t in x]}")
@@ -84,7 +84,7 @@ def _raise_exits_mismatch(x, name: str, feature_dim: str) -> None:
         if t.device != ref.device:
             raise ValueError(f"{name}: exits disagree in device: {name}[0] is on {ref.device}, "
                              f"{name}[{i}] is on {t.device}")
-    raise AssertionError(f"{name}: _uniform_exits rejected exits that pass every check")  # pragma: no cover
+    raise AssertionError(f"{name}: uniform_exits rejected exits that pass every check")  # pragma: no cover
 
 
 def _flat(t: Tensor, lead: int) -> Tensor:
@@ -104,7 +104,7 @@ def _exits(x: TensorOrSeq, name: str, feature_dim: str) -> Exits:
         x = _flat(x, 2)
         out = Exits(x.unbind(0), x)
     elif isinstance(x, (list, tuple)):
-        if not _uniform_exits(x):
+        if not uniform_exits(x):
             _raise_exits_mismatch(x, name, feature_dim)
         lead = tuple(x[0].shape[:-1])
         out = Exits(tuple(_flat(t, 1) for t in x), None)

@@ -21,8 +21,7 @@ from typing import Any, Dict
 import torch
 
 from .. import checkpoint as ckpt_format
-from ..files import check_finite as _check_finite, check_schema as _check_schema, read_format_file
-from ..files import sha256_of as _sha256
+from ..files import check_finite, check_schema, read_format_file, sha256_of
 from .preprocess import Preprocess, attach, from_checkpoint
 
 
@@ -50,7 +49,7 @@ def _check_model_arg(model):
                         f"{type(model).__name__} {model!r}; the registry name comes from the file itself")
 
 
-def _build(spec: Dict[str, Any], model, where: str):
+def build_model(spec: Dict[str, Any], model, where: str):
     if model is not None:
         return model
     from . import create_model, list_models
@@ -65,9 +64,9 @@ def describe(spec: Dict[str, Any]) -> str:
     return f"a {spec['name']} with {spec['num_classes']} classes and {spec['in_channels']} input channels"
 
 
-def _load_weights(model, state: Dict[str, torch.Tensor], where: str, what: str = ""):
+def load_weights(model, state: Dict[str, torch.Tensor], where: str, what: str = ""):
     """Loads `state` into `model`; NaN/inf weights or weights of another shape raise one ValueError line."""
-    _check_finite(state, where)
+    check_finite(state, where)
     try:
         model.load_state_dict(state)
     except RuntimeError as e:
@@ -85,8 +84,8 @@ def load_model(path, model=None, device="cpu", which: str = "best"):
     file = _run_checkpoint(path, which)
     ckpt = ckpt_format.load_checkpoint(file)
     spec = ckpt_format.model_spec(ckpt)
-    net = _build(spec, model, str(file))
-    net = _load_weights(net, ckpt["model"], str(file), "" if model is not None else describe(spec))
+    net = build_model(spec, model, str(file))
+    net = load_weights(net, ckpt["model"], str(file), "" if model is not None else describe(spec))
     return attach(net, from_checkpoint(ckpt, str(file))).to(device).eval()
 
 
@@ -99,14 +98,14 @@ def export_weights(path, out_dir, which: str = "best") -> Dict[str, str]:
     out = pathlib.Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().contiguous().cpu() for k, v in ckpt["model"].items()}
-    _check_finite(state, str(file))
+    check_finite(state, str(file))
     weights, config = out / "model.safetensors", out / "model.json"
     save_file(state, str(weights))
     cfg = ckpt["config"]
     meta = {"format": EXPORT_FORMAT, "format_version": EXPORT_VERSION, "model": ckpt_format.model_spec(ckpt),
             "dataset": ckpt["dataset"], "epoch": ckpt["epoch"], "method": cfg.get("method"),
             "exit_flops": ckpt["cost"].get("exit_flops"), "params": ckpt["cost"].get("params"),
-            "source": str(file), "weights_sha256": _sha256(weights)}
+            "source": str(file), "weights_sha256": sha256_of(weights)}
     pre = from_checkpoint(ckpt, str(file))
     meta["preprocess"] = pre.as_dict() if pre is not None else None
     config.write_text(json.dumps(meta, indent=1))
@@ -124,10 +123,10 @@ def load_exported(out_dir, model=None, device="cpu"):
     config, weights = d / "model.json", d / "model.safetensors"
     meta = read_format_file(config, "msd_fast export", EXPORT_FORMAT, EXPORT_VERSION,
                             "with a checksum of the weights", EXPORT_KEYS)
-    _check_schema(meta["model"], SPEC_KEYS, f"{config} 'model'")
+    check_schema(meta["model"], SPEC_KEYS, f"{config} 'model'")
     if not weights.is_file():
         raise ValueError(f"{weights}: missing (an export is model.json and model.safetensors side by side)")
-    if _sha256(weights) != meta["weights_sha256"]:
+    if sha256_of(weights) != meta["weights_sha256"]:
         raise ValueError(f"{weights}: its SHA-256 does not match the one in {config.name}: the file changed or was "
                          f"damaged after export")
     try:
@@ -135,6 +134,6 @@ def load_exported(out_dir, model=None, device="cpu"):
     except (SafetensorError, OSError, ValueError) as e:
         raise ValueError(f"{weights}: not a readable safetensors file ({e})") from None
     pre = Preprocess.from_dict(meta["preprocess"], str(config)) if meta["preprocess"] is not None else None
-    net = _build(meta["model"], model, str(d))
-    net = _load_weights(net, state, str(weights), "" if model is not None else describe(meta["model"]))
+    net = build_model(meta["model"], model, str(d))
+    net = load_weights(net, state, str(weights), "" if model is not None else describe(meta["model"]))
     return attach(net, pre).to(device).eval()

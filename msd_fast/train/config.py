@@ -16,7 +16,7 @@ from typing import Any, Dict, List, Optional, Tuple
 import yaml
 
 from .config_keys import CHOICES, DEFAULT_PRESET, DEFAULTS, HELP, RESUME_FLAGS, TRISTATE  # noqa: F401 (re-exported)
-from .config_schema import ConfigError, _flag, choices, validate_config  # noqa: F401 (re-exported)
+from .config_schema import ConfigError, choices, flag_of, validate_config  # noqa: F401 (re-exported)
 
 
 
@@ -98,7 +98,7 @@ def build_parser(shown: Optional[Dict[str, Any]] = None, preset: Optional[str] =
     p.add_argument("-c", "--config", default=None,
                    help=f"YAML preset: a path or a name under msd_fast/configs/ (default: {DEFAULT_PRESET})")
     p.add_argument("--resume", default=None, help="run directory (or checkpoint file) to continue; flags allowed "
-                   f"with it: {', '.join(_flag(k) for k in RESUME_FLAGS)} (others must match the run)")
+                   f"with it: {', '.join(flag_of(k) for k in RESUME_FLAGS)} (others must match the run)")
     p.add_argument("--no-progress", dest="progress", action="store_false", default=None,
                    help="no progress bar or progress lines")
     for key, default in DEFAULTS.items():
@@ -122,7 +122,7 @@ def build_parser(shown: Optional[Dict[str, Any]] = None, preset: Optional[str] =
             kw["type"] = int
         elif key in ("val_size",):
             kw["type"] = int
-        p.add_argument(_flag(key), **kw)
+        p.add_argument(flag_of(key), **kw)
     return p
 
 
@@ -153,16 +153,16 @@ def resolve_config(argv: Optional[List[str]] = None) -> Dict[str, Any]:
         refused = [k for k, v in flags.items() if k not in RESUME_FLAGS and v != cfg.get(k)]
         if refused:
             k = refused[0]
-            raise ConfigError(f"--resume: {_flag(k)} {flags[k]!r} would change the run (it has {k} = {cfg.get(k)!r}); "
-                              f"only {', '.join(_flag(x) for x in RESUME_FLAGS)} may change when resuming. "
-                              f"Start a new run to change {_flag(k)}.")
+            raise ConfigError(f"--resume: {flag_of(k)} {flags[k]!r} would change the run (it has {k} = {cfg.get(k)!r}); "
+                              f"only {', '.join(flag_of(x) for x in RESUME_FLAGS)} may change when resuming. "
+                              f"Start a new run to change {flag_of(k)}.")
     else:
         values, src = load_yaml(_preset_path(args.config or DEFAULT_PRESET))
         cfg.update(values)
         sources.update(src)
     for key, v in flags.items():
         cfg[key] = v
-        sources[key] = f"flag {_flag(key)}"
+        sources[key] = f"flag {flag_of(key)}"
     cfg["resume"] = args.resume
     cfg["config_file"] = args.config or (None if args.resume else DEFAULT_PRESET)
     cfg["_sources"] = sources

@@ -67,7 +67,7 @@ def choices(key: str) -> tuple:
     return CHOICES[key]
 
 
-def _flag(key: str) -> str:
+def flag_of(key: str) -> str:
     return "--" + key.replace("_", "-")
 
 
