@@ -18,8 +18,10 @@ except KeyboardInterrupt:
     # A Ctrl-C while `python -m msd_fast.<command>` imports torch (sys.argv[0] is "-m" while Python locates the
     # module): one line and status 130, as the commands end after one later. An importing program gets it as is.
     if _sys.argv[:1] == ["-m"]:
-        print("[msd_fast] interrupted by Ctrl-C while starting; nothing was written", file=_sys.stderr)
-        raise SystemExit(130) from None
+        import os as _os
+
+        print("[msd_fast] interrupted by Ctrl-C while starting; nothing was written", file=_sys.stderr, flush=True)
+        _os._exit(130)  # not SystemExit: Python would still end by SIGINT for the interrupt it saw in an import
     raise
 
 __version__ = "0.1.0"

@@ -208,7 +208,7 @@ def test_transformers_imported_before_msd_fast_from_the_repository_root():
     assert not pathlib.Path(theirs).is_relative_to(ROOT / "kernels") and ours.endswith("kernels/__init__.py")
 
 
-@pytest.mark.parametrize("after_s", [0.3, 1.5])
+@pytest.mark.parametrize("after_s", [0.3, 0.8, 1.5, 2.5])
 def test_ctrl_c_while_a_command_starts_is_one_line(tmp_path, after_s):
     import signal
 

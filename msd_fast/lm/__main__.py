@@ -5,7 +5,9 @@ import sys
 try:
     from .cli import main
 except KeyboardInterrupt:
-    print("[msd_fast.lm] interrupted by Ctrl-C", file=sys.stderr)
-    sys.exit(130)
+    import os
+
+    print("[msd_fast.lm] interrupted by Ctrl-C", file=sys.stderr, flush=True)
+    os._exit(130)  # as msd_fast/__init__.py: SystemExit would still end by SIGINT
 
 sys.exit(main())

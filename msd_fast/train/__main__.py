@@ -4,7 +4,9 @@ import sys
 try:
     from .cli import run_and_exit
 except KeyboardInterrupt:
-    print("[msd_fast] interrupted by Ctrl-C before training started; nothing was written", file=sys.stderr)
-    sys.exit(130)
+    import os
+
+    print("[msd_fast] interrupted by Ctrl-C before training started; nothing was written", file=sys.stderr, flush=True)
+    os._exit(130)  # as msd_fast/__init__.py: SystemExit would still end by SIGINT
 
 run_and_exit()
