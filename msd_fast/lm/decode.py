@@ -127,7 +127,7 @@ def check_decode_args(model, prompt: Sequence[int], max_new_tokens: int) -> List
     if not isinstance(model, LMExits):
         raise TypeError(f"model: expected an LMExits (attach_lm_exits), got {type(model).__name__}")
     if isinstance(prompt, torch.Tensor):
-        prompt = prompt.tolist() if prompt.dim() == 1 and not prompt.is_floating_point() else [prompt]
+        prompt = prompt.tolist()  # a 1-D integer tensor -> ints; anything else is refused below
     ids = list(prompt) if isinstance(prompt, (list, tuple, range)) else None
     if ids is None or any(isinstance(t, bool) or not isinstance(t, numbers.Integral) for t in ids):
         raise TypeError(f"prompt: expected a sequence of token ids (ints), got {type(prompt).__name__}")

@@ -3,6 +3,7 @@ out/hf/ (the trunk and head by `save_pretrained`: config.json + model.safetensor
 (per-exit heads, when the run has them), out/tokenizer.json (the corpus's BPE) and out/exits.json (exit
 layers, heads, the corpus trained on, and the SHA-256 of every file; written last, so a half-written export
 has none and is not read). load.py reads it back (load_lm, load_lm_export), checking every file first."""
+import json
 import pathlib
 import shutil
 from typing import Dict
@@ -46,7 +47,5 @@ def export_lm(run, out_dir, data_dir=None) -> Dict[str, str]:
             "exit_layers": list(model.exit_layers), "heads": model.heads, "seq_len": rec["lm"]["seq_len"],
             "method": rec["config"].get("method"), "epoch": rec["epoch"], "trained_on": rec["trained_on"],
             "sha256": {p.relative_to(out).as_posix(): sha256_of(p) for p in files}}
-    import json
-
     (out / "exits.json").write_text(json.dumps(meta, indent=1))
     return {"dir": str(out), "exits": str(out / "exits.json")}

@@ -47,10 +47,9 @@ def check_vocab_size(V: Any, where: str, error=CheckpointError) -> None:
         raise error(f"{where}: a vocabulary must be an integer in [2, {MAX_VOCAB}], got {V!r:.40}")
 
 
-def checkpoint_model(ckpt: Dict[str, Any], where: str, real: bool = True):
+def checkpoint_model(ckpt: Dict[str, Any], where: str):
     """The LMExits a checkpoint's fields describe, checked against its weights on the meta device first;
-    real=False returns the meta model (shapes only). CheckpointError naming `where` for anything that does
-    not fit."""
+    CheckpointError naming `where` for anything that does not fit."""
     from .models import create_lm
 
     name, V, width, lm = ckpt["model_name"], ckpt["num_classes"], ckpt["width"], ckpt.get("lm")
@@ -70,8 +69,6 @@ def checkpoint_model(ckpt: Dict[str, Any], where: str, real: bool = True):
         raise CheckpointError(f"{where}: {e}") from None
     what = f"a {name} of width {width} with a vocabulary of {V}"
     check_shapes(shapes_of(shell.state_dict()), shapes_of(ckpt["model"]), where, what, CheckpointError)
-    if not real:
-        return shell
     check_finite(ckpt["model"], where, CheckpointError)
     model = create_lm(*args)
     model.load_state_dict(ckpt["model"])
