@@ -20,7 +20,7 @@ from .backends import BACKENDS, fast_kernel_takes, resolve_backend
 from . import fused
 from .fused import run_fused
 from .reference import combine_terms, reference_msd_terms
-from .validation import uniform_exits, check_hparams, normalize_inputs
+from .validation import check_hparams, normalize_inputs, uniform_exits
 
 
 class MSDTerms(NamedTuple):
