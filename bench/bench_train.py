@@ -34,7 +34,7 @@ from msd_fast.data import DATASET_TABLE, Dataset, Split
 from msd_fast.models import create_model
 from msd_fast.train import Trainer
 from msd_fast.train.speed import resolve_speed
-from msd_fast.train.train_config import TrainConfig
+from msd_fast.train.config_keys import TrainConfig
 from bench.train_steps import run_steps
 
 RESULTS = pathlib.Path(__file__).resolve().parent / "results"

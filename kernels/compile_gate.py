@@ -5,7 +5,7 @@
 For every configuration the launcher can pick (`launch_plan`: NP, BLOCK_C, BLOCK_D, num_warps, for N 2-8,
 C from 2 to past 131072, D with and without features), every logits dtype (fp32, bf16, fp16), both teacher
 modes, and the integer arguments specialised exactly as Triton's launcher would (a value of 1 becomes a
-constexpr, a multiple of 16 gets a divisibility hint), it compiles `_msd_loss_kernel` to a cubin with
+constexpr, a multiple of 16 gets a divisibility hint), it compiles `fused_msd_kernel` to a cubin with
 `triton.compile` for each target architecture (sm_80, sm_90), then reads the cubin's resource usage and
 SASS with the `cuobjdump` that ships with Triton. It fails on any compile error and on any register spill
 that costs time: a spill load/store inside a loop, local memory, or a stack frame over MAX_PARKED_BYTES.
@@ -24,7 +24,7 @@ import sys
 import time
 from typing import Dict, List
 
-from .sass import _resource_usage, sass_profile, spills_in_loops
+from .sass import resource_usage, sass_profile, spills_in_loops
 
 DTYPES = ("float32", "bfloat16", "float16")
 
@@ -98,15 +98,15 @@ def _kernel_args(p: Dict):
     if kernel == "fused":
         args, kwargs = k.kernel_args(z, y, f, w, part, gz, gf, p.get("tau", 3.0), p["teacher_last"], p["B"], p["C"],
                                      p["D"], p.get("ignore_index"))
-        fn = kern._msd_loss_kernel
+        fn = kern.fused_msd_kernel
     else:
         plan = plans.launch_plan(N, p["C"], p["D"])
         _, CS = plans.split_plan(p["B"], p["C"], plan["BLOCK_C"], sms=132, forced=3)
         ws = torch.empty(16, dtype=torch.float32)
         args, kwargs = k.split_kernel_args(z, y, f, w, part, gz, gf, ws, torch.empty_like(ws), p.get("tau", 3.0),
                                            p["teacher_last"], p["B"], p["C"], p["D"], CS, p.get("ignore_index"))[kernel]
-        fn = {"split_stats": kern._msd_split_stats_kernel, "split_main": kern._msd_split_main_kernel,
-              "split_finish": kern._msd_split_finish_kernel}[kernel]
+        fn = {"split_stats": kern.split_stats_kernel, "split_main": kern.split_main_kernel,
+              "split_finish": kern.split_finish_kernel}[kernel]
     plan = {key: kwargs[key] for key in ("NP", "BLOCK_C", "BLOCK_D", "num_warps", "TAU_INT", "HAS_IGNORE")
             if key in kwargs}
     return fn, args, kwargs, plan
@@ -148,7 +148,7 @@ def check_compile(fn, args, kwargs, arch: int) -> Dict:
         return row
     row["compile_s"] = round(time.perf_counter() - t0, 3)
     row["specialised"] = sorted(k for k, v in signature.items() if v == "constexpr" and k not in kwargs)
-    row.update(_resource_usage(kernel.asm["cubin"]))
+    row.update(resource_usage(kernel.asm["cubin"]))
     prof = sass_profile(kernel.asm["cubin"])
     row["instructions"], row["access"] = prof["instructions"], prof["access"]
     if row["stack"] or row["local"]:
@@ -164,7 +164,7 @@ def check_compile(fn, args, kwargs, arch: int) -> Dict:
 
 
 def compile_one(p: Dict, arch: int) -> Dict:
-    """The gate's check of problem p's kernel (`_msd_loss_kernel`, or a split-C one) on sm_<arch>: a row."""
+    """The gate's check of problem p's kernel (`fused_msd_kernel`, or a split-C one) on sm_<arch>: a row."""
     fn, args, kwargs, plan = _kernel_args(p)
     return dict(p, arch=arch, **plan, **check_compile(fn, args, kwargs, arch))
 
@@ -222,7 +222,7 @@ def profile_main(spec: str, plan, archs) -> int:
     for arch in archs:
         fn, args, kwargs, launch = _kernel_args(p)
         kernel, _ = compile_kernel(fn, args, kwargs, arch)
-        out = dict(p, arch=arch, plan=plan or "", **launch, **_resource_usage(kernel.asm["cubin"]),
+        out = dict(p, arch=arch, plan=plan or "", **launch, **resource_usage(kernel.asm["cubin"]),
                    **sass_profile(kernel.asm["cubin"]))
         print(json.dumps(out))
     return 0

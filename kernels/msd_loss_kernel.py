@@ -26,12 +26,12 @@ msd_loss_launch.py.
 import triton
 import triton.language as tl
 
-from .msd_loss_parts import (LOG2E, _cross_entropy, _exit_rows, _grad_chunk, _hint, _kd_accumulators,
-                             _kd_grad_scale, _kept_rows, _row_stats, _slice_program, _stats_chunk)
+from .msd_loss_parts import (LOG2E, cross_entropy, exit_rows, grad_chunk, hint_term, kd_accumulators,
+                             kd_grad_scale, kept_rows, row_stats, slice_program, stats_chunk)
 
 
 @triton.jit
-def _msd_loss_kernel(
+def fused_msd_kernel(
     z0, z1, z2, z3, z4, z5, z6, z7,           # per exit: [B, C] logits (fp32 / fp16 / bf16); slots >= N = z0
     y_ptr,                                    # [B] int64 targets
     f0, f1, f2, f3, f4, f5, f6, f7,           # per exit: [B, D] features (unused when HAS_FEAT is False)
@@ -58,8 +58,8 @@ def _msd_loss_kernel(
     rows = tl.arange(0, NP)                                  # [NP]
     row_ok = rows < N
     is_last = rows == N - 1
-    z_row = _exit_rows(rows, b * C, z0, z1, z2, z3, z4, z5, z6, z7, NP, C_ALIGN)   # [NP] -> z_n[b, 0]
-    g_row = _exit_rows(rows, b * C, g0, g1, g2, g3, g4, g5, g6, g7, NP, C_ALIGN)   # [NP] -> grad z_n[b, 0]
+    z_row = exit_rows(rows, b * C, z0, z1, z2, z3, z4, z5, z6, z7, NP, C_ALIGN)   # [NP] -> z_n[b, 0]
+    g_row = exit_rows(rows, b * C, g0, g1, g2, g3, g4, g5, g6, g7, NP, C_ALIGN)   # [NP] -> grad z_n[b, 0]
     cols = tl.arange(0, BLOCK_C)                             # [BLOCK_C]
 
     k_tau = inv_tau * LOG2E                     # log2(e) / tau
@@ -69,26 +69,26 @@ def _msd_loss_kernel(
     st = tl.zeros([NP], tl.float32)
     for c0 in range(0, C, BLOCK_C):
         c = c0 + cols
-        m, s1, st = _stats_chunk(z_row, c, c < C, row_ok, m, s1, st, k_tau, TAU_INT)
-    lse, shift, inv_s1, inv_st = _row_stats(m, s1, st, inv_tau)   # [NP] each
+        m, s1, st = stats_chunk(z_row, c, c < C, row_ok, m, s1, st, k_tau, TAU_INT)
+    lse, shift, inv_s1, inv_st = row_stats(m, s1, st, inv_tau)   # [NP] each
 
     y = tl.load(y_ptr + b)
     y_col = tl.where((y >= 0) & (y < C), y, -1).to(tl.int32)
-    keep = _kept_rows(row_ok, y, ign, HAS_IGNORE)            # [NP]: row_ok, and the sample not ignored
+    keep = kept_rows(row_ok, y, ign, HAS_IGNORE)            # [NP]: row_ok, and the sample not ignored
     # Stored now, not at the end: ptxas parks values that wait across pass 2 in local memory (compile gate).
     part_off = rows.to(tl.int64) * B + b
-    tl.store(part_ptr + part_off, tl.where(keep, _cross_entropy(z_row, y, C, lse, row_ok), 0.0), mask=row_ok)
+    tl.store(part_ptr + part_off, tl.where(keep, cross_entropy(z_row, y, C, lse, row_ok), 0.0), mask=row_ok)
 
     n_f = N * 1.0                                            # fp32 whether N is a runtime int or a constexpr
-    g_kd = _kd_grad_scale(w_ptr, tau, inv_b, n_f, TEACHER_LAST)
+    g_kd = kd_grad_scale(w_ptr, tau, inv_b, n_f, TEACHER_LAST)
     g_ce = tl.load(w_ptr) * inv_b
 
     # ---- pass 2: probabilities, KD sums and the logits' gradient, chunk by chunk ----
     # "all": kd_acc <P, l_n>, r_acc <q_n, l_n> (summed to R);  "last": kd_acc <q_N, l_N - l_n>
-    kd_acc, r_acc = _kd_accumulators(NP, BLOCK_C, TILE_ACC)
+    kd_acc, r_acc = kd_accumulators(NP, BLOCK_C, TILE_ACC)
     for c0 in range(0, C, BLOCK_C):
         c = c0 + cols
-        kd_acc, r_acc = _grad_chunk(z_row, g_row, c, c < C, row_ok, is_last, y_col, m, lse, shift,
+        kd_acc, r_acc = grad_chunk(z_row, g_row, c, c < C, row_ok, is_last, y_col, m, lse, shift,
                                     g_ce * inv_s1, inv_st, kd_acc, r_acc, g_kd, g_ce, n_f, inv_tau, k_tau, keep,
                                     TEACHER_LAST, TAU_INT, TILE_ACC, HAS_IGNORE)
     if TILE_ACC:
@@ -102,9 +102,9 @@ def _msd_loss_kernel(
 
     # ---- feature hint towards the deepest exit ----
     if HAS_FEAT:
-        f_row = _exit_rows(rows, b * D, f0, f1, f2, f3, f4, f5, f6, f7, NP, D_ALIGN)   # [NP] -> F_n[b, 0]
-        h_row = _exit_rows(rows, b * D, h0, h1, h2, h3, h4, h5, h6, h7, NP, D_ALIGN)   # [NP] -> grad F_n[b, 0]
-        feat = _hint(f_row, h_row, rows, row_ok, keep, is_last, D, 2.0 * tl.load(w_ptr + 2) * inv_b, NP, BLOCK_D)
+        f_row = exit_rows(rows, b * D, f0, f1, f2, f3, f4, f5, f6, f7, NP, D_ALIGN)   # [NP] -> F_n[b, 0]
+        h_row = exit_rows(rows, b * D, h0, h1, h2, h3, h4, h5, h6, h7, NP, D_ALIGN)   # [NP] -> grad F_n[b, 0]
+        feat = hint_term(f_row, h_row, rows, row_ok, keep, is_last, D, 2.0 * tl.load(w_ptr + 2) * inv_b, NP, BLOCK_D)
     else:
         feat = tl.zeros([NP], tl.float32)
     tl.store(part_ptr + 2 * N * B + part_off, feat, mask=row_ok)
@@ -120,16 +120,16 @@ def _msd_loss_kernel(
 # Deterministic: every sum runs in a fixed order; no atomics.
 # ---------------------------------------------------------------------------------------------------
 @triton.jit
-def _msd_split_stats_kernel(
+def split_stats_kernel(
     z0, z1, z2, z3, z4, z5, z6, z7,           # per exit: [B, C] logits
     ws_ptr,                                   # [B, S, 3, NP] fp32 out: m, s1, st of each slice
     N, C, CS,                                 # CS: columns per slice (a multiple of BLOCK_C)
     inv_tau,
     NP: tl.constexpr, BLOCK_C: tl.constexpr, C_ALIGN: tl.constexpr, TAU_INT: tl.constexpr,
 ):
-    C = C // C_ALIGN * C_ALIGN                # as in _msd_loss_kernel: the alignment, visible
+    C = C // C_ALIGN * C_ALIGN                # as in fused_msd_kernel: the alignment, visible
     CS = CS // BLOCK_C * BLOCK_C
-    b, s, S, rows, row_ok, z_row = _slice_program(z0, z1, z2, z3, z4, z5, z6, z7, N, C, NP, C_ALIGN)
+    b, s, S, rows, row_ok, z_row = slice_program(z0, z1, z2, z3, z4, z5, z6, z7, N, C, NP, C_ALIGN)
     cols = tl.arange(0, BLOCK_C)
     c_lo = s * CS
     c_hi = tl.minimum(c_lo + CS, C)
@@ -139,7 +139,7 @@ def _msd_split_stats_kernel(
     st = tl.zeros([NP], tl.float32)
     for c0 in range(c_lo, c_hi, BLOCK_C):
         c = c0 + cols
-        m, s1, st = _stats_chunk(z_row, c, c < c_hi, row_ok, m, s1, st, k_tau, TAU_INT)
+        m, s1, st = stats_chunk(z_row, c, c < c_hi, row_ok, m, s1, st, k_tau, TAU_INT)
     base = ws_ptr + (b * S + s) * 3 * NP + rows
     tl.store(base, m)
     tl.store(base + NP, s1)
@@ -147,7 +147,7 @@ def _msd_split_stats_kernel(
 
 
 @triton.jit
-def _msd_split_main_kernel(
+def split_main_kernel(
     z0, z1, z2, z3, z4, z5, z6, z7,           # per exit: [B, C] logits
     y_ptr,                                    # [B] int64 targets
     f0, f1, f2, f3, f4, f5, f6, f7,           # per exit: [B, D] features (slice 0 only; unused without)
@@ -165,12 +165,12 @@ def _msd_split_main_kernel(
     C_ALIGN: tl.constexpr, D_ALIGN: tl.constexpr, TAU_INT: tl.constexpr, TILE_ACC: tl.constexpr,
     HAS_IGNORE: tl.constexpr,
 ):
-    C = C // C_ALIGN * C_ALIGN                # as in _msd_loss_kernel: the alignment, visible
+    C = C // C_ALIGN * C_ALIGN                # as in fused_msd_kernel: the alignment, visible
     D = D // D_ALIGN * D_ALIGN
     CS = CS // BLOCK_C * BLOCK_C
-    b, s, S, rows, row_ok, z_row = _slice_program(z0, z1, z2, z3, z4, z5, z6, z7, N, C, NP, C_ALIGN)
+    b, s, S, rows, row_ok, z_row = slice_program(z0, z1, z2, z3, z4, z5, z6, z7, N, C, NP, C_ALIGN)
     is_last = rows == N - 1
-    g_row = _exit_rows(rows, b * C, g0, g1, g2, g3, g4, g5, g6, g7, NP, C_ALIGN)
+    g_row = exit_rows(rows, b * C, g0, g1, g2, g3, g4, g5, g6, g7, NP, C_ALIGN)
     # Combine the slices' stats in slice order: m = max m_k, s1 = sum s1_k exp(m_k - m), st likewise.
     k_tau = inv_tau * LOG2E
     m = tl.full([NP], float("-inf"), tl.float32)
@@ -184,31 +184,31 @@ def _msd_split_main_kernel(
               + tl.load(base + NP) * tl.math.exp2((m_k - m_new) * LOG2E))
         st = st * tl.math.exp2((m - m_new) * k_tau) + tl.load(base + 2 * NP) * tl.math.exp2((m_k - m_new) * k_tau)
         m = m_new
-    lse, shift, inv_s1, inv_st = _row_stats(m, s1, st, inv_tau)
+    lse, shift, inv_s1, inv_st = row_stats(m, s1, st, inv_tau)
     y = tl.load(y_ptr + b)
     y_col = tl.where((y >= 0) & (y < C), y, -1).to(tl.int32)
-    keep = _kept_rows(row_ok, y, ign, HAS_IGNORE)
+    keep = kept_rows(row_ok, y, ign, HAS_IGNORE)
     part_off = rows.to(tl.int64) * B + b
     n_f = N * 1.0
     if s == 0:
-        tl.store(part_ptr + part_off, tl.where(keep, _cross_entropy(z_row, y, C, lse, row_ok), 0.0), mask=row_ok)
+        tl.store(part_ptr + part_off, tl.where(keep, cross_entropy(z_row, y, C, lse, row_ok), 0.0), mask=row_ok)
         if HAS_FEAT:
-            f_row = _exit_rows(rows, b * D, f0, f1, f2, f3, f4, f5, f6, f7, NP, D_ALIGN)
-            h_row = _exit_rows(rows, b * D, h0, h1, h2, h3, h4, h5, h6, h7, NP, D_ALIGN)
-            feat = _hint(f_row, h_row, rows, row_ok, keep, is_last, D, 2.0 * tl.load(w_ptr + 2) * inv_b, NP,
+            f_row = exit_rows(rows, b * D, f0, f1, f2, f3, f4, f5, f6, f7, NP, D_ALIGN)
+            h_row = exit_rows(rows, b * D, h0, h1, h2, h3, h4, h5, h6, h7, NP, D_ALIGN)
+            feat = hint_term(f_row, h_row, rows, row_ok, keep, is_last, D, 2.0 * tl.load(w_ptr + 2) * inv_b, NP,
                          BLOCK_D)
         else:
             feat = tl.zeros([NP], tl.float32)
         tl.store(part_ptr + 2 * N * B + part_off, feat, mask=row_ok)
-    g_kd = _kd_grad_scale(w_ptr, tau, inv_b, n_f, TEACHER_LAST)
+    g_kd = kd_grad_scale(w_ptr, tau, inv_b, n_f, TEACHER_LAST)
     g_ce = tl.load(w_ptr) * inv_b
     if HAS_IGNORE:
         # An ignored sample's gradient is 0 through its scales (0 for finite logits), not a select per element
-        # as in _msd_loss_kernel: here that select made ptxas spill inside the loop (sm_80, bf16, N = 3,
+        # as in fused_msd_kernel: here that select made ptxas spill inside the loop (sm_80, bf16, N = 3,
         # teacher last, features; compile gate).
         g_kd = tl.where(y != ign, g_kd, 0.0)
         g_ce = tl.where(y != ign, g_ce, 0.0)
-    kd_acc, r_acc = _kd_accumulators(NP, BLOCK_C, TILE_ACC)
+    kd_acc, r_acc = kd_accumulators(NP, BLOCK_C, TILE_ACC)
     cols = tl.arange(0, BLOCK_C)
     c_lo = s * CS
     c_hi = tl.minimum(c_lo + CS, C)
@@ -216,7 +216,7 @@ def _msd_split_main_kernel(
     # odd C, tau = 3; compile gate).
     for c0 in range(0, c_hi - c_lo, BLOCK_C):
         c = c_lo + c0 + cols
-        kd_acc, r_acc = _grad_chunk(z_row, g_row, c, c < c_hi, row_ok, is_last, y_col, m, lse, shift, g_ce * inv_s1,
+        kd_acc, r_acc = grad_chunk(z_row, g_row, c, c < c_hi, row_ok, is_last, y_col, m, lse, shift, g_ce * inv_s1,
                                     inv_st, kd_acc, r_acc, g_kd, g_ce, n_f, inv_tau, k_tau, row_ok,
                                     TEACHER_LAST, TAU_INT, TILE_ACC, False)
     if TILE_ACC:
@@ -232,7 +232,7 @@ def _msd_split_main_kernel(
 
 
 @triton.jit
-def _msd_split_finish_kernel(
+def split_finish_kernel(
     wk_ptr,                                   # [B, S, 2, NP] fp32: KD sums per slice
     part_ptr,                                 # [3, N, B] fp32 out: KD row
     N, B, S,

@@ -4,9 +4,9 @@ import os
 
 import torch
 
-from .msd_loss_kernel import (_msd_loss_kernel, _msd_split_finish_kernel, _msd_split_main_kernel,
-                              _msd_split_stats_kernel)
-from .msd_loss_plan import (LAUNCH_ONLY_KEYS, MAX_ALIGN_BYTES, SPLIT_ENV, _cdiv, current_plan, row_align,
+from .msd_loss_kernel import (fused_msd_kernel, split_finish_kernel, split_main_kernel,
+                              split_stats_kernel)
+from .msd_loss_plan import (LAUNCH_ONLY_KEYS, MAX_ALIGN_BYTES, SPLIT_ENV, ceil_div, current_plan, row_align,
                             split_plan, tau_int)
 
 
@@ -57,7 +57,7 @@ def split_kernel_args(logits, target, features, weights, partials, grad_logits, 
     tau, inv_tau = float(temperature), 1.0 / float(temperature)
     common = dict(NP=plan["NP"], num_warps=plan["num_warps"],
                   **{k: plan[k] for k in ("num_stages", "maxnreg") if k in plan})
-    S = _cdiv(C, CS)
+    S = ceil_div(C, CS)
     cap = plan.get("max_align", MAX_ALIGN_BYTES)
     c_align = row_align([*logits, *grad_logits], C, cap)
     t_int = tau_int(temperature, plan)
@@ -102,15 +102,15 @@ def msd_loss_partials(logits, target: torch.Tensor, features, weights: torch.Ten
     if S == 1:
         args, kwargs = kernel_args(logits, target, features, weights, partials, grad_logits, grad_features,
                                    temperature, teacher_last, B, C, D, ignore_index)
-        _msd_loss_kernel[(B,)](*args, **kwargs)
+        fused_msd_kernel[(B,)](*args, **kwargs)
         return partials, out_logits, out_features
     ws_stats = torch.empty((B, S, 3, plan["NP"]), dtype=torch.float32, device=dev)
     ws_kd = torch.empty((B, S, 2, plan["NP"]), dtype=torch.float32, device=dev)
     launches = split_kernel_args(logits, target, features, weights, partials, grad_logits, grad_features,
                                  ws_stats, ws_kd, temperature, teacher_last, B, C, D, CS, ignore_index)
-    for name, kernel, grid in (("split_stats", _msd_split_stats_kernel, (B, S)),
-                               ("split_main", _msd_split_main_kernel, (B, S)),
-                               ("split_finish", _msd_split_finish_kernel, (B,))):
+    for name, kernel, grid in (("split_stats", split_stats_kernel, (B, S)),
+                               ("split_main", split_main_kernel, (B, S)),
+                               ("split_finish", split_finish_kernel, (B,))):
         args, kwargs = launches[name]
         kernel[grid](*args, **kwargs)
     return partials, out_logits, out_features

@@ -6,7 +6,7 @@ import triton.language as tl
 
 
 @triton.jit
-def _exit_rows(rows, off, p0, p1, p2, p3, p4, p5, p6, p7, NP: tl.constexpr, ALIGN: tl.constexpr):
+def exit_rows(rows, off, p0, p1, p2, p3, p4, p5, p6, p7, NP: tl.constexpr, ALIGN: tl.constexpr):
     """[NP] pointers: row n is p_n + off (the slots past N repeat p0; the caller masks those rows).
     ALIGN: every row start is a multiple of ALIGN elements from a pointer aligned as much (the launcher's
     `row_align`). The compiler cannot see alignment through the select below, and without it a tile's
@@ -47,7 +47,7 @@ def _int_pow(e, TAU_INT: tl.constexpr):
 
 
 @triton.jit
-def _stats_chunk(z_row, c, col_ok, row_ok, m, s1, st, k_tau, TAU_INT: tl.constexpr):
+def stats_chunk(z_row, c, col_ok, row_ok, m, s1, st, k_tau, TAU_INT: tl.constexpr):
     """Pass 1 on one [NP, BLOCK_C] chunk: the running max m and the normalisers s1 = sum exp(z - m),
     st = sum exp((z - m) / tau) per row, updated online (TAU_INT > 0: exp(z - m) = exp((z - m) / tau)^tau).
     k_tau = log2(e) / tau: exp((z - m) / tau) = 2^((z - m) k_tau), one multiply after the subtraction (so an
@@ -69,14 +69,14 @@ def _stats_chunk(z_row, c, col_ok, row_ok, m, s1, st, k_tau, TAU_INT: tl.constex
 
 
 @triton.jit
-def _row_stats(m, s1, st, inv_tau):
+def row_stats(m, s1, st, inv_tau):
     """After pass 1, per row [NP]: lse = log sum exp(z) (CE), shift with l_n = z_n / tau - shift_n, and
     1 / s1, 1 / st (pass 2's p and q from one exp when tau is an integer)."""
     return m + tl.log(s1), m * inv_tau + tl.log(st), 1.0 / s1, 1.0 / st
 
 
 @triton.jit
-def _grad_chunk(z_row, g_row, c, col_ok, row_ok, is_last, y_col, m, lse, shift, ce_s1, inv_st, kd_acc, r_acc,
+def grad_chunk(z_row, g_row, c, col_ok, row_ok, is_last, y_col, m, lse, shift, ce_s1, inv_st, kd_acc, r_acc,
                 g_kd, g_ce, n_f, inv_tau, k_tau, keep, TEACHER_LAST: tl.constexpr, TAU_INT: tl.constexpr,
                 TILE_ACC: tl.constexpr, HAS_IGNORE: tl.constexpr):
     """Pass 2 on one chunk: p_n, q_n, l_n, the KD sums and d total / d z_n, stored. y_col: the sample's class
@@ -122,7 +122,7 @@ def _grad_chunk(z_row, g_row, c, col_ok, row_ok, is_last, y_col, m, lse, shift, 
 
 
 @triton.jit
-def _kd_accumulators(NP: tl.constexpr, BLOCK_C: tl.constexpr, TILE_ACC: tl.constexpr):
+def kd_accumulators(NP: tl.constexpr, BLOCK_C: tl.constexpr, TILE_ACC: tl.constexpr):
     """Pass 2's two KD accumulators, zero: per row [NP], or per tile cell [NP, BLOCK_C] with TILE_ACC."""
     if TILE_ACC:
         return tl.zeros([NP, BLOCK_C], tl.float32), tl.zeros([NP, BLOCK_C], tl.float32)
@@ -131,7 +131,7 @@ def _kd_accumulators(NP: tl.constexpr, BLOCK_C: tl.constexpr, TILE_ACC: tl.const
 
 
 @triton.jit
-def _cross_entropy(z_row, y, C, lse, row_ok):
+def cross_entropy(z_row, y, C, lse, row_ok):
     """CE_n = lse_n - z_n[y] per row [NP]. A class index outside [0, C) is never read: that sample's CE is
     NaN, so the loss is NaN (checking the range on the host would need a device sync; msd_loss(validate=True)
     checks it before the call)."""
@@ -143,7 +143,7 @@ def _cross_entropy(z_row, y, C, lse, row_ok):
 
 
 @triton.jit
-def _hint(f_row, h_row, rows, row_ok, keep, is_last, D, g_feat, NP: tl.constexpr, BLOCK_D: tl.constexpr):
+def hint_term(f_row, h_row, rows, row_ok, keep, is_last, D, g_feat, NP: tl.constexpr, BLOCK_D: tl.constexpr):
     """FEAT_n = ||F_n - F_N||^2 per row [NP], and its gradient g_feat (F_n - F_N) stored (0 for F_N); both 0
     where `keep` is false (an ignored sample)."""
     feat = tl.zeros([NP], tl.float32)
@@ -160,7 +160,7 @@ def _hint(f_row, h_row, rows, row_ok, keep, is_last, D, g_feat, NP: tl.constexpr
 
 
 @triton.jit
-def _kept_rows(row_ok, y, ign, HAS_IGNORE: tl.constexpr):
+def kept_rows(row_ok, y, ign, HAS_IGNORE: tl.constexpr):
     """[NP]: the tile rows that count, row_ok, and none when the sample's target is ignore_index."""
     if HAS_IGNORE:
         return row_ok & (y != ign)
@@ -169,7 +169,7 @@ def _kept_rows(row_ok, y, ign, HAS_IGNORE: tl.constexpr):
 
 
 @triton.jit
-def _kd_grad_scale(w_ptr, tau, inv_b, n_f, TEACHER_LAST: tl.constexpr):
+def kd_grad_scale(w_ptr, tau, inv_b, n_f, TEACHER_LAST: tl.constexpr):
     w_kd = tl.load(w_ptr + 1)
     if TEACHER_LAST:
         g_kd = w_kd * tau * inv_b
@@ -179,10 +179,10 @@ def _kd_grad_scale(w_ptr, tau, inv_b, n_f, TEACHER_LAST: tl.constexpr):
 
 
 @triton.jit
-def _slice_program(z0, z1, z2, z3, z4, z5, z6, z7, N, C, NP: tl.constexpr, C_ALIGN: tl.constexpr):
+def slice_program(z0, z1, z2, z3, z4, z5, z6, z7, N, C, NP: tl.constexpr, C_ALIGN: tl.constexpr):
     """A split-C program's place: sample b, slice s of S, the tile's rows and its logits' row pointers."""
     b = tl.program_id(0).to(tl.int64)
     rows = tl.arange(0, NP)
-    z_row = _exit_rows(rows, b * C, z0, z1, z2, z3, z4, z5, z6, z7, NP, C_ALIGN)
+    z_row = exit_rows(rows, b * C, z0, z1, z2, z3, z4, z5, z6, z7, NP, C_ALIGN)
     return b, tl.program_id(1), tl.num_programs(1), rows, rows < N, z_row
 

@@ -15,7 +15,7 @@ def _pow2(n: int) -> int:
     return 1 << max(0, int(n) - 1).bit_length()
 
 
-def _cdiv(a: int, b: int) -> int:
+def ceil_div(a: int, b: int) -> int:
     return -(-a // b)
 
 
@@ -117,15 +117,15 @@ def split_plan(B: int, C: int, BLOCK_C: int, sms: int, forced: Optional[int] = N
     """(S, CS): slices per sample and columns per slice (a multiple of BLOCK_C, S = cdiv(C, CS), so no
     slice is empty). S = 1 unless the B programs of one-per-sample would leave SMs idle and C spans
     several chunks; `forced` (MSD_FAST_TRITON_SPLIT) overrides the heuristic."""
-    chunks = _cdiv(C, BLOCK_C)
+    chunks = ceil_div(C, BLOCK_C)
     if forced is not None:
         want = max(1, forced)
     elif B >= sms * PROGRAMS_PER_SM // 2 or chunks < 4:
         want = 1
     else:
-        want = _cdiv(sms * PROGRAMS_PER_SM, B)
+        want = ceil_div(sms * PROGRAMS_PER_SM, B)
     want = min(want, chunks)
     if want <= 1:
         return 1, C
-    CS = _cdiv(chunks, want) * BLOCK_C
-    return _cdiv(C, CS), CS
+    CS = ceil_div(chunks, want) * BLOCK_C
+    return ceil_div(C, CS), CS

@@ -26,7 +26,7 @@ def _cuobjdump(cubin: bytes, flag: str) -> str:
         os.unlink(path)
 
 
-def _resource_usage(cubin: bytes) -> Dict[str, int]:
+def resource_usage(cubin: bytes) -> Dict[str, int]:
     """Registers, stack, local and shared memory of the kernel in a cubin, from `cuobjdump -res-usage`."""
     txt = _cuobjdump(cubin, "-res-usage")
     usage = {}

@@ -9,20 +9,12 @@ Everything else is imported on first use, so `import msd_fast` stays light:
   early exit / evaluation: EarlyExit, evaluate_checkpoints
   language models (the `lm` extra): attach_lm_exits
 """
-import sys as _sys
+from .interrupt import exit_on_ctrl_c_while_starting as _exit_on_ctrl_c_while_starting
 
-try:
-    from .loss import (CosineBeta, FusedLinearMSDLoss, MSDLoss, MSDTerms, defaults, fused_linear_msd_loss,
-                       msd_loss, reference_msd_terms)
-except KeyboardInterrupt:
-    # A Ctrl-C while `python -m msd_fast.<command>` imports torch (sys.argv[0] is "-m" while Python locates the
-    # module): one line and status 130, as the commands end after one later. An importing program gets it as is.
-    if _sys.argv[:1] == ["-m"]:
-        import os as _os
+_exit_on_ctrl_c_while_starting()  # before torch is imported (interrupt.py says why)
 
-        print("[msd_fast] interrupted by Ctrl-C while starting; nothing was written", file=_sys.stderr, flush=True)
-        _os._exit(130)  # not SystemExit: Python would still end by SIGINT for the interrupt it saw in an import
-    raise
+from .loss import (CosineBeta, FusedLinearMSDLoss, MSDLoss, MSDTerms, defaults, fused_linear_msd_loss,  # noqa: E402
+                   msd_loss, reference_msd_terms)
 
 __version__ = "0.1.0"
 

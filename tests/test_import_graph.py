@@ -103,3 +103,23 @@ def test_the_training_package_imports_no_task():
     edges = import_graph()
     train = {m: e for m, e in edges.items() if m.startswith("msd_fast.train")}
     assert not {t for e in train.values() for t in e if t.startswith("msd_fast.lm.") and t != "msd_fast.lm.names"}
+
+
+def test_no_private_name_is_imported_across_modules():
+    """`from X import _name` of our own modules: a name with a leading underscore belongs to its module (a
+    private module such as msd_fast._ext, or the compiled extension msd_fast._C, is imported as a module, which
+    is allowed; so are dunders such as __version__)."""
+    mods, found = _modules(), []
+    for m, f in mods.items():
+        package = m.split(".") if f.name == "__init__.py" else m.split(".")[:-1]
+        for node in _imports(ast.parse(f.read_text())):
+            if not isinstance(node, ast.ImportFrom):
+                continue
+            base = ".".join(package[:len(package) - node.level + 1] if node.level else [])
+            base = ".".join(p for p in (base, node.module or "") if p)
+            if base.split(".")[0] not in ("msd_fast", "kernels", "bench", "experiments"):
+                continue
+            found += [f"{f.relative_to(ROOT)}:{node.lineno} {a.name}" for a in node.names
+                      if a.name.startswith("_") and not a.name.endswith("__") and f"{base}.{a.name}" not in mods
+                      and f"{base}.{a.name}" != "msd_fast._C"]
+    assert not found, found

@@ -102,7 +102,7 @@ def test_a_switched_off_exit_gets_no_gradient_through_its_own_terms(tmp_path, co
 
 def test_config_refuses_mixed_tasks(tmp_path, corpus):
     from msd_fast.train.config import ConfigError
-    from msd_fast.train.train_config import TrainConfig
+    from msd_fast.train.config_keys import TrainConfig
 
     with pytest.raises(ConfigError, match="is not a dataset of task 'lm'"):
         TrainConfig.from_mapping(_cfg(tmp_path, corpus, dataset="fashion-mnist"))

@@ -222,3 +222,42 @@ def test_ctrl_c_while_a_command_starts_is_one_line(tmp_path, after_s):
     assert "Traceback" not in err and p.returncode in (0, 130), err[-2000:]
     assert p.returncode == 0 or "interrupted by Ctrl-C" in err and len(err.strip().splitlines()) == 1
     assert p.returncode == 0 or not (tmp_path / "c" / "meta.json").exists()
+
+
+def _run_as_command(code: str, tmp_path):
+    """Runs code in a process whose command line reads as `python -m msd_fast.lm` (interrupt.py's test)."""
+    prelude = "import sys; sys.argv = ['-m']; sys.orig_argv = [sys.executable, '-m', 'msd_fast.lm']; "
+    return subprocess.run([sys.executable, "-c", prelude + code], cwd=ROOT, capture_output=True, text=True,
+                          timeout=300)
+
+
+def test_ctrl_c_swallowed_by_a_library_while_starting_still_ends_the_command(tmp_path):
+    # torch's start-up clears errors from its numpy import: an interrupt raised as an exception there is lost
+    code = ("import os, signal, time; import msd_fast\n"
+            "try:\n    os.kill(os.getpid(), signal.SIGINT); time.sleep(5)\nexcept BaseException:\n    pass\n"
+            "print('survived')")
+    r = _run_as_command(code, tmp_path)
+    assert r.returncode == 130 and "survived" not in r.stdout, (r.returncode, r.stdout, r.stderr[-2000:])
+    assert r.stderr.strip().splitlines() == ["[msd_fast] interrupted by Ctrl-C while starting; nothing was written"]
+
+
+def test_ctrl_c_after_the_command_started_is_the_commands_own(tmp_path):
+    code = ("import os, signal, time; import msd_fast; from msd_fast.interrupt import command_started\n"
+            "command_started()\ntry:\n    os.kill(os.getpid(), signal.SIGINT); time.sleep(5)\n"
+            "except KeyboardInterrupt:\n    print('handled')")
+    r = _run_as_command(code, tmp_path)
+    assert r.returncode == 0 and r.stdout.strip() == "handled", r.stderr[-2000:]
+
+
+def test_an_importing_program_keeps_its_own_ctrl_c():
+    from msd_fast.interrupt import started_as_command
+
+    assert started_as_command(["-m", "-c", "x"], ["python", "-X", "dev", "-m", "msd_fast.train", "-c", "x"])
+    assert not started_as_command(["/x/pytest/__main__.py", "-m", "msd_fast"], ["python", "-m", "pytest", "-m",
+                                                                              "msd_fast"])
+    assert not started_as_command(["-m", "-m", "msd_fast"], ["python", "-m", "pytest", "-m", "msd_fast"])
+    assert not started_as_command(["-m"], ["python", "-m", "bench.bench_loss"])
+    assert not started_as_command(["x.py"], ["python", "x.py"])
+    code = "import signal, msd_fast; print(signal.getsignal(signal.SIGINT) is signal.default_int_handler)"
+    r = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert r.stdout.strip() == "True", r.stderr[-2000:]

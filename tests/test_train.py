@@ -180,7 +180,7 @@ def test_speed_defaults_per_device_and_model(monkeypatch):
     from msd_fast.train import speed as tr
     from msd_fast.train.config import DEFAULTS
 
-    from msd_fast.train.train_config import TrainConfig
+    from msd_fast.train.config_keys import TrainConfig
 
     cpu = dict(DEFAULTS, device="cpu")
     monkeypatch.setattr(tr, "cpu_has_native_bf16", lambda: True)
@@ -201,7 +201,7 @@ def test_a_zero_hint_schedule_leaves_the_features_out_with_the_same_loss_and_gra
     torch.manual_seed(0)
     model = create_model("resnet18", num_classes=10, in_channels=1, width=0.125)
     x, y = torch.randn(8, 1, 16, 16), torch.randint(0, 10, (8,))
-    from msd_fast.train.train_config import TrainConfig
+    from msd_fast.train.config_keys import TrainConfig
 
     cfg = TrainConfig.from_mapping(_cfg(tmp_path, "h", "--loss-backend", backend, "--beta-begin", "0"))
     off = get_method("msd").build(cfg, model.num_exits)  # beta 0 -> 0 (the default): no hint
@@ -221,7 +221,7 @@ def test_a_zero_hint_schedule_leaves_the_features_out_with_the_same_loss_and_gra
 
 def test_sgd_is_fused_on_cpu_and_takes_the_same_steps_as_the_for_loop(tmp_path):
     from msd_fast.train.optim import build_optimizer
-    from msd_fast.train.train_config import TrainConfig
+    from msd_fast.train.config_keys import TrainConfig
 
     cfg = _cfg(tmp_path, "o")
     torch.manual_seed(0)

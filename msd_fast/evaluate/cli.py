@@ -14,9 +14,9 @@ import sys
 
 import torch
 
-from ..devices import parse_device
-
 from ..data import DataError
+from ..devices import parse_device
+from ..interrupt import command_started
 from .report import markdown, write_reports
 from .run import EvalError, evaluate_checkpoints
 
@@ -54,6 +54,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> int:
+    command_started()
     ap = build_parser()
     args = ap.parse_args(argv)
     try:

@@ -25,11 +25,10 @@ from ..checkpoint import CheckpointError
 from ..data import DataError
 from ..devices import parse_device
 from ..files import check_writable
+from ..interrupt import EXIT_INTERRUPTED, command_started
 from .corpus import DEFAULT_CORPUS, CorpusError, build_corpus, check_same_corpus, corpus_dir, load_corpus
 from .evaluate import THRESHOLDS, evaluate_lm
 from .load import load_lm
-
-EXIT_INTERRUPTED = 130
 
 
 def _corpus_of(rec, data_dir, what: str):
@@ -177,6 +176,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> int:
+    command_started()
     a = build_parser().parse_args(argv)
     try:
         check_args(a)

@@ -15,7 +15,7 @@ import torch
 
 from ..data import augment, draw_augment_params, normalize
 from ..distributed import DistInfo
-from .train_config import TrainConfig
+from .config_keys import TrainConfig
 
 
 def epoch_order(n: int, seed: int, epoch: int) -> Tuple[torch.Tensor, torch.Generator]:

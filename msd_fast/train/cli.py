@@ -10,10 +10,9 @@ from ..checkpoint import CheckpointError, CheckpointWriteError
 from .config import ConfigError, resolve_config
 from ..data import DataError
 from ..distributed import shutdown
+from ..interrupt import EXIT_INTERRUPTED, command_started
 from .run_dir import RunDirError
 from .trainer import Trainer, TrainingDiverged
-
-EXIT_INTERRUPTED = 130
 
 
 def _say(msg: str) -> None:
@@ -39,6 +38,7 @@ def _interrupt_message(trainer) -> str:
 
 
 def main(argv=None) -> int:
+    command_started()
     trainer, result = None, None
     try:
         cfg = resolve_config(argv)

@@ -15,9 +15,8 @@ from typing import Any, Dict, List, Optional, Tuple
 
 import yaml
 
-from .config_keys import CHOICES, DEFAULT_PRESET, DEFAULTS, HELP, RESUME_FLAGS, TRISTATE  # noqa: F401 (re-exported)
-from .config_schema import ConfigError, choices, flag_of, validate_config  # noqa: F401 (re-exported)
-
+from .config_keys import (DEFAULT_PRESET, DEFAULTS, KEYS, RESUME_FLAGS, ConfigError, choices,  # noqa: F401
+                          flag_of, validate_config)  # (ConfigError re-exported)
 
 
 # ------------------------------------------------------------------------------------ YAML presets
@@ -101,27 +100,21 @@ def build_parser(shown: Optional[Dict[str, Any]] = None, preset: Optional[str] =
                    f"with it: {', '.join(flag_of(k) for k in RESUME_FLAGS)} (others must match the run)")
     p.add_argument("--no-progress", dest="progress", action="store_false", default=None,
                    help="no progress bar or progress lines")
+    types = {"tristate": _tristate, "bool": _parse_bool, "int_list": int, "float": _finite_float, "int": int}
     for key, default in DEFAULTS.items():
         if key == "progress":
             continue
-        text = HELP.get(key, "")
+        m = KEYS[key]
+        text = m["help"]
         if key == "method":
-            text = "; ".join(f"{m.name}: {m.help}" for m in METHODS.values())
+            text = "; ".join(f"{x.name}: {x.help}" for x in METHODS.values())
         kw: Dict[str, Any] = dict(default=None, help=f"{text + '; ' if text else ''}default: {shown.get(key, default)!r}")
-        if key in CHOICES or key == "method":
+        if m["kind"] == "choice":
             kw["choices"] = choices(key)
-        if key in TRISTATE:
-            kw["type"] = _tristate
-        elif isinstance(default, bool):
-            kw["type"] = _parse_bool
-        elif isinstance(default, list):
-            kw.update(type=int, nargs="*")
-        elif isinstance(default, float):
-            kw["type"] = _finite_float
-        elif isinstance(default, int):
-            kw["type"] = int
-        elif key in ("val_size",):
-            kw["type"] = int
+        if m["kind"] in types:
+            kw["type"] = types[m["kind"]]
+        if m["kind"] == "int_list":
+            kw["nargs"] = "*"
         p.add_argument(flag_of(key), **kw)
     return p
 

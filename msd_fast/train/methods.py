@@ -21,7 +21,7 @@ from torch import nn
 
 from ..loss import MSDLoss, MSDTerms
 if TYPE_CHECKING:  # annotations only: the config imports this module's registry
-    from .train_config import TrainConfig
+    from .config_keys import TrainConfig
 
 
 class Method:

@@ -3,7 +3,7 @@ per-step cosine or multi-step schedule and an optional linear warm-up."""
 import math
 
 import torch
-from .train_config import TrainConfig
+from .config_keys import TrainConfig
 
 
 def fused_supported(params) -> bool:

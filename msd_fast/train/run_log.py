@@ -6,7 +6,7 @@ import pathlib
 import sys
 import time
 from typing import Any, Dict, List, Optional
-from .train_config import TrainConfig
+from .config_keys import TrainConfig
 
 
 def flatten_row(row: Dict[str, Any]) -> Dict[str, Any]:

@@ -7,7 +7,7 @@ import torch
 
 from ..models import channels_last_on_cpu, compile_on_cuda
 from .config import ConfigError
-from .train_config import TrainConfig
+from .config_keys import TrainConfig
 
 
 def cpu_has_native_bf16() -> bool:

@@ -12,7 +12,7 @@ from .graph import GraphedStep
 from .optim import build_optimizer, build_scheduler
 from .speed import Speed
 from .sums import accumulate
-from .train_config import TrainConfig
+from .config_keys import TrainConfig
 
 
 class TrainStep:

@@ -4,7 +4,7 @@ What is computed comes from elsewhere: the task (task.py: images, or msd_fast.lm
 the data, model, batches, evaluation, per-step schedules and checkpoint fields, the method (methods.py) builds
 the criterion, step.py runs one optimizer step, speed.py the device policy, optim.py the optimizer and schedule,
 run_dir.py the directory, run_log.py logs and results, state.py and msd_fast.checkpoint the checkpoint,
-train_config.py the frozen config. Library code raises; only cli.py turns
+config_keys.py the frozen config (each key declared once). Library code raises; only cli.py turns
 errors into exit codes. A resumed run continues with exactly the batches the uninterrupted run would have seen."""
 import pathlib
 import signal
@@ -26,7 +26,7 @@ from .speed import AMP_DTYPES, resolve_speed
 from .state import restore_training_state, training_state
 from .step import TrainStep
 from .task import make_task
-from .train_config import TrainConfig
+from .config_keys import TrainConfig
 from .sums import TrainingDiverged, check_finite, epoch_means, new_sums  # noqa: F401 (TrainingDiverged re-exported)
 
 
