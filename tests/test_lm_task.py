@@ -33,6 +33,7 @@ def test_each_method_trains_and_reports_per_exit_perplexity(tmp_path, corpus, me
     assert all(1.0 < p < 1e4 for p in ppl), ppl
     hist = [json.loads(x) for x in (t.run_dir / "metrics.jsonl").read_text().splitlines()]
     assert "train_acc" not in hist[-1] and len(hist[-1]["train_ce"]) == 3
+    assert "images_per_s" not in hist[-1] and hist[-1]["tokens_per_s"] > 0 and res["metric_title"] == "perplexity"
     if method == "plain":
         assert hist[-1]["train_ce"][:2] == [0.0, 0.0]
     ck = torch.load(t.run_dir / "last.pt", weights_only=True)

@@ -89,7 +89,8 @@ class TokenBatches:
 
 
 class LMTask(Task):
-    metric, higher_is_better, train_acc = "ppl", False, False
+    metric, metric_name, metric_title, higher_is_better, train_acc = "ppl", "perplexity", "perplexity", False, False
+    throughput_unit = "tokens"
 
     def __init__(self, cfg, device, dist, speed, amp_dtype, data=None, model=None):
         if data is not None:
@@ -112,7 +113,7 @@ class LMTask(Task):
             if windows(self.corpus.splits[split], T)[1] < 1:
                 raise DataError(f"corpus {path}: the {split} split ({split}.bin, {len(self.corpus.splits[split])} "
                                 f"tokens) holds no sequence of --seq-len {T} + 1")
-        self.train_size = n
+        self.train_size, self.units_per_sample = n, T  # the log's throughput counts tokens
         self.batches = TokenBatches(tokens, n, T, device, dist, cfg.batch_size)
         torch.manual_seed(cfg.seed)
         if model is None:

@@ -94,20 +94,20 @@ class RunLogger:
 def results_dict(*, cfg: TrainConfig, epoch: int, steps: int, history: List[Dict[str, Any]],
                  last_test: Dict[str, Any], best: Dict[str, Any], cost: Dict[str, Any], input_size,
                  wall_s: float, speed: Dict[str, Any], world_size: int, last_val=None,
-                 metric: str = "acc") -> Dict[str, Any]:
+                 metric=("acc", "accuracy", "top-1 accuracy (%)")) -> Dict[str, Any]:
     """The run's results.json: per-exit accuracy at the last and at the best-validation epoch, costs, setup.
     last_val: the validation of a stop inside an epoch (else the last epoch's); best["step"], when present,
-    is the optimizer step of a best chosen at such a stop."""
+    is the optimizer step of a best chosen at such a stop. metric: the task's (name, words, table title)."""
     import platform
 
     import torch
 
-    m, what = metric, {"acc": "accuracy", "ppl": "perplexity"}.get(metric, metric)
+    m, what, title = metric
     if last_val is None:
         last_val = history[-1][f"val_{m}"] if history else None
     return {
         "dataset": cfg.dataset, "model": cfg.model, "method": cfg.method, "epochs_run": epoch, "steps": steps,
-        "metric": m,
+        "metric": m, "metric_title": title,
         "last": {"epoch": epoch, f"val_{m}": last_val, f"test_{m}": last_test["exits"],
                  "test_ensemble": last_test["ensemble"]},
         "best_val": {"epoch": best["epoch"], "step": best.get("step"),
@@ -131,7 +131,7 @@ def format_results_table(r: Dict[str, Any]) -> str:
     m = r.get("metric", "acc")
     nan, ens = float("nan"), r["last"]["test_ensemble"]
     n = len(r["last"][f"test_{m}"])
-    title = "top-1 accuracy (%)" if m == "acc" else "perplexity" if m == "ppl" else m
+    title = r.get("metric_title", m)
     cols = ["val (last)", "test (last)"] + (["test ensemble 1..k (last)"] if ens else []) + ["val (best)", "test (best)"]
     lines = [f"Per-exit {title}, {r['dataset']} / {r['model']} / {r['method']}",
              "| exit | GFLOPs | " + " | ".join(cols) + " |", "|---" * (len(cols) + 2) + "|"]

@@ -19,11 +19,17 @@ from .batches import BatchSource
 
 
 class Task:
-    """metric: the name of the per-exit validation metric ("acc", "ppl"); higher_is_better: its direction.
-    train_acc: whether `correct` counts anything (the training log's train_acc)."""
+    """metric: the name of the per-exit validation metric ("acc", "ppl"), metric_name its words in messages,
+    metric_title its table heading; higher_is_better: its direction. train_acc: whether `correct` counts
+    anything (the training log's train_acc). throughput_unit: what the log's `<unit>_per_s` counts, and
+    units_per_sample how many of them one training sample holds."""
     metric: str = "acc"
+    metric_name: str = "accuracy"
+    metric_title: str = "top-1 accuracy (%)"
     higher_is_better: bool = True
     train_acc: bool = True
+    throughput_unit: str = "images"
+    units_per_sample: int = 1
     model: nn.Module
     batches: Any
     train_size: int

@@ -239,14 +239,14 @@ class Trainer:
         if improved:
             self._save("best.pt")
 
-    def _end_epoch(self, images_per_s: float, epoch_time: float) -> None:
+    def _end_epoch(self, samples_per_s: float, epoch_time: float) -> None:
         train = epoch_means(self.sums, self.model.num_exits, self.dist, self.task.train_acc)
         val = self._eval("val")
-        m = self.task.metric
+        m, rate = self.task.metric, f"{self.task.throughput_unit}_per_s"
         row = {
             "epoch": self.epoch + 1, "step": self.global_step, "lr": self.opt.param_groups[0]["lr"],
             "beta": float(self.beta_t), **train, f"val_{m}": val["exits"],
-            "val_ensemble": val["ensemble"], "images_per_s": images_per_s * self.dist.world_size,
+            "val_ensemble": val["ensemble"], rate: samples_per_s * self.task.units_per_sample * self.dist.world_size,
             "epoch_time_s": epoch_time,
         }
         self.history.append(row)
@@ -256,7 +256,7 @@ class Trainer:
         if self.dist.is_main:
             print(f"[msd_fast] epoch {self.epoch}/{self.cfg.epochs}  loss {row['train_loss']:.4f}  "
                   f"val {m} per exit {' / '.join(f'{a:.2f}' for a in val['exits'])}  "
-                  f"{row['images_per_s']:.0f} samples/s  {epoch_time:.1f} s", flush=True)
+                  f"{row[rate]:.0f} {self.task.throughput_unit}/s  {epoch_time:.1f} s", flush=True)
 
     def _validate_stop(self) -> None:
         """A stop inside an epoch (--max-steps): the weights as they are get validated like an epoch's end, so
@@ -288,7 +288,7 @@ class Trainer:
         results = results_dict(cfg=self.cfg, epoch=self.epoch, steps=self.global_step, history=self.history,
                                last_val=self.stop_val["exits"] if self.stop_val is not None else None,
                                last_test=self._eval("test"), best=self.best, cost=self.cost,
-                               metric=self.task.metric,
+                               metric=(self.task.metric, self.task.metric_name, self.task.metric_title),
                                input_size=self.input_size, wall_s=self.wall_before, speed=self.speed_report(),
                                world_size=self.dist.world_size)
         if self.dist.is_main:
