@@ -14,7 +14,7 @@ def run_steps(t, n: int) -> None:
     t.model.train()
     order = _ORDERS.get(id(t))
     if order is None or order[0] != t.epoch:
-        order = _ORDERS[id(t)] = (t.epoch, torch.randperm(len(t.data.train), generator=torch.Generator().manual_seed(t.epoch)),
+        order = _ORDERS[id(t)] = (t.epoch, torch.randperm(t.task.train_size, generator=torch.Generator().manual_seed(t.epoch)),
                                   torch.Generator().manual_seed(t.epoch))
     _, perm, aug_gen = order
     for _ in range(n):

@@ -58,8 +58,7 @@ class Trainer:
         if G % (world * accum):
             raise ConfigError(f"--batch-size {G} must be divisible by world size x accum steps = {world * accum}")
         self.task = task = make_task(cfg, self.device, self.dist, self.speed, self.amp_dtype, data, model)
-        self.data, self.model, self.batches, self.cost, self.input_size = (
-            getattr(task, "data", None), task.model, task.batches, task.cost, task.input_size)
+        self.model, self.batches, self.cost, self.input_size = task.model, task.batches, task.cost, task.input_size
         self.steps_per_epoch = task.train_size // G
         if self.steps_per_epoch < 1:
             raise ConfigError(f"--batch-size {G} is larger than the training set ({task.train_size} samples)")
