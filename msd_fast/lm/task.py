@@ -13,7 +13,7 @@ from torch import nn
 
 from ..data import DataError
 from ..loss import ExitCurriculum, FusedLinearMSDLoss, exit_weight_schedule
-from ..train.batches import epoch_order
+from ..train.batches import EpochOrderOnDevice, epoch_order
 from ..train.methods import FinalExitCE, MultiExitCriterion
 from ..train.task import Task
 from .corpus import CorpusError, corpus_dir, load_corpus
@@ -67,7 +67,7 @@ class TokenBatches:
         self.tokens = tokens.to(device)
         self.n_seq, self.T, self.dist, self.batch_size = n_seq, seq_len, dist, batch_size
         self.offsets = torch.arange(seq_len + 1, device=device)
-        self._perm_host, self._perm_dev = None, None
+        self.order = EpochOrderOnDevice()
 
     @property
     def on_device(self) -> bool:
@@ -77,10 +77,8 @@ class TokenBatches:
         return epoch_order(self.n_seq, seed, epoch)
 
     def draw(self, perm: torch.Tensor, step: int, aug_gen: torch.Generator):
-        if self._perm_host is not perm:  # once per epoch
-            self._perm_host, self._perm_dev = perm, perm.to(self.tokens.device)
         G, r, w = self.batch_size, self.dist.rank, self.dist.world_size
-        idx = self._perm_dev[step * G:(step + 1) * G][r::w]
+        idx = self.order.on(perm, self.tokens.device)[step * G:(step + 1) * G][r::w]
         return idx, idx.new_zeros((0, idx.shape[0]))
 
     def make(self, idx: torch.Tensor, aug: torch.Tensor):

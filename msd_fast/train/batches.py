@@ -25,6 +25,21 @@ def epoch_order(n: int, seed: int, epoch: int) -> Tuple[torch.Tensor, torch.Gene
     return perm, torch.Generator().manual_seed(seed * 7919 + epoch + 1)
 
 
+class EpochOrderOnDevice:
+    """An epoch's permutation on the batches' device, copied once per epoch (one sync at the epoch's start,
+    not per step) and kept while the epoch's permutation is the same tensor; every task's batches use it."""
+
+    def __init__(self):
+        self.host, self.device_copy = None, None
+
+    def on(self, perm: torch.Tensor, device: torch.device) -> torch.Tensor:
+        if device.type == "cpu":
+            return perm
+        if self.host is not perm:
+            self.host, self.device_copy = perm, perm.to(device)
+        return self.device_copy
+
+
 class BatchSource:
     def __init__(self, data, device: torch.device, dist: DistInfo, cfg: TrainConfig, channels_last: bool):
         self.data, self.device, self.dist, self.channels_last = data, device, dist, channels_last
@@ -37,7 +52,7 @@ class BatchSource:
         self.labels = data.train.labels.to(device)
         self.mean = torch.tensor(data.mean, dtype=torch.float32, device=device)
         self.std = torch.tensor(data.std, dtype=torch.float32, device=device)
-        self._perm_host, self._perm_dev = None, None
+        self.order = EpochOrderOnDevice()
 
     @property
     def on_device(self) -> bool:
@@ -53,12 +68,6 @@ class BatchSource:
             return t
         return t.pin_memory().to(self.device, non_blocking=True)
 
-    def _perm_on(self, perm: torch.Tensor, device: torch.device) -> torch.Tensor:
-        if device.type == "cpu":
-            return perm
-        if self._perm_host is not perm:  # once per epoch (one sync at the epoch's start, not per step)
-            self._perm_host, self._perm_dev = perm, perm.to(device)
-        return self._perm_dev
 
     def draw(self, perm: torch.Tensor, step: int, aug_gen: torch.Generator) -> Tuple[torch.Tensor, torch.Tensor]:
         """This rank's share of global batch `step` of the epoch: (idx [b], aug [3, b]) on the device holding
@@ -66,7 +75,7 @@ class BatchSource:
         G = self.batch_size
         off, flip = draw_augment_params(G, self.data.crop_padding, self.data.hflip, aug_gen)
         r, w = self.dist.rank, self.dist.world_size
-        idx = self._perm_on(perm, self.images.device)[step * G:(step + 1) * G][r::w]
+        idx = self.order.on(perm, self.images.device)[step * G:(step + 1) * G][r::w]
         aug = torch.cat([off[:, r::w], flip[r::w].view(1, -1).to(off.dtype)])
         return idx, (self._to_device(aug) if self.images.is_cuda else aug)
 
