@@ -38,8 +38,9 @@ fi
 
 # The CUDA toolkit, when present, lets setup.py build the .cu sources too (compile-and-link only here).
 if [ -z "${CUDA_HOME:-}" ] && [ -x /usr/local/cuda/bin/nvcc ]; then export CUDA_HOME=/usr/local/cuda; fi
+# The stamp lives in the venv: a new venv has no editable install yet, even where an old _C*.so is left.
 build_stamp="$(cat setup.py pyproject.toml csrc/* | sha1sum | cut -c1-40)-${CUDA_HOME:-nocuda}-${MSD_FAST_SKIP_EXT:-0}-${MSD_FAST_NO_CUDA:-0}-${MSD_FAST_MARCH:-portable}"
-if [ "$(cat "$ROOT/.build-stamp" 2>/dev/null || true)" != "$build_stamp" ] \
+if [ "$(cat "$VENV/.build-stamp" 2>/dev/null || true)" != "$build_stamp" ] \
    || { [ "${MSD_FAST_SKIP_EXT:-0}" != 1 ] && ! ls "$ROOT"/msd_fast/_C*.so >/dev/null 2>&1; }; then
   echo "[setup] building msd_fast (C++ extension${CUDA_HOME:+ with CUDA sources}; nvcc takes a few minutes)"
   start=$(date +%s)
@@ -50,7 +51,7 @@ if [ "$(cat "$ROOT/.build-stamp" 2>/dev/null || true)" != "$build_stamp" ] \
     exit 1
   fi
   echo "[setup] built in $(( $(date +%s) - start )) s"
-  echo "$build_stamp" > "$ROOT/.build-stamp"
+  echo "$build_stamp" > "$VENV/.build-stamp"
 fi
 
 if [ ! -f /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz ]; then

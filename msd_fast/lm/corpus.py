@@ -34,6 +34,16 @@ _STDLIB_SKIP = ("test", "tests", "idlelib", "lib2to3", "site-packages", "dist-pa
 DEFAULT_CORPUS = "data/python-stdlib-bpe"  # where `python -m msd_fast.lm corpus` writes and the LM task reads
 
 
+def windows(arr, seq_len: int, limit: int = 0) -> Tuple["torch.Tensor", int]:
+    """The tokens of consecutive, non-overlapping windows of seq_len + 1 (int64) and how many there are
+    (at most `limit` when > 0). torch is imported here so that building a corpus does not load it."""
+    import torch
+    n = (len(arr) - 1) // seq_len
+    if limit:
+        n = min(n, limit)
+    return torch.from_numpy(arr[:n * seq_len + 1].astype("int64")), n
+
+
 def corpus_dir(data_dir: Optional[str]) -> pathlib.Path:
     return pathlib.Path(data_dir or DEFAULT_CORPUS)
 

@@ -2,24 +2,16 @@
 curve (each token takes the first exit whose top probability reaches a threshold: perplexity, agreement with
 the last exit's prediction and the average layers used, per threshold)."""
 import math
-from typing import Any, Dict, Optional, Sequence, Tuple
+from typing import Any, Dict, Optional, Sequence
 
 import torch
 import torch.nn.functional as F
 
 from ..data import DataError
+from .corpus import windows
 
 EVAL_LOGIT_BYTES = 64 << 20  # one exit's evaluation logits per batch stay under this
 THRESHOLDS = (0.0, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99, 1.01)
-
-
-def windows(arr, seq_len: int, limit: int = 0) -> Tuple[torch.Tensor, int]:
-    """The tokens of consecutive, non-overlapping windows of seq_len + 1 (int64) and how many there are
-    (at most `limit` when > 0)."""
-    n = (len(arr) - 1) // seq_len
-    if limit:
-        n = min(n, limit)
-    return torch.from_numpy(arr[:n * seq_len + 1].astype("int64")), n
 
 
 def _batches(model, tokens, seq_len: int, batch_size: int, device, amp_dtype, limit: int = 0):

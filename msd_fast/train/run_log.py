@@ -5,7 +5,7 @@ import json
 import pathlib
 import sys
 import time
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Tuple
 from .config_keys import TrainConfig
 
 
@@ -93,8 +93,8 @@ class RunLogger:
 # ------------------------------------------------------------------------------------------ results
 def results_dict(*, cfg: TrainConfig, epoch: int, steps: int, history: List[Dict[str, Any]],
                  last_test: Dict[str, Any], best: Dict[str, Any], cost: Dict[str, Any], input_size,
-                 wall_s: float, speed: Dict[str, Any], world_size: int, last_val=None,
-                 metric=("acc", "accuracy", "top-1 accuracy (%)")) -> Dict[str, Any]:
+                 wall_s: float, speed: Dict[str, Any], world_size: int, metric: Tuple[str, str, str],
+                 last_val=None) -> Dict[str, Any]:
     """The run's results.json: per-exit accuracy at the last and at the best-validation epoch, costs, setup.
     last_val: the validation of a stop inside an epoch (else the last epoch's); best["step"], when present,
     is the optimizer step of a best chosen at such a stop. metric: the task's (name, words, table title)."""
