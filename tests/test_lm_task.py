@@ -177,3 +177,40 @@ def test_the_image_path_never_imports_transformers():
             "print(sorted(m for m in ('transformers', 'tokenizers') if m in sys.modules))")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert r.returncode == 0 and r.stdout.strip() == "[]", r.stdout + r.stderr
+
+
+def test_a_new_method_is_one_loss_spec_that_both_tasks_build(tmp_path, corpus):
+    """A method says what it trains (a LossSpec); the LM task builds the fused linear criterion from it, the
+    image task MSDLoss; a method that returns its own module is refused by the LM task in one line."""
+    from msd_fast import Trainer
+    from msd_fast.train.methods import METHODS, LossSpec, Method, MultiExitCriterion, image_criterion, register_method
+    from msd_fast.lm.task import LMCriterion
+
+    @register_method
+    class HalfBYOT(Method):
+        name, help = "test-half-byot", "one-way KD at alpha 0.5"
+
+        def build(self, cfg, num_exits):
+            return LossSpec("msd", alpha=0.5, temperature=2.0, teacher="last")
+
+    @register_method
+    class OwnModule(Method):
+        name, help = "test-own-module", "a criterion module of its own"
+
+        def build(self, cfg, num_exits):
+            return torch.nn.Identity()
+
+    try:
+        t = Trainer(_cfg(tmp_path, corpus, method="test-half-byot", max_steps=2))
+        crit = t.step.criterion
+        assert isinstance(crit, LMCriterion) and crit.loss.alpha == 0.5 and crit.loss.teacher == "last"
+        assert t.fit()["last"]["val_ppl"]
+        img = image_criterion(HalfBYOT().build(None, 3), 3)
+        assert isinstance(img, MultiExitCriterion) and img.loss.alpha == 0.5 and img.loss.temperature == 2.0
+        with pytest.raises(ValueError, match="task lm: the method returned a Identity, not a LossSpec"):
+            Trainer(_cfg(tmp_path, corpus, method="test-own-module", out_dir=str(tmp_path / "r2")))
+        assert not (tmp_path / "r2").exists() or not any((tmp_path / "r2").iterdir())
+        with pytest.raises(ValueError, match="LossSpec.kind: expected one of msd, final_ce"):
+            LossSpec("mse")
+    finally:
+        METHODS.pop("test-half-byot", None), METHODS.pop("test-own-module", None)

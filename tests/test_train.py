@@ -196,7 +196,7 @@ def test_speed_defaults_per_device_and_model(monkeypatch):
 @pytest.mark.parametrize("backend", ["reference", "cpp"])
 def test_a_zero_hint_schedule_leaves_the_features_out_with_the_same_loss_and_gradients(tmp_path, backend):
     from msd_fast.models import create_model
-    from msd_fast.train.methods import get_method
+    from msd_fast.train.methods import get_method, image_criterion
 
     torch.manual_seed(0)
     model = create_model("resnet18", num_classes=10, in_channels=1, width=0.125)
@@ -208,6 +208,7 @@ def test_a_zero_hint_schedule_leaves_the_features_out_with_the_same_loss_and_gra
     on = get_method("msd").build(TrainConfig.from_mapping(_cfg(tmp_path, "h", "--loss-backend", backend, "--beta-begin",
                                                                "0", "--beta-end", "1e-9")), model.num_exits)
     assert not off.hint and on.hint and not get_method("joint").build(cfg, model.num_exits).hint
+    off, on = image_criterion(off, model.num_exits), image_criterion(on, model.num_exits)
     grads = []
     for crit in (off, on):
         model.zero_grad()

@@ -6,57 +6,58 @@ validation perplexity.
 Targets: position t of a sequence predicts token t + 1 (inputs s[:-1], targets s[1:]), HF's own convention.
 Sequences are the corpus split cut into consecutive, non-overlapping windows; an epoch visits every training
 window once in a seeded order, like an image epoch."""
-from typing import Any, Dict, List, NamedTuple, Tuple
+from typing import Any, Dict, Tuple
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from ..data import DataError
-from ..loss import ExitCurriculum, FusedLinearMSDLoss, exit_weight_schedule
+from ..loss import ExitCurriculum, FusedLinearMSDLoss, MSDTerms, exit_weight_schedule
 from ..train.batches import EpochOrderOnDevice, epoch_order
-from ..train.methods import FinalExitCE, MultiExitCriterion
+from ..train.methods import LossSpec
 from ..train.task import Task
-from .corpus import CorpusError, corpus_dir, load_corpus
-from .evaluate import evaluate_lm, windows
+from .corpus import CorpusError, corpus_dir, load_corpus, windows
+from .evaluate import evaluate_lm
 from .exits import LMExits, exit_logits
+from .hf_loss import exit_loss_inputs
 from .load import check_resume_fits
 from .models import create_lm
 
 class LMCriterion(nn.Module):
-    """A method's MSD criterion (MultiExitCriterion: alpha, temperature, teacher, hint) on an LM's exits,
-    through the fused linear MSD loss; targets equal to -100 are ignored. exit_weights: None, or a device tensor
-    [N] that a curriculum may change in place between steps."""
+    """An "msd" LossSpec (alpha, temperature, teacher, hint) on an LM's exits, through the fused linear MSD loss;
+    targets equal to -100 are ignored. exit_weights: None, or a device tensor [N] that a curriculum may change
+    in place between steps."""
 
-    def __init__(self, crit: MultiExitCriterion, exit_weights):
+    def __init__(self, spec: LossSpec, exit_weights):
         super().__init__()
-        L = crit.loss
-        self.hint = crit.hint
-        self.loss = FusedLinearMSDLoss(alpha=L.alpha, temperature=L.temperature, teacher=L.teacher,
-                                       detach_teacher=L.detach_teacher, feature_reduction=L.feature_reduction,
+        if spec.label_smoothing:
+            raise ValueError(f"task lm: the fused linear MSD loss has no label smoothing; the method's LossSpec "
+                             f"asks for {spec.label_smoothing}")
+        self.hint = spec.hint
+        self.loss = FusedLinearMSDLoss(alpha=spec.alpha, temperature=spec.temperature, teacher=spec.teacher,
+                                       detach_teacher=spec.detach_teacher, feature_reduction=spec.feature_reduction,
                                        exit_weights=exit_weights, validate=False)  # ids checked by load_corpus
 
     def forward(self, out, target: torch.Tensor, beta: torch.Tensor):
-        dt = out.hidden[0].dtype  # under autocast the hidden states are half, the parameters float32
-        w = out.weight.to(dt) if isinstance(out.weight, torch.Tensor) else [x.to(dt) for x in out.weight]
-        b = out.bias if out.bias is None else (out.bias.to(dt) if isinstance(out.bias, torch.Tensor)
-                                               else [x.to(dt) for x in out.bias])
-        return self.loss(out.hidden, w, target, b, beta=beta if self.hint else 0.0, return_terms=True)
-
-
-class _Logits(NamedTuple):
-    logits: List[torch.Tensor]
+        hidden, w, b = exit_loss_inputs(out)
+        return self.loss(hidden, w, target, b, beta=beta if self.hint else 0.0, return_terms=True)
 
 
 class LMFinalCE(nn.Module):
-    """The final exit's cross-entropy only (method plain) on an LM: its logits [B, T, V] are formed once."""
+    """A "final_ce" LossSpec on an LM: the last exit's cross-entropy, its logits [B, T, V] formed once; the other
+    exits' terms are zeros, so logs keep one column per exit."""
 
-    def __init__(self, crit: FinalExitCE):
+    def __init__(self, spec: LossSpec, num_exits: int):
         super().__init__()
-        self.inner = crit
+        self.label_smoothing, self.num_exits = spec.label_smoothing, num_exits
 
     def forward(self, out, target, beta):
-        logits = exit_logits(out, len(out.hidden) - 1)
-        return self.inner(_Logits([logits.flatten(0, -2)]), target.flatten(), beta)
+        n = self.num_exits
+        logits = exit_logits(out, len(out.hidden) - 1)  # the model may have computed the last exit only
+        loss = F.cross_entropy(logits.flatten(0, -2).float(), target.flatten(), label_smoothing=self.label_smoothing)
+        ce = torch.cat([loss.new_zeros(n - 1), loss.detach().view(1)])
+        return loss, MSDTerms(ce, loss.new_zeros(n), loss.new_zeros(n - 1))
 
 
 class TokenBatches:
@@ -139,13 +140,11 @@ class LMTask(Task):
         self.input_size = (T,)
         self.cost = lm_cost(self.model, T)
 
-    def criterion(self, criterion):
-        if isinstance(criterion, MultiExitCriterion):
-            return LMCriterion(criterion, self.exit_weights_t)
-        if isinstance(criterion, FinalExitCE):
-            return LMFinalCE(criterion)
-        raise ValueError(f"task lm: the method's criterion {type(criterion).__name__} has no language-model form "
-                         f"(MSD-loss methods and plain have one)")
+    def criterion(self, spec):
+        if not isinstance(spec, LossSpec):
+            raise ValueError(f"task lm: the method returned a {type(spec).__name__}, not a LossSpec; the LM task "
+                             f"forms no logits for a criterion module to read (methods.py: LossSpec)")
+        return LMCriterion(spec, self.exit_weights_t) if spec.kind == "msd" else LMFinalCE(spec, self.model.num_exits)
 
     def before_step(self, step: int, progress: float) -> None:
         at = self.curriculum.at(step, progress)

@@ -1,28 +1,55 @@
-"""Training methods as objects: each builds its criterion from the config, so the trainer never branches on
-a method's name and a new method needs no change to the trainer.
+"""Training methods as objects: each says what it trains as a LossSpec, and the task builds the criterion
+from it once (an image task through MSDLoss, the LM task through the fused linear MSD loss), so the trainer
+never branches on a method's name and a new method needs no change to the trainer or a task.
 
 A criterion is an nn.Module called as `criterion(out, target, beta) -> (loss, MSDTerms)` where `out` is the
-model's MultiExitOutput; `beta` is the scheduled hint weight (a device scalar tensor). MSDTerms hold the
-per-exit terms (ce [N], kd [N], feat [N-1]) for logging, detached or not.
+model's output; `beta` is the scheduled hint weight (a device scalar tensor). MSDTerms hold the per-exit terms
+(ce [N], kd [N], feat [N-1]) for logging, detached or not.
 
-    from msd_fast.train.methods import Method, register_method
+    from msd_fast.train.methods import LossSpec, Method, register_method
 
     @register_method
     class MyMethod(Method):
         name = "mine"
         def build(self, cfg, num_exits):       # cfg: the run's frozen TrainConfig (cfg.alpha, ...)
-            return MyCriterion(...)
+            return LossSpec("msd", alpha=cfg.alpha, teacher="last", ...)
+
+A method may also return its own criterion module: image tasks use it as it is; the LM task, which forms no
+logits, refuses it in one line.
 """
-from typing import TYPE_CHECKING, Dict, Type
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Dict, Type, Union
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..loss import MSDLoss, MSDTerms
+from ..loss import MSDLoss, MSDTerms, defaults
 if TYPE_CHECKING:  # annotations only: the config imports this module's registry
     from .config_keys import TrainConfig
 
+LOSS_KINDS = ("msd", "final_ce")
+
+
+@dataclass(frozen=True)
+class LossSpec:
+    """What a method trains, independent of the task. kind "msd": MSDLoss's maths (label CE + alpha x KD at
+    temperature, teacher "all" or "last", plus the hint when `hint`); kind "final_ce": the final exit's
+    cross-entropy alone (the other exits get no gradient). backend: MSDLoss's backend (image tasks; the LM task
+    always uses the fused linear loss)."""
+    kind: str
+    alpha: float = defaults.ALPHA
+    temperature: float = defaults.TEMPERATURE
+    teacher: str = "all"
+    detach_teacher: bool = True
+    feature_reduction: str = defaults.FEATURE_REDUCTION
+    label_smoothing: float = 0.0
+    hint: bool = False
+    backend: str = "auto"
+
+    def __post_init__(self):
+        if self.kind not in LOSS_KINDS:
+            raise ValueError(f"LossSpec.kind: expected one of {', '.join(LOSS_KINDS)}, got {self.kind!r}")
 
 class Method:
     """A training method. Subclasses set `name` (the `--method` value) and implement `build`.
@@ -39,12 +66,12 @@ class Method:
     unused_keys: tuple = ()
     help: str = ""
 
-    def build(self, cfg: "TrainConfig", num_exits: int) -> nn.Module:
+    def build(self, cfg: "TrainConfig", num_exits: int) -> Union[LossSpec, nn.Module]:
         raise NotImplementedError
 
 
 class MultiExitCriterion(nn.Module):
-    """Wraps MSDLoss for the trainer: (out, target, beta) -> (loss, MSDTerms); no host sync.
+    """An image task's criterion of an "msd" LossSpec: (out, target, beta) -> (loss, MSDTerms); no host sync.
 
     hint=False: the beta schedule is zero for the whole run, so the features are not handed to the loss at
     all (the hint term is 0 * FEAT; its gradient is exactly zero for finite features): the fused loss then
@@ -90,13 +117,26 @@ def get_method(name: str) -> Method:
     return METHODS[name]
 
 
-def _msd_loss(cfg: "TrainConfig", uses_hint: bool, **kw) -> MultiExitCriterion:
-    """The MSD loss of a method; uses_hint is the method's flag (the one that sets its beta schedule)."""
+def image_criterion(spec: Union[LossSpec, nn.Module], num_exits: int) -> nn.Module:
+    """The criterion of a method's spec on a model with MultiExitOutput (logits [N] x [B, C], features); a
+    method's own module is used as it is."""
+    if isinstance(spec, nn.Module):
+        return spec
+    if spec.kind == "final_ce":
+        return FinalExitCE(num_exits, spec.label_smoothing)
+    return MultiExitCriterion(MSDLoss(alpha=spec.alpha, temperature=spec.temperature, teacher=spec.teacher,
+                                      detach_teacher=spec.detach_teacher, feature_reduction=spec.feature_reduction,
+                                      label_smoothing=spec.label_smoothing, backend=spec.backend, validate=False),
+                              hint=spec.hint)
+
+
+def _msd_spec(cfg: "TrainConfig", uses_hint: bool, **kw) -> LossSpec:
+    """The MSD loss of a method; uses_hint is the method's flag (the one that sets its beta schedule). The hint
+    is left out when the schedule is 0 throughout (MultiExitCriterion says why that is exact)."""
     kw.setdefault("alpha", cfg.alpha)
-    hint = uses_hint and (cfg.beta_begin != 0.0 or cfg.beta_end != 0.0)  # the schedule is not 0 throughout
-    return MultiExitCriterion(MSDLoss(temperature=cfg.temperature, backend=cfg.loss_backend, validate=False,
-                                      feature_reduction=cfg.feature_reduction, label_smoothing=cfg.label_smoothing,
-                                      **kw), hint=hint)
+    return LossSpec("msd", temperature=cfg.temperature, feature_reduction=cfg.feature_reduction,
+                    label_smoothing=cfg.label_smoothing, backend=cfg.loss_backend,
+                    hint=uses_hint and (cfg.beta_begin != 0.0 or cfg.beta_end != 0.0), **kw)
 
 
 @register_method
@@ -104,7 +144,7 @@ class MSD(Method):
     name, help = "msd", "all-pairs KD: every exit learns from every other exit, plus the feature hint"
 
     def build(self, cfg, num_exits):
-        return _msd_loss(cfg, self.uses_hint, teacher="all")
+        return _msd_spec(cfg, self.uses_hint, teacher="all")
 
 
 @register_method
@@ -112,7 +152,7 @@ class BYOT(Method):
     name, help = "byot", "one-way KD from the deepest exit (Be Your Own Teacher), plus the feature hint"
 
     def build(self, cfg, num_exits):
-        return _msd_loss(cfg, self.uses_hint, teacher="last")
+        return _msd_spec(cfg, self.uses_hint, teacher="last")
 
 
 @register_method
@@ -121,7 +161,7 @@ class Joint(Method):
     unused_keys = ("alpha", "temperature", "beta_begin", "beta_end", "feature_reduction")
 
     def build(self, cfg, num_exits):
-        return _msd_loss(cfg, self.uses_hint, alpha=0.0, teacher="all")
+        return _msd_spec(cfg, self.uses_hint, alpha=0.0, teacher="all")
 
 
 @register_method
@@ -130,4 +170,4 @@ class Plain(Method):
     unused_keys = Joint.unused_keys
 
     def build(self, cfg, num_exits):
-        return FinalExitCE(num_exits, cfg.label_smoothing)
+        return LossSpec("final_ce", label_smoothing=cfg.label_smoothing)

@@ -16,6 +16,7 @@ from ..evaluate.predict import evaluate_split
 from ..models import check_exit_outputs, check_multi_exit, create_model
 from ..models.preprocess import Preprocess
 from .batches import BatchSource
+from .methods import image_criterion
 
 
 class Task:
@@ -36,9 +37,9 @@ class Task:
     cost: Dict[str, Any]
     input_size: tuple
 
-    def criterion(self, criterion: nn.Module) -> nn.Module:
-        """The method's criterion (methods.py), adapted to this task's model output."""
-        return criterion
+    def criterion(self, spec) -> nn.Module:
+        """The criterion of a method's LossSpec (or its own module) on this task's model output (methods.py)."""
+        raise NotImplementedError
 
     def before_step(self, step: int, progress: float) -> None:
         """Called before optimizer step `step` (0-based, global) at `progress` (fraction of the planned epochs):
@@ -87,6 +88,9 @@ class ImageTask(Task):
         probe = self.data.train.images[:3].to(device)
         check_exit_outputs(self.model, normalize(probe, self.data.mean, self.data.std).contiguous(memory_format=mf),
                            self.data.num_classes)
+
+    def criterion(self, spec) -> nn.Module:
+        return image_criterion(spec, self.model.num_exits)
 
     def correct(self, out, y):
         return (torch.stack(out.logits).argmax(-1) == y).sum(1).float()  # [computed exits], one op for all
