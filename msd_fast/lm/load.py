@@ -18,15 +18,14 @@ from typing import Any, Dict, Tuple
 import torch
 
 from ..checkpoint import CheckpointError, load_checkpoint
-from ..files import (check_finite, check_schema, check_sha256, check_shapes, is_sha256, read_format_file,
-                     read_json_object, shapes_of)
+from ..files import check_finite, check_schema, check_sha256, check_shapes, is_sha256, read_format_file, shapes_of
+from .hf_folder import load_exit_heads, load_hf_causal_lm
 from .names import LM_HEADS, LM_MODELS, MAX_SEQ_LEN, MAX_VOCAB
 
 LM_RECORD = {"seq_len": int, "exit_layers": list, "heads": str}  # a checkpoint's "lm" and an export's exits.json
 EXPORT_FORMAT, EXPORT_VERSION = "msd_fast-lm-export", 2  # 2: exits.json records the corpus trained on
 EXPORT_KEYS = {"format": str, "format_version": int, "model": str, "exit_layers": list, "heads": str, "seq_len": int,
                "method": (str, type(None)), "epoch": int, "trained_on": dict, "sha256": dict}
-MODEL_TYPES = ("llama", "qwen2", "gpt2")  # config.json model_type values an export may have (family.py's families)
 
 
 def check_lm_record(rec: Dict[str, Any], where: str, error=CheckpointError) -> None:
@@ -119,17 +118,6 @@ def check_resume_fits(shell, path) -> None:
                  CheckpointError)
 
 
-def _header(path: pathlib.Path) -> Dict[str, tuple]:
-    """name -> shape of a safetensors file, from its header only."""
-    from safetensors import safe_open
-
-    try:
-        with safe_open(str(path), framework="pt") as f:
-            return {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
-    except Exception as e:  # noqa: BLE001 - SafetensorError and the parser's others: one line naming the file
-        raise ValueError(f"{path}: not a readable safetensors file ({type(e).__name__}: {str(e)[:160]})") from None
-
-
 def _read_meta(d: pathlib.Path) -> Dict[str, Any]:
     where = d / "exits.json"
     meta = read_format_file(where, "msd_fast LM export's exits.json", EXPORT_FORMAT, EXPORT_VERSION,
@@ -152,70 +140,20 @@ def _read_meta(d: pathlib.Path) -> Dict[str, Any]:
     return meta
 
 
-def _build_export_model(d: pathlib.Path, vocab_size: int):
-    """The causal LM of hf/config.json with the weights of hf/model.safetensors, checked (module docstring)."""
-    from safetensors.torch import load_file
-
-    from .hf import transformers
-
-    tf = transformers()
-    where = d / "hf" / "config.json"
-    cfg = read_json_object(where, "Hugging Face config.json")
-    if "auto_map" in cfg:
-        raise ValueError(f"{where}: has an auto_map (code shipped with the model); msd_fast never runs a model "
-                         f"folder's code: exports hold one of the supported families ({', '.join(MODEL_TYPES)})")
-    if cfg.get("model_type") not in MODEL_TYPES:
-        raise ValueError(f"{where}: model_type {cfg.get('model_type')!r:.40} is not one of {', '.join(MODEL_TYPES)}")
-    if cfg.get("vocab_size") != vocab_size:
-        raise ValueError(f"{where}: vocab_size {cfg.get('vocab_size')!r:.40}, but exits.json's corpus has {vocab_size}")
-    try:
-        config = tf.CONFIG_MAPPING[cfg["model_type"]].from_dict(cfg)
-        with torch.device("meta"):
-            shell = tf.AutoModelForCausalLM.from_config(config, trust_remote_code=False)
-    except (ValueError, TypeError, KeyError, AttributeError, OverflowError) as e:
-        raise ValueError(f"{where}: not a usable {cfg['model_type']} config ({type(e).__name__}: {str(e)[:160]})") \
-            from None
-    weights = d / "hf" / "model.safetensors"
-    names = {}  # parameter object -> the names it goes by (a tied head and embedding: two names, one tensor)
-    for name, param in shell.named_parameters(remove_duplicate=False):
-        names.setdefault(id(param), []).append(name)
-    tied = frozenset(n for group in names.values() if len(group) > 1 for n in group)
-    have = _header(weights)
-    want = {k: tuple(v.shape) for k, v in shell.state_dict().items()}
-    check_shapes(want, have, str(weights), f"the model of {where.name}", may_miss=tied)
-    for group in names.values():
-        if len(group) > 1 and not set(group) & set(have):
-            raise ValueError(f"{weights}: its weights do not fit the model of {where.name}: missing {group[0]!r}")
-    state = load_file(str(weights))
-    check_finite(state, str(weights))
-    lm = tf.AutoModelForCausalLM.from_config(config, trust_remote_code=False)
-    lm.load_state_dict(state, strict=False)  # the names were checked above; a tied weight arrives once
-    return lm
-
-
 def load_lm_export(out_dir, device: str = "cpu") -> Tuple[Any, Dict[str, Any]]:
     """(LMExits in eval mode, its record as load.load_lm gives it) of an export_lm folder; ValueError naming
     the file for a changed, incomplete or unsafe export."""
-    from safetensors.torch import load_file
-
     from .exits import LMExits
 
     d = pathlib.Path(out_dir)
     meta = _read_meta(d)
-    lm = _build_export_model(d, meta["trained_on"]["vocab_size"])
+    lm = load_hf_causal_lm(d / "hf", meta["trained_on"]["vocab_size"])
     try:
         model = LMExits(lm, meta["exit_layers"], meta["heads"])
     except ValueError as e:
         raise ValueError(f"{d / 'exits.json'}: {e}") from None
     if meta["heads"] == "per_exit":
-        f = d / "exit_heads.safetensors"
-        want = {f"exit_{n}": tuple(p.shape) for n, p in enumerate(model.exit_heads)}
-        check_shapes(want, _header(f), str(f), f"the {len(want)} per-exit heads of {model.vocab_size} x "
-                                               f"{model.head(-1)[0].shape[1]}")
-        heads = load_file(str(f))
-        check_finite(heads, str(f))
-        for n, p in enumerate(model.exit_heads):
-            p.data.copy_(heads[f"exit_{n}"])
+        load_exit_heads(model, d / "exit_heads.safetensors")
     rec = {"lm": {k: meta[k] for k in ("seq_len", "exit_layers", "heads")}, "config": {},
            "trained_on": meta["trained_on"], "model_name": meta["model"], "epoch": meta["epoch"]}
     return model.to(device).eval(), rec
