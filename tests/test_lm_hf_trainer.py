@@ -134,6 +134,31 @@ def test_hf_trainer_trains_it_unchanged_with_accumulation_and_padding(tmp_path):
     assert logged[1] < logged[0]  # the second step, after one update, on the same 4 rows
 
 
+def test_hf_trainer_trains_a_lora_adapter_on_the_trunk(tmp_path):
+    """PEFT's LoRA injected into the attached model's trunk: the Trainer moves the adapters only, and the loss
+    falls; the exits' loss reaches the adapters through the fused linear loss's hidden-state gradients."""
+    tf = need_transformers()
+    pytest.importorskip("accelerate", reason="transformers.Trainer needs accelerate (pip install accelerate)")
+    peft = pytest.importorskip("peft", reason="the LoRA test needs PEFT (pip install peft)")
+    m = _model()
+    peft.inject_adapter_in_model(peft.LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"],
+                                                 lora_dropout=0.0), m.lm)
+    trainable = {n for n, p in m.named_parameters() if p.requires_grad}
+    assert trainable and all("lora_" in n for n in trainable)
+    before = {n: p.detach().clone() for n, p in m.named_parameters()}
+    x, mask, labels = _padded_batch()
+    rows = [{"input_ids": x[i], "attention_mask": mask[i], "labels": labels[i]} for i in range(4)]
+    args = tf.TrainingArguments(output_dir=str(tmp_path / "hf"), per_device_train_batch_size=4, max_steps=4,
+                                learning_rate=1e-2, logging_steps=1, report_to="none", save_strategy="no",
+                                use_cpu=True, disable_tqdm=True, dataloader_num_workers=0, seed=0)
+    trainer = tf.Trainer(model=m, args=args, train_dataset=rows)
+    trainer.train()
+    logged = [h["loss"] for h in trainer.state.log_history if "loss" in h]
+    assert logged[-1] < logged[0]
+    moved = {n for n, p in m.named_parameters() if not torch.equal(p.detach(), before[n])}
+    assert moved and moved <= trainable
+
+
 def _saved(tmp_path, heads="per_exit"):
     from msd_fast.lm import attach_lm_exits
     from msd_fast.lm.models import create_lm

@@ -2,6 +2,7 @@
 lm_stdlib_cpu trains).
 
     python -m msd_fast.lm corpus [--out data/python-stdlib-bpe] [--source python-stdlib|DIR] [--vocab-size 8192]
+    python -m msd_fast.lm corpus --tokenizer MODEL_DIR --source DIR|FILE.jsonl --out DIR   # your data (text_data.py)
     python -m msd_fast.lm evaluate RUN [--split test] [--max-sequences K] [--json FILE]
     python -m msd_fast.lm decode RUN [--prompt TEXT | --prompts K] [--new-tokens 48] [--rounds 3] [--thresholds ...]
                                      [--check-exits K ...] [--draft-tokens K ...] [--draft-exit N] [--json FILE]
@@ -27,6 +28,7 @@ from ..devices import parse_device
 from ..files import check_writable
 from ..interrupt import EXIT_INTERRUPTED, command_started
 from .corpus import DEFAULT_CORPUS, CorpusError, build_corpus, check_same_corpus, corpus_dir, load_corpus
+from .text_data import build_text_corpus
 from .evaluate import THRESHOLDS, evaluate_lm
 from .load import load_lm
 
@@ -39,11 +41,17 @@ def _corpus_of(rec, data_dir, what: str):
 
 
 def cmd_corpus(a) -> dict:
-    meta = build_corpus(a.out, a.source, a.vocab_size, a.pattern)
+    if a.tokenizer is not None:
+        if a.vocab_size is not None:
+            raise ValueError(f"--vocab-size {a.vocab_size}: the vocabulary is --tokenizer's; pass one of the two")
+        meta = build_text_corpus(a.out, a.source, a.tokenizer, a.pattern)
+    else:
+        meta = build_corpus(a.out, a.source, a.vocab_size or 8192, a.pattern)
     s = meta["splits"]
+    unit = "rows" if "rows" in s["train"] else "files"
     print(f"[msd_fast.lm] corpus {a.out}: vocabulary {meta['vocab_size']}, tokens train {s['train']['tokens']:,} "
-          f"/ val {s['val']['tokens']:,} / test {s['test']['tokens']:,} (files {s['train']['files']} / "
-          f"{s['val']['files']} / {s['test']['files']})")
+          f"/ val {s['val']['tokens']:,} / test {s['test']['tokens']:,} "
+          f"({unit} {' / '.join(str(s[x][unit]) for x in s)})")
     return meta
 
 
@@ -52,6 +60,7 @@ def cmd_evaluate(a) -> dict:
     corpus = _corpus_of(rec, a.data_dir, a.run)
     T = rec["lm"]["seq_len"]
     res = evaluate_lm(model, corpus.splits[a.split], T, 64, torch.device(a.device), limit=a.max_sequences,
+                      mask=corpus.mask(a.split),
                       thresholds=a.thresholds)
     print(f"per-exit perplexity on {a.split} ({res['tokens']:,} tokens), exits after layers "
           f"{[j + 1 for j in model.exit_layers]}: " + " / ".join(f"{p:.2f}" for p in res["exits"]))
@@ -140,11 +149,14 @@ def check_args(a) -> None:
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m msd_fast.lm", description=__doc__.split("\n\n")[0])
     sub = p.add_subparsers(dest="cmd", required=True)
-    c = sub.add_parser("corpus", help="tokenise a source with a BPE trained here; cache it as memmaps")
+    c = sub.add_parser("corpus", help="tokenise a source (a BPE trained here, or --tokenizer's); cache it as memmaps")
     c.add_argument("--out", default=DEFAULT_CORPUS)
-    c.add_argument("--source", default="python-stdlib", help="python-stdlib or a directory of text files")
+    c.add_argument("--source", default="python-stdlib", help="python-stdlib, a directory of text files, or a .jsonl "
+                   "file of {\"text\"} or {\"prompt\", \"completion\"} rows (with --tokenizer)")
     c.add_argument("--pattern", default=None, help="files of a source directory to read (default *.py)")
-    c.add_argument("--vocab-size", type=int, default=8192)
+    c.add_argument("--vocab-size", type=int, default=None, help="the BPE trained here (default 8192)")
+    c.add_argument("--tokenizer", default=None, help="a Hugging Face model folder: tokenise with its tokenizer.json "
+                   "instead of training a BPE (text_data.py)")
     for name, h in (("evaluate", "per-exit perplexity and the early-exit curve"),
                     ("decode", "early-exit greedy decoding against full depth")):
         e = sub.add_parser(name, help=h)

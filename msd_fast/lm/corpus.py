@@ -9,7 +9,9 @@ the BPE is trained on the train files only.
 
 A corpus directory holds tokenizer.json, {train,val,test}.bin (uint16 or uint32 token ids, the files joined
 with an end-of-text token) and meta.json (vocabulary size, dtype, token counts, the source, each .bin's
-sha256, and tokenizer.json's). Reading it runs no code: JSON and raw integers, checked against meta.json,
+sha256, and tokenizer.json's). A corpus of your own data (text_data.py: your model's tokenizer, text or JSON
+Lines) may also hold {split}.mask.bin (uint8, 1 where a token is a target: prompt tokens are not).
+Reading it runs no code: JSON and raw integers, checked against meta.json,
 hashes included, before training or evaluation reads a token.
 """
 import hashlib
@@ -26,8 +28,8 @@ from .names import MAX_VOCAB
 
 SPLITS = ("train", "val", "test")
 EOT = "<|endoftext|>"
-META_VERSION = 2  # 2: meta.json records tokenizer.json's SHA-256
-READ_VERSIONS = (1, 2)
+META_VERSION = 3  # 2: meta.json records tokenizer.json's SHA-256; 3: optional loss masks (text_data.py)
+READ_VERSIONS = (1, 2, 3)
 _STDLIB_SKIP = ("test", "tests", "idlelib", "lib2to3", "site-packages", "dist-packages", "__pycache__", "turtledemo")
 
 
@@ -42,6 +44,11 @@ def windows(arr, seq_len: int, limit: int = 0) -> Tuple["torch.Tensor", int]:
     if limit:
         n = min(n, limit)
     return torch.from_numpy(arr[:n * seq_len + 1].astype("int64")), n
+
+
+def masked_targets(y: "torch.Tensor", keep: Optional["torch.Tensor"]) -> "torch.Tensor":
+    """Targets y with -100 (HF's ignore index) where `keep` (the loss mask of y's tokens) is 0."""
+    return y if keep is None else y.masked_fill(keep == 0, -100)
 
 
 def corpus_dir(data_dir: Optional[str]) -> pathlib.Path:
@@ -145,6 +152,11 @@ class TokenCorpus:
     eot_id: int
     splits: Dict[str, np.ndarray]
     meta: Dict
+    masks: Optional[Dict[str, np.ndarray]] = None  # per split, uint8: 1 where the token is a target
+
+    def mask(self, split: str):
+        """The split's loss mask (None: every token is a target)."""
+        return None if self.masks is None else self.masks[split]
 
     @property
     def train_sha256(self) -> str:
@@ -230,4 +242,19 @@ def load_corpus(path, verify: bool = True) -> TokenCorpus:
         arr = np.memmap(f, dtype=dtype, mode="r", shape=(n,))
         _need(int(arr.max()) < V, p, f"{f.name} holds token id {int(arr.max())} >= vocab_size {V}")
         splits[s] = arr
-    return TokenCorpus(p, V, eot, splits, meta)
+    return TokenCorpus(p, V, eot, splits, meta, _read_masks(p, meta, verify) if meta.get("loss_mask") else None)
+
+
+def _read_masks(p: pathlib.Path, meta: Dict, verify: bool) -> Dict[str, np.ndarray]:
+    masks = {}
+    for s in SPLITS:
+        f, n = p / f"{s}.mask.bin", meta["splits"][s]["tokens"]
+        _need(f.is_file() and f.stat().st_size == n, p, f"{f.name} should hold {n} uint8 loss-mask values, found "
+                                                        f"{f.stat().st_size if f.is_file() else 'no file'} bytes")
+        if verify:
+            check_sha256(f, meta["splits"][s].get("mask_sha256"), f"meta.json's splits.{s}.mask_sha256", CorpusError)
+        m = np.memmap(f, dtype=np.uint8, mode="r", shape=(n,))
+        _need(int(m.max()) <= 1, p, f"{f.name} holds {int(m.max())}; a loss mask holds 0 and 1 only")
+        _need(bool(m.any()), p, f"{f.name} marks no token as a target")
+        masks[s] = m
+    return masks

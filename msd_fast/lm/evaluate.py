@@ -8,32 +8,35 @@ import torch
 import torch.nn.functional as F
 
 from ..data import DataError
-from .corpus import windows
+from .corpus import masked_targets, windows
 
 EVAL_LOGIT_BYTES = 64 << 20  # one exit's evaluation logits per batch stay under this
 THRESHOLDS = (0.0, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99, 1.01)
 
 
-def _batches(model, tokens, seq_len: int, batch_size: int, device, amp_dtype, limit: int = 0):
-    """(exit outputs, targets) per batch of windows, in eval mode, without gradients."""
+def _batches(model, tokens, seq_len: int, batch_size: int, device, amp_dtype, limit: int = 0, mask=None):
+    """(exit outputs, targets: -100 where the loss mask is 0) per batch of windows, in eval mode, no gradients."""
     toks, n = windows(tokens, seq_len, limit)
+    keep = None if mask is None else windows(mask, seq_len, limit)[0]
     if n < 1:
         raise DataError(f"a split of {len(tokens)} tokens holds no sequence of {seq_len} + 1")
     b = max(1, min(batch_size, EVAL_LOGIT_BYTES // (seq_len * model.vocab_size * 4)))
     offs = torch.arange(seq_len + 1)
     for i in range(0, n, b):
-        seq = toks[torch.arange(i, min(n, i + b))[:, None] * seq_len + offs].to(device)
+        at = torch.arange(i, min(n, i + b))[:, None] * seq_len + offs
+        seq = toks[at].to(device)
         with torch.autocast(device.type, dtype=amp_dtype or torch.bfloat16, enabled=amp_dtype is not None):
             out = model(seq[:, :-1])
-        yield out, seq[:, 1:]
+        yield out, masked_targets(seq[:, 1:], None if keep is None else keep[at][:, 1:].to(device))
 
 
 @torch.no_grad()
 def evaluate_lm(model, tokens, seq_len: int, batch_size: int, device, amp_dtype=None, limit: int = 0,
-                thresholds: Optional[Sequence[float]] = None) -> Dict[str, Any]:
+                thresholds: Optional[Sequence[float]] = None, mask=None) -> Dict[str, Any]:
     """Per-exit perplexity (exp of the mean next-token CE), CE and top-1 accuracy (%) over a split cut into
     windows of seq_len + 1 (the first `limit` when > 0): {"exits": ppl, "ce", "acc", "tokens", "ensemble":
-    None}; with thresholds, also "curve": the early-exit curve (early_exit_curve)."""
+    None}; with thresholds, also "curve": the early-exit curve (early_exit_curve). mask: the split's loss
+    mask (TokenCorpus.mask): only tokens it marks are scored and counted."""
     N = model.num_exits
     ce = torch.zeros(N, dtype=torch.float64, device=device)
     hit = torch.zeros(N, dtype=torch.float64, device=device)
@@ -43,12 +46,14 @@ def evaluate_lm(model, tokens, seq_len: int, batch_size: int, device, amp_dtype=
     count = 0
     for out, y in _batches(model, tokens, seq_len, batch_size, device, amp_dtype, limit):
         c, l, p = [], [], []
+        keep = y.flatten() != -100
+        yk = y.flatten()[keep]
         for k in range(N):
-            z = model.logits(out, k).float().flatten(0, 1)
-            nl = F.cross_entropy(z, y.flatten(), reduction="none")
+            z = model.logits(out, k).float().flatten(0, 1)[keep]
+            nl = F.cross_entropy(z, yk, reduction="none")
             ce[k] += nl.sum().double()
             top = z.argmax(-1)
-            hit[k] += (top == y.flatten()).sum()
+            hit[k] += (top == yk).sum()
             if thresholds is not None:
                 c.append(z.softmax(-1).amax(-1))
                 l.append(nl)
@@ -57,8 +62,10 @@ def evaluate_lm(model, tokens, seq_len: int, batch_size: int, device, amp_dtype=
             conf.append(torch.stack(c, 1))
             nll.append(torch.stack(l, 1))
             pred.append(torch.stack(p, 1))
-        count += y.numel()
+        count += yk.numel()
     model.train(was)
+    if not count:
+        raise DataError("the windows evaluated hold no target token (the split's loss mask marks none in them)")
     ces = (ce / count).tolist()
     res = {"exits": [math.exp(c) for c in ces], "ce": ces, "acc": (hit * 100.0 / count).tolist(),
            "tokens": count, "ensemble": None}

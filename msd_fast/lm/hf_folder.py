@@ -52,32 +52,49 @@ def weight_files(folder: pathlib.Path):
                      f"pytorch_model.bin is a pickle, which could run code, and is never read)")
 
 
-def load_hf_causal_lm(folder, vocab_size: Optional[int] = None):
-    """The causal LM of folder/config.json with its safetensors weights, checked (module docstring);
-    vocab_size: the vocabulary the caller's record expects (None: any)."""
-    from safetensors.torch import load_file
-
+def causal_lm_config(cfg: Dict, where):
+    """The transformers config of a config.json's dict, checked: no `auto_map`, a supported `model_type`, and a
+    model transformers' own classes can build from it (tried on the meta device: nothing allocated)."""
     from .hf import transformers
 
     tf = transformers()
-    folder = pathlib.Path(folder)
-    where = folder / "config.json"
-    cfg = read_json_object(where, "Hugging Face config.json")
     if "auto_map" in cfg:
         raise ValueError(f"{where}: has an auto_map (code shipped with the model); msd_fast never runs a model "
                          f"folder's code: it reads the supported families only ({', '.join(MODEL_TYPES)})")
     if cfg.get("model_type") not in MODEL_TYPES:
         raise ValueError(f"{where}: model_type {cfg.get('model_type')!r:.40} is not one of {', '.join(MODEL_TYPES)}")
-    if vocab_size is not None and cfg.get("vocab_size") != vocab_size:
-        raise ValueError(f"{where}: vocab_size {cfg.get('vocab_size')!r:.40}, but the record beside it says "
-                         f"{vocab_size}")
     try:
         config = tf.CONFIG_MAPPING[cfg["model_type"]].from_dict(cfg)
         with torch.device("meta"):
-            shell = tf.AutoModelForCausalLM.from_config(config, trust_remote_code=False)
+            tf.AutoModelForCausalLM.from_config(config, trust_remote_code=False)
     except (ValueError, TypeError, KeyError, AttributeError, OverflowError) as e:
         raise ValueError(f"{where}: not a usable {cfg['model_type']} config ({type(e).__name__}: {str(e)[:160]})") \
             from None
+    return config
+
+
+def causal_lm_of(config):
+    """A causal LM of a checked config (causal_lm_config), randomly initialised; on the meta device when built
+    under `torch.device("meta")`."""
+    from .hf import transformers
+
+    return transformers().AutoModelForCausalLM.from_config(config, trust_remote_code=False)
+
+
+def load_hf_causal_lm(folder, vocab_size: Optional[int] = None):
+    """The causal LM of folder/config.json with its safetensors weights, checked (module docstring);
+    vocab_size: the vocabulary the caller's record expects (None: any)."""
+    from safetensors.torch import load_file
+
+    folder = pathlib.Path(folder)
+    where = folder / "config.json"
+    cfg = read_json_object(where, "Hugging Face config.json")
+    config = causal_lm_config(cfg, where)
+    if vocab_size is not None and cfg.get("vocab_size") != vocab_size:
+        raise ValueError(f"{where}: vocab_size {cfg.get('vocab_size')!r:.40}, but the record beside it says "
+                         f"{vocab_size}")
+    with torch.device("meta"):
+        shell = causal_lm_of(config)
     files = weight_files(folder)
     names = {}  # parameter object -> the names it goes by (a tied head and embedding: two names, one tensor)
     for name, param in shell.named_parameters(remove_duplicate=False):
@@ -92,7 +109,7 @@ def load_hf_causal_lm(folder, vocab_size: Optional[int] = None):
     for group in names.values():
         if len(group) > 1 and not set(group) & set(have):
             raise ValueError(f"{weights}: its weights do not fit the model of {where.name}: missing {group[0]!r}")
-    lm = tf.AutoModelForCausalLM.from_config(config, trust_remote_code=False)
+    lm = causal_lm_of(config)
     for f in files:
         state = load_file(str(f))
         check_finite(state, str(f))

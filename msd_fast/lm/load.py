@@ -49,27 +49,33 @@ def check_vocab_size(V: Any, where: str, error=CheckpointError) -> None:
 def checkpoint_model(ckpt: Dict[str, Any], where: str):
     """The LMExits a checkpoint's fields describe, checked against its weights on the meta device first;
     CheckpointError naming `where` for anything that does not fit."""
-    from .models import create_lm
+    from .models import create_lm, lm_of_config
 
     name, V, width, lm = ckpt["model_name"], ckpt["num_classes"], ckpt["width"], ckpt.get("lm")
-    if name not in LM_MODELS:
-        raise CheckpointError(f"{where}: model {name!r:.40} is not one of {', '.join(LM_MODELS)}")
+    if not isinstance(lm, dict):
+        raise CheckpointError(f"{where}: is not a language-model checkpoint (it has no 'lm' record)")
+    hf_config = lm.get("hf_config")  # a run from a Hugging Face model folder records the folder's config
+    if name not in LM_MODELS and not isinstance(hf_config, dict):
+        raise CheckpointError(f"{where}: model {name!r:.40} is not one of {', '.join(LM_MODELS)} and the "
+                              f"checkpoint records no hf_config of a pretrained model")
     check_vocab_size(V, f"{where}: num_classes")
     if not 0 < width <= 64:
         raise CheckpointError(f"{where}: width must be in (0, 64], got {width!r}")
-    if not isinstance(lm, dict):
-        raise CheckpointError(f"{where}: is not a language-model checkpoint (it has no 'lm' record)")
     check_lm_record(lm, f"{where}: its 'lm' record")
-    args = (name, V, lm["seq_len"], width, lm["exit_layers"], lm["heads"])
+    if isinstance(hf_config, dict):
+        build = lambda: lm_of_config(hf_config, lm["exit_layers"], lm["heads"], f"{where}'s hf_config")  # noqa: E731
+        what = f"the model of its hf_config ({hf_config.get('model_type')!r:.20})"
+    else:
+        build = lambda: create_lm(name, V, lm["seq_len"], width, lm["exit_layers"], lm["heads"])  # noqa: E731
+        what = f"a {name} of width {width} with a vocabulary of {V}"
     try:
         with torch.device("meta"):
-            shell = create_lm(*args)
-    except ValueError as e:  # exit layers past the model's depth, ...
+            shell = build()
+    except ValueError as e:  # exit layers past the model's depth, an unsupported config, ...
         raise CheckpointError(f"{where}: {e}") from None
-    what = f"a {name} of width {width} with a vocabulary of {V}"
     check_shapes(shapes_of(shell.state_dict()), shapes_of(ckpt["model"]), where, what, CheckpointError)
     check_finite(ckpt["model"], where, CheckpointError)
-    model = create_lm(*args)
+    model = build()
     model.load_state_dict(ckpt["model"])
     return model
 

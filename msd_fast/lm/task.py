@@ -6,6 +6,8 @@ validation perplexity.
 Targets: position t of a sequence predicts token t + 1 (inputs s[:-1], targets s[1:]), HF's own convention.
 Sequences are the corpus split cut into consecutive, non-overlapping windows; an epoch visits every training
 window once in a seeded order, like an image epoch."""
+import json
+import pathlib
 from typing import Any, Dict, Tuple
 
 import torch
@@ -13,16 +15,19 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..data import DataError
-from ..loss import ExitCurriculum, FusedLinearMSDLoss, MSDTerms, exit_weight_schedule
+from ..files import sha256_of
+from ..loss import ExitCurriculum, FusedLinearMSDLoss, exit_weight_schedule
 from ..train.batches import EpochOrderOnDevice, epoch_order
-from ..train.methods import LossSpec
+from ..train.methods import LossSpec, final_exit_terms
 from ..train.task import Task
-from .corpus import CorpusError, corpus_dir, load_corpus, windows
+from .corpus import CorpusError, corpus_dir, load_corpus, masked_targets, windows
 from .evaluate import evaluate_lm
 from .exits import LMExits, exit_logits
 from .hf_loss import exit_loss_inputs
 from .load import check_resume_fits
-from .models import create_lm
+from .models import create_lm, pretrained_lm
+from .names import is_model_folder
+
 
 class LMCriterion(nn.Module):
     """An "msd" LossSpec (alpha, temperature, teacher, hint) on an LM's exits, through the fused linear MSD loss;
@@ -53,19 +58,20 @@ class LMFinalCE(nn.Module):
         self.label_smoothing, self.num_exits = spec.label_smoothing, num_exits
 
     def forward(self, out, target, beta):
-        n = self.num_exits
         logits = exit_logits(out, len(out.hidden) - 1)  # the model may have computed the last exit only
-        loss = F.cross_entropy(logits.flatten(0, -2).float(), target.flatten(), label_smoothing=self.label_smoothing)
-        ce = torch.cat([loss.new_zeros(n - 1), loss.detach().view(1)])
-        return loss, MSDTerms(ce, loss.new_zeros(n), loss.new_zeros(n - 1))
+        # a sum over the kept tokens over their count: no kept token gives 0, not 0/0 (the fused loss's rule)
+        loss = F.cross_entropy(logits.flatten(0, -2).float(), target.flatten(), label_smoothing=self.label_smoothing,
+                               reduction="sum") / (target != -100).sum().clamp(min=1)
+        return loss, final_exit_terms(loss, self.num_exits)
 
 
 class TokenBatches:
     """Training batches of token windows (batches.py's protocol): draw -> (idx [b], aug [0, b]),
     make -> (inputs [b, T], targets [b, T]) on the device, no host sync."""
 
-    def __init__(self, tokens: torch.Tensor, n_seq: int, seq_len: int, device, dist, batch_size: int):
+    def __init__(self, tokens: torch.Tensor, n_seq: int, seq_len: int, device, dist, batch_size: int, mask=None):
         self.tokens = tokens.to(device)
+        self.mask = None if mask is None else mask.to(device=device, dtype=torch.uint8)  # 0: the token is no target
         self.n_seq, self.T, self.dist, self.batch_size = n_seq, seq_len, dist, batch_size
         self.offsets = torch.arange(seq_len + 1, device=device)
         self.order = EpochOrderOnDevice()
@@ -83,8 +89,9 @@ class TokenBatches:
         return idx, idx.new_zeros((0, idx.shape[0]))
 
     def make(self, idx: torch.Tensor, aug: torch.Tensor):
-        seq = self.tokens[idx[:, None] * self.T + self.offsets]
-        return seq[:, :-1], seq[:, 1:]
+        at = idx[:, None] * self.T + self.offsets
+        seq = self.tokens[at]
+        return seq[:, :-1], masked_targets(seq[:, 1:], None if self.mask is None else self.mask[at][:, 1:])
 
 
 class LMTask(Task):
@@ -112,10 +119,16 @@ class LMTask(Task):
             if windows(self.corpus.splits[split], T)[1] < 1:
                 raise DataError(f"corpus {path}: the {split} split ({split}.bin, {len(self.corpus.splits[split])} "
                                 f"tokens) holds no sequence of --seq-len {T} + 1")
+        mask = self.corpus.mask("train")
+        self.masked = mask is not None  # whether some targets are -100 (Task.loss_items)
         self.train_size, self.units_per_sample = n, T  # the log's throughput counts tokens
-        self.batches = TokenBatches(tokens, n, T, device, dist, cfg.batch_size)
+        self.batches = TokenBatches(tokens, n, T, device, dist, cfg.batch_size,
+                                    None if mask is None else windows(mask, T, cfg.train_subset)[0])
         torch.manual_seed(cfg.seed)
-        if model is None:
+        self.pretrained = model is None and is_model_folder(cfg.model)
+        if self.pretrained:
+            model = self._pretrained(cfg, path)
+        elif model is None:
             args = (cfg.model, self.corpus.vocab_size, T, cfg.width, cfg.exit_layers, cfg.lm_heads)
             if cfg.resume:  # a checkpoint's config that does not fit its weights is refused before allocating
                 with torch.device("meta"):
@@ -124,7 +137,7 @@ class LMTask(Task):
         elif not isinstance(model, LMExits):
             raise TypeError(f"model: task lm trains an LMExits (msd_fast.lm.attach_lm_exits), got "
                             f"{type(model).__name__}")
-        if model.vocab_size != self.corpus.vocab_size:
+        if model.vocab_size != self.corpus.vocab_size and not self.pretrained:
             raise ValueError(f"model: its head has {model.vocab_size} tokens, but the corpus {path} has a vocabulary "
                              f"of {self.corpus.vocab_size}")
         self.model = model.to(device)
@@ -140,6 +153,26 @@ class LMTask(Task):
         self.input_size = (T,)
         self.cost = lm_cost(self.model, T)
 
+    def _pretrained(self, cfg, path) -> LMExits:
+        """The Hugging Face model folder cfg.model with exits; its tokenizer must be the one the corpus was
+        tokenised with (the same tokenizer.json), its head must cover the corpus's ids."""
+        folder = pathlib.Path(cfg.model)
+        tok = folder / "tokenizer.json"
+        if not tok.is_file():
+            raise DataError(f"model {folder}: no tokenizer.json, so the corpus {path} cannot be known to be "
+                            f"tokenised by its tokenizer (python -m msd_fast.lm corpus --tokenizer reads it)")
+        if sha256_of(tok) != self.corpus.meta.get("tokenizer_sha256"):
+            raise DataError(f"corpus {path} was not tokenised by {folder}'s tokenizer.json: build it with python -m "
+                            f"msd_fast.lm corpus --tokenizer {folder} --source ... --out {path}")
+        if cfg.resume:  # a checkpoint that does not fit the folder's model is refused before allocating
+            check_resume_fits(pretrained_lm(folder, cfg.seq_len, cfg.exit_layers, cfg.lm_heads, meta=True),
+                              cfg.resume)
+        model = pretrained_lm(folder, cfg.seq_len, cfg.exit_layers, cfg.lm_heads)
+        if model.vocab_size < self.corpus.vocab_size:
+            raise ValueError(f"model {folder}: its head has {model.vocab_size} tokens, fewer than the corpus {path}'s "
+                             f"vocabulary of {self.corpus.vocab_size}")
+        return model
+
     def criterion(self, spec):
         if not isinstance(spec, LossSpec):
             raise ValueError(f"task lm: the method returned a {type(spec).__name__}, not a LossSpec; the LM task "
@@ -152,20 +185,27 @@ class LMTask(Task):
             torch.add(self._last_part, self._shallower_parts[at[0]], alpha=at[1], out=self.exit_weights_t)
             self._at = at
 
+    def loss_items(self, y):
+        """The kept tokens (targets other than -100): every token of a plain corpus (an int, so the step needs no
+        count), a device count where the data masks some (prompts, padding)."""
+        return y.numel() if not self.masked else (y != -100).sum()
+
     def correct(self, out, y):
         return torch.zeros(len(out.hidden), device=y.device)  # no token accuracy in training: no logits formed
 
     @torch.no_grad()
     def evaluate(self, split: str) -> Dict[str, Any]:
         return evaluate_lm(self.model, self.corpus.splits[split], self.cfg.seq_len, self.cfg.eval_batch_size,
-                           self.device, self.amp_dtype, limit=self.cfg.val_size or 0)
+                           self.device, self.amp_dtype, limit=self.cfg.val_size or 0, mask=self.corpus.mask(split))
 
     def checkpoint_fields(self) -> Dict[str, Any]:
         m = self.model
+        lm = {"seq_len": self.cfg.seq_len, "exit_layers": list(m.exit_layers), "heads": m.heads,
+              "corpus_train_sha256": self.corpus.train_sha256}
+        if self.pretrained:  # the checkpoint stands alone: the folder's config rebuilds the model (load.py)
+            lm["hf_config"] = json.loads(m.lm.config.to_json_string(use_diff=False))
         return {"model_name": self.cfg.model, "num_classes": self.corpus.vocab_size, "in_channels": 0,
-                "width": self.cfg.width, "dataset": self.cfg.dataset,
-                "lm": {"seq_len": self.cfg.seq_len, "exit_layers": list(m.exit_layers), "heads": m.heads,
-                       "corpus_train_sha256": self.corpus.train_sha256}}
+                "width": self.cfg.width, "dataset": self.cfg.dataset, "lm": lm}
 
     def differs(self, ckpt: Dict[str, Any]) -> str:
         """Also the exits, the sequence length and the corpus: a resume onto another corpus (--data-dir) would

@@ -5,7 +5,9 @@
 CE_n: batch-mean cross-entropy of exit n. KD_n = tau^2 / |T(n)| * sum_{j in T(n)} mean_b KL(q_j || q_n),
 q = softmax(z / tau) (PyTorch's reduction="batchmean", times tau^2), T(n) = every other exit
 (teacher="all", MSD) or the deepest exit (teacher="last", BYOT; KD_N = 0). FEAT_n = mean_b (1/D) ||F_n - F_N||^2
-(feature_reduction="mean", the default; "sum" drops the 1/D).
+(feature_reduction="mean", the default; "sum" drops the 1/D). Every mean is over the batch's K kept rows;
+reduction="sum" returns K x L (each row's terms added), so a caller can divide by a count of its own (a
+whole optimizer step's tokens, across micro-batches and ranks).
 With detach_teacher=True (default) the teacher side q_j of every KL and the hint target F_N are
 stop-gradient constants.
 """
@@ -20,11 +22,12 @@ from .backends import BACKENDS, fast_kernel_takes, resolve_backend
 from . import fused
 from .fused import run_fused
 from .reference import combine_terms, reference_msd_terms
-from .validation import check_hparams, normalize_inputs, uniform_exits
+from .validation import check_hparams, check_reduction, kept_rows, normalize_inputs, uniform_exits
 
 
 class MSDTerms(NamedTuple):
-    """Per-exit loss terms (batch means, float32): ce [N], kd [N], feat [N-1]."""
+    """Per-exit loss terms (float32; batch means, or sums over the kept rows with reduction="sum"):
+    ce [N], kd [N], feat [N-1]."""
     ce: Tensor
     kd: Tensor
     feat: Tensor
@@ -127,7 +130,7 @@ def msd_loss(logits: Union[Tensor, Sequence[Tensor]], target: Tensor,
              beta: Union[float, Tensor] = defaults.BETA_BEGIN, teacher: str = "all",
              detach_teacher: bool = True, backend: str = "auto", validate: bool = True,
              return_terms: bool = False, label_smoothing: float = 0.0, ignore_index: Optional[int] = None,
-             feature_reduction: str = defaults.FEATURE_REDUCTION):
+             feature_reduction: str = defaults.FEATURE_REDUCTION, reduction: str = "mean"):
     """Multi-Self-Distillation loss over N >= 2 exits.
 
     Args:
@@ -161,11 +164,21 @@ def msd_loss(logits: Union[Tensor, Sequence[Tensor]], target: Tensor,
             convention); none kept gives 0 with zero gradients. Every backend implements it. Soft targets
             and label smoothing run on the reference backend (the fused kernels take class indices; "auto"
             switches with a one-time note, an explicitly named fused backend raises).
+        reduction: "mean" (default): every term a mean over the K kept rows; "sum": K times the mean loss
+            (terms too), each kept row's terms added (PyTorch's convention; no host sync).
 
     Returns:
         A scalar loss: float32 (float64 for float64 inputs); gradients flow back in the input dtype.
     """
     check_hparams(alpha, temperature, beta, teacher, validate, label_smoothing, ignore_index, feature_reduction)
+    check_reduction(reduction)
+    if reduction == "sum":
+        out = msd_loss(logits, target, features, alpha=alpha, temperature=temperature, beta=beta, teacher=teacher,
+                       detach_teacher=detach_teacher, backend=backend, validate=validate, return_terms=return_terms,
+                       label_smoothing=label_smoothing, ignore_index=ignore_index,
+                       feature_reduction=feature_reduction)
+        k = kept_rows(target, ignore_index, target.is_floating_point())
+        return (out[0] * k, MSDTerms(*(t * k for t in out[1]))) if return_terms else out * k
     if torch.compiler.is_compiling() and not isinstance(beta, Tensor):
         from torch._dynamo.comptime import comptime
 
@@ -213,22 +226,24 @@ class MSDLoss(nn.Module):
     def __init__(self, alpha: float = defaults.ALPHA, temperature: float = defaults.TEMPERATURE,
                  beta: float = defaults.BETA_BEGIN, teacher: str = "all", detach_teacher: bool = True,
                  backend: str = "auto", validate: bool = True, label_smoothing: float = 0.0,
-                 ignore_index: Optional[int] = None, feature_reduction: str = defaults.FEATURE_REDUCTION):
+                 ignore_index: Optional[int] = None, feature_reduction: str = defaults.FEATURE_REDUCTION,
+                 reduction: str = "mean"):
         super().__init__()
         check_hparams(alpha, temperature, beta, teacher, True, label_smoothing, ignore_index, feature_reduction)
+        check_reduction(reduction)
         if backend not in BACKENDS:
             raise ValueError(f"backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
         self.alpha, self.temperature, self.beta = float(alpha), float(temperature), beta
         self.teacher, self.detach_teacher, self.backend, self.validate = teacher, detach_teacher, backend, validate
         self.label_smoothing, self.ignore_index = float(label_smoothing), ignore_index
-        self.feature_reduction = feature_reduction
+        self.feature_reduction, self.reduction = feature_reduction, reduction
 
     def forward(self, logits, target, features=None, *, beta=None, return_terms: bool = False):
         return msd_loss(logits, target, features, alpha=self.alpha, temperature=self.temperature,
                         beta=self.beta if beta is None else beta, teacher=self.teacher,
                         detach_teacher=self.detach_teacher, backend=self.backend, validate=self.validate,
                         return_terms=return_terms, label_smoothing=self.label_smoothing, ignore_index=self.ignore_index,
-                        feature_reduction=self.feature_reduction)
+                        feature_reduction=self.feature_reduction, reduction=self.reduction)
 
     def extra_repr(self) -> str:
         return (f"alpha={self.alpha}, temperature={self.temperature}, beta={self.beta}, teacher={self.teacher!r}, "

@@ -17,7 +17,7 @@ from .api import MSDTerms, feature_hint_scale
 from .backends import resolve_backend
 from .exit_weights import check_exit_weights
 from .linear_chunk import chunk_reference, head_weights
-from .validation import check_class_indices, check_hparams
+from .validation import check_class_indices, check_hparams, check_reduction, kept_rows
 
 TensorOrSeq = Union[Tensor, Sequence[Tensor]]
 # The chunk's logits and their gradient (2 x N x Tc x V in the hidden states' dtype) stay under this many
@@ -217,7 +217,7 @@ def fused_linear_msd_loss(hidden: TensorOrSeq, weight: TensorOrSeq, target: Tens
                           teacher: str = "all", detach_teacher: bool = True, ignore_index: Optional[int] = -100,
                           feature_reduction: str = defaults.FEATURE_REDUCTION, chunk_tokens: Optional[int] = None,
                           exit_weights: Optional[Union[Sequence[float], Tensor]] = None, return_terms: bool = False,
-                          validate: bool = True):
+                          validate: bool = True, reduction: str = "mean"):
     """The MSD loss of N exits through a linear head, equal in value and gradients to
     `msd_loss([h_n @ W_n.T + b_n for n], target, hidden if beta else None, ...)`, without the N x T x V
     logits in memory at once.
@@ -239,12 +239,15 @@ def fused_linear_msd_loss(hidden: TensorOrSeq, weight: TensorOrSeq, target: Tens
         return_terms: also return `MSDTerms` (per-exit means, detached).
         validate: check in eager mode that every kept target lies in [0, V) (a host sync on CUDA; never under
             torch.compile). False where the targets are known good (the LM task's corpus ids are checked on load).
+        reduction: "mean" (default; over the K kept tokens) or "sum" (K times it, terms too: every kept token's
+            terms added, for a caller that divides by the tokens of a whole step; no host sync).
 
     The fused operator runs each chunk (its C++ kernel on CPU, Triton on CUDA; the reference by autograd for
     float64, detach_teacher=False or where the operator has no kernel). Gradients are computed in the forward
     and accumulated in float32 (float64 for float64 inputs); backward scales them by the incoming gradient.
     """
     check_hparams(alpha, temperature, beta, teacher, True, 0.0, ignore_index, feature_reduction)
+    check_reduction(reduction)
     if chunk_tokens is not None and (not isinstance(chunk_tokens, int) or chunk_tokens < 1):
         raise ValueError(f"chunk_tokens must be None or an int >= 1, got {chunk_tokens!r}")
     hs = _exit_list(hidden, "hidden", 1)
@@ -267,6 +270,9 @@ def fused_linear_msd_loss(hidden: TensorOrSeq, weight: TensorOrSeq, target: Tens
     fused = resolve_backend("auto", h0.device, h0.dtype, detach_teacher, len(hs), teacher, True) == "fused"
     opts = (len(hs), len(heads), len(biases or ()), hp, fused)
     total, per_exit = _FusedLinearMSD.apply(opts, target, w0, ew, *hs, *heads, *(biases or ()))
+    if reduction == "sum":
+        k = kept_rows(target, ignore_index)
+        total, per_exit = total * k, per_exit * k
     if not return_terms:
         return total
     scale = feature_hint_scale(feature_reduction, hs[0].shape[-1])
@@ -281,12 +287,14 @@ class FusedLinearMSDLoss(nn.Module):
                  beta: float = defaults.BETA_BEGIN, teacher: str = "all", detach_teacher: bool = True,
                  ignore_index: Optional[int] = -100, feature_reduction: str = defaults.FEATURE_REDUCTION,
                  chunk_tokens: Optional[int] = None, exit_weights: Optional[Union[Sequence[float], Tensor]] = None,
-                 validate: bool = True):
+                 validate: bool = True, reduction: str = "mean"):
         super().__init__()
         check_hparams(alpha, temperature, beta, teacher, True, 0.0, ignore_index, feature_reduction)
+        check_reduction(reduction)
         self.alpha, self.temperature, self.beta, self.teacher = float(alpha), float(temperature), beta, teacher
         self.detach_teacher, self.ignore_index, self.feature_reduction = detach_teacher, ignore_index, feature_reduction
         self.chunk_tokens, self.exit_weights, self.validate = chunk_tokens, exit_weights, validate
+        self.reduction = reduction
 
     def forward(self, hidden, weight, target, bias=None, *, beta=None, return_terms: bool = False):
         return fused_linear_msd_loss(hidden, weight, target, bias=bias, alpha=self.alpha,
@@ -294,7 +302,7 @@ class FusedLinearMSDLoss(nn.Module):
                                      teacher=self.teacher, detach_teacher=self.detach_teacher,
                                      ignore_index=self.ignore_index, feature_reduction=self.feature_reduction,
                                      chunk_tokens=self.chunk_tokens, exit_weights=self.exit_weights,
-                                     return_terms=return_terms, validate=self.validate)
+                                     return_terms=return_terms, validate=self.validate, reduction=self.reduction)
 
     def extra_repr(self) -> str:
         return (f"alpha={self.alpha}, temperature={self.temperature}, beta={self.beta}, teacher={self.teacher!r}, "

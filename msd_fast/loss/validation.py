@@ -12,6 +12,7 @@ TensorOrSeq = Union[Tensor, Sequence[Tensor]]
 FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
 TEACHERS = ("all", "last")
 FEATURE_REDUCTIONS = ("mean", "sum")
+REDUCTIONS = ("mean", "sum")  # of the loss over its rows (samples, tokens): PyTorch's convention
 # The largest temperature whose KD the fp32 kernels compute to 0.1% (docs/maths.md §8). KD is
 # tau^2 x (a difference of two sums of size ~N log C): its rounding error grows with tau^2 while its value
 # does not, so from tau ~ 1e3 the fp32 value is noise and can even be negative.
@@ -155,6 +156,21 @@ def check_hparams(alpha, temperature, beta, teacher: str, validate: bool, label_
         check_beta(beta)
     if teacher not in TEACHERS:
         raise ValueError(f"teacher must be one of {TEACHERS} ('all' = MSD, 'last' = BYOT), got {teacher!r}")
+
+
+def check_reduction(reduction) -> None:
+    if reduction not in REDUCTIONS:
+        raise ValueError(f"reduction must be 'mean' or 'sum', got {reduction!r}")
+
+
+def kept_rows(target: Tensor, ignore_index: Optional[int], soft: bool = False):
+    """How many rows a loss over `target` counts: every row (an int), or, with class indices and ignore_index,
+    the kept ones (an int64 device tensor: no host sync). soft: target [..., C] holds probabilities."""
+    if soft:
+        return math.prod(target.shape[:-1])
+    if ignore_index is None:
+        return target.numel()
+    return (target != ignore_index).sum()
 
 
 def check_class_indices(target: Tensor, C: int, ignore_index: Optional[int], name: str = "target") -> None:

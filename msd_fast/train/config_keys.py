@@ -13,7 +13,7 @@ import os
 from typing import Any, Callable, Dict, Mapping, Optional, Tuple, Union
 
 from ..data.datasets import DATASETS
-from ..lm.names import LM_DATASETS, LM_HEADS, LM_MODELS, MAX_SEQ_LEN
+from ..lm.names import LM_DATASETS, LM_HEADS, LM_MODELS, MAX_SEQ_LEN, is_model_folder
 from ..loss import defaults as loss
 from ..loss.exit_weights import CURRICULUM_FRACTION, EXIT_CURRICULA, EXIT_WEIGHT_SCHEDULES
 from ..loss.validation import FEATURE_REDUCTIONS, check_hparams
@@ -52,8 +52,9 @@ class TrainConfig:
     """A validated training configuration (config_keys.py): one field per key, plus resume / config_file."""
     # task and data
     task: str = key("image", "choice", "image: classify images (multi-exit CNNs); lm: next-token prediction with "
-                    "exits on a causal LM (dataset python-stdlib, models llama-tiny / qwen2-tiny / gpt2-tiny; needs "
-                    "the lm extra)", choices=("image", "lm"))
+                    "exits on a causal LM (dataset python-stdlib, or text: your corpus at data_dir; models "
+                    "llama-tiny / qwen2-tiny / gpt2-tiny or a Hugging Face model folder; needs the lm extra)",
+                    choices=("image", "lm"))
     dataset: str = key("fashion-mnist", "choice", choices=DATASETS + LM_DATASETS)
     data_dir: Optional[str] = key(None, "str", nullable=True, resume=True)
     val_size: Optional[int] = key(None, "int", "images held out of the training set for validation (default 5000; "
@@ -62,8 +63,10 @@ class TrainConfig:
     train_subset: int = key(0, "int", "keep only this many training images (0 = all), for quick runs", **_NONNEG)
     split_seed: int = key(0, "int", **_SEED)
     # model
-    model: str = key("resnet18", "str")
-    width: float = key(1.0, "float", check=lambda v: 0 < v <= 64, wants="in (0, 64]")
+    model: str = key("resnet18", "str", "a model name (--list-models); task lm: also a Hugging Face model folder "
+                     "(config.json + safetensors) to add exits to")
+    width: float = key(1.0, "float", "channel / hidden-size multiplier of a built model", check=lambda v: 0 < v <= 64,
+                       wants="in (0, 64]")
     # language models (task: lm)
     seq_len: int = key(128, "int", "lm: tokens per training sequence (the model's context length)",
                        check=lambda v: 2 <= v <= MAX_SEQ_LEN, wants=f"in [2, {MAX_SEQ_LEN}]")
@@ -248,9 +251,15 @@ def validate_config(cfg: Dict[str, Any], sources: Optional[Dict[str, str]] = Non
                               f"language-model datasets: {', '.join(LM_DATASETS)}" if lm else
                               f"image datasets: {', '.join(DATASETS)}"))
     if lm:
-        if not custom_model and cfg["model"] not in LM_MODELS:
-            raise ConfigError(f"model must be one of {', '.join(LM_MODELS)} for task lm; got {cfg['model']!r} "
-                              f"(from {src('model')})")
+        if not custom_model and cfg["model"] not in LM_MODELS and not is_model_folder(cfg["model"]):
+            raise ConfigError(f"model must be one of {', '.join(LM_MODELS)} or a Hugging Face model folder (with "
+                              f"config.json) for task lm; got {cfg['model']!r} (from {src('model')})")
+        if is_model_folder(cfg["model"]) and cfg["width"] != 1.0:
+            raise ConfigError(f"width {cfg['width']} (from {src('width')}): a Hugging Face model folder has its own "
+                              f"size; width scales the built-in models (start from -c lm_stdlib_cpu)")
+        if cfg["dataset"] == "text" and not cfg["data_dir"]:
+            raise ConfigError(f"dataset text (from {src('dataset')}) is a corpus of your own: name it with data_dir "
+                              f"(python -m msd_fast.lm corpus --tokenizer MODEL --source ... --out DIR builds it)")
         for name, ok in (("label_smoothing", 0.0), ("loss_backend", "auto")):
             if cfg[name] != ok:
                 raise ConfigError(f"{name} must be {ok!r} for task lm (the fused linear loss), got {cfg[name]!r} "

@@ -120,7 +120,7 @@ class GraphedStep:
         x, y = self.make_batch(self.idx, self.aug)
         loss, terms, correct = s.forward_loss(x, y, self.beta)
         loss.backward()
-        accumulate(self.sums, loss, terms, correct, y.shape[0])
+        accumulate(self.sums, loss, terms, correct, s.loss_items(y))
         groups = s.opt.param_groups
         floats = [g["lr"] for g in groups]
         for i, g in enumerate(groups):  # the fused SGD kernel reads lr from device memory

@@ -51,6 +51,14 @@ class LossSpec:
         if self.kind not in LOSS_KINDS:
             raise ValueError(f"LossSpec.kind: expected one of {', '.join(LOSS_KINDS)}, got {self.kind!r}")
 
+
+def final_exit_terms(loss: torch.Tensor, num_exits: int) -> MSDTerms:
+    """The terms of a last-exit-only loss: its CE in the last column, zeros elsewhere (logs keep one column per
+    exit)."""
+    z = loss.detach().new_zeros
+    return MSDTerms(torch.cat([z(num_exits - 1), loss.detach().view(1)]), z(num_exits), z(num_exits - 1))
+
+
 class Method:
     """A training method. Subclasses set `name` (the `--method` value) and implement `build`.
 
@@ -95,9 +103,7 @@ class FinalExitCE(nn.Module):
 
     def forward(self, out, target: torch.Tensor, beta: torch.Tensor):
         loss = F.cross_entropy(out.logits[-1].float(), target, label_smoothing=self.label_smoothing)
-        n = self.num_exits
-        ce = torch.cat([loss.new_zeros(n - 1), loss.detach().view(1)])
-        return loss, MSDTerms(ce, loss.new_zeros(n), loss.new_zeros(n - 1))
+        return loss, final_exit_terms(loss, self.num_exits)
 
 
 METHODS: Dict[str, Method] = {}

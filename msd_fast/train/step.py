@@ -1,12 +1,18 @@
 """One optimizer step: the batch assembled on the device, forward of the multi-exit model and the method's
 criterion under autocast (compiled as one graph with compile=True), backward with gradient scaling,
 micro-batches under accumulation / DDP, optimizer and LR-schedule step. No host sync anywhere: metrics
-accumulate on the device. With cuda_graph on, the whole step is replayed from one CUDA graph (graph.py)."""
+accumulate on the device. With cuda_graph on, the whole step is replayed from one CUDA graph (graph.py).
+
+Each micro-batch's mean loss is weighted by its share of the whole step's loss items (Task.loss_items: samples,
+or an LM's kept tokens, summed over micro-batches and all-reduced over ranks; DDP's gradient mean is undone by
+the world size), so the gradient is the mean over every item of the step, as one big batch would give it:
+padding, accumulation and world size change nothing (Hugging Face's num_items_in_batch fix)."""
 import contextlib
 
 import torch
 from torch.nn.parallel import DistributedDataParallel
 
+from ..distributed import all_reduce_sum
 from ..loss import CosineBeta
 from .graph import GraphedStep
 from .optim import build_optimizer, build_scheduler
@@ -16,10 +22,11 @@ from .config_keys import TrainConfig
 
 
 class TrainStep:
-    def __init__(self, *, model, ddp, criterion, count_correct, opt, sched, scaler, method, device, amp_dtype, dist,
-                 accum_steps: int, compile: bool, make_batch, beta_sched: CosineBeta, beta_t: torch.Tensor):
+    def __init__(self, *, model, ddp, criterion, count_correct, loss_items, opt, sched, scaler, method, device,
+                 amp_dtype, dist, accum_steps: int, compile: bool, make_batch, beta_sched: CosineBeta, beta_t: torch.Tensor):
         self.model, self.ddp, self.criterion, self.method = model, ddp, criterion, method
         self.count_correct = count_correct  # (out, y) -> correct per computed exit: Task.correct
+        self.loss_items = loss_items  # y -> items the criterion's mean is over: Task.loss_items
         self.make_batch = make_batch  # (idx, aug) -> (x, y): BatchSource.make
         self.opt, self.sched, self.scaler = opt, sched, scaler
         self.device, self.amp_dtype, self.dist, self.accum = device, amp_dtype, dist, accum_steps
@@ -38,7 +45,8 @@ class TrainStep:
         hint = method.uses_hint
         step = cls(model=model, ddp=DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda"
                                                             else None) if dist.enabled else model,
-                   criterion=task.criterion(method.build(cfg, model.num_exits)), count_correct=task.correct, opt=opt,
+                   criterion=task.criterion(method.build(cfg, model.num_exits)), count_correct=task.correct,
+                   loss_items=task.loss_items, opt=opt,
                    sched=build_scheduler(opt, cfg, steps_per_epoch),
                    scaler=torch.amp.GradScaler(device.type, enabled=speed.amp == "fp16"), method=method, device=device,
                    amp_dtype=amp_dtype, dist=dist, accum_steps=cfg.accum_steps, compile=speed.compile,
@@ -70,14 +78,27 @@ class TrainStep:
         x, y = self.make_batch(idx, aug)
         fwd = self.forward_loss
         accum = self.accum
-        for j in range(accum):
-            xs, ys = (x, y) if accum == 1 else (x[j::accum], y[j::accum])
+        parts = [(x, y)] if accum == 1 else [(x[j::accum], y[j::accum]) for j in range(accum)]
+        items = [self.loss_items(ys) for _, ys in parts]
+        weights = self._item_weights(items)
+        for j, ((xs, ys), w) in enumerate(zip(parts, weights)):
             sync_ctx = self.ddp.no_sync() if (self.dist.enabled and j < accum - 1) else contextlib.nullcontext()
             with sync_ctx:
                 loss, terms, correct = fwd(xs, ys, beta)
-                self.scaler.scale(loss / accum).backward()
-            accumulate(sums, loss, terms, correct, ys.shape[0])
+                self.scaler.scale(loss * w).backward()
+            accumulate(sums, loss, terms, correct, items[j])
         self.scaler.step(self.opt)
         self.scaler.update()
         self.opt.zero_grad(set_to_none=True)
         self.sched.step()
+
+    def _item_weights(self, items):
+        """Per micro-batch: its items x world / the step's items (over micro-batches and ranks). Python ints
+        (every rank holds equal micro-batches of samples) need no collective; device counts are all-reduced
+        (no host sync). A step with no item at all weighs 0 rather than 0/0."""
+        world = self.dist.world_size if self.dist.enabled else 1
+        if all(isinstance(n, int) for n in items):
+            return [n / sum(items) for n in items]
+        counts = torch.stack([torch.as_tensor(n, device=self.device) for n in items]).double()
+        total = all_reduce_sum(counts.sum(), self.dist).clamp(min=1)
+        return list((counts * world / total).float().unbind())

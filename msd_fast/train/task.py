@@ -45,6 +45,12 @@ class Task:
         """Called before optimizer step `step` (0-based, global) at `progress` (fraction of the planned epochs):
         per-step schedules the task owns update device tensors in place here (no host sync); default none."""
 
+    def loss_items(self, y: torch.Tensor):
+        """How many items the criterion's mean over the targets `y` is over: samples here (an int); a task with
+        ignored targets returns a device tensor. The step weighs each micro-batch's mean loss by its items over
+        the whole step's (all micro-batches, all ranks), so every item weighs the same whatever the batching."""
+        return y.shape[0]
+
     def correct(self, out, y: torch.Tensor) -> torch.Tensor:
         """Per computed exit, how many of the batch's samples it gets right (device tensor, no host sync)."""
         raise NotImplementedError
