@@ -41,11 +41,14 @@ SIBLINGS = ("last.pt", PREVIOUS_NAME, "best.pt")  # where an intact checkpoint m
 
 # key -> accepted types (None: any value)
 REQUIRED_KEYS: Dict[str, Any] = {
-    "config": dict, "model_name": str, "num_classes": int, "in_channels": int, "width": (int, float),
+    "config": dict, "model_name": str, "num_classes": int, "width": (int, float),
     "dataset": str, "model": dict, "optimizer": dict, "scheduler": dict, "scaler": dict, "epoch": int,
     "step_in_epoch": int, "global_step": int, "aug_state": (torch.Tensor, type(None)), "sums": (dict, type(None)),
     "rng": dict, "history": list, "best": dict, "wall_s": (int, float), "cost": dict,
 }
+
+# a task's own fields (Task.checkpoint_fields): checked for type where present
+TASK_KEYS: Dict[str, Any] = {"in_channels": int, "lm": dict}
 
 
 class CheckpointError(ValueError):
@@ -68,7 +71,10 @@ def pack(**fields) -> Dict[str, Any]:
 
 
 def model_spec(ckpt: Dict[str, Any]) -> Dict[str, Any]:
-    """What rebuilds the checkpoint's model: create_model(**model_spec(ckpt))."""
+    """What rebuilds an image checkpoint's model: create_model(**model_spec(ckpt))."""
+    if "in_channels" not in ckpt:
+        raise CheckpointError(f"not an image model's checkpoint (no in_channels; task "
+                              f"{ckpt['config'].get('task', 'image')!r}: python -m msd_fast.lm reads language models)")
     return {"name": ckpt["model_name"], "num_classes": ckpt["num_classes"], "in_channels": ckpt["in_channels"],
             "width": ckpt["width"]}
 
@@ -248,7 +254,7 @@ def _load_checked(path: pathlib.Path) -> Dict[str, Any]:
     missing = [k for k in REQUIRED_KEYS if k not in ckpt]
     if missing:
         raise CheckpointError(f"{path} is incomplete: missing {', '.join(missing)}")
-    for key, types in REQUIRED_KEYS.items():
+    for key, types in {**REQUIRED_KEYS, **{k: v for k, v in TASK_KEYS.items() if k in ckpt}}.items():
         if types is not None and (not isinstance(ckpt[key], types) or isinstance(ckpt[key], bool)):
             raise CheckpointError(f"{path}: '{key}' has type {type(ckpt[key]).__name__}, expected "
                                   f"{getattr(types, '__name__', None) or ' or '.join(t.__name__ for t in types)}")

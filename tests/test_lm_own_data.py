@@ -36,7 +36,7 @@ def llama_folder(tmp_path_factory):
     torch.manual_seed(0)
     cfg = tf.LlamaConfig(vocab_size=320, hidden_size=64, intermediate_size=128, num_hidden_layers=4,
                          num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64,
-                         tie_word_embeddings=False)
+                         tie_word_embeddings=False, bos_token_id=0, eos_token_id=1)  # <s>, </s> below
     tf.LlamaForCausalLM(cfg).save_pretrained(d)
     _tokenizer_files(d)
     return d
@@ -147,6 +147,9 @@ def test_cli_trains_a_pretrained_folder_on_pairs_then_reloads_and_decodes(llama_
     assert changed
     assert lm_main(["export", str(run), str(tmp_path / "export")]) == 0
     plain = tf.AutoModelForCausalLM.from_pretrained(tmp_path / "export" / "hf")
+    tok = tf.AutoTokenizer.from_pretrained(tmp_path / "export" / "hf")
+    assert tok.eos_token == "</s>" and plain.config.eos_token_id == corpus.eot_id
+    assert tok(PAIRS[0][0])["input_ids"] == corpus.tokenizer().encode(PAIRS[0][0]).ids
     ids = torch.from_numpy(corpus.splits["test"][:10].astype("int64"))[None]
     with torch.no_grad():
         torch.testing.assert_close(plain(ids).logits, model.logits(model(ids), -1))
@@ -227,3 +230,41 @@ def test_two_gloo_ranks_with_unequal_kept_tokens_match_one_process(llama_folder,
     for k in a:
         torch.testing.assert_close(a[k], b[k], rtol=1e-4, atol=1e-6, msg=k)
     assert json.loads((tmp_path / "ddp" / "results.json").read_text())["world_size"] == 2
+
+
+def test_a_tampered_mask_or_hf_config_is_refused_in_one_line(llama_folder, pairs_corpus, tmp_path):
+    import shutil
+
+    from msd_fast.checkpoint import CheckpointError
+    from msd_fast.lm.corpus import CorpusError, load_corpus
+    from msd_fast.lm.load import checkpoint_model
+
+    c = tmp_path / "c"
+    shutil.copytree(pairs_corpus, c)
+    m = bytearray((c / "val.mask.bin").read_bytes())
+    m[3] ^= 1
+    (c / "val.mask.bin").write_bytes(bytes(m))
+    with pytest.raises(CorpusError, match="mask_sha256"):
+        load_corpus(c)
+    m[3] = 7
+    (c / "val.mask.bin").write_bytes(bytes(m))
+    with pytest.raises(CorpusError, match="a loss mask holds 0 and 1 only"):
+        load_corpus(c, verify=False)
+    (c / "val.mask.bin").write_bytes(bytes(m[:-1]))
+    with pytest.raises(CorpusError, match="should hold .* uint8 loss-mask values"):
+        load_corpus(c)
+    (c / "val.mask.bin").unlink()
+    with pytest.raises(CorpusError, match="val.mask.bin should hold"):
+        load_corpus(c)
+
+    from msd_fast.lm.models import pretrained_lm
+    model = pretrained_lm(llama_folder, 24, [1])
+    cfg = json.loads(model.lm.config.to_json_string(use_diff=False))
+    ckpt = {"model_name": str(llama_folder), "num_classes": 300, "width": 1.0, "model": model.state_dict(),
+            "lm": {"seq_len": 24, "exit_layers": [1, 3], "heads": "shared", "hf_config": cfg}}
+    assert checkpoint_model(ckpt, "ck").num_exits == 2
+    for bad, msg in (({**cfg, "auto_map": {"AutoModel": "x.Y"}}, "auto_map"),
+                     ({**cfg, "model_type": "evil"}, "model_type 'evil' is not one of"),
+                     ({**cfg, "hidden_size": 1 << 16}, "do not fit|shape")):
+        with pytest.raises(CheckpointError, match=msg):
+            checkpoint_model({**ckpt, "lm": {**ckpt["lm"], "hf_config": bad}}, "ck")

@@ -38,6 +38,12 @@ def test_each_method_trains_and_reports_per_exit_perplexity(tmp_path, corpus, me
         assert hist[-1]["train_ce"][:2] == [0.0, 0.0]
     ck = torch.load(t.run_dir / "last.pt", weights_only=True)
     assert ck["lm"]["exit_layers"] == [1, 4, 7] and ck["num_classes"] == t.task.corpus.vocab_size
+    assert "in_channels" not in ck  # a task writes its own fields only
+    if method == "msd":
+        from msd_fast.checkpoint import CheckpointError
+        from msd_fast.models.loading import load_model
+        with pytest.raises(CheckpointError, match="not an image model's checkpoint .*python -m msd_fast.lm"):
+            load_model(t.run_dir)
 
 
 def test_training_lowers_perplexity_and_resume_continues_exactly(tmp_path, corpus):
@@ -158,6 +164,10 @@ def test_cli_train_evaluate_decode(tmp_path, corpus, capsys):
     assert lm_main(["evaluate", str(tmp_path / "export"), "--data-dir", str(corpus), "--max-sequences", "4",
                     "--json", str(tmp_path / "e2.json")]) == 0
     assert json.loads((tmp_path / "e2.json").read_text())["exits"] == e["exits"]
+    from msd_fast.lm.hf import transformers
+    hf = tmp_path / "export" / "hf"
+    tok, cfg = transformers().AutoTokenizer.from_pretrained(hf), json.loads((hf / "config.json").read_text())
+    assert tok.eos_token == "<|endoftext|>" and cfg["eos_token_id"] == tok.eos_token_id
     (tmp_path / "export" / "hf" / "config.json").write_text("{}")
     assert lm_main(["evaluate", str(tmp_path / "export"), "--data-dir", str(corpus)]) == 2
     assert "SHA-256 does not match" in capsys.readouterr().err

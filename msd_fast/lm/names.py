@@ -8,6 +8,7 @@ LM_MODELS = ("llama-tiny", "qwen2-tiny", "gpt2-tiny")  # or a Hugging Face model
 LM_HEADS = ("shared", "per_exit")
 MAX_VOCAB = 1 << 20      # token ids per vocabulary (a corpus, a checkpoint, an export)
 MAX_SEQ_LEN = 1 << 20    # tokens per training sequence
+EVAL_SEQUENCES = 512     # val / test sequences the lm task evaluates when val_size is not set (the first ones)
 MODEL_TYPES = ("llama", "qwen2", "gpt2")  # config.json model_type values a folder we read may have (family.py's)
 EXITS_FILE = "msd_exits.json"  # LMExits.save_pretrained's record beside a Hugging Face model folder's files
 EXITS_FORMAT, EXITS_VERSION = "msd_fast-lm-exits", 1

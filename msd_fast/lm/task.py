@@ -26,7 +26,7 @@ from .exits import LMExits, exit_logits
 from .hf_loss import exit_loss_inputs
 from .load import check_resume_fits
 from .models import create_lm, pretrained_lm
-from .names import is_model_folder
+from .names import EVAL_SEQUENCES, is_model_folder
 
 
 class LMCriterion(nn.Module):
@@ -196,7 +196,8 @@ class LMTask(Task):
     @torch.no_grad()
     def evaluate(self, split: str) -> Dict[str, Any]:
         return evaluate_lm(self.model, self.corpus.splits[split], self.cfg.seq_len, self.cfg.eval_batch_size,
-                           self.device, self.amp_dtype, limit=self.cfg.val_size or 0, mask=self.corpus.mask(split))
+                           self.device, self.amp_dtype, limit=self.cfg.val_size or EVAL_SEQUENCES,
+                           mask=self.corpus.mask(split))
 
     def checkpoint_fields(self) -> Dict[str, Any]:
         m = self.model
@@ -204,8 +205,7 @@ class LMTask(Task):
               "corpus_train_sha256": self.corpus.train_sha256}
         if self.pretrained:  # the checkpoint stands alone: the folder's config rebuilds the model (load.py)
             lm["hf_config"] = json.loads(m.lm.config.to_json_string(use_diff=False))
-        return {"model_name": self.cfg.model, "num_classes": self.corpus.vocab_size, "in_channels": 0,
-                "width": self.cfg.width, "dataset": self.cfg.dataset, "lm": lm}
+        return {"model_name": self.cfg.model, "num_classes": self.corpus.vocab_size, "width": self.cfg.width, "dataset": self.cfg.dataset, "lm": lm}
 
     def differs(self, ckpt: Dict[str, Any]) -> str:
         """Also the exits, the sequence length and the corpus: a resume onto another corpus (--data-dir) would

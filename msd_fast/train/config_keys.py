@@ -13,7 +13,7 @@ import os
 from typing import Any, Callable, Dict, Mapping, Optional, Tuple, Union
 
 from ..data.datasets import DATASETS
-from ..lm.names import LM_DATASETS, LM_HEADS, LM_MODELS, MAX_SEQ_LEN, is_model_folder
+from ..lm.names import EVAL_SEQUENCES, LM_DATASETS, LM_HEADS, LM_MODELS, MAX_SEQ_LEN, is_model_folder
 from ..loss import defaults as loss
 from ..loss.exit_weights import CURRICULUM_FRACTION, EXIT_CURRICULA, EXIT_WEIGHT_SCHEDULES
 from ..loss.validation import FEATURE_REDUCTIONS, check_hparams
@@ -59,7 +59,7 @@ class TrainConfig:
     data_dir: Optional[str] = key(None, "str", nullable=True, resume=True)
     val_size: Optional[int] = key(None, "int", "images held out of the training set for validation (default 5000; "
                                   "synthetic 512); task lm: sequences of the corpus's val and test splits evaluated "
-                                  "(default: all)", nullable=True, **_GE1)
+                                  f"(default: the first {EVAL_SEQUENCES})", nullable=True, **_GE1)
     train_subset: int = key(0, "int", "keep only this many training images (0 = all), for quick runs", **_NONNEG)
     split_seed: int = key(0, "int", **_SEED)
     # model

@@ -31,6 +31,7 @@ class Task:
     train_acc: bool = True
     throughput_unit: str = "images"
     units_per_sample: int = 1
+    identity_keys: tuple = ("model_name", "num_classes", "width")  # checkpoint fields that say which model it is
     model: nn.Module
     batches: Any
     train_size: int
@@ -70,13 +71,13 @@ class Task:
     def differs(self, ckpt: Dict[str, Any]) -> str:
         """'' when a checkpoint's model is this task's model, else what differs."""
         mine = self.checkpoint_fields()
-        keys = ("model_name", "num_classes", "in_channels", "width")
         return ", ".join(f"{k.replace('model_name', 'model')} {ckpt.get(k)!r} (this run: {mine[k]!r})"
-                         for k in keys if mine[k] != ckpt.get(k))
+                         for k in self.identity_keys if mine[k] != ckpt.get(k))
 
 
 class ImageTask(Task):
     """Image classification: a msd_fast Dataset in memory, augmented on the device; accuracy per exit."""
+    identity_keys = Task.identity_keys + ("in_channels",)
 
     def __init__(self, cfg, device: torch.device, dist, speed, amp_dtype, data=None, model=None):
         self.cfg, self.device, self.dist, self.speed, self.amp_dtype = cfg, device, dist, speed, amp_dtype
