@@ -15,6 +15,7 @@ SECTION_FILES = {
     "loss-bench-cuda": _DOCS / "performance.md", "train-bench-cpu": _DOCS / "performance.md",
     "train-bench-cuda": _DOCS / "performance.md",
     "linear-loss-cpu": _DOCS / "linear.md", "linear-loss-cuda": _DOCS / "linear.md",
+    "lm-step-cpu": _DOCS / "lm.md", "lm-step-cuda": _DOCS / "lm.md",
 }
 
 

@@ -8,6 +8,7 @@ import pathlib
 
 from bench.machine import describe
 from bench.readme_sections import update_readme_section
+from bench.report_lm import lm_step_headline, lm_step_section
 
 RESULTS = pathlib.Path(__file__).resolve().parent / "results"
 BASELINE_PREFIX = "baseline"  # bench_train.py's baseline row name starts with this
@@ -195,11 +196,12 @@ def headline_section() -> str:
                      f"returns them, each call after the heads wrote its inputs, on {describe(d['machine'])}: "
                      f"`{d['command']}`.")
     for dev in ("cuda", "cpu"):
-        lin = _load(f"linear_loss_{dev}.json")
-        if lin and linear_headline(lin):
-            row, note = linear_headline(lin)
-            lines.append(row)
-            notes.append(note)
+        for d, headline in ((_load(f"linear_loss_{dev}.json"), linear_headline),
+                            (_load(f"lm_step_{dev}.json"), lm_step_headline)):
+            if d and headline(d):
+                row, note = headline(d)
+                lines.append(row)
+                notes.append(note)
     if len(lines) == 2:
         return "_Nothing measured yet: `python -m bench.bench_train`, `python -m bench.bench_loss`._"
     return "\n".join(lines + [""] + notes)
@@ -259,6 +261,9 @@ def update_readme() -> None:
         lin = _load(f"linear_loss_{dev}.json")
         if lin:
             update_readme_section(f"linear-loss-{dev}", linear_loss_section(lin))
+        step = _load(f"lm_step_{dev}.json")
+        if step:
+            update_readme_section(f"lm-step-{dev}", lm_step_section(step))
     gpu_runs = sorted(p.parent.name for p in (RESULTS / "gpu").glob("*/summary.json"))
     see_gpu = ("_The GPU check's tables (section \"GPU: what is checked, where, and how to check it\"), from "
                + ", ".join(f"`bench/results/gpu/{g}/`" for g in gpu_runs) + "._") if gpu_runs else None

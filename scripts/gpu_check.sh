@@ -5,7 +5,8 @@
 #
 #   bash scripts/gpu_check.sh [OUTDIR]          # default OUTDIR: gpu_check_out/
 #   PYTHON=python3.12 bash scripts/gpu_check.sh  # another interpreter
-#   STEPS="build tests kernel" bash scripts/gpu_check.sh OUT   # a subset (default: build tests train kernel loss)
+#   STEPS="build tests kernel" bash scripts/gpu_check.sh OUT   # a subset (default: build tests train kernel loss;
+#                                                # opt-in: lmstep, the early-exit LM step, needs transformers)
 #   TESTS_K="graph or sync" ...                  # only the CUDA tests matching this pytest -k expression
 #   KERNEL_SWEEP=1 ...                           # also sweep the loss kernel's tilings (bench_kernel --sweep;
 #                                                # its timeout T_KERNEL then defaults to 250 s instead of 90)
@@ -84,6 +85,13 @@ if want loss; then
   step "loss benchmark, eager calls (bench/bench_loss.py --grid gpu-check)"
   if timeout "${T_LOSS:-120}" "$PY" -m bench.bench_loss --grid gpu-check --out "$OUT/loss_cuda_gpu_check.json"; then
     STATUS[bench_loss]=ok; else STATUS[bench_loss]=FAILED; fi
+fi
+
+if want lmstep; then  # opt-in (STEPS="... lmstep"): needs transformers on the machine
+  step "early-exit LM step benchmark (bench/bench_lm_step.py, bf16)"
+  if timeout "${T_LMSTEP:-300}" "$PY" -m bench.bench_lm_step --device cuda --dtype bfloat16 --hidden 2048 --layers 16 \
+      --vocab 128256 --batch 8 --seq 1024 --out "$OUT/lm_step_cuda.json"; then
+    STATUS[bench_lm_step]=ok; else STATUS[bench_lm_step]=FAILED; fi
 fi
 
 step "summary"
