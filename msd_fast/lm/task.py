@@ -24,6 +24,7 @@ from .corpus import CorpusError, corpus_dir, load_corpus, masked_targets, window
 from .evaluate import evaluate_lm
 from .exits import LMExits, exit_logits
 from .hf_loss import exit_loss_inputs
+from .layer_dropout import LayerDropout
 from .load import check_resume_fits
 from .models import create_lm, pretrained_lm
 from .names import EVAL_SEQUENCES, is_model_folder
@@ -141,6 +142,8 @@ class LMTask(Task):
             raise ValueError(f"model: its head has {model.vocab_size} tokens, but the corpus {path} has a vocabulary "
                              f"of {self.corpus.vocab_size}")
         self.model = model.to(device)
+        self.layer_dropout = LayerDropout(self.model, cfg.layer_dropout, cfg.layer_dropout_scale, cfg.seed) \
+            if cfg.layer_dropout else None
         self.exit_weights = exit_weight_schedule(cfg.exit_weights, [d + 1 for d in self.model.exit_layers])
         self.curriculum = ExitCurriculum(cfg.exit_curriculum, self.model.exit_layers, self.model.num_layers)
         # the loss reads exit_weights_t; before_step writes each step's weights into it (on the device, no sync)
@@ -180,6 +183,8 @@ class LMTask(Task):
         return LMCriterion(spec, self.exit_weights_t) if spec.kind == "msd" else LMFinalCE(spec, self.model.num_exits)
 
     def before_step(self, step: int, progress: float) -> None:
+        if self.layer_dropout is not None:
+            self.layer_dropout.set_step(step)  # the draws are a function of the step: a resume draws the same
         at = self.curriculum.at(step, progress)
         if self.exit_weights_t is not None and at != self._at:
             torch.add(self._last_part, self._shallower_parts[at[0]], alpha=at[1], out=self.exit_weights_t)

@@ -13,7 +13,8 @@ import os
 from typing import Any, Callable, Dict, Mapping, Optional, Tuple, Union
 
 from ..data.datasets import DATASETS
-from ..lm.names import EVAL_SEQUENCES, LM_DATASETS, LM_HEADS, LM_MODELS, MAX_SEQ_LEN, is_model_folder
+from ..lm.names import (EVAL_SEQUENCES, LAYER_DROPOUT_SCALES, LM_DATASETS, LM_HEADS, LM_MODELS, MAX_SEQ_LEN,
+                        is_model_folder)
 from ..loss import defaults as loss
 from ..loss.exit_weights import CURRICULUM_FRACTION, EXIT_CURRICULA, EXIT_WEIGHT_SCHEDULES
 from ..loss.validation import FEATURE_REDUCTIONS, check_hparams
@@ -82,6 +83,11 @@ class TrainConfig:
                                f"(switched on from the deepest down, all by {CURRICULUM_FRACTION:g} of training); "
                                "warmup_linear / warmup_cosine (the shallower exits' weights rise from 0 to full by "
                                f"{CURRICULUM_FRACTION:g} of training)", choices=EXIT_CURRICULA)
+    layer_dropout: float = key(0.0, "float", "lm: LayerSkip's layer dropout, p_max: in training each sequence skips "
+                               "decoder layer l with probability p_max x S(l) (0 = off; msd_fast/lm/layer_dropout.py)",
+                               check=lambda v: 0 <= v < 1, wants="in [0, 1)")
+    layer_dropout_scale: str = key("exp", "choice", "lm: S(l) over the layers, 0 at the first and 1 at the last "
+                                   "(torchtune's scale types)", choices=LAYER_DROPOUT_SCALES)
     # method and loss (the loss's own ranges: check_hparams in validate_config)
     method: str = key("msd", "choice")  # choices: the method registry (methods.py), so new methods count
     alpha: float = key(loss.ALPHA, "float")
@@ -161,7 +167,8 @@ KEYS: Dict[str, Mapping[str, Any]] = {f.name: f.metadata for f in dataclasses.fi
 DEFAULTS: Dict[str, Any] = {f.name: list(f.default) if f.metadata["kind"] == "int_list" else f.default
                             for f in dataclasses.fields(TrainConfig) if f.name in KEYS}
 RESUME_FLAGS = tuple(k for k, m in KEYS.items() if m["resume"])
-LM_ONLY = ("seq_len", "exit_layers", "lm_heads", "exit_weights", "exit_curriculum")
+LM_ONLY = ("seq_len", "exit_layers", "lm_heads", "exit_weights", "exit_curriculum", "layer_dropout",
+           "layer_dropout_scale")
 
 
 def choices(name: str) -> tuple:
