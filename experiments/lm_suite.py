@@ -53,6 +53,7 @@ def curves(runs: Dict[str, List[str]], corpus) -> dict:
     import torch
 
     from msd_fast.lm.evaluate import evaluate_lm
+    from msd_fast.lm.rows import split_rows
     from msd_fast.lm.load import load_lm
 
     out = {}
@@ -60,8 +61,8 @@ def curves(runs: Dict[str, List[str]], corpus) -> dict:
         per_seed = []
         for d in dirs:
             model, ck = load_lm(d)
-            per_seed.append(evaluate_lm(model, corpus.splits["test"], ck["lm"]["seq_len"], 64, torch.device("cpu"),
-                                        limit=400, thresholds=CURVE_THRESHOLDS)["curve"])
+            rows = split_rows(corpus, "test", ck["lm"]["seq_len"], "packed", torch.device("cpu"), 400)
+            per_seed.append(evaluate_lm(model, rows, 64, torch.device("cpu"), thresholds=CURVE_THRESHOLDS)["curve"])
         out[m] = [{k: statistics.mean(s[i][k] for s in per_seed) for k in ("threshold", "ppl", "agreement",
                                                                           "avg_layers")}
                   for i in range(len(CURVE_THRESHOLDS))]

@@ -122,6 +122,7 @@ def test_cli_trains_a_pretrained_folder_on_pairs_then_reloads_and_decodes(llama_
     from msd_fast.lm.cli import main as lm_main
     from msd_fast.lm.evaluate import evaluate_lm
     from msd_fast.lm.corpus import load_corpus
+    from msd_fast.lm.rows import split_rows
     from msd_fast.train.cli import main as train_main
 
     argv = ["-c", "lm_stdlib_cpu", "--model", str(llama_folder), "--dataset", "text", "--data-dir", str(pairs_corpus),
@@ -140,7 +141,7 @@ def test_cli_trains_a_pretrained_folder_on_pairs_then_reloads_and_decodes(llama_
     model, rec = load_lm(run)  # the checkpoint rebuilds the folder's model from its recorded config
     assert list(model.exit_layers) == [1, 3] and rec["lm"]["hf_config"]["model_type"] == "llama"
     corpus = load_corpus(pairs_corpus)
-    ev = evaluate_lm(model, corpus.splits["val"], 24, 4, torch.device("cpu"), limit=4, mask=corpus.mask("val"))
+    ev = evaluate_lm(model, split_rows(corpus, "val", 24, "packed", torch.device("cpu"), 4), 4, torch.device("cpu"))
     assert ev["tokens"] < 4 * 24  # prompt tokens are not scored
     torch.testing.assert_close(torch.tensor(ev["exits"]), torch.tensor(res["last"]["val_ppl"]), rtol=1e-4, atol=0)
     changed = any(not torch.equal(a, b) for a, b in zip(base.state_dict().values(), model.lm.state_dict().values()))
@@ -256,6 +257,14 @@ def test_a_tampered_mask_or_hf_config_is_refused_in_one_line(llama_folder, pairs
     (c / "val.mask.bin").unlink()
     with pytest.raises(CorpusError, match="val.mask.bin should hold"):
         load_corpus(c)
+    shutil.copyfile(pairs_corpus / "val.mask.bin", c / "val.mask.bin")
+    st = np.fromfile(c / "test.starts.bin", dtype=np.int64)
+    st[1], st[2] = st[2], st[1]
+    st.tofile(c / "test.starts.bin")
+    with pytest.raises(CorpusError, match="starts_sha256"):
+        load_corpus(c)
+    with pytest.raises(CorpusError, match="example starts must rise from 0"):
+        load_corpus(c, verify=False)
 
     from msd_fast.lm.models import pretrained_lm
     model = pretrained_lm(llama_folder, 24, [1])
@@ -268,3 +277,52 @@ def test_a_tampered_mask_or_hf_config_is_refused_in_one_line(llama_folder, pairs
                      ({**cfg, "hidden_size": 1 << 16}, "do not fit|shape")):
         with pytest.raises(CheckpointError, match=msg):
             checkpoint_model({**ckpt, "lm": {**ckpt["lm"], "hf_config": bad}}, "ck")
+
+
+def test_padded_rows_hold_one_example_each_and_its_real_tokens_see_no_pad(llama_folder, pairs_corpus):
+    from msd_fast.lm.corpus import load_corpus
+    from msd_fast.lm.models import pretrained_lm
+    from msd_fast.lm.rows import split_rows
+
+    c = load_corpus(pairs_corpus)
+    T = 24
+    rows = split_rows(c, "train", T, "padded", torch.device("cpu"))
+    st, ids, m = c.starts["train"], np.asarray(c.splits["train"]).astype("int64"), np.asarray(c.mask("train"))
+    assert rows.n == len(st) - 1 == c.meta["splits"]["train"]["rows"]
+    x, y = rows.rows(torch.arange(rows.n))
+    for k in range(rows.n):
+        ex, mk = ids[st[k]:st[k + 1]][:T + 1], m[st[k]:st[k + 1]][:T + 1]
+        n = len(ex)
+        assert x[k, :n - 1].tolist() == list(ex[:-1]) and (x[k, n - 1:] == c.eot_id).all()
+        want = [int(t) if keep else -100 for t, keep in zip(ex[1:], mk[1:])] + [-100] * (T + 1 - n)
+        assert y[k].tolist() == want
+    model = pretrained_lm(llama_folder, T, [1]).eval()
+    short = int(np.argmin(np.diff(st)))
+    n = int(st[short + 1] - st[short]) - 1
+    with torch.no_grad():
+        alone = model.logits(model(x[short:short + 1, :n]), -1)
+        padded = model.logits(model(x[short:short + 1]), -1)[:, :n]
+    torch.testing.assert_close(padded, alone, rtol=1e-5, atol=1e-5)
+
+
+def test_cli_trains_and_evaluates_padded_batches_and_a_bpe_corpus_refuses_them(llama_folder, pairs_corpus, tmp_path,
+                                                                               capsys):
+    from lm_helpers import tiny_corpus
+    from msd_fast.lm.cli import main as lm_main
+    from msd_fast.train.cli import main as train_main
+
+    argv = ["-c", "lm_stdlib_cpu", "--model", str(llama_folder), "--dataset", "text", "--data-dir", str(pairs_corpus),
+            "--train-subset", "0", "--seq-len", "24", "--batch-size", "4", "--max-steps", "3", "--exit-layers", "1",
+            "--lm-batching", "padded", "--val-size", "4", "--eval-batch-size", "4", "--out-dir",
+            str(tmp_path / "runs"), "--run-name", "pad", "--no-progress", "--tensorboard", "false"]
+    assert train_main(argv) == 0
+    res = json.loads((tmp_path / "runs" / "pad" / "results.json").read_text())
+    assert all(np.isfinite(res["last"]["val_ppl"]))
+    assert lm_main(["evaluate", str(tmp_path / "runs" / "pad"), "--split", "val", "--max-sequences", "4", "--json",
+                    str(tmp_path / "e.json")]) == 0  # the run's own batching: its val examples, padded
+    e = json.loads((tmp_path / "e.json").read_text())
+    torch.testing.assert_close(torch.tensor(e["exits"]), torch.tensor(res["last"]["val_ppl"]), rtol=1e-4, atol=0)
+    other = tiny_corpus(tmp_path)
+    assert train_main(["-c", "lm_stdlib_cpu", "--data-dir", str(other), "--lm-batching", "padded", "--max-steps", "1",
+                       "--out-dir", str(tmp_path / "runs"), "--no-progress", "--tensorboard", "false"]) == 2
+    assert "lm_batching padded: corpus" in capsys.readouterr().err

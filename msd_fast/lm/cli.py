@@ -28,6 +28,7 @@ from ..devices import parse_device
 from ..files import check_writable
 from ..interrupt import EXIT_INTERRUPTED, command_started
 from .corpus import DEFAULT_CORPUS, CorpusError, build_corpus, check_same_corpus, corpus_dir, load_corpus
+from .rows import split_rows
 from .text_data import build_text_corpus
 from .evaluate import THRESHOLDS, evaluate_lm
 from .load import load_lm
@@ -58,10 +59,9 @@ def cmd_corpus(a) -> dict:
 def cmd_evaluate(a) -> dict:
     model, rec = load_lm(a.run, a.device)
     corpus = _corpus_of(rec, a.data_dir, a.run)
-    T = rec["lm"]["seq_len"]
-    res = evaluate_lm(model, corpus.splits[a.split], T, 64, torch.device(a.device), limit=a.max_sequences,
-                      mask=corpus.mask(a.split),
-                      thresholds=a.thresholds)
+    rows = split_rows(corpus, a.split, rec["lm"]["seq_len"], rec["config"].get("lm_batching", "packed"),
+                      torch.device(a.device), a.max_sequences)
+    res = evaluate_lm(model, rows, 64, torch.device(a.device), thresholds=a.thresholds)
     print(f"per-exit perplexity on {a.split} ({res['tokens']:,} tokens), exits after layers "
           f"{[j + 1 for j in model.exit_layers]}: " + " / ".join(f"{p:.2f}" for p in res["exits"]))
     print("| threshold | perplexity | agreement with last exit (%) | average layers |\n|---|---|---|---|")

@@ -153,6 +153,7 @@ class TokenCorpus:
     splits: Dict[str, np.ndarray]
     meta: Dict
     masks: Optional[Dict[str, np.ndarray]] = None  # per split, uint8: 1 where the token is a target
+    starts: Optional[Dict[str, np.ndarray]] = None  # per split, int64: where each example starts, then the end
 
     def mask(self, split: str):
         """The split's loss mask (None: every token is a target)."""
@@ -242,7 +243,25 @@ def load_corpus(path, verify: bool = True) -> TokenCorpus:
         arr = np.memmap(f, dtype=dtype, mode="r", shape=(n,))
         _need(int(arr.max()) < V, p, f"{f.name} holds token id {int(arr.max())} >= vocab_size {V}")
         splits[s] = arr
-    return TokenCorpus(p, V, eot, splits, meta, _read_masks(p, meta, verify) if meta.get("loss_mask") else None)
+    return TokenCorpus(p, V, eot, splits, meta, _read_masks(p, meta, verify) if meta.get("loss_mask") else None,
+                       _read_starts(p, meta, verify) if meta.get("example_starts") else None)
+
+
+def _read_starts(p: pathlib.Path, meta: Dict, verify: bool) -> Dict[str, np.ndarray]:
+    out = {}
+    for s in SPLITS:
+        f, n = p / f"{s}.starts.bin", meta["splits"][s]["tokens"]
+        size = f.stat().st_size if f.is_file() else -1
+        _need(size >= 16 and size % 8 == 0, p, f"{f.name} should hold int64 example starts, found "
+                                               f"{size if size >= 0 else 'no file'} bytes")
+        if verify:
+            check_sha256(f, meta["splits"][s].get("starts_sha256"), f"meta.json's splits.{s}.starts_sha256",
+                         CorpusError)
+        st = np.fromfile(f, dtype=np.int64)
+        _need(st[0] == 0 and st[-1] == n and bool((np.diff(st) > 0).all()), p,
+              f"{f.name}: example starts must rise from 0 to the split's {n} tokens")
+        out[s] = st
+    return out
 
 
 def _read_masks(p: pathlib.Path, meta: Dict, verify: bool) -> Dict[str, np.ndarray]:

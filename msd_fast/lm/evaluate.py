@@ -8,35 +8,31 @@ import torch
 import torch.nn.functional as F
 
 from ..data import DataError
-from .corpus import masked_targets, windows
 
 EVAL_LOGIT_BYTES = 64 << 20  # one exit's evaluation logits per batch stay under this
 THRESHOLDS = (0.0, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99, 1.01)
 
 
-def _batches(model, tokens, seq_len: int, batch_size: int, device, amp_dtype, limit: int = 0, mask=None):
-    """(exit outputs, targets: -100 where the loss mask is 0) per batch of windows, in eval mode, no gradients."""
-    toks, n = windows(tokens, seq_len, limit)
-    keep = None if mask is None else windows(mask, seq_len, limit)[0]
-    if n < 1:
-        raise DataError(f"a split of {len(tokens)} tokens holds no sequence of {seq_len} + 1")
-    b = max(1, min(batch_size, EVAL_LOGIT_BYTES // (seq_len * model.vocab_size * 4)))
-    offs = torch.arange(seq_len + 1)
-    for i in range(0, n, b):
-        at = torch.arange(i, min(n, i + b))[:, None] * seq_len + offs
-        seq = toks[at].to(device)
+def _batches(model, rows, batch_size: int, device, amp_dtype):
+    """(exit outputs, targets: -100 where no target) per batch of a split's rows (rows.SplitRows), in eval
+    mode, no gradients."""
+    if rows.n < 1:
+        raise DataError(f"a split of {len(rows.tokens)} tokens holds no sequence of {rows.T} + 1")
+    b = max(1, min(batch_size, EVAL_LOGIT_BYTES // (rows.T * model.vocab_size * 4)))
+    for i in range(0, rows.n, b):
+        x, y = rows.rows(torch.arange(i, min(rows.n, i + b), device=rows.tokens.device))
         with torch.autocast(device.type, dtype=amp_dtype or torch.bfloat16, enabled=amp_dtype is not None):
-            out = model(seq[:, :-1])
-        yield out, masked_targets(seq[:, 1:], None if keep is None else keep[at][:, 1:].to(device))
+            out = model(x.to(device))
+        yield out, y.to(device)
 
 
 @torch.no_grad()
-def evaluate_lm(model, tokens, seq_len: int, batch_size: int, device, amp_dtype=None, limit: int = 0,
-                thresholds: Optional[Sequence[float]] = None, mask=None) -> Dict[str, Any]:
-    """Per-exit perplexity (exp of the mean next-token CE), CE and top-1 accuracy (%) over a split cut into
-    windows of seq_len + 1 (the first `limit` when > 0): {"exits": ppl, "ce", "acc", "tokens", "ensemble":
-    None}; with thresholds, also "curve": the early-exit curve (early_exit_curve). mask: the split's loss
-    mask (TokenCorpus.mask): only tokens it marks are scored and counted."""
+def evaluate_lm(model, rows, batch_size: int, device, amp_dtype=None,
+                thresholds: Optional[Sequence[float]] = None) -> Dict[str, Any]:
+    """Per-exit perplexity (exp of the mean next-token CE), CE and top-1 accuracy (%) over a split's rows
+    (rows.split_rows: packed windows or padded examples, the first `limit`), only the tokens that are targets
+    scored and counted (not a masked prompt, not padding): {"exits": ppl, "ce", "acc", "tokens", "ensemble":
+    None}; with thresholds, also "curve": the early-exit curve (early_exit_curve)."""
     N = model.num_exits
     ce = torch.zeros(N, dtype=torch.float64, device=device)
     hit = torch.zeros(N, dtype=torch.float64, device=device)
@@ -44,7 +40,7 @@ def evaluate_lm(model, tokens, seq_len: int, batch_size: int, device, amp_dtype=
     was = model.training
     model.eval()
     count = 0
-    for out, y in _batches(model, tokens, seq_len, batch_size, device, amp_dtype, limit):
+    for out, y in _batches(model, rows, batch_size, device, amp_dtype):
         c, l, p = [], [], []
         keep = y.flatten() != -100
         yk = y.flatten()[keep]

@@ -6,6 +6,7 @@ import pathlib
 LM_DATASETS = ("python-stdlib", "text")  # text: a corpus of your own data at --data-dir (text_data.py)
 LM_MODELS = ("llama-tiny", "qwen2-tiny", "gpt2-tiny")  # or a Hugging Face model folder (is_model_folder)
 LM_HEADS = ("shared", "per_exit")
+LM_BATCHINGS = ("packed", "padded")  # rows.py: windows across examples, or one example per row
 LAYER_DROPOUT_SCALES = ("uniform", "exp", "linear", "log", "sin", "sigmoid")  # layer_dropout.py's S(l)
 MAX_VOCAB = 1 << 20      # token ids per vocabulary (a corpus, a checkpoint, an export)
 MAX_SEQ_LEN = 1 << 20    # tokens per training sequence

@@ -20,7 +20,7 @@ from ..loss import ExitCurriculum, FusedLinearMSDLoss, exit_weight_schedule
 from ..train.batches import EpochOrderOnDevice, epoch_order
 from ..train.methods import LossSpec, final_exit_terms
 from ..train.task import Task
-from .corpus import CorpusError, corpus_dir, load_corpus, masked_targets, windows
+from .corpus import CorpusError, corpus_dir, load_corpus, windows
 from .evaluate import evaluate_lm
 from .exits import LMExits, exit_logits
 from .hf_loss import exit_loss_inputs
@@ -28,6 +28,7 @@ from .layer_dropout import LayerDropout
 from .load import check_resume_fits
 from .models import create_lm, pretrained_lm
 from .names import EVAL_SEQUENCES, is_model_folder
+from .rows import SplitRows, split_rows
 
 
 class LMCriterion(nn.Module):
@@ -67,32 +68,27 @@ class LMFinalCE(nn.Module):
 
 
 class TokenBatches:
-    """Training batches of token windows (batches.py's protocol): draw -> (idx [b], aug [0, b]),
-    make -> (inputs [b, T], targets [b, T]) on the device, no host sync."""
+    """Training batches of a split's rows (rows.py: packed windows or padded examples; batches.py's protocol):
+    draw -> (idx [b], aug [0, b]), make -> (inputs [b, T], targets [b, T]) on the device, no host sync."""
 
-    def __init__(self, tokens: torch.Tensor, n_seq: int, seq_len: int, device, dist, batch_size: int, mask=None):
-        self.tokens = tokens.to(device)
-        self.mask = None if mask is None else mask.to(device=device, dtype=torch.uint8)  # 0: the token is no target
-        self.n_seq, self.T, self.dist, self.batch_size = n_seq, seq_len, dist, batch_size
-        self.offsets = torch.arange(seq_len + 1, device=device)
+    def __init__(self, rows: SplitRows, dist, batch_size: int):
+        self.rows, self.n_seq, self.dist, self.batch_size = rows, rows.n, dist, batch_size
         self.order = EpochOrderOnDevice()
 
     @property
     def on_device(self) -> bool:
-        return self.tokens.is_cuda
+        return self.rows.tokens.is_cuda
 
     def epoch_order(self, seed: int, epoch: int) -> Tuple[torch.Tensor, torch.Generator]:
         return epoch_order(self.n_seq, seed, epoch)
 
     def draw(self, perm: torch.Tensor, step: int, aug_gen: torch.Generator):
         G, r, w = self.batch_size, self.dist.rank, self.dist.world_size
-        idx = self.order.on(perm, self.tokens.device)[step * G:(step + 1) * G][r::w]
+        idx = self.order.on(perm, self.rows.tokens.device)[step * G:(step + 1) * G][r::w]
         return idx, idx.new_zeros((0, idx.shape[0]))
 
     def make(self, idx: torch.Tensor, aug: torch.Tensor):
-        at = idx[:, None] * self.T + self.offsets
-        seq = self.tokens[at]
-        return seq[:, :-1], masked_targets(seq[:, 1:], None if self.mask is None else self.mask[at][:, 1:])
+        return self.rows.rows(idx)
 
 
 class LMTask(Task):
@@ -112,19 +108,21 @@ class LMTask(Task):
                 f". Build it with: python -m msd_fast.lm corpus --out {path}"
             raise DataError(f"{e}{hint}") from None
         T = cfg.seq_len
-        tokens, n = windows(self.corpus.splits["train"], T, cfg.train_subset)
-        if n < 1:
-            raise DataError(f"corpus {path}: the train split has {tokens.numel()} tokens, fewer than one sequence "
-                            f"of --seq-len {T} + 1")
+        try:
+            rows = split_rows(self.corpus, "train", T, cfg.lm_batching, device, cfg.train_subset)
+        except ValueError as e:
+            raise DataError(str(e)) from None
+        if rows.n < 1:
+            raise DataError(f"corpus {path}: the train split has {len(self.corpus.splits['train'])} tokens, fewer "
+                            f"than one sequence of --seq-len {T} + 1")
         for split in ("val", "test"):  # found now, not after the first epoch
-            if windows(self.corpus.splits[split], T)[1] < 1:
+            if windows(self.corpus.splits[split], T)[1] < 1 and cfg.lm_batching == "packed":
                 raise DataError(f"corpus {path}: the {split} split ({split}.bin, {len(self.corpus.splits[split])} "
                                 f"tokens) holds no sequence of --seq-len {T} + 1")
-        mask = self.corpus.mask("train")
-        self.masked = mask is not None  # whether some targets are -100 (Task.loss_items)
-        self.train_size, self.units_per_sample = n, T  # the log's throughput counts tokens
-        self.batches = TokenBatches(tokens, n, T, device, dist, cfg.batch_size,
-                                    None if mask is None else windows(mask, T, cfg.train_subset)[0])
+        # whether some targets are -100 (Task.loss_items): prompts masked, or padding
+        self.masked = self.corpus.mask("train") is not None or cfg.lm_batching == "padded"
+        self.train_size, self.units_per_sample = rows.n, T  # the log's throughput counts tokens
+        self.batches = TokenBatches(rows, dist, cfg.batch_size)
         torch.manual_seed(cfg.seed)
         self.pretrained = model is None and is_model_folder(cfg.model)
         if self.pretrained:
@@ -200,9 +198,9 @@ class LMTask(Task):
 
     @torch.no_grad()
     def evaluate(self, split: str) -> Dict[str, Any]:
-        return evaluate_lm(self.model, self.corpus.splits[split], self.cfg.seq_len, self.cfg.eval_batch_size,
-                           self.device, self.amp_dtype, limit=self.cfg.val_size or EVAL_SEQUENCES,
-                           mask=self.corpus.mask(split))
+        rows = split_rows(self.corpus, split, self.cfg.seq_len, self.cfg.lm_batching, self.device,
+                          self.cfg.val_size or EVAL_SEQUENCES)
+        return evaluate_lm(self.model, rows, self.cfg.eval_batch_size, self.device, self.amp_dtype)
 
     def checkpoint_fields(self) -> Dict[str, Any]:
         m = self.model

@@ -9,7 +9,8 @@ the end-of-text token; examples are joined into one stream per split, which the 
 windows (a window may span two examples, as packed fine-tuning does without document masks). A pair is its
 prompt's tokens, then its completion's (no special tokens of their own): the prompt tokens are never targets
 (a loss mask, {split}.mask.bin, 1 where the token is a target), so the loss and the perplexity are the
-completions' and their end-of-text tokens'. Examples go to train / val / test by a hash of their path (files) or content
+completions' and their end-of-text tokens'. {split}.starts.bin (int64) holds where each example starts (and
+the end), for padded batches: one example per row (lm_batching padded, rows.py). Examples go to train / val / test by a hash of their path (files) or content
 (rows), as corpus.py splits files.
 
 Reading runs no code: tokenizer.json is parsed by HF tokenizers, the folder's other files as JSON."""
@@ -124,11 +125,14 @@ def build_text_corpus(out_dir, source: str, tokenizer: str, pattern: Optional[st
     dtype = np.uint16 if V <= 2 ** 16 else np.uint32
     meta = {"version": META_VERSION, "source": str(source), "pattern": pattern, "vocab_size": V, "eot_id": eos,
             "dtype": np.dtype(dtype).name, "tokenizer_sha256": sha256_of(out / "tokenizer.json"),
-            "tokenizer_from": str(tokenizer), "examples": kind, "loss_mask": kind == "pairs", "splits": {}}
+            "tokenizer_from": str(tokenizer), "examples": kind, "loss_mask": kind == "pairs",
+            "example_starts": True, "splits": {}}
     for s in SPLITS:
         ids: List[int] = []
         mask: List[int] = []
+        starts: List[int] = []
         for vals in parts[s]:
+            starts.append(len(ids))
             encs = tok.encode_batch(list(vals))
             if kind == "pairs":  # the completion continues the prompt: no special tokens of its own
                 encs[1] = tok.encode(vals[1], add_special_tokens=False)
@@ -142,6 +146,9 @@ def build_text_corpus(out_dir, source: str, tokenizer: str, pattern: Optional[st
         info = {"files" if kind == "text" and not source.endswith(".jsonl") else "rows": len(parts[s]),
                 "tokens": int(arr.size),
                 "sha256": hashlib.sha256(arr.tobytes()).hexdigest()}
+        st = np.asarray(starts + [len(ids)], dtype=np.int64)  # example k is tokens [st[k], st[k + 1])
+        st.tofile(out / f"{s}.starts.bin")
+        info["starts_sha256"] = hashlib.sha256(st.tobytes()).hexdigest()
         if kind == "pairs":
             m = np.asarray(mask, dtype=np.uint8)
             m.tofile(out / f"{s}.mask.bin")

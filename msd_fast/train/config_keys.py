@@ -13,8 +13,8 @@ import os
 from typing import Any, Callable, Dict, Mapping, Optional, Tuple, Union
 
 from ..data.datasets import DATASETS
-from ..lm.names import (EVAL_SEQUENCES, LAYER_DROPOUT_SCALES, LM_DATASETS, LM_HEADS, LM_MODELS, MAX_SEQ_LEN,
-                        is_model_folder)
+from ..lm.names import (EVAL_SEQUENCES, LAYER_DROPOUT_SCALES, LM_BATCHINGS, LM_DATASETS, LM_HEADS, LM_MODELS,
+                        MAX_SEQ_LEN, is_model_folder)
 from ..loss import defaults as loss
 from ..loss.exit_weights import CURRICULUM_FRACTION, EXIT_CURRICULA, EXIT_WEIGHT_SCHEDULES
 from ..loss.validation import FEATURE_REDUCTIONS, check_hparams
@@ -71,6 +71,8 @@ class TrainConfig:
     # language models (task: lm)
     seq_len: int = key(128, "int", "lm: tokens per training sequence (the model's context length)",
                        check=lambda v: 2 <= v <= MAX_SEQ_LEN, wants=f"in [2, {MAX_SEQ_LEN}]")
+    lm_batching: str = key("packed", "choice", "lm: packed (windows of seq_len + 1 tokens across examples) or padded "
+                           "(one example per row, right-padded; a corpus built with --tokenizer)", choices=LM_BATCHINGS)
     exit_layers: Tuple[int, ...] = key((), "int_list", "lm: 0-based decoder layers with an exit (the last layer is "
                                        "always one); empty: 4 exits spread evenly", **_NONNEG)
     lm_heads: str = key("shared", "choice", "lm: shared (the model's final norm + head for every exit) or per_exit "
@@ -167,7 +169,7 @@ KEYS: Dict[str, Mapping[str, Any]] = {f.name: f.metadata for f in dataclasses.fi
 DEFAULTS: Dict[str, Any] = {f.name: list(f.default) if f.metadata["kind"] == "int_list" else f.default
                             for f in dataclasses.fields(TrainConfig) if f.name in KEYS}
 RESUME_FLAGS = tuple(k for k, m in KEYS.items() if m["resume"])
-LM_ONLY = ("seq_len", "exit_layers", "lm_heads", "exit_weights", "exit_curriculum", "layer_dropout",
+LM_ONLY = ("seq_len", "lm_batching", "exit_layers", "lm_heads", "exit_weights", "exit_curriculum", "layer_dropout",
            "layer_dropout_scale")
 
 
