@@ -204,8 +204,10 @@ def test_the_step_weighs_every_kept_token_the_same_whatever_the_accumulation(lla
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
 
 
-def test_two_gloo_ranks_with_unequal_kept_tokens_match_one_process(llama_folder, pairs_corpus, tmp_path):
-    """The step's kept tokens are all-reduced over ranks: 2 ranks x 2 windows give one process's 2 micro-batches."""
+@pytest.mark.parametrize("parallel", ["ddp", "fsdp"])
+def test_two_gloo_ranks_with_unequal_kept_tokens_match_one_process(llama_folder, pairs_corpus, tmp_path, parallel):
+    """The step's kept tokens are all-reduced over ranks: 2 ranks x 2 windows give one process's 2 micro-batches
+    (DDP's replicas and FSDP's shards alike)."""
     import os
     import socket
     import subprocess
@@ -222,7 +224,7 @@ def test_two_gloo_ranks_with_unequal_kept_tokens_match_one_process(llama_folder,
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
     r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={port}",
-                        "-m", "msd_fast.train", *common, "--run-name", "ddp"],
+                        "-m", "msd_fast.train", *common, "--run-name", "ddp", "--parallel", parallel],
                        env={**os.environ, "OMP_NUM_THREADS": "1"},
                        timeout=300, capture_output=True, text=True)
     assert r.returncode == 0, r.stderr[-2000:]

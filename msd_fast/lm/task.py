@@ -140,6 +140,12 @@ class LMTask(Task):
             raise ValueError(f"model: its head has {model.vocab_size} tokens, but the corpus {path} has a vocabulary "
                              f"of {self.corpus.vocab_size}")
         self.model = model.to(device)
+        if cfg.activation_checkpointing:  # the wrapped model's own, per decoder layer (non-reentrant)
+            lm, kw = self.model.lm, {"use_reentrant": False}
+            if hasattr(lm, "activation_checkpointing_enable"):  # transformers >= 5
+                lm.activation_checkpointing_enable(activation_checkpointing_kwargs=kw)
+            else:
+                lm.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kw)
         self.layer_dropout = LayerDropout(self.model, cfg.layer_dropout, cfg.layer_dropout_scale, cfg.seed) \
             if cfg.layer_dropout else None
         self.exit_weights = exit_weight_schedule(cfg.exit_weights, [d + 1 for d in self.model.exit_layers])

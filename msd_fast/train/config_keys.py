@@ -18,6 +18,7 @@ from ..lm.names import (EVAL_SEQUENCES, LAYER_DROPOUT_SCALES, LM_BATCHINGS, LM_D
 from ..loss import defaults as loss
 from ..loss.exit_weights import CURRICULUM_FRACTION, EXIT_CURRICULA, EXIT_WEIGHT_SCHEDULES
 from ..loss.validation import FEATURE_REDUCTIONS, check_hparams
+from .sharding import PARALLEL
 
 DEFAULT_PRESET = "fashion_mnist_cpu"
 KINDS = ("int", "float", "bool", "tristate", "choice", "str", "int_list")  # tristate: auto | true | false
@@ -85,6 +86,8 @@ class TrainConfig:
                                f"(switched on from the deepest down, all by {CURRICULUM_FRACTION:g} of training); "
                                "warmup_linear / warmup_cosine (the shallower exits' weights rise from 0 to full by "
                                f"{CURRICULUM_FRACTION:g} of training)", choices=EXIT_CURRICULA)
+    activation_checkpointing: bool = key(False, "bool", "lm: recompute each decoder layer in backward instead of "
+                                         "keeping its activations (less memory, about a third more compute)")
     layer_dropout: float = key(0.0, "float", "lm: LayerSkip's layer dropout, p_max: in training each sequence skips "
                                "decoder layer l with probability p_max x S(l) (0 = off; msd_fast/lm/layer_dropout.py)",
                                check=lambda v: 0 <= v < 1, wants="in [0, 1)")
@@ -106,6 +109,9 @@ class TrainConfig:
                          "decoupled)", choices=("sgd", "adamw"))
     epochs: int = key(3, "int", resume=True, **_GE1)
     batch_size: int = key(128, "int", **_GE1)
+    parallel: str = key("ddp", "choice", "several processes (torchrun): ddp (a full replica each) or fsdp (task lm: "
+                        "FSDP2, parameters, gradients and optimizer state sharded per decoder layer; "
+                        "msd_fast/train/sharding.py)", choices=PARALLEL)
     accum_steps: int = key(1, "int", "split each global batch into this many micro-batches (gradients averaged)",
                            **_GE1)
     lr: float = key(0.1, "float", **_POS)
@@ -169,7 +175,7 @@ KEYS: Dict[str, Mapping[str, Any]] = {f.name: f.metadata for f in dataclasses.fi
 DEFAULTS: Dict[str, Any] = {f.name: list(f.default) if f.metadata["kind"] == "int_list" else f.default
                             for f in dataclasses.fields(TrainConfig) if f.name in KEYS}
 RESUME_FLAGS = tuple(k for k, m in KEYS.items() if m["resume"])
-LM_ONLY = ("seq_len", "lm_batching", "exit_layers", "lm_heads", "exit_weights", "exit_curriculum", "layer_dropout",
+LM_ONLY = ("seq_len", "lm_batching", "activation_checkpointing", "exit_layers", "lm_heads", "exit_weights", "exit_curriculum", "layer_dropout",
            "layer_dropout_scale")
 
 
@@ -274,6 +280,9 @@ def validate_config(cfg: Dict[str, Any], sources: Optional[Dict[str, str]] = Non
                 raise ConfigError(f"{name} must be {ok!r} for task lm (the fused linear loss), got {cfg[name]!r} "
                                   f"(from {src(name)})")
         return
+    if cfg["parallel"] == "fsdp":
+        raise ConfigError(f"parallel fsdp (from {src('parallel')}) shards an LM's decoder layers (task lm); task "
+                          f"{cfg['task']!r} trains with parallel ddp")
     for name in LM_ONLY:
         if (list(cfg[name]) if isinstance(cfg[name], tuple) else cfg[name]) != DEFAULTS[name]:
             raise ConfigError(f"{name} applies to task lm only; task is {cfg['task']!r} (from {src('task')}), "

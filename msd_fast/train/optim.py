@@ -9,8 +9,14 @@ from .config_keys import TrainConfig
 def fused_supported(params) -> bool:
     """torch's fused SGD takes floating-point parameters on the CPU or CUDA: one kernel per parameter instead of
     several per-tensor ops (bench/bench_optim.py: 3-9x faster steps than the for-loop on a 2-core CPU; on a GPU
-    it removes most of the optimizer's kernel launches)."""
-    return all(p.device.type in ("cpu", "cuda") and p.is_floating_point() for p in params)
+    it removes most of the optimizer's kernel launches). Not FSDP's sharded parameters (DTensors): the fused
+    kernels have no sharding rule; those take the foreach path."""
+    try:
+        from torch.distributed.tensor import DTensor
+    except ImportError:  # a torch built without distributed support: nothing is sharded
+        DTensor = ()
+    return all(p.device.type in ("cpu", "cuda") and p.is_floating_point() and not isinstance(p, DTensor)
+               for p in params)
 
 
 def build_optimizer(params, cfg: TrainConfig) -> torch.optim.Optimizer:

@@ -117,7 +117,7 @@ def results_dict(*, cfg: TrainConfig, epoch: int, steps: int, history: List[Dict
                      f"test_{m}": best["test"] and best["test"]["exits"],
                      "test_ensemble": best["test"] and best["test"]["ensemble"]},
         "params": cost["params"], "exit_flops": cost["exit_flops"], "input_size": list(input_size),
-        "wall_time_s": wall_s, "speed": speed, "world_size": world_size,
+        "wall_time_s": wall_s, "speed": speed, "world_size": world_size, "parallel": cfg.parallel,
         "machine": f"{platform.machine()} {platform.processor() or ''} ({torch.get_num_threads()} threads)".strip(),
         "torch": torch.__version__,
     }

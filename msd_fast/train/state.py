@@ -4,13 +4,14 @@ format itself (keys, version, safe loading) is msd_fast.checkpoint's."""
 from typing import Any, Dict
 
 from .. import checkpoint as ckpt_format
+from .sharding import load_model_state, load_optimizer_state, model_state, optimizer_state
 
 
 def training_state(t) -> Dict[str, Any]:
     cfg = t.cfg
     return ckpt_format.pack(
         config=cfg.as_dict(), **t.task.checkpoint_fields(),
-        model=t.model.state_dict(), optimizer=t.opt.state_dict(), scheduler=t.sched.state_dict(),
+        model=model_state(t.model), optimizer=optimizer_state(t.model, t.opt), scheduler=t.sched.state_dict(),
         scaler=t.scaler.state_dict(), epoch=t.epoch, step_in_epoch=t.step_in_epoch, global_step=t.global_step,
         aug_state=t.aug_state, sums=None if t.sums is None else {k: v.cpu() for k, v in t.sums.items()},
         rng=ckpt_format.rng_state(), history=t.history, best=t.best, wall_s=t._wall(), cost=t.cost)
@@ -29,11 +30,13 @@ def restore_training_state(t, ckpt: Dict[str, Any], path) -> None:
     why = t.task.differs(ckpt)
     if why:
         raise ckpt_format.CheckpointError(f"{path} belongs to another model: {why}")
-    for what, obj, state in (("model weights", t.model, ckpt["model"]), ("optimizer state", t.opt, ckpt["optimizer"]),
-                             ("schedule state", t.sched, ckpt["scheduler"]), ("grad-scaler state", t.scaler,
-                                                                               ckpt["scaler"])):
+    for what, obj, load, state in (
+            ("model weights", t.model, lambda s: load_model_state(t.model, s), ckpt["model"]),
+            ("optimizer state", t.opt, lambda s: load_optimizer_state(t.model, t.opt, s), ckpt["optimizer"]),
+            ("schedule state", t.sched, t.sched.load_state_dict, ckpt["scheduler"]),
+            ("grad-scaler state", t.scaler, t.scaler.load_state_dict, ckpt["scaler"])):
         try:
-            obj.load_state_dict(state)
+            load(state)
         except (RuntimeError, ValueError, KeyError, TypeError, IndexError) as e:
             raise ckpt_format.CheckpointError(f"{path}: its {what} do not fit this run's "
                                               f"{type(obj).__name__} ({_first_line(e)})") from None

@@ -7,15 +7,13 @@ Each micro-batch's mean loss is weighted by its share of the whole step's loss i
 or an LM's kept tokens, summed over micro-batches and all-reduced over ranks; DDP's gradient mean is undone by
 the world size), so the gradient is the mean over every item of the step, as one big batch would give it:
 padding, accumulation and world size change nothing (Hugging Face's num_items_in_batch fix)."""
-import contextlib
-
 import torch
-from torch.nn.parallel import DistributedDataParallel
 
 from ..distributed import all_reduce_sum
 from ..loss import CosineBeta
 from .graph import GraphedStep
 from .optim import build_optimizer, build_scheduler
+from .sharding import no_grad_sync, wrap
 from .speed import Speed
 from .sums import accumulate
 from .config_keys import TrainConfig
@@ -33,6 +31,7 @@ class TrainStep:
         self.beta_sched, self.beta_t = beta_sched, beta_t
         self.forward_loss = torch.compile(self._forward_loss) if compile else self._forward_loss
         self.graph = None  # the GraphedStep replaying this step, while it can (build)
+        self.parallel = "ddp"  # how self.ddp spreads the step over processes (sharding.py)
 
     @classmethod
     def build(cls, *, cfg: TrainConfig, task, method, device, dist, speed: Speed, amp_dtype, steps_per_epoch: int,
@@ -41,10 +40,10 @@ class TrainStep:
         schedule with beta as a device scalar (changes without recompiles or host syncs), DDP when distributed,
         the CUDA graph of the whole step when speed.cuda_graph."""
         model = task.model
+        wrapped = wrap(model, cfg.parallel, dist, device)  # before the optimizer: FSDP replaces the parameters
         opt = build_optimizer(model.parameters(), cfg)
         hint = method.uses_hint
-        step = cls(model=model, ddp=DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda"
-                                                            else None) if dist.enabled else model,
+        step = cls(model=model, ddp=wrapped,
                    criterion=task.criterion(method.build(cfg, model.num_exits)), count_correct=task.correct,
                    loss_items=task.loss_items, opt=opt,
                    sched=build_scheduler(opt, cfg, steps_per_epoch),
@@ -53,6 +52,7 @@ class TrainStep:
                    make_batch=make_batch,
                    beta_sched=CosineBeta(cfg.beta_begin if hint else 0.0, cfg.beta_end if hint else 0.0, cfg.epochs),
                    beta_t=torch.zeros((), device=device))
+        step.parallel = cfg.parallel
         if speed.cuda_graph:
             step.graph = GraphedStep(step, make_batch, required=cfg.cuda_graph is True)
         return step
@@ -82,8 +82,7 @@ class TrainStep:
         items = [self.loss_items(ys) for _, ys in parts]
         weights = self._item_weights(items)
         for j, ((xs, ys), w) in enumerate(zip(parts, weights)):
-            sync_ctx = self.ddp.no_sync() if (self.dist.enabled and j < accum - 1) else contextlib.nullcontext()
-            with sync_ctx:
+            with no_grad_sync(self.ddp, self.parallel, self.dist, last=j == accum - 1):
                 loss, terms, correct = fwd(xs, ys, beta)
                 self.scaler.scale(loss * w).backward()
             accumulate(sums, loss, terms, correct, items[j])

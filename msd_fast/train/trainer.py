@@ -23,6 +23,7 @@ from .methods import get_method
 from .run_dir import check_output_dir, new_run_dir, reconcile_best, remove_run_dir, resumed_run_dir
 from .run_log import RunLogger, format_results_table, results_dict, write_results
 from .speed import AMP_DTYPES, resolve_speed
+from .sharding import is_sharded
 from .state import restore_training_state, training_state
 from .step import TrainStep
 from .task import make_task
@@ -266,11 +267,13 @@ class Trainer:
 
     # ------------------------------------------------------------------------------- checkpoints
     def _save(self, name: str) -> None:
+        # a sharded model's whole tensors are gathered by every process (sharding.py); rank 0 writes them
+        state = training_state(self) if self.dist.is_main or is_sharded(self.model) else None
         if self.dist.is_main:
             # last.pt's previous version stays on as last-prev.pt, unless this run resumed from another file
             # (then last.pt may be the corrupt one it could not use).
             keep = name == "last.pt" and self._last_is_ours
-            ckpt_format.atomic_save(training_state(self), self.run_dir / name, keep_previous=keep)
+            ckpt_format.atomic_save(state, self.run_dir / name, keep_previous=keep)
             self._last_is_ours = self._last_is_ours or name == "last.pt"
         barrier(self.dist)
 
