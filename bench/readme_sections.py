@@ -16,6 +16,7 @@ SECTION_FILES = {
     "train-bench-cuda": _DOCS / "performance.md",
     "linear-loss-cpu": _DOCS / "linear.md", "linear-loss-cuda": _DOCS / "linear.md",
     "lm-step-cpu": _DOCS / "lm.md", "lm-step-cuda": _DOCS / "lm.md",
+    "fsdp-memory-cpu": _DOCS / "lm.md", "fsdp-memory-cuda": _DOCS / "lm.md",
 }
 
 

@@ -8,7 +8,7 @@ import pathlib
 
 from bench.machine import describe
 from bench.readme_sections import update_readme_section
-from bench.report_lm import lm_step_headline, lm_step_section
+from bench.report_lm import fsdp_memory_section, lm_step_headline, lm_step_section
 
 RESULTS = pathlib.Path(__file__).resolve().parent / "results"
 BASELINE_PREFIX = "baseline"  # bench_train.py's baseline row name starts with this
@@ -264,6 +264,9 @@ def update_readme() -> None:
         step = _load(f"lm_step_{dev}.json")
         if step:
             update_readme_section(f"lm-step-{dev}", lm_step_section(step))
+        mem = _load(f"fsdp_memory_{dev}.json")
+        if mem:
+            update_readme_section(f"fsdp-memory-{dev}", fsdp_memory_section(mem))
     gpu_runs = sorted(p.parent.name for p in (RESULTS / "gpu").glob("*/summary.json"))
     see_gpu = ("_The GPU check's tables (section \"GPU: what is checked, where, and how to check it\"), from "
                + ", ".join(f"`bench/results/gpu/{g}/`" for g in gpu_runs) + "._") if gpu_runs else None

@@ -61,3 +61,25 @@ def lm_step_headline(d: dict):
             f"recipe), forward + backward + AdamW, on {describe(d['machine'])}: `{d['command']}` (details: "
             f"docs/lm.md).")
     return row, note
+
+
+def fsdp_memory_section(d: dict) -> str:
+    """bench_fsdp_memory's table: the largest per-process peak per mode and number of processes."""
+    by = {(r["mode"], r["world"]): r for r in d["rows"]}
+    worlds = sorted({w for _, w in by})
+    lines = [f"Llama, hidden {d['hidden']}, {d['layers']} layers, V={d['vocab']:,}, {d['exits']} exits, AdamW, "
+             f"{d['steps']} steps of {d['batch']} x {d['seq']} tokens per process, the fused linear MSD loss.", "",
+             "| processes | " + " | ".join(f"{m}: peak per process (parameters held)" for m in ("ddp", "fsdp")) + " |",
+             "|---|---|---|"]
+    for w in worlds:
+        cells = []
+        for m in ("ddp", "fsdp"):
+            r = by.get((m, w))
+            cells.append("-" if r is None else f"failed: {r['error']}" if "error" in r else
+                         f"{r['max_peak_mb']:,.0f} MB ({r['params_rank0'] / 1e6:.1f}M)")
+        lines.append(f"| {w} | " + " | ".join(cells) + " |")
+    probe = "torch.cuda.max_memory_allocated" if d["machine"]["gpu"] else "the resident-set high-water mark"
+    lines += ["", f"Peak: {probe} above the process's memory before the model was built, the largest over the "
+              f"processes (one process: nothing is sharded, both rows are the same run); on "
+              f"{describe(d['machine'])}: `{d['command']}`."]
+    return "\n".join(lines)
