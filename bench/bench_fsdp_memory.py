@@ -33,7 +33,7 @@ def worker(a) -> None:
     """One process of a torchrun launch: prints rank 0's JSON line with every rank's peak."""
     import torch.distributed as dist
 
-    from bench.bench_lm_step import _model
+    from bench.bench_lm_step import lm_with_exits
     from msd_fast import fused_linear_msd_loss
     from msd_fast.distributed import DistInfo
     from msd_fast.lm.hf import transformers
@@ -49,7 +49,7 @@ def worker(a) -> None:
         torch.cuda.set_device(dev)
     dist.init_process_group("nccl" if cuda else "gloo")
     base = torch.cuda.memory_allocated(dev) if cuda else _rss_kb() * 1024
-    model = _model(a, dev).train()
+    model = lm_with_exits(a, dev).train()
     module = wrap(model, a.mode, DistInfo(rank, world, rank), dev)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4, foreach=True)
     g = torch.Generator().manual_seed(rank)

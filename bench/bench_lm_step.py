@@ -38,7 +38,8 @@ RESULTS = pathlib.Path(__file__).resolve().parent / "results"
 ALPHA, TAU = 0.3, 3.0
 
 
-def _model(a, dev):
+def lm_with_exits(a, dev):
+    """The benchmark's Llama (hidden a.hidden, a.layers layers, V a.vocab) with a.exits exits through its head."""
     from msd_fast.lm import attach_lm_exits
     from msd_fast.lm.exits import even_exit_layers
     from msd_fast.lm.hf import transformers
@@ -98,7 +99,7 @@ def _loss_fn(method, model):
 
 def _step_fn(method, a, dev):
     """A function doing one training step of `method` on its own copy of the model and optimizer."""
-    model = _model(a, dev).train()
+    model = lm_with_exits(a, dev).train()
     ids, target = _batch(a, dev)
     loss_fn = _loss_fn(method, model)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4, betas=(0.9, 0.95), weight_decay=0.0, foreach=True)

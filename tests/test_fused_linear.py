@@ -249,21 +249,66 @@ def test_exit_weights_as_a_tensor_are_read_at_each_call(detach):
 def test_exit_curricula_switch_exits_on_by_step_and_progress():
     from msd_fast.loss import ExitCurriculum
 
-    rot = ExitCurriculum("rotational", [1, 3, 5, 7], 8)
-    assert [rot.at(s, 0.0) for s in range(5)] == [(0, 1.0), (1, 1.0), (2, 1.0), (0, 1.0), (1, 1.0)]
-    assert rot.patterns([1.0, 2.0, 3.0, 4.0], "cpu").tolist() == [[1, 0, 0, 4], [0, 2, 0, 4], [0, 0, 3, 4]]
-    last, shallower = rot.parts([1.0, 2.0, 3.0, 4.0], "cpu")  # weights at (k, a): last + a * shallower[k]
-    assert last.tolist() == [0, 0, 0, 4] and (last + 0.5 * shallower[1]).tolist() == [0, 1, 0, 4]
+    rr = ExitCurriculum("round_robin", [1, 3, 5, 7], 8)
+    assert [rr.at(s, 0.0) for s in range(5)] == [(0, 1.0), (1, 1.0), (2, 1.0), (0, 1.0), (1, 1.0)]
+    assert rr.weights("uniform") == [[1, 0, 0, 1], [0, 1, 0, 1], [0, 0, 1, 1]]
+    fixed, varying = rr.parts("uniform", 1.0, "cpu")  # weights at (k, a): fixed + a * varying[k]
+    assert fixed.tolist() == [0, 0, 0, 0] and varying[1].tolist() == [0, 1, 0, 1]
     grad = ExitCurriculum("gradual", [1, 3, 5, 7], 8)  # exit after layer j on from 0.5 * (8 - j) / 8
-    assert grad.patterns([1.0] * 4, "cpu").tolist() == [[0, 0, 0, 1], [0, 0, 1, 1], [0, 1, 1, 1], [1, 1, 1, 1]]
+    assert grad.weights("uniform") == [[0, 0, 0, 4], [0, 0, 2, 2], [0, 4 / 3, 4 / 3, 4 / 3], [1, 1, 1, 1]]
     assert [grad.at(0, p)[0] for p in (0.0, 0.18, 0.1875, 0.3125, 0.4374, 0.4375, 1.0)] == [0, 0, 1, 2, 2, 3, 3]
     lin, cos = ExitCurriculum("warmup_linear", [1, 7], 8), ExitCurriculum("warmup_cosine", [1, 7], 8)
     assert [lin.at(9, p) for p in (0.0, 0.25, 0.5, 0.9)] == [(0, 0.0), (0, 0.5), (0, 1.0), (0, 1.0)]
+    fixed, varying = lin.parts("linear_l", 1.0, "cpu")
+    assert fixed.tolist() == pytest.approx([0, 2 * 8 / 10]) and varying[0].tolist() == pytest.approx([2 * 2 / 10, 0])
     assert [cos.at(9, p)[1] for p in (0.0, 0.25, 0.5)] == pytest.approx([0.0, 0.5, 1.0])
     assert cos.at(0, 0.125)[1] == pytest.approx(0.5 * (1 - math.cos(math.pi / 4)))
-    assert ExitCurriculum("none", [1, 7], 8).patterns([0.5, 1.5], "cpu").tolist() == [[0.5, 1.5]]
-    with pytest.raises(ValueError, match="exit curriculum must be one of none, rotational, gradual, warmup_linear"):
+    assert ExitCurriculum("none", [1, 7], 8).weights("uniform") == [[1.0, 1.0]]
+    with pytest.raises(ValueError, match="exit curriculum must be one of none, rotational, gradual, round_robin"):
         ExitCurriculum("random", [1, 7], 8)
+
+
+# torchtune's early-exit curricula and loss scales, transcribed from their public definitions (torchtune/modules/
+# early_exit_loss.py): a per-layer boolean mask, the last layer always on; rotational rolls it one layer per
+# step, gradual switches layer l on once step / max_steps >= f (L - l) / L; the scale function runs over the
+# layer ids that are on, shallower ones times e_scale, divided by their sum.
+def _tt_scales(kind, ids, L, e_scale):
+    raw = {"uniform": [1.0] * len(ids), "linear_l": [i + 1.0 for i in ids],
+           "sum_l": list(itertools.accumulate(i + 1.0 for i in ids)), "sqrt_l": [math.sqrt(i + 1) for i in ids],
+           "inv_l": [1 / (i + 1) for i in ids], "inv_sqrt_l": [1 / math.sqrt(i + 1) for i in ids]}[kind]
+    raw = [r * (e_scale if i < L - 1 else 1.0) for r, i in zip(raw, ids)]
+    return [r / sum(raw) for r in raw]
+
+
+def _tt_mask(kind, init, step, max_steps, f=0.5):
+    L = len(init)
+    if kind == "rotational":
+        mask = [init[(j - step) % L] for j in range(L)]  # np.roll(mask, 1) applied `step` times
+    else:
+        mask = [init[j] and step / max_steps >= f * (L - j) / L for j in range(L)]
+    mask[-1] = True
+    return mask
+
+
+@pytest.mark.parametrize("kind", ["rotational", "gradual"])
+@pytest.mark.parametrize("schedule", ["uniform", "linear_l", "sum_l", "inv_sqrt_l"])
+def test_rotational_and_gradual_are_torchtunes_on_the_exits_a_model_has(kind, schedule):
+    """A model with exits at every layer gets torchtune's weights x N exactly; with exits at some layers, the
+    same restricted to them (torchtune reads any layer out through the shared head; here only exits can)."""
+    from msd_fast.loss import ExitCurriculum
+
+    L, max_steps, e_scale = 6, 24, 0.5
+    for layers in (list(range(L)), [1, 3, 5]):
+        cur = ExitCurriculum(kind, layers, L)
+        pats = cur.weights(schedule, e_scale)
+        init = [j in layers for j in range(L)]
+        for step in range(max_steps):
+            mask = _tt_mask(kind, init, step, max_steps)
+            on = [j for j in layers if mask[j]]
+            want = dict(zip(on, _tt_scales(schedule, on, L, e_scale)))
+            k, a = cur.at(step, step / max_steps)
+            got = [a * w for w in pats[k]]
+            assert got == pytest.approx([len(layers) * want.get(j, 0.0) for j in layers]), (layers, step)
 
 
 def test_exit_weight_schedules_and_bad_weights():

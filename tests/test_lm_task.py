@@ -71,34 +71,66 @@ def test_exit_weight_schedules_and_per_exit_heads_train(tmp_path, corpus):
     t.fit()
 
 
-@pytest.mark.parametrize("curriculum,steps,pattern", [("rotational", 5, [1, 0, 1]), ("gradual", 3, [0, 1, 1]),
-                                                      ("warmup_linear", 2, [1 / 3, 1 / 3, 1])])
+def _on(depths, on):
+    """sqrt_l over the exits that are on (1-based depths), scaled to sum to the 3 exits, 0 for the others."""
+    from msd_fast.loss import exit_weight_schedule
+
+    w = iter(exit_weight_schedule("sqrt_l", [d for d, o in zip(depths, on) if o]))
+    return [next(w) * 3 / sum(on) if o else 0.0 for o in on]
+
+
+@pytest.mark.parametrize("curriculum,steps,at_stop,at_end", [
+    ("round_robin", 5, "fixed:1,0,1", "fixed:0,1,1"), ("rotational", 5, "on:0,0,1", "on:1,1,1"),
+    ("gradual", 3, "on:0,1,1", "on:1,1,1"), ("warmup_linear", 2, "fixed:0.3333333,0.3333333,1", "fixed:1,1,1")])
 def test_exit_curricula_switch_exits_per_step_and_resume_where_they_were(tmp_path, corpus, curriculum, steps,
-                                                                         pattern):
+                                                                         at_stop, at_end):
     from msd_fast import Trainer
     from msd_fast.loss import exit_weight_schedule
 
-    # 12 training windows / batch 4: 3 steps per epoch, 6 planned. The last step run is steps - 1: rotational
-    # step 4 trains exit 4 % 2 = 0; gradual at 2/6 of training has layer 4's exit on (from 0.5 * 4/8), not
-    # layer 1's (from 0.5 * 7/8); warmup_linear at step 1 (1/6 of training) weighs the shallower exits 1/6 / 0.5
+    # 12 training windows / batch 4: 3 steps per epoch, 6 planned; exits after layers 2, 5, 8 of 8. The last
+    # step run is steps - 1: round_robin step 4 trains exit 4 % 2 = 0; rotational step 4 rolls the exits'
+    # mask (layers 1, 4, 7) by 4 layers, onto none of them but the last; gradual at 2/6 of training has layer
+    # 4's exit on (from 0.5 * 4/8), not layer 1's (from 0.5 * 7/8); warmup_linear at step 1 (1/6 of training)
+    # weighs the shallower exits 1/6 / 0.5. At the end (step 5): rotational's roll by 5 covers every exit.
+    base, depths = exit_weight_schedule("sqrt_l", [2, 5, 8]), [2, 5, 8]
+
+    def want(spec):
+        kind, vals = spec.split(":")
+        vals = [float(v) for v in vals.split(",")]
+        return [b * v for b, v in zip(base, vals)] if kind == "fixed" else _on(depths, vals)
+
     t = Trainer(_cfg(tmp_path, corpus, exit_curriculum=curriculum, exit_weights="sqrt_l", lm_heads="per_exit",
                      train_subset=12, run_name="c", max_steps=steps))
-    base = exit_weight_schedule("sqrt_l", [2, 5, 8])
     t.fit()
-    assert t.task.exit_weights_t.tolist() == pytest.approx([b * m for b, m in zip(base, pattern)])
+    assert t.task.exit_weights_t.tolist() == pytest.approx(want(at_stop))
     cfg = _cfg(tmp_path, corpus, exit_curriculum=curriculum, exit_weights="sqrt_l", lm_heads="per_exit",
                train_subset=12, run_name="c", max_steps=0)
     cfg["resume"] = str(tmp_path / "runs" / "c")
     r = Trainer(cfg)
     assert r.global_step == steps and r.fit()["last"]["val_ppl"]
-    assert r.task.exit_weights_t.tolist() == pytest.approx([0.0, base[1], base[2]] if curriculum == "rotational"
-                                                           else base)  # step 5 (rotational); all on (the others)
+    assert r.task.exit_weights_t.tolist() == pytest.approx(want(at_end))
+
+
+def test_a_checkpoint_of_the_earlier_rotational_does_not_resume(tmp_path, corpus):
+    from msd_fast import Trainer
+    from msd_fast.checkpoint import CheckpointError
+
+    Trainer(_cfg(tmp_path, corpus, exit_curriculum="rotational", run_name="old", max_steps=1)).fit()
+    f = tmp_path / "runs" / "old" / "last.pt"
+    ck = torch.load(f, weights_only=True)
+    del ck["lm"]["curricula"]  # as msd_fast wrote it before torchtune's definitions
+    from msd_fast.checkpoint import atomic_save
+    atomic_save(ck, f)
+    cfg = _cfg(tmp_path, corpus, exit_curriculum="rotational", run_name="old")
+    cfg["resume"] = str(tmp_path / "runs" / "old")
+    with pytest.raises(CheckpointError, match="earlier rotational is now round_robin"):
+        Trainer(cfg)
 
 
 def test_a_switched_off_exit_gets_no_gradient_through_its_own_terms(tmp_path, corpus):
     from msd_fast import Trainer
 
-    t = Trainer(_cfg(tmp_path, corpus, exit_curriculum="rotational", lm_heads="per_exit", max_steps=1))
+    t = Trainer(_cfg(tmp_path, corpus, exit_curriculum="round_robin", lm_heads="per_exit", max_steps=1))
     crit = t.task.criterion(t.method.build(t.cfg, t.model.num_exits))
     x, y = t.batches.make(torch.arange(4), None)
     loss, _ = crit(t.model(x), y, torch.zeros(()))

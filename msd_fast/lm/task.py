@@ -17,6 +17,7 @@ from torch import nn
 from ..data import DataError
 from ..files import sha256_of
 from ..loss import ExitCurriculum, FusedLinearMSDLoss, exit_weight_schedule
+from ..loss.exit_weights import RENORMALISED
 from ..train.batches import EpochOrderOnDevice, epoch_order
 from ..train.methods import LossSpec, final_exit_terms
 from ..train.task import Task
@@ -29,6 +30,9 @@ from .load import check_resume_fits
 from .models import create_lm, pretrained_lm
 from .names import EVAL_SEQUENCES, is_model_folder
 from .rows import SplitRows, split_rows
+
+
+CURRICULA_VERSION = 2  # 2: rotational and gradual are torchtune's (renormalised weights); checkpoints record it
 
 
 class LMCriterion(nn.Module):
@@ -148,13 +152,14 @@ class LMTask(Task):
                 lm.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kw)
         self.layer_dropout = LayerDropout(self.model, cfg.layer_dropout, cfg.layer_dropout_scale, cfg.seed) \
             if cfg.layer_dropout else None
-        self.exit_weights = exit_weight_schedule(cfg.exit_weights, [d + 1 for d in self.model.exit_layers])
+        self.exit_weights = exit_weight_schedule(cfg.exit_weights, [d + 1 for d in self.model.exit_layers],
+                                                 cfg.exit_scale)
         self.curriculum = ExitCurriculum(cfg.exit_curriculum, self.model.exit_layers, self.model.num_layers)
         # the loss reads exit_weights_t; before_step writes each step's weights into it (on the device, no sync)
         plain = cfg.exit_curriculum == "none" and all(w == 1.0 for w in self.exit_weights)
         self.exit_weights_t, self._at = None, None
         if not plain:
-            self._last_part, self._shallower_parts = self.curriculum.parts(self.exit_weights, device)
+            self._last_part, self._shallower_parts = self.curriculum.parts(cfg.exit_weights, cfg.exit_scale, device)
             self.exit_weights_t = torch.empty_like(self._last_part)
             self.before_step(0, 0.0)
         self.input_size = (T,)
@@ -211,10 +216,11 @@ class LMTask(Task):
     def checkpoint_fields(self) -> Dict[str, Any]:
         m = self.model
         lm = {"seq_len": self.cfg.seq_len, "exit_layers": list(m.exit_layers), "heads": m.heads,
-              "corpus_train_sha256": self.corpus.train_sha256}
+              "corpus_train_sha256": self.corpus.train_sha256, "curricula": CURRICULA_VERSION}
         if self.pretrained:  # the checkpoint stands alone: the folder's config rebuilds the model (load.py)
             lm["hf_config"] = json.loads(m.lm.config.to_json_string(use_diff=False))
-        return {"model_name": self.cfg.model, "num_classes": self.corpus.vocab_size, "width": self.cfg.width, "dataset": self.cfg.dataset, "lm": lm}
+        return {"model_name": self.cfg.model, "num_classes": self.corpus.vocab_size, "width": self.cfg.width,
+                "dataset": self.cfg.dataset, "lm": lm}
 
     def differs(self, ckpt: Dict[str, Any]) -> str:
         """Also the exits, the sequence length and the corpus: a resume onto another corpus (--data-dir) would
@@ -223,6 +229,10 @@ class LMTask(Task):
         mine, theirs = self.checkpoint_fields()["lm"], ckpt.get("lm") if isinstance(ckpt.get("lm"), dict) else {}
         more = [f"{k} {theirs.get(k)!r} (this run: {mine[k]!r})" for k in ("seq_len", "exit_layers", "heads")
                 if theirs.get(k) != mine[k]]
+        if self.cfg.exit_curriculum in RENORMALISED and theirs.get("curricula") != CURRICULA_VERSION:
+            more.append(f"its exit_curriculum {self.cfg.exit_curriculum} is msd_fast's earlier one (fixed weights; the "
+                        f"earlier rotational is now round_robin), not torchtune's that the name means now: start a "
+                        f"new run")
         if theirs.get("corpus_train_sha256") != mine["corpus_train_sha256"]:
             more.append(f"its corpus's train split (SHA-256 {str(theirs.get('corpus_train_sha256'))[:12]}...) is not "
                         f"{self.corpus.path}'s ({mine['corpus_train_sha256'][:12]}...): resume with the corpus it was "

@@ -82,10 +82,15 @@ class TrainConfig:
                             "number of exits): uniform, linear_l, sum_l, sqrt_l, inv_l, inv_sqrt_l",
                             choices=EXIT_WEIGHT_SCHEDULES)
     exit_curriculum: str = key("none", "choice", "lm: which exits train at each step, and how much (the last always "
-                               "does, fully): none; rotational (one shallower exit per step, in turn); gradual "
-                               f"(switched on from the deepest down, all by {CURRICULUM_FRACTION:g} of training); "
-                               "warmup_linear / warmup_cosine (the shallower exits' weights rise from 0 to full by "
+                               "does): none; rotational and gradual as torchtune's early-exit recipe defines them "
+                               "(a per-layer mask rolled one layer per step; switched on from the deepest down, all "
+                               f"by {CURRICULUM_FRACTION:g} of training; the weights renormalised over the exits "
+                               "on); round_robin (one shallower exit per step, in turn); warmup_linear / "
+                               "warmup_cosine (the shallower exits' weights rise from 0 to full by "
                                f"{CURRICULUM_FRACTION:g} of training)", choices=EXIT_CURRICULA)
+    exit_scale: float = key(1.0, "float", "lm: torchtune's e_scale, a factor on every exit's weight but the last "
+                            "one's before the weights are scaled to sum to the number of exits",
+                            check=lambda v: math.isfinite(v) and v >= 0, wants="finite and >= 0")
     activation_checkpointing: bool = key(False, "bool", "lm: recompute each decoder layer in backward instead of "
                                          "keeping its activations (less memory, about a third more compute)")
     layer_dropout: float = key(0.0, "float", "lm: LayerSkip's layer dropout, p_max: in training each sequence skips "
@@ -175,8 +180,8 @@ KEYS: Dict[str, Mapping[str, Any]] = {f.name: f.metadata for f in dataclasses.fi
 DEFAULTS: Dict[str, Any] = {f.name: list(f.default) if f.metadata["kind"] == "int_list" else f.default
                             for f in dataclasses.fields(TrainConfig) if f.name in KEYS}
 RESUME_FLAGS = tuple(k for k, m in KEYS.items() if m["resume"])
-LM_ONLY = ("seq_len", "lm_batching", "activation_checkpointing", "exit_layers", "lm_heads", "exit_weights", "exit_curriculum", "layer_dropout",
-           "layer_dropout_scale")
+LM_ONLY = ("seq_len", "lm_batching", "activation_checkpointing", "exit_layers", "lm_heads", "exit_weights",
+           "exit_scale", "exit_curriculum", "layer_dropout", "layer_dropout_scale")
 
 
 def choices(name: str) -> tuple:
