@@ -80,7 +80,7 @@ if os.environ.get("MSD_FAST_SKIP_EXT", "0") != "1":
 
 setup(
     packages=["msd_fast", "msd_fast.loss", "msd_fast.models", "msd_fast.data", "msd_fast.train", "msd_fast.evaluate",
-              "msd_fast.lm", "msd_fast.kernels", "msd_fast.configs"],
+              "msd_fast.image", "msd_fast.lm", "msd_fast.kernels", "msd_fast.configs"],
     package_dir={"msd_fast.kernels": "kernels"},
     package_data={"msd_fast.configs": ["*.yaml"]},
     ext_modules=ext_modules,

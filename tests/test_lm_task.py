@@ -225,7 +225,8 @@ def test_a_new_method_is_one_loss_spec_that_both_tasks_build(tmp_path, corpus):
     """A method says what it trains (a LossSpec); the LM task builds the fused linear criterion from it, the
     image task MSDLoss; a method that returns its own module is refused by the LM task in one line."""
     from msd_fast import Trainer
-    from msd_fast.train.methods import METHODS, LossSpec, Method, MultiExitCriterion, image_criterion, register_method
+    from msd_fast.image.criterion import MultiExitCriterion, image_criterion
+    from msd_fast.train.methods import METHODS, LossSpec, Method, register_method
     from msd_fast.lm.task import LMCriterion
 
     @register_method

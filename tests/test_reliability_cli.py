@@ -82,7 +82,7 @@ def test_ctrl_c_during_start_up_says_nothing_was_written(tmp_path, monkeypatch, 
     def interrupted(*a, **k):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr("msd_fast.train.task.BatchSource", interrupted)
+    monkeypatch.setattr("msd_fast.image.task.BatchSource", interrupted)
     assert _run(tmp_path) == 130
     err = capsys.readouterr().err
     assert "interrupted by Ctrl-C before training started; nothing was written" in err

@@ -196,7 +196,8 @@ def test_speed_defaults_per_device_and_model(monkeypatch):
 @pytest.mark.parametrize("backend", ["reference", "cpp"])
 def test_a_zero_hint_schedule_leaves_the_features_out_with_the_same_loss_and_gradients(tmp_path, backend):
     from msd_fast.models import create_model
-    from msd_fast.train.methods import get_method, image_criterion
+    from msd_fast.image.criterion import image_criterion
+    from msd_fast.train.methods import get_method
 
     torch.manual_seed(0)
     model = create_model("resnet18", num_classes=10, in_channels=1, width=0.125)

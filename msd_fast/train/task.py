@@ -1,22 +1,16 @@
 """What the training loop needs from a kind of data and model, as one small interface: the loop (trainer.py)
-calls it and never asks which task it runs. Two implementations: `ImageTask` here (image classification,
-multi-exit CNNs) and msd_fast.lm.task.LMTask (next-token prediction, exits on a causal LM).
+calls it and never asks which task it runs. Two implementations, found by name (TASKS):
+msd_fast.image.task.ImageTask (image classification, multi-exit CNNs) and msd_fast.lm.task.LMTask
+(next-token prediction, exits on a causal LM).
 
 A task provides: the model (forward(x, last_only=...)), the batches (epoch_order / draw / make: batches.py's
 protocol), the criterion of a method, per-step schedules (before_step), per-exit correct counts for the
 training log, evaluation of a split (per-exit values of its metric), the cost table, and the checkpoint fields
 that say which model it is."""
-from typing import Any, Dict, Optional
+from typing import Any, Dict
 
 import torch
 from torch import nn
-
-from ..data import load_dataset, normalize
-from ..evaluate.predict import evaluate_split
-from ..models import check_exit_outputs, check_multi_exit, create_model
-from ..models.preprocess import Preprocess
-from .batches import BatchSource
-from .methods import image_criterion
 
 
 class Task:
@@ -75,48 +69,9 @@ class Task:
                          for k in self.identity_keys if mine[k] != ckpt.get(k))
 
 
-class ImageTask(Task):
-    """Image classification: a msd_fast Dataset in memory, augmented on the device; accuracy per exit."""
-    identity_keys = Task.identity_keys + ("in_channels",)
-
-    def __init__(self, cfg, device: torch.device, dist, speed, amp_dtype, data=None, model=None):
-        self.cfg, self.device, self.dist, self.speed, self.amp_dtype = cfg, device, dist, speed, amp_dtype
-        self.data = data if data is not None else load_dataset(
-            cfg.dataset, cfg.data_dir, cfg.val_size, cfg.split_seed, cfg.train_subset)
-        self.train_size = len(self.data.train)
-        self.batches = BatchSource(self.data, device, dist, cfg, speed.channels_last)
-        torch.manual_seed(cfg.seed)
-        model = check_multi_exit(model) if model is not None else create_model(
-            cfg.model, self.data.num_classes, self.data.in_channels, cfg.width)
-        self.input_size = (self.data.in_channels, *self.data.image_size)
-        self.cost = model.cost(self.input_size)
-        mf = torch.channels_last if speed.channels_last else torch.contiguous_format
-        self.model = model.to(device, memory_format=mf)
-        probe = self.data.train.images[:3].to(device)
-        check_exit_outputs(self.model, normalize(probe, self.data.mean, self.data.std).contiguous(memory_format=mf),
-                           self.data.num_classes)
-
-    def criterion(self, spec) -> nn.Module:
-        return image_criterion(spec, self.model.num_exits)
-
-    def correct(self, out, y):
-        return (torch.stack(out.logits).argmax(-1) == y).sum(1).float()  # [computed exits], one op for all
-
-    def evaluate(self, split: str) -> Dict[str, Any]:
-        return evaluate_split(self.model, getattr(self.data, split), self.data.mean, self.data.std,
-                              self.cfg.eval_batch_size, self.device, self.speed.channels_last, self.amp_dtype,
-                              self.dist)
-
-    def checkpoint_fields(self, preprocess: Optional[bool] = True) -> Dict[str, Any]:
-        d = self.data
-        return {"model_name": self.cfg.model, "num_classes": d.num_classes, "in_channels": d.in_channels,
-                "width": self.cfg.width, "dataset": self.cfg.dataset,
-                "preprocess": Preprocess(tuple(d.mean), tuple(d.std), tuple(d.image_size)).as_dict()}
-
-
 # Tasks by name, found lazily ("module:class", as Hugging Face's auto mappings do): train/ imports no task, and
 # an image run never imports transformers.
-TASKS = {"image": "msd_fast.train.task:ImageTask", "lm": "msd_fast.lm.task:LMTask"}
+TASKS = {"image": "msd_fast.image.task:ImageTask", "lm": "msd_fast.lm.task:LMTask"}
 
 
 def make_task(cfg, device: torch.device, dist, speed, amp_dtype, data=None, model=None) -> Task:
