@@ -2,8 +2,9 @@
 against the number of processes: each setting is one torchrun launch of --world processes (gloo on CPU, NCCL on
 CUDA), each building the same Llama with exits, AdamW, and taking --steps steps of the fused linear MSD loss.
 
-Memory: on CPU, each process's resident-set high-water mark above its resident set before the model was built
-(the torch runtime excluded), the largest over the processes; on CUDA, torch.cuda.max_memory_allocated. FSDP's
+Memory: each process's peak above its memory before the model was built, the torch runtime excluded
+(bench/child_process.py: the resident-set high-water mark on CPU, torch.cuda.max_memory_allocated on CUDA),
+the largest over the processes. FSDP's
 parameters, gradients and AdamW state fall as 1 / processes; DDP's do not. Results:
 bench/results/fsdp_memory_<device>.json; the table: docs/lm.md (bench/report.py).
 
@@ -14,26 +15,21 @@ import argparse
 import json
 import os
 import pathlib
-import socket
 import subprocess
 import sys
 
 import torch
 
+from bench.bench_lm_step import add_model_args, lm_with_exits
+from bench.child_process import CHILD_ENV, ROOT, peak_end, peak_start
+
 RESULTS = pathlib.Path(__file__).resolve().parent / "results"
-ROOT = pathlib.Path(__file__).resolve().parent.parent
-
-
-def _rss_kb(key="VmRSS"):
-    with open("/proc/self/status") as fh:
-        return int(next(line.split()[1] for line in fh if line.startswith(key + ":")))
 
 
 def worker(a) -> None:
     """One process of a torchrun launch: prints rank 0's JSON line with every rank's peak."""
     import torch.distributed as dist
 
-    from bench.bench_lm_step import lm_with_exits
     from msd_fast import fused_linear_msd_loss
     from msd_fast.distributed import DistInfo
     from msd_fast.lm.hf import transformers
@@ -48,7 +44,7 @@ def worker(a) -> None:
     if cuda:
         torch.cuda.set_device(dev)
     dist.init_process_group("nccl" if cuda else "gloo")
-    base = torch.cuda.memory_allocated(dev) if cuda else _rss_kb() * 1024
+    base = peak_start(dev)
     model = lm_with_exits(a, dev).train()
     module = wrap(model, a.mode, DistInfo(rank, world, rank), dev)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4, foreach=True)
@@ -60,34 +56,28 @@ def worker(a) -> None:
         fused_linear_msd_loss(hidden, w, target, bias=b, validate=False).backward()
         opt.step()
         opt.zero_grad(set_to_none=True)
-    peak = (torch.cuda.max_memory_allocated(dev) if cuda else _rss_kb("VmHWM") * 1024) - base
+    peak = peak_end(dev) - base
     peaks = [None] * world
     dist.all_gather_object(peaks, peak / 2 ** 20)
     if rank == 0:
         params = sum((p.to_local() if hasattr(p, "to_local") else p).numel() for p in model.parameters())  # a shard
         print(json.dumps({"mode": a.mode, "world": world, "peak_mb_per_process": peaks,
                           "max_peak_mb": max(peaks), "params_rank0": params}), flush=True)
+    dist.barrier()
     dist.destroy_process_group()
+    # About 1 launch in 10 on torch 2.14 (CPU, gloo), a process aborts after this point, at interpreter exit
+    # ("terminate called without an active exception"), after its answer is out: leave without that teardown.
+    sys.stdout.flush()
+    os._exit(0)
 
 
-def _launch(a, mode, world, tries: int = 3):
-    """One torchrun launch; retried on a failed start (a free port taken again between the probe and torchrun)."""
-    for _ in range(tries):
-        row = _launch_once(a, mode, world)
-        if "error" not in row:
-            break
-    return row
-
-
-def _launch_once(a, mode, world):
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
+def _launch(a, mode, world):
+    """One torchrun launch (--standalone: its rendezvous takes a free port itself)."""
     args = [f"--{k}={getattr(a, k)}" for k in ("device", "hidden", "layers", "vocab", "exits", "batch", "seq",
                                                "steps")]
-    env = dict(os.environ, MALLOC_MMAP_THRESHOLD_="65536", OMP_NUM_THREADS=str(max(1, (os.cpu_count() or 1) // world)))
-    r = subprocess.run([sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={world}",
-                        f"--master_port={port}", "-m", "bench.bench_fsdp_memory", *args, f"--mode={mode}",
+    env = dict(os.environ, **CHILD_ENV, OMP_NUM_THREADS=str(max(1, (os.cpu_count() or 1) // world)))
+    r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={world}",
+                        "-m", "bench.bench_fsdp_memory", *args, f"--mode={mode}",
                         "--child"], capture_output=True, text=True, env=env, cwd=ROOT, timeout=1800)
     if r.returncode != 0:
         lines = [ln for ln in r.stderr.strip().splitlines() if "Error:" in ln] or ["?"]
@@ -98,15 +88,9 @@ def _launch_once(a, mode, world):
 def main(argv=None):
     argv = list(sys.argv[1:] if argv is None else argv)
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--device", default="cpu")
+    add_model_args(p, batch=1, seq=256)
     p.add_argument("--worlds", type=int, nargs="+", default=[1, 2, 4])
     p.add_argument("--modes", nargs="+", default=["ddp", "fsdp"])
-    p.add_argument("--hidden", type=int, default=512)
-    p.add_argument("--layers", type=int, default=8)
-    p.add_argument("--vocab", type=int, default=32000)
-    p.add_argument("--exits", type=int, default=4)
-    p.add_argument("--batch", type=int, default=1)
-    p.add_argument("--seq", type=int, default=256)
     p.add_argument("--steps", type=int, default=2)
     p.add_argument("--mode", default="ddp", help=argparse.SUPPRESS)
     p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)

@@ -24,14 +24,15 @@ docs/linear.md.
 """
 import argparse
 import json
-import os
 import pathlib
 import statistics
-import subprocess
 import sys
 import time
 
 import torch
+
+from bench.child_process import peak_end, peak_start
+from bench.child_process import run_child as run_child_of
 
 METHODS = ("fused", "materialised", "compiled_chunked_reference", "single_exit_flce_xN", "matmul_floor",
            "matmul_floor_chunked")
@@ -154,28 +155,6 @@ def _run_fn(method, a, dev):
     return run
 
 
-def _peak_start(dev):
-    if dev.type == "cuda":
-        torch.cuda.synchronize(dev)
-        torch.cuda.reset_peak_memory_stats(dev)
-        return torch.cuda.memory_allocated(dev)
-    with open("/proc/self/clear_refs", "w") as fh:
-        fh.write("5")                                              # resets VmHWM to the current RSS
-    return _status_kb("VmRSS") * 1024
-
-
-def _peak_end(dev):
-    if dev.type == "cuda":
-        torch.cuda.synchronize(dev)
-        return torch.cuda.max_memory_allocated(dev)
-    return _status_kb("VmHWM") * 1024
-
-
-def _status_kb(key):
-    with open("/proc/self/status") as fh:
-        return int(next(line.split()[1] for line in fh if line.startswith(key + ":")))
-
-
 def _timed(run, dev) -> float:
     t0 = time.perf_counter()
     run()
@@ -189,9 +168,9 @@ def child(method, a):
     dev = torch.device(a.device)
     run = _run_fn(method, a, dev)
     run()                                                          # warm-up (compiles, thread pools, caches)
-    base = _peak_start(dev)
+    base = peak_start(dev)
     run()
-    return {"method": method, "extra_peak_mb": (_peak_end(dev) - base) / 2 ** 20, "chunk_tokens": _chunk(a, dev)}
+    return {"method": method, "extra_peak_mb": (peak_end(dev) - base) / 2 ** 20, "chunk_tokens": _chunk(a, dev)}
 
 
 def child_times(methods, a):
@@ -234,14 +213,8 @@ def main(argv=None):
     res = {"command": " ".join(["python -m bench.bench_linear_loss", *(argv if argv is not None else sys.argv[1:])]),
            "machine": machine_info(torch.device(a.device)), "exits": a.exits, "tokens": a.tokens,
            "hidden": a.hidden, "vocab": a.vocab, "dtype": a.dtype, "logits_fp32_mb": logits_mb, "rows": []}
-    env = dict(os.environ, MALLOC_MMAP_THRESHOLD_="65536")  # freed buffers go back to the OS: RSS peaks are real
-    base = [sys.executable, "-m", "bench.bench_linear_loss", *(argv if argv is not None else sys.argv[1:])]
     def run_child(what):
-        r = subprocess.run(base + ["--child", what], capture_output=True, text=True, env=env,
-                           cwd=pathlib.Path(__file__).resolve().parent.parent)
-        if r.returncode != 0:
-            return None, (r.stderr.strip().splitlines() or ["?"])[-1]
-        return json.loads(r.stdout.strip().splitlines()[-1]), None
+        return run_child_of("bench.bench_linear_loss", argv if argv is not None else sys.argv[1:], what)
 
     methods = a.methods.split(",")
     for method in methods:

@@ -23,15 +23,16 @@ bench/results/lm_step_<device>.json; the table: docs/lm.md (bench/report.py).
 """
 import argparse
 import json
-import os
 import pathlib
 import statistics
-import subprocess
 import sys
 import time
 
 import torch
 import torch.nn.functional as F
+
+from bench.child_process import peak_end, peak_start
+from bench.child_process import run_child as run_child_of
 
 METHODS = ("msd_fast_msd", "msd_fast_joint", "torchtune_style", "materialised_msd", "plain", "trunk")
 RESULTS = pathlib.Path(__file__).resolve().parent / "results"
@@ -120,29 +121,14 @@ def _sync(dev):
         torch.cuda.synchronize(dev)
 
 
-def _status_kb(key):
-    with open("/proc/self/status") as fh:
-        return int(next(line.split()[1] for line in fh if line.startswith(key + ":")))
-
-
 def child_memory(method, a):
     """One method's step peak above the memory before it, after a warm-up step (optimizer state allocated)."""
     dev = torch.device(a.device)
     step = _step_fn(method, a, dev)
     loss = float(step())
-    _sync(dev)
-    if dev.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(dev)
-        base = torch.cuda.memory_allocated(dev)
-        step()
-        _sync(dev)
-        peak = torch.cuda.max_memory_allocated(dev) - base
-    else:
-        with open("/proc/self/clear_refs", "w") as fh:
-            fh.write("5")                                          # VmHWM := the current RSS
-        base = _status_kb("VmRSS")
-        step()
-        peak = (_status_kb("VmHWM") - base) * 1024
+    base = peak_start(dev)
+    step()
+    peak = peak_end(dev) - base
     return {"method": method, "step_peak_mb": peak / 2 ** 20, "first_loss": loss}
 
 
@@ -162,16 +148,21 @@ def child_times(methods, a):
     return times
 
 
-def _parser():
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+def add_model_args(p: argparse.ArgumentParser, batch: int, seq: int) -> None:
+    """The device and the shape of lm_with_exits's model and batch (shared with bench_fsdp_memory)."""
     p.add_argument("--device", default="cpu")
-    p.add_argument("--dtype", default="float32", help="float32, or bfloat16 / float16 autocast")
     p.add_argument("--hidden", type=int, default=512)
     p.add_argument("--layers", type=int, default=8)
     p.add_argument("--vocab", type=int, default=32000)
     p.add_argument("--exits", type=int, default=4)
-    p.add_argument("--batch", type=int, default=4)
-    p.add_argument("--seq", type=int, default=512)
+    p.add_argument("--batch", type=int, default=batch)
+    p.add_argument("--seq", type=int, default=seq)
+
+
+def _parser():
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    add_model_args(p, batch=4, seq=512)
+    p.add_argument("--dtype", default="float32", help="float32, or bfloat16 / float16 autocast")
     p.add_argument("--reps", type=int, default=3)
     p.add_argument("--methods", default=",".join(METHODS))
     p.add_argument("--out", default=None, help="JSON path (default bench/results/lm_step_<device>.json)")
@@ -222,15 +213,8 @@ def main(argv=None):
            "machine": machine_info(torch.device(a.device)),
            **{k: getattr(a, k) for k in ("dtype", "hidden", "layers", "vocab", "exits", "batch", "seq", "reps")},
            "logits_fp32_mb": a.exits * a.batch * a.seq * a.vocab * 4 / 2 ** 20, "rows": []}
-    env = dict(os.environ, MALLOC_MMAP_THRESHOLD_="65536")  # freed buffers go back to the OS: RSS peaks are real
-    base = [sys.executable, "-m", "bench.bench_lm_step", *argv]
-
     def run_child(what):
-        r = subprocess.run(base + ["--child", what], capture_output=True, text=True, env=env,
-                           cwd=pathlib.Path(__file__).resolve().parent.parent)
-        if r.returncode != 0:
-            return None, (r.stderr.strip().splitlines() or ["?"])[-1]
-        return json.loads(r.stdout.strip().splitlines()[-1]), None
+        return run_child_of("bench.bench_lm_step", argv, what)
 
     methods = a.methods.split(",")
     for method in methods:

@@ -2,15 +2,11 @@
 on the same global batch, shared and per-exit heads and curricula included; a run stopped mid-training resumes
 exactly, on another number of processes too; image tasks refuse fsdp in one line."""
 import json
-import os
-import socket
-import subprocess
-import sys
 
 import pytest
 import torch
 
-from lm_helpers import tiny_corpus
+from lm_helpers import tiny_corpus, torchrun
 
 
 @pytest.fixture(scope="module")
@@ -27,16 +23,6 @@ def _args(corpus, out, **kw):
          "--optimizer": "sgd", "--lr": "0.5", "--momentum": "0.9", "--weight-decay": "0", "--warmup-epochs": "0",
          **kw}
     return ["-c", "lm_stdlib_cpu", "--no-progress"] + [x for k, v in a.items() for x in (k, *v.split())]
-
-
-def _torchrun(argv, n=2):
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    r = subprocess.run([sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={n}",
-                        f"--master_port={port}", "-m", "msd_fast.train", *argv], env={**os.environ,
-                       "OMP_NUM_THREADS": "1"}, timeout=300, capture_output=True, text=True)
-    assert r.returncode == 0, r.stderr[-3000:]
 
 
 def _weights(run):
@@ -65,7 +51,7 @@ def test_two_fsdp_ranks_equal_one_process(corpus, tmp_path, extra):
     from msd_fast.train.cli import main
 
     kw = {"--max-steps": "3", **extra}
-    _torchrun(_args(corpus, tmp_path, **kw, **{"--parallel": "fsdp", "--run-name": "fsdp"}))
+    torchrun(_args(corpus, tmp_path, **kw, **{"--parallel": "fsdp", "--run-name": "fsdp"}))
     assert main(_args(corpus, tmp_path, **kw, **{"--run-name": "one", "--accum-steps": "2"})) == 0
     a, b = _weights(tmp_path / "fsdp"), _weights(tmp_path / "one")
     assert set(a) == set(b)
@@ -77,14 +63,14 @@ def test_two_fsdp_ranks_equal_one_process(corpus, tmp_path, extra):
 def test_an_fsdp_run_resumes_exactly_on_two_or_one_processes(corpus, tmp_path):
     from msd_fast.train.cli import main
 
-    _torchrun(_args(corpus, tmp_path, **{"--parallel": "fsdp", "--max-steps": "4", "--run-name": "full"}))
-    _torchrun(_args(corpus, tmp_path, **{"--parallel": "fsdp", "--max-steps": "2", "--run-name": "part"}))
-    _torchrun(["--resume", str(tmp_path / "part"), "--max-steps", "4"])
+    torchrun(_args(corpus, tmp_path, **{"--parallel": "fsdp", "--max-steps": "4", "--run-name": "full"}))
+    torchrun(_args(corpus, tmp_path, **{"--parallel": "fsdp", "--max-steps": "2", "--run-name": "part"}))
+    torchrun(["--resume", str(tmp_path / "part"), "--max-steps", "4"])
     a, b = _weights(tmp_path / "full"), _weights(tmp_path / "part")
     for k in a:  # the same processes, the same order: the same numbers
         torch.testing.assert_close(a[k], b[k], rtol=0, atol=0, msg=k)
     # on one process (the checkpoint holds whole tensors): the same run up to the reduction order
-    _torchrun(_args(corpus, tmp_path, **{"--parallel": "fsdp", "--max-steps": "2", "--run-name": "one"}))
+    torchrun(_args(corpus, tmp_path, **{"--parallel": "fsdp", "--max-steps": "2", "--run-name": "one"}))
     assert main(["--resume", str(tmp_path / "one"), "--max-steps", "4"]) == 0
     _same_updates(_weights(tmp_path / "one"), a, _init(corpus, "shared"))
 
@@ -111,6 +97,6 @@ def test_fsdp_with_activation_checkpointing_equals_one_process(corpus, tmp_path)
     from msd_fast.train.cli import main
 
     kw = {"--max-steps": "2", "--activation-checkpointing": "true"}
-    _torchrun(_args(corpus, tmp_path, **kw, **{"--parallel": "fsdp", "--run-name": "fsdp"}))
+    torchrun(_args(corpus, tmp_path, **kw, **{"--parallel": "fsdp", "--run-name": "fsdp"}))
     assert main(_args(corpus, tmp_path, **kw, **{"--run-name": "one", "--accum-steps": "2"})) == 0
     _same_updates(_weights(tmp_path / "fsdp"), _weights(tmp_path / "one"), _init(corpus, "shared"))

@@ -208,11 +208,7 @@ def test_the_step_weighs_every_kept_token_the_same_whatever_the_accumulation(lla
 def test_two_gloo_ranks_with_unequal_kept_tokens_match_one_process(llama_folder, pairs_corpus, tmp_path, parallel):
     """The step's kept tokens are all-reduced over ranks: 2 ranks x 2 windows give one process's 2 micro-batches
     (DDP's replicas and FSDP's shards alike)."""
-    import os
-    import socket
-    import subprocess
-    import sys
-
+    from lm_helpers import torchrun
     from msd_fast.train.cli import main as train_main
 
     common = ["-c", "lm_stdlib_cpu", "--model", str(llama_folder), "--dataset", "text", "--data-dir",
@@ -220,14 +216,7 @@ def test_two_gloo_ranks_with_unequal_kept_tokens_match_one_process(llama_folder,
               "--optimizer", "sgd", "--lr", "0.5", "--momentum", "0", "--weight-decay", "0", "--warmup-epochs", "0",
               "--exit-layers", "1", "--val-size", "2", "--eval-batch-size", "2", "--out-dir", str(tmp_path),
               "--no-progress", "--tensorboard", "false", "--device", "cpu", "--num-threads", "1"]
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={port}",
-                        "-m", "msd_fast.train", *common, "--run-name", "ddp", "--parallel", parallel],
-                       env={**os.environ, "OMP_NUM_THREADS": "1"},
-                       timeout=300, capture_output=True, text=True)
-    assert r.returncode == 0, r.stderr[-2000:]
+    torchrun(common + ["--run-name", "ddp", "--parallel", parallel])
     assert train_main(common + ["--run-name", "one", "--accum-steps", "2"]) == 0
     a, b = (torch.load(tmp_path / n / "last.pt", weights_only=True)["model"] for n in ("ddp", "one"))
     for k in a:

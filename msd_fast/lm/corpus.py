@@ -167,24 +167,29 @@ class TokenCorpus:
     def tokenizer(self):
         """The corpus's tokenizer.json, checked: its SHA-256 against meta.json (version 2 corpora), readable
         by HF tokenizers, and of the corpus's vocabulary size."""
-        from tokenizers import Tokenizer
-
         f = self.path / "tokenizer.json"
         if not f.is_file():
             raise CorpusError(f"corpus {self.path}: no tokenizer.json (build the corpus again with: python -m "
                               f"msd_fast.lm corpus --out {self.path})")
         if self.meta["version"] >= 2:
             check_sha256(f, self.meta.get("tokenizer_sha256"), "meta.json's tokenizer_sha256", CorpusError)
-        if f.stat().st_size > MAX_JSON_BYTES:
-            raise CorpusError(f"{f}: {f.stat().st_size:,} bytes, more than a tokenizer may have")
-        try:
-            tok = Tokenizer.from_str(f.read_bytes().decode("utf-8"))
-        except Exception as e:  # noqa: BLE001 - the Rust parser's errors: one line naming the file
-            raise CorpusError(f"{f}: not a readable tokenizer ({type(e).__name__}: {str(e)[:160]})") from None
+        tok = read_tokenizer_json(f)
         if tok.get_vocab_size() != self.vocab_size:
             raise CorpusError(f"{f}: a vocabulary of {tok.get_vocab_size()} tokens, but meta.json says "
                               f"{self.vocab_size}")
         return tok
+
+
+def read_tokenizer_json(f: pathlib.Path):
+    """An HF tokenizers Tokenizer from a tokenizer.json, bounded in size; CorpusError naming the file."""
+    from tokenizers import Tokenizer
+
+    if f.stat().st_size > MAX_JSON_BYTES:
+        raise CorpusError(f"{f}: {f.stat().st_size:,} bytes, more than a tokenizer may have")
+    try:
+        return Tokenizer.from_str(f.read_bytes().decode("utf-8"))
+    except Exception as e:  # noqa: BLE001 - the Rust parser's errors: one line naming the file
+        raise CorpusError(f"{f}: not a readable tokenizer ({type(e).__name__}: {str(e)[:160]})") from None
 
 
 def _need(cond: bool, path: pathlib.Path, what: str) -> None:

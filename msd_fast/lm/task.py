@@ -127,6 +127,7 @@ class LMTask(Task):
         self.masked = self.corpus.mask("train") is not None or cfg.lm_batching == "padded"
         self.train_size, self.units_per_sample = rows.n, T  # the log's throughput counts tokens
         self.batches = TokenBatches(rows, dist, cfg.batch_size)
+        self._eval_rows: Dict[str, SplitRows] = {}
         torch.manual_seed(cfg.seed)
         self.pretrained = model is None and is_model_folder(cfg.model)
         if self.pretrained:
@@ -209,9 +210,11 @@ class LMTask(Task):
 
     @torch.no_grad()
     def evaluate(self, split: str) -> Dict[str, Any]:
-        rows = split_rows(self.corpus, split, self.cfg.seq_len, self.cfg.lm_batching, self.device,
-                          self.cfg.val_size or EVAL_SEQUENCES)
-        return evaluate_lm(self.model, rows, self.cfg.eval_batch_size, self.device, self.amp_dtype)
+        if split not in self._eval_rows:  # built once: every epoch evaluates the same rows
+            self._eval_rows[split] = split_rows(self.corpus, split, self.cfg.seq_len, self.cfg.lm_batching,
+                                                self.device, self.cfg.val_size or EVAL_SEQUENCES)
+        return evaluate_lm(self.model, self._eval_rows[split], self.cfg.eval_batch_size, self.device,
+                           self.amp_dtype)
 
     def checkpoint_fields(self) -> Dict[str, Any]:
         m = self.model

@@ -22,8 +22,8 @@ from typing import Dict, List, Optional, Tuple
 
 import numpy as np
 
-from ..files import MAX_JSON_BYTES, check_writable, read_json_object, sha256_of
-from .corpus import META_VERSION, SPLITS, CorpusError, source_files, split_of
+from ..files import check_writable, read_json_object, sha256_of
+from .corpus import META_VERSION, SPLITS, CorpusError, read_tokenizer_json, source_files, split_of
 from .names import MAX_VOCAB
 
 MAX_ROW_BYTES = 64 << 20  # the longest JSON Lines row read
@@ -32,20 +32,13 @@ MAX_ROW_BYTES = 64 << 20  # the longest JSON Lines row read
 def folder_tokenizer(folder) -> Tuple[object, int, pathlib.Path]:
     """(HF tokenizers Tokenizer, end-of-text id, its tokenizer.json) of a model folder. The end-of-text token is
     tokenizer_config.json's eos_token, else config.json's eos_token_id."""
-    from tokenizers import Tokenizer
-
     d = pathlib.Path(folder)
     f = d / "tokenizer.json"
     if not f.is_file():
         raise CorpusError(f"--tokenizer {d}: no tokenizer.json (a fast tokenizer's file; a folder with only a "
                           f"sentencepiece tokenizer.model can be converted once with transformers: "
                           f"AutoTokenizer.from_pretrained(folder).save_pretrained(folder))")
-    if f.stat().st_size > MAX_JSON_BYTES:
-        raise CorpusError(f"{f}: {f.stat().st_size:,} bytes, more than a tokenizer may have")
-    try:
-        tok = Tokenizer.from_str(f.read_bytes().decode("utf-8"))
-    except Exception as e:  # noqa: BLE001 - the Rust parser's errors: one line naming the file
-        raise CorpusError(f"{f}: not a readable tokenizer ({type(e).__name__}: {str(e)[:160]})") from None
+    tok = read_tokenizer_json(f)
     eos = None
     if (d / "tokenizer_config.json").is_file():
         t = read_json_object(d / "tokenizer_config.json", "the tokenizer's settings", CorpusError).get("eos_token")
@@ -133,9 +126,8 @@ def build_text_corpus(out_dir, source: str, tokenizer: str, pattern: Optional[st
         starts: List[int] = []
         for vals in parts[s]:
             starts.append(len(ids))
-            encs = tok.encode_batch(list(vals))
-            if kind == "pairs":  # the completion continues the prompt: no special tokens of its own
-                encs[1] = tok.encode(vals[1], add_special_tokens=False)
+            # the text (a pair: its prompt) with the tokenizer's special tokens; a completion continues its prompt
+            encs = [tok.encode(vals[0])] + [tok.encode(v, add_special_tokens=False) for v in vals[1:]]
             for j, enc in enumerate(encs):
                 ids.extend(enc.ids)
                 mask.extend([int(kind == "text" or j == 1)] * len(enc.ids))

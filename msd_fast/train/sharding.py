@@ -47,14 +47,11 @@ def wrap(model: nn.Module, parallel: str, dist, device) -> nn.Module:
 
 def no_grad_sync(module: nn.Module, parallel: str, dist, last: bool):
     """The context of one micro-batch's backward: gradients are reduced across processes only on the last."""
-    if not dist.enabled or last:
-        if parallel == "fsdp" and dist.enabled:
-            module.set_requires_gradient_sync(True)
-        return contextlib.nullcontext()
-    if parallel == "fsdp":
-        module.set_requires_gradient_sync(False)
-        return contextlib.nullcontext()
-    return module.no_sync()
+    if dist.enabled and parallel == "fsdp":
+        module.set_requires_gradient_sync(last)
+    elif dist.enabled and not last:
+        return module.no_sync()
+    return contextlib.nullcontext()
 
 
 def _options(sharded: bool):

@@ -21,7 +21,8 @@ from .config_keys import TrainConfig
 
 class TrainStep:
     def __init__(self, *, model, ddp, criterion, count_correct, loss_items, opt, sched, scaler, method, device,
-                 amp_dtype, dist, accum_steps: int, compile: bool, make_batch, beta_sched: CosineBeta, beta_t: torch.Tensor):
+                 amp_dtype, dist, accum_steps: int, parallel: str, compile: bool, make_batch, beta_sched: CosineBeta,
+                 beta_t: torch.Tensor):
         self.model, self.ddp, self.criterion, self.method = model, ddp, criterion, method
         self.count_correct = count_correct  # (out, y) -> correct per computed exit: Task.correct
         self.loss_items = loss_items  # y -> items the criterion's mean is over: Task.loss_items
@@ -31,7 +32,7 @@ class TrainStep:
         self.beta_sched, self.beta_t = beta_sched, beta_t
         self.forward_loss = torch.compile(self._forward_loss) if compile else self._forward_loss
         self.graph = None  # the GraphedStep replaying this step, while it can (build)
-        self.parallel = "ddp"  # how self.ddp spreads the step over processes (sharding.py)
+        self.parallel = parallel  # how self.ddp spreads the step over processes (sharding.py)
 
     @classmethod
     def build(cls, *, cfg: TrainConfig, task, method, device, dist, speed: Speed, amp_dtype, steps_per_epoch: int,
@@ -48,11 +49,11 @@ class TrainStep:
                    loss_items=task.loss_items, opt=opt,
                    sched=build_scheduler(opt, cfg, steps_per_epoch),
                    scaler=torch.amp.GradScaler(device.type, enabled=speed.amp == "fp16"), method=method, device=device,
-                   amp_dtype=amp_dtype, dist=dist, accum_steps=cfg.accum_steps, compile=speed.compile,
+                   amp_dtype=amp_dtype, dist=dist, accum_steps=cfg.accum_steps, parallel=cfg.parallel,
+                   compile=speed.compile,
                    make_batch=make_batch,
                    beta_sched=CosineBeta(cfg.beta_begin if hint else 0.0, cfg.beta_end if hint else 0.0, cfg.epochs),
                    beta_t=torch.zeros((), device=device))
-        step.parallel = cfg.parallel
         if speed.cuda_graph:
             step.graph = GraphedStep(step, make_batch, required=cfg.cuda_graph is True)
         return step
